@@ -1,0 +1,746 @@
+package session
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/idleguard/idleguard/migrations"
+)
+
+// SQLite stores everything in one SQLite file: WAL mode, one writer
+// connection (SQLite serialises writers anyway; one connection avoids
+// SQLITE_BUSY storms) and a pool of readers.
+type SQLite struct {
+	w *sql.DB
+	r *sql.DB
+}
+
+// OpenSQLite opens (creating if needed) and migrates the database at path.
+func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
+	q := url.Values{}
+	for _, p := range []string{"journal_mode(WAL)", "busy_timeout(10000)", "foreign_keys(1)", "synchronous(NORMAL)"} {
+		q.Add("_pragma", p)
+	}
+	dsn := "file:" + path + "?" + q.Encode()
+	w, err := sql.Open("sqlite", dsn+"&_txlock=immediate")
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetConnMaxIdleTime(0)
+	if err := migrations.Apply(ctx, w); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("migrate %s: %w", path, err)
+	}
+	r, err := sql.Open("sqlite", dsn+"&mode=ro")
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	r.SetMaxOpenConns(8)
+	r.SetMaxIdleConns(8)
+	return &SQLite{w: w, r: r}, nil
+}
+
+// Close closes both connection pools.
+func (s *SQLite) Close() error {
+	return errors.Join(s.r.Close(), s.w.Close())
+}
+
+// Ping checks that the database answers.
+func (s *SQLite) Ping(ctx context.Context) error { return s.r.PingContext(ctx) }
+
+func ms(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+func nullMS(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return t.UnixMilli()
+}
+
+func fromMS(v int64) time.Time {
+	if v == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(v).UTC()
+}
+
+func fromNullMS(v sql.NullInt64) time.Time {
+	if !v.Valid {
+		return time.Time{}
+	}
+	return fromMS(v.Int64)
+}
+
+func isUnique(err error) bool {
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		return se.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE || se.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY
+	}
+	return false
+}
+
+// NewID returns a random 128-bit identifier in URL-safe base64 (22 chars).
+func NewID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+func (s *SQLite) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+func addAudit(ctx context.Context, e execer, ev AuditEvent) error {
+	_, err := e.ExecContext(ctx, `INSERT INTO audit_events (at, kind, user_id, sid, client_id, reason, initiator, detail)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, ms(ev.At), ev.Kind, ev.UserID, ev.SID, ev.ClientID, ev.Reason, ev.Initiator, ev.Detail)
+	if err != nil {
+		return fmt.Errorf("audit %s: %w", ev.Kind, err)
+	}
+	return nil
+}
+
+// --- users ---
+
+// CreateUser adds a user; ErrConflict when the username is taken.
+func (s *SQLite) CreateUser(ctx context.Context, u *User) error {
+	if u.ID == "" {
+		u.ID = NewID()
+	}
+	_, err := s.w.ExecContext(ctx, `INSERT INTO users (id, username, password_hash, name, email, email_verified, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?)`, u.ID, u.Username, u.PasswordHash, u.Name, u.Email, u.EmailVerified, ms(u.CreatedAt))
+	if isUnique(err) {
+		return fmt.Errorf("user %q: %w", u.Username, ErrConflict)
+	}
+	return err
+}
+
+const userCols = `id, username, password_hash, name, email, email_verified, created_at`
+
+func scanUser(row interface{ Scan(...any) error }) (*User, error) {
+	var u User
+	var created int64
+	if err := row.Scan(&u.ID, &u.Username, &u.PasswordHash, &u.Name, &u.Email, &u.EmailVerified, &created); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, ErrNotFound
+		}
+		return nil, err
+	}
+	u.CreatedAt = fromMS(created)
+	return &u, nil
+}
+
+// UserByUsername looks a user up by the name they sign in with.
+func (s *SQLite) UserByUsername(ctx context.Context, username string) (*User, error) {
+	return scanUser(s.r.QueryRowContext(ctx, `SELECT `+userCols+` FROM users WHERE username = ?`, username))
+}
+
+// UserByID looks a user up by subject identifier.
+func (s *SQLite) UserByID(ctx context.Context, id string) (*User, error) {
+	return scanUser(s.r.QueryRowContext(ctx, `SELECT `+userCols+` FROM users WHERE id = ?`, id))
+}
+
+// ListUsers returns every user ordered by username.
+func (s *SQLite) ListUsers(ctx context.Context) ([]*User, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT `+userCols+` FROM users ORDER BY username`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []*User
+	for rows.Next() {
+		u, err := scanUser(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, u)
+	}
+	return out, rows.Err()
+}
+
+// SetPassword replaces a user's password hash.
+func (s *SQLite) SetPassword(ctx context.Context, username, hash string) error {
+	res, err := s.w.ExecContext(ctx, `UPDATE users SET password_hash = ? WHERE username = ?`, hash, username)
+	return mustAffect(res, err, "user "+username)
+}
+
+// DeleteUser removes a user. Their sessions are left for the caller to end.
+func (s *SQLite) DeleteUser(ctx context.Context, username string) error {
+	res, err := s.w.ExecContext(ctx, `DELETE FROM users WHERE username = ?`, username)
+	return mustAffect(res, err, "user "+username)
+}
+
+func mustAffect(res sql.Result, err error, what string) error {
+	if err != nil {
+		return err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return fmt.Errorf("%s: %w", what, ErrNotFound)
+	}
+	return nil
+}
+
+// --- authentication and application sessions ---
+
+// CreateAuthSession stores a new authentication session and its
+// session_start audit event.
+func (s *SQLite) CreateAuthSession(ctx context.Context, a *AuthSession) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO auth_sessions (id, user_id, auth_time, amr, last_active_at, idle_limit_ms, absolute_deadline, deadline)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, a.ID, a.UserID, ms(a.AuthTime), strings.Join(a.AMR, " "), ms(a.LastActiveAt),
+			a.IdleLimit.Milliseconds(), ms(a.AbsoluteDeadline), ms(a.Deadline))
+		if err != nil {
+			return fmt.Errorf("create auth session: %w", err)
+		}
+		return addAudit(ctx, tx, AuditEvent{At: a.AuthTime, Kind: AuditSessionStart, UserID: a.UserID, SID: a.ID,
+			Detail: fmt.Sprintf("idle_limit=%s absolute_deadline=%s", a.IdleLimit, a.AbsoluteDeadline.Format(time.RFC3339))})
+	})
+}
+
+// Reauthenticate records a fresh sign-in into a live session (prompt=login,
+// max_age): new auth_time and amr, and the activity of the sign-in.
+func (s *SQLite) Reauthenticate(ctx context.Context, a *AuthSession) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE auth_sessions SET auth_time = ?, amr = ?, last_active_at = ?, deadline = ?
+			WHERE id = ? AND ended_at IS NULL`, ms(a.AuthTime), strings.Join(a.AMR, " "), ms(a.LastActiveAt), ms(a.Deadline), a.ID)
+		if err := mustAffect(res, err, "auth session "+a.ID); err != nil {
+			return err
+		}
+		return addAudit(ctx, tx, AuditEvent{At: a.AuthTime, Kind: AuditSessionReauthented, UserID: a.UserID, SID: a.ID})
+	})
+}
+
+const authCols = `id, user_id, auth_time, amr, last_active_at, idle_limit_ms, absolute_deadline, deadline, ended_at, end_reason, ended_by`
+
+func scanAuth(row interface{ Scan(...any) error }) (*AuthSession, error) {
+	var a AuthSession
+	var authTime, last, limit, abs, deadline int64
+	var amr string
+	var ended sql.NullInt64
+	var reason, by sql.NullString
+	if err := row.Scan(&a.ID, &a.UserID, &authTime, &amr, &last, &limit, &abs, &deadline, &ended, &reason, &by); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, ErrNotFound
+		}
+		return nil, err
+	}
+	a.AuthTime, a.LastActiveAt, a.AbsoluteDeadline, a.Deadline = fromMS(authTime), fromMS(last), fromMS(abs), fromMS(deadline)
+	a.IdleLimit = time.Duration(limit) * time.Millisecond
+	a.AMR = strings.Fields(amr)
+	a.EndedAt = fromNullMS(ended)
+	a.EndReason = Reason(reason.String)
+	a.EndedBy = by.String
+	return &a, nil
+}
+
+const appCols = `id, auth_session_id, client_id, scopes, idle_exempt, joined_at, last_active_at, deadline, refresh_gen, ended_at, end_reason`
+
+func scanApp(row interface{ Scan(...any) error }) (*AppSession, error) {
+	var a AppSession
+	var scopes string
+	var joined, last int64
+	var deadline, ended sql.NullInt64
+	var reason sql.NullString
+	var gen int64
+	if err := row.Scan(&a.ID, &a.AuthSessionID, &a.ClientID, &scopes, &a.IdleExempt, &joined, &last, &deadline, &gen, &ended, &reason); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, ErrNotFound
+		}
+		return nil, err
+	}
+	a.Scopes = strings.Fields(scopes)
+	a.JoinedAt, a.LastActiveAt = fromMS(joined), fromMS(last)
+	a.Deadline = fromNullMS(deadline)
+	a.RefreshGen = uint64(gen)
+	a.EndedAt = fromNullMS(ended)
+	a.EndReason = Reason(reason.String)
+	return &a, nil
+}
+
+// AuthSession loads one authentication session with all of its application
+// sessions, live and ended, oldest first.
+func (s *SQLite) AuthSession(ctx context.Context, id string) (*AuthSession, []*AppSession, error) {
+	a, err := scanAuth(s.r.QueryRowContext(ctx, `SELECT `+authCols+` FROM auth_sessions WHERE id = ?`, id))
+	if err != nil {
+		return nil, nil, fmt.Errorf("auth session %s: %w", id, err)
+	}
+	apps, err := s.appsOf(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	return a, apps, nil
+}
+
+func (s *SQLite) appsOf(ctx context.Context, sid string) ([]*AppSession, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT `+appCols+` FROM app_sessions WHERE auth_session_id = ? ORDER BY joined_at, id`, sid)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []*AppSession
+	for rows.Next() {
+		a, err := scanApp(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
+// JoinApp stores a new application session and, in the same transaction,
+// the authentication session's new effective limit and deadline (joining a
+// stricter app tightens it) and an app_join audit event. ErrConflict when a
+// live application session already exists for the pair.
+func (s *SQLite) JoinApp(ctx context.Context, app *AppSession, auth ActivityUpdate, userID string) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO app_sessions (id, auth_session_id, client_id, scopes, idle_exempt, joined_at, last_active_at, deadline, refresh_gen)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, app.ID, app.AuthSessionID, app.ClientID, strings.Join(app.Scopes, " "), app.IdleExempt,
+			ms(app.JoinedAt), ms(app.LastActiveAt), nullMS(app.Deadline), int64(app.RefreshGen))
+		if isUnique(err) {
+			return fmt.Errorf("join %s to %s: %w", app.ClientID, app.AuthSessionID, ErrConflict)
+		}
+		if err != nil {
+			return fmt.Errorf("join %s to %s: %w", app.ClientID, app.AuthSessionID, err)
+		}
+		if err := updateAuthActivity(ctx, tx, auth); err != nil {
+			return err
+		}
+		return addAudit(ctx, tx, AuditEvent{At: app.JoinedAt, Kind: AuditAppJoin, UserID: userID, SID: app.AuthSessionID, ClientID: app.ClientID,
+			Detail: fmt.Sprintf("app_session=%s idle_limit=%s exempt=%t", app.ID, auth.IdleLimit, app.IdleExempt)})
+	})
+}
+
+func updateAuthActivity(ctx context.Context, e execer, u ActivityUpdate) error {
+	_, err := e.ExecContext(ctx, `UPDATE auth_sessions SET last_active_at = MAX(last_active_at, ?), idle_limit_ms = ?, deadline = ?
+		WHERE id = ? AND ended_at IS NULL`, ms(u.LastActiveAt), u.IdleLimit.Milliseconds(), ms(u.Deadline), u.AuthSessionID)
+	if err != nil {
+		return fmt.Errorf("update auth session %s: %w", u.AuthSessionID, err)
+	}
+	for _, a := range u.Apps {
+		_, err := e.ExecContext(ctx, `UPDATE app_sessions SET last_active_at = MAX(last_active_at, ?), deadline = ?, refresh_gen = MAX(refresh_gen, ?)
+			WHERE id = ? AND ended_at IS NULL`, ms(a.LastActiveAt), nullMS(a.Deadline), int64(a.RefreshGen), a.ID)
+		if err != nil {
+			return fmt.Errorf("update app session %s: %w", a.ID, err)
+		}
+	}
+	return nil
+}
+
+// SetAppScopes replaces the scopes granted to a live application session
+// (a later authorization of the same app asked for different ones).
+func (s *SQLite) SetAppScopes(ctx context.Context, id string, scopes []string) error {
+	res, err := s.w.ExecContext(ctx, `UPDATE app_sessions SET scopes = ? WHERE id = ? AND ended_at IS NULL`, strings.Join(scopes, " "), id)
+	return mustAffect(res, err, "app session "+id)
+}
+
+// FlushActivity writes coalesced activity for many sessions in one
+// transaction. Rows that have ended meanwhile are left alone.
+func (s *SQLite) FlushActivity(ctx context.Context, updates []ActivityUpdate) error {
+	if len(updates) == 0 {
+		return nil
+	}
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		for _, u := range updates {
+			if err := updateAuthActivity(ctx, tx, u); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// DueAuthSessions returns up to limit live authentication sessions whose
+// stored deadline is at or before now. It reads only the partial deadline
+// index, so it costs O(due), not O(sessions).
+func (s *SQLite) DueAuthSessions(ctx context.Context, now time.Time, limit int) ([]string, error) {
+	return s.ids(ctx, `SELECT id FROM auth_sessions WHERE ended_at IS NULL AND deadline <= ? ORDER BY deadline LIMIT ?`, ms(now), limit)
+}
+
+// DueAppSessions is DueAuthSessions for application sessions with a deadline
+// of their own; it returns their authentication session ids.
+func (s *SQLite) DueAppSessions(ctx context.Context, now time.Time, limit int) ([]string, error) {
+	return s.ids(ctx, `SELECT DISTINCT auth_session_id FROM (SELECT auth_session_id FROM app_sessions
+		WHERE ended_at IS NULL AND deadline IS NOT NULL AND deadline <= ? ORDER BY deadline LIMIT ?)`, ms(now), limit)
+}
+
+func (s *SQLite) ids(ctx context.Context, q string, args ...any) ([]string, error) {
+	rows, err := s.r.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		out = append(out, id)
+	}
+	return out, rows.Err()
+}
+
+// EndSessions applies an End in one transaction: the authentication session
+// (if named) and application sessions are marked ended with the reason, which
+// revokes every refresh and access token they hold; one outbox row per notice
+// and one audit event per ended session are written alongside. Rows already
+// ended are left as they were (their first reason stands).
+func (s *SQLite) EndSessions(ctx context.Context, e End) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		return endSessions(ctx, tx, e)
+	})
+}
+
+// EndMany applies several Ends in one transaction (the sweeper's batch).
+func (s *SQLite) EndMany(ctx context.Context, ends []End) error {
+	if len(ends) == 0 {
+		return nil
+	}
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		for _, e := range ends {
+			if err := endSessions(ctx, tx, e); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func endSessions(ctx context.Context, tx *sql.Tx, e End) error {
+	at := ms(e.At)
+	if e.AuthSessionID != "" {
+		res, err := tx.ExecContext(ctx, `UPDATE auth_sessions SET ended_at = ?, end_reason = ?, ended_by = ? WHERE id = ? AND ended_at IS NULL`,
+			at, string(e.Reason), e.Initiator, e.AuthSessionID)
+		if err != nil {
+			return fmt.Errorf("end auth session %s: %w", e.AuthSessionID, err)
+		}
+		if n, _ := res.RowsAffected(); n > 0 {
+			if err := addAudit(ctx, tx, AuditEvent{At: e.At, Kind: AuditSessionEnd, UserID: e.UserID, SID: e.AuthSessionID,
+				Reason: string(e.Reason), Initiator: e.Initiator}); err != nil {
+				return err
+			}
+		}
+	}
+	for _, app := range e.AppSessions {
+		res, err := tx.ExecContext(ctx, `UPDATE app_sessions SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL`,
+			at, string(e.Reason), app.ID)
+		if err != nil {
+			return fmt.Errorf("end app session %s: %w", app.ID, err)
+		}
+		if n, _ := res.RowsAffected(); n > 0 {
+			sid, _, _ := strings.Cut(app.ID, ".")
+			if err := addAudit(ctx, tx, AuditEvent{At: e.At, Kind: AuditAppEnd, UserID: e.UserID, SID: sid, ClientID: app.ClientID,
+				Reason: string(e.Reason), Initiator: e.Initiator, Detail: "app_session=" + app.ID}); err != nil {
+				return err
+			}
+		}
+	}
+	for _, n := range e.Notices {
+		_, err := tx.ExecContext(ctx, `INSERT INTO logout_outbox (jti, client_id, uri, sid, subject, reason, created_at, next_attempt_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, NewID(), n.ClientID, n.URI, n.SID, n.Subject, string(n.Reason), at, at)
+		if err != nil {
+			return fmt.Errorf("outbox %s: %w", n.ClientID, err)
+		}
+	}
+	return nil
+}
+
+// SessionsOfUser lists a user's authentication sessions, newest first, with
+// their application sessions. Ended sessions are included when withEnded.
+func (s *SQLite) SessionsOfUser(ctx context.Context, userID string, withEnded bool) ([]*AuthSession, map[string][]*AppSession, error) {
+	q := `SELECT ` + authCols + ` FROM auth_sessions WHERE user_id = ?`
+	if !withEnded {
+		q += ` AND ended_at IS NULL`
+	}
+	rows, err := s.r.QueryContext(ctx, q+` ORDER BY auth_time DESC`, userID)
+	if err != nil {
+		return nil, nil, err
+	}
+	var out []*AuthSession
+	for rows.Next() {
+		a, err := scanAuth(rows)
+		if err != nil {
+			rows.Close()
+			return nil, nil, err
+		}
+		out = append(out, a)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, nil, err
+	}
+	apps := make(map[string][]*AppSession, len(out))
+	for _, a := range out {
+		if apps[a.ID], err = s.appsOf(ctx, a.ID); err != nil {
+			return nil, nil, err
+		}
+	}
+	return out, apps, nil
+}
+
+// CountLiveSessions returns the number of live authentication sessions.
+func (s *SQLite) CountLiveSessions(ctx context.Context) (int, error) {
+	var n int
+	err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM auth_sessions WHERE ended_at IS NULL`).Scan(&n)
+	return n, err
+}
+
+// --- revoked access tokens ---
+
+// RevokeToken records that one access token was revoked (RFC 7009).
+func (s *SQLite) RevokeToken(ctx context.Context, tokenID string, expires time.Time) error {
+	_, err := s.w.ExecContext(ctx, `INSERT INTO revoked_tokens (token_id, expires_at) VALUES (?, ?) ON CONFLICT DO NOTHING`, tokenID, ms(expires))
+	return err
+}
+
+// RevokedTokens returns the ids of revoked tokens that have not expired by now,
+// deleting the rest.
+func (s *SQLite) RevokedTokens(ctx context.Context, now time.Time) ([]string, error) {
+	if _, err := s.w.ExecContext(ctx, `DELETE FROM revoked_tokens WHERE expires_at < ?`, ms(now)); err != nil {
+		return nil, err
+	}
+	return s.ids(ctx, `SELECT token_id FROM revoked_tokens`)
+}
+
+// --- authorization requests ---
+
+// SaveAuthRequest stores (or replaces) an authorization request's data.
+func (s *SQLite) SaveAuthRequest(ctx context.Context, id string, data []byte, created, expires time.Time) error {
+	_, err := s.w.ExecContext(ctx, `INSERT INTO auth_requests (id, data, created_at, expires_at) VALUES (?, ?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET data = excluded.data`, id, string(data), ms(created), ms(expires))
+	return err
+}
+
+// AuthRequestData returns an unexpired authorization request's data.
+func (s *SQLite) AuthRequestData(ctx context.Context, id string, now time.Time) ([]byte, error) {
+	var data string
+	err := s.r.QueryRowContext(ctx, `SELECT data FROM auth_requests WHERE id = ? AND expires_at > ?`, id, ms(now)).Scan(&data)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("auth request: %w", ErrNotFound)
+	}
+	return []byte(data), err
+}
+
+// SaveAuthCode attaches the hash of an issued code to a request.
+func (s *SQLite) SaveAuthCode(ctx context.Context, id, codeHash string) error {
+	res, err := s.w.ExecContext(ctx, `UPDATE auth_requests SET code_hash = ? WHERE id = ?`, codeHash, id)
+	return mustAffect(res, err, "auth request")
+}
+
+// AuthRequestByCode returns the request a code was issued for.
+func (s *SQLite) AuthRequestByCode(ctx context.Context, codeHash string, now time.Time) (string, []byte, error) {
+	var id, data string
+	err := s.r.QueryRowContext(ctx, `SELECT id, data FROM auth_requests WHERE code_hash = ? AND expires_at > ?`, codeHash, ms(now)).Scan(&id, &data)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil, fmt.Errorf("auth code: %w", ErrNotFound)
+	}
+	return id, []byte(data), err
+}
+
+// DeleteAuthRequest removes a request; a code can therefore be used once.
+func (s *SQLite) DeleteAuthRequest(ctx context.Context, id string) error {
+	_, err := s.w.ExecContext(ctx, `DELETE FROM auth_requests WHERE id = ?`, id)
+	return err
+}
+
+// PurgeAuthRequests deletes expired requests.
+func (s *SQLite) PurgeAuthRequests(ctx context.Context, now time.Time) error {
+	_, err := s.w.ExecContext(ctx, `DELETE FROM auth_requests WHERE expires_at <= ?`, ms(now))
+	return err
+}
+
+// --- keys and secrets ---
+
+// AddSigningKey stores a new current signing key and schedules every other
+// unscheduled key to leave the key set at retireOthers.
+func (s *SQLite) AddSigningKey(ctx context.Context, k SigningKey, retireOthers time.Time) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `UPDATE signing_keys SET retire_at = ? WHERE retire_at IS NULL`, ms(retireOthers)); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO signing_keys (id, algorithm, private_key, created_at) VALUES (?, ?, ?, ?)`,
+			k.ID, k.Algorithm, k.PrivateDER, ms(k.CreatedAt))
+		return err
+	})
+}
+
+// SigningKeys returns the keys not yet retired at now, newest first. The
+// first one is the current signing key.
+func (s *SQLite) SigningKeys(ctx context.Context, now time.Time) ([]SigningKey, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT id, algorithm, private_key, created_at, retire_at FROM signing_keys
+		WHERE retire_at IS NULL OR retire_at > ? ORDER BY created_at DESC, rowid DESC`, ms(now))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []SigningKey
+	for rows.Next() {
+		var k SigningKey
+		var created int64
+		var retire sql.NullInt64
+		if err := rows.Scan(&k.ID, &k.Algorithm, &k.PrivateDER, &created, &retire); err != nil {
+			return nil, err
+		}
+		k.CreatedAt, k.RetireAt = fromMS(created), fromNullMS(retire)
+		out = append(out, k)
+	}
+	return out, rows.Err()
+}
+
+// Secret returns the named secret, creating it with gen on first use.
+func (s *SQLite) Secret(ctx context.Context, name string, gen func() []byte) ([]byte, error) {
+	var v []byte
+	err := s.r.QueryRowContext(ctx, `SELECT value FROM secrets WHERE name = ?`, name).Scan(&v)
+	if err == nil {
+		return v, nil
+	}
+	if !errors.Is(err, sql.ErrNoRows) {
+		return nil, err
+	}
+	if _, err := s.w.ExecContext(ctx, `INSERT INTO secrets (name, value) VALUES (?, ?) ON CONFLICT DO NOTHING`, name, gen()); err != nil {
+		return nil, err
+	}
+	err = s.w.QueryRowContext(ctx, `SELECT value FROM secrets WHERE name = ?`, name).Scan(&v)
+	return v, err
+}
+
+// --- outbox ---
+
+const outboxCols = `id, jti, client_id, uri, sid, subject, reason, created_at, next_attempt_at, attempts, last_error, delivered_at, abandoned_at`
+
+func scanOutbox(row interface{ Scan(...any) error }) (OutboxEntry, error) {
+	var o OutboxEntry
+	var created, next int64
+	var delivered, abandoned sql.NullInt64
+	var reason string
+	err := row.Scan(&o.ID, &o.JTI, &o.ClientID, &o.URI, &o.SID, &o.Subject, &reason, &created, &next, &o.Attempts, &o.LastError, &delivered, &abandoned)
+	o.Reason = Reason(reason)
+	o.CreatedAt, o.NextAttemptAt = fromMS(created), fromMS(next)
+	o.DeliveredAt, o.AbandonedAt = fromNullMS(delivered), fromNullMS(abandoned)
+	return o, err
+}
+
+// DueDeliveries returns pending deliveries whose next attempt is due.
+func (s *SQLite) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]OutboxEntry, error) {
+	return s.outbox(ctx, `SELECT `+outboxCols+` FROM logout_outbox WHERE delivered_at IS NULL AND abandoned_at IS NULL
+		AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?`, ms(now), limit)
+}
+
+// Deliveries lists every delivery for an authentication session (all when sid
+// is empty), oldest first.
+func (s *SQLite) Deliveries(ctx context.Context, sid string) ([]OutboxEntry, error) {
+	return s.outbox(ctx, `SELECT `+outboxCols+` FROM logout_outbox WHERE ? = '' OR sid = ? ORDER BY id`, sid, sid)
+}
+
+func (s *SQLite) outbox(ctx context.Context, q string, args ...any) ([]OutboxEntry, error) {
+	rows, err := s.r.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []OutboxEntry
+	for rows.Next() {
+		o, err := scanOutbox(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, o)
+	}
+	return out, rows.Err()
+}
+
+// DeliveryDone records a delivery's fate with its audit event: delivered
+// (ok), a retry at next, or abandoned (next zero and not ok).
+func (s *SQLite) DeliveryDone(ctx context.Context, o OutboxEntry, at time.Time, ok bool, next time.Time, errText string) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		var kind string
+		var err error
+		switch {
+		case ok:
+			kind = AuditLogoutDelivered
+			_, err = tx.ExecContext(ctx, `UPDATE logout_outbox SET delivered_at = ?, attempts = attempts + 1, last_error = '' WHERE id = ?`, ms(at), o.ID)
+		case next.IsZero():
+			kind = AuditLogoutAbandoned
+			_, err = tx.ExecContext(ctx, `UPDATE logout_outbox SET abandoned_at = ?, attempts = attempts + 1, last_error = ? WHERE id = ?`, ms(at), errText, o.ID)
+		default:
+			kind = AuditLogoutRetrying
+			_, err = tx.ExecContext(ctx, `UPDATE logout_outbox SET next_attempt_at = ?, attempts = attempts + 1, last_error = ? WHERE id = ?`, ms(next), errText, o.ID)
+		}
+		if err != nil {
+			return fmt.Errorf("outbox %d: %w", o.ID, err)
+		}
+		detail := fmt.Sprintf("jti=%s attempt=%d uri=%s", o.JTI, o.Attempts+1, o.URI)
+		if errText != "" {
+			detail += " error=" + errText
+		}
+		return addAudit(ctx, tx, AuditEvent{At: at, Kind: kind, SID: o.SID, UserID: o.Subject, ClientID: o.ClientID, Reason: string(o.Reason), Detail: detail})
+	})
+}
+
+// --- audit ---
+
+// AddAudit appends one audit event.
+func (s *SQLite) AddAudit(ctx context.Context, ev AuditEvent) error {
+	return addAudit(ctx, s.w, ev)
+}
+
+// Audit returns matching events, oldest first.
+func (s *SQLite) Audit(ctx context.Context, f AuditFilter) ([]AuditEvent, error) {
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 1000
+	}
+	rows, err := s.r.QueryContext(ctx, `SELECT id, at, kind, user_id, sid, client_id, reason, initiator, detail FROM audit_events
+		WHERE (? = '' OR user_id = ?) AND (? = '' OR sid = ?) ORDER BY at, id LIMIT ?`, f.UserID, f.UserID, f.SID, f.SID, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []AuditEvent
+	for rows.Next() {
+		var e AuditEvent
+		var at int64
+		if err := rows.Scan(&e.ID, &at, &e.Kind, &e.UserID, &e.SID, &e.ClientID, &e.Reason, &e.Initiator, &e.Detail); err != nil {
+			return nil, err
+		}
+		e.At = fromMS(at)
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// ReaderForTest exposes the read pool for tests that inspect raw rows.
+func (s *SQLite) ReaderForTest() *sql.DB { return s.r }

@@ -1,0 +1,181 @@
+package session
+
+import (
+	"errors"
+	"time"
+)
+
+// ErrNotFound is returned when a looked-up row does not exist.
+var ErrNotFound = errors.New("not found")
+
+// ErrConflict is returned when a write would break a uniqueness rule (a second
+// live application session for the same pair, a reused name).
+var ErrConflict = errors.New("conflict")
+
+// Reason says why a session ended. The values are part of the public surface:
+// they appear in audit events, the admin API and the `reason` claim of
+// back-channel logout tokens.
+type Reason string
+
+// The reasons a session can end, from ../shared/idle-model.md.
+const (
+	ReasonIdleTimeout    Reason = "idle_timeout"
+	ReasonMaxLifetime    Reason = "max_lifetime"
+	ReasonLogout         Reason = "logout"
+	ReasonAppIdleTimeout Reason = "app_idle_timeout"
+	ReasonAdmin          Reason = "admin"
+	ReasonRefreshReuse   Reason = "refresh_reuse"
+)
+
+// User is a person who can sign in.
+type User struct {
+	ID            string
+	Username      string
+	PasswordHash  string
+	Name          string
+	Email         string
+	EmailVerified bool
+	CreatedAt     time.Time
+}
+
+// AuthSession is the SSO session created by a sign-in at the provider.
+type AuthSession struct {
+	ID               string
+	UserID           string
+	AuthTime         time.Time
+	AMR              []string
+	LastActiveAt     time.Time
+	IdleLimit        time.Duration // effective idle limit
+	AbsoluteDeadline time.Time
+	Deadline         time.Time // min(LastActiveAt+IdleLimit, AbsoluteDeadline)
+	EndedAt          time.Time // zero while live
+	EndReason        Reason
+	EndedBy          string
+}
+
+// Live reports whether the session has not been ended. It says nothing about
+// its deadline: validity is decided by the activity package against a clock.
+func (s *AuthSession) Live() bool { return s.EndedAt.IsZero() }
+
+// AppSession is the session of one client inside one authentication session.
+// Every access and refresh token belongs to exactly one.
+type AppSession struct {
+	ID            string
+	AuthSessionID string
+	ClientID      string
+	Scopes        []string
+	IdleExempt    bool
+	JoinedAt      time.Time
+	LastActiveAt  time.Time
+	Deadline      time.Time // own deadline; zero when the app ends only with its auth session
+	RefreshGen    uint64
+	EndedAt       time.Time
+	EndReason     Reason
+}
+
+// Live reports whether the application session has not been ended.
+func (a *AppSession) Live() bool { return a.EndedAt.IsZero() }
+
+// LogoutNotice is one back-channel logout to deliver to one client.
+type LogoutNotice struct {
+	ClientID string
+	URI      string
+	SID      string
+	Subject  string
+	Reason   Reason
+}
+
+// End is one ending, applied atomically: the authentication session (when
+// AuthSessionID is set), the listed application sessions, their logout
+// notices and audit events are all written in one transaction or not at all.
+type End struct {
+	At            time.Time
+	Reason        Reason
+	Initiator     string // "system", "user", "admin", a client id
+	UserID        string
+	AuthSessionID string
+	AppSessions   []EndedApp
+	Notices       []LogoutNotice
+}
+
+// EndedApp names an application session ended by an End.
+type EndedApp struct {
+	ID       string
+	ClientID string
+}
+
+// ActivityUpdate is a coalesced write of in-memory activity state.
+type ActivityUpdate struct {
+	AuthSessionID string
+	LastActiveAt  time.Time
+	IdleLimit     time.Duration
+	Deadline      time.Time
+	Apps          []AppActivity
+}
+
+// AppActivity is the part of an ActivityUpdate for one application session.
+type AppActivity struct {
+	ID           string
+	LastActiveAt time.Time
+	Deadline     time.Time
+	RefreshGen   uint64
+}
+
+// OutboxEntry is a pending or finished back-channel logout delivery.
+type OutboxEntry struct {
+	ID            int64
+	JTI           string
+	ClientID      string
+	URI           string
+	SID           string
+	Subject       string
+	Reason        Reason
+	CreatedAt     time.Time
+	NextAttemptAt time.Time
+	Attempts      int
+	LastError     string
+	DeliveredAt   time.Time
+	AbandonedAt   time.Time
+}
+
+// AuditEvent is one line of the audit trail.
+type AuditEvent struct {
+	ID        int64     `json:"id"`
+	At        time.Time `json:"at"`
+	Kind      string    `json:"kind"`
+	UserID    string    `json:"user_id,omitempty"`
+	SID       string    `json:"sid,omitempty"`
+	ClientID  string    `json:"client_id,omitempty"`
+	Reason    string    `json:"reason,omitempty"`
+	Initiator string    `json:"initiator,omitempty"`
+	Detail    string    `json:"detail,omitempty"`
+}
+
+// Audit event kinds.
+const (
+	AuditSessionStart       = "session_start"
+	AuditAppJoin            = "app_join"
+	AuditSessionEnd         = "session_end"
+	AuditAppEnd             = "app_end"
+	AuditLogoutDelivered    = "logout_delivered"
+	AuditLogoutRetrying     = "logout_retrying"
+	AuditLogoutAbandoned    = "logout_abandoned"
+	AuditLoginFailed        = "login_failed"
+	AuditSessionReauthented = "session_reauthenticated"
+)
+
+// AuditFilter selects audit events; empty fields match everything.
+type AuditFilter struct {
+	UserID string
+	SID    string
+	Limit  int
+}
+
+// SigningKey is a stored private signing key.
+type SigningKey struct {
+	ID         string
+	Algorithm  string
+	PrivateDER []byte // PKCS#8
+	CreatedAt  time.Time
+	RetireAt   time.Time // zero while current
+}
