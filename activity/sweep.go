@@ -1,0 +1,245 @@
+package activity
+
+import (
+	"context"
+	"time"
+
+	"github.com/idleguard/idleguard/session"
+)
+
+// sweepBatch bounds how many sessions one sweep transaction ends.
+const sweepBatch = 500
+
+// evictAfter is how long a clean session stays in memory unused.
+const evictAfter = 10 * time.Minute
+
+// Run starts the flush and sweep loops; they stop when ctx is done or Close
+// is called.
+func (t *Tracker) Run(ctx context.Context) {
+	t.done.Add(2)
+	go t.loop(ctx, t.cfg.FlushInterval, func(ctx context.Context) {
+		if err := t.Flush(ctx, false); err != nil {
+			t.cfg.Logger.ErrorContext(ctx, "flush activity", "error", err)
+		}
+	})
+	go t.loop(ctx, t.cfg.SweepInterval, func(ctx context.Context) {
+		if _, err := t.Sweep(ctx); err != nil {
+			t.cfg.Logger.ErrorContext(ctx, "sweep", "error", err)
+		}
+	})
+}
+
+func (t *Tracker) loop(ctx context.Context, every time.Duration, fn func(context.Context)) {
+	defer t.done.Done()
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.stop:
+			return
+		case <-tick.C:
+			fn(ctx)
+		}
+	}
+}
+
+// Close stops the loops and writes every unflushed activity.
+func (t *Tracker) Close(ctx context.Context) error {
+	t.closeOnce.Do(func() { close(t.stop) })
+	t.done.Wait()
+	return t.Flush(ctx, true)
+}
+
+// Flush writes coalesced activity: every session whose in-memory state has
+// run ahead of the stored one by more than its slack, whose refresh
+// generation changed, or that the sweeper flagged (all of them when force).
+// It also evicts clean sessions unused for evictAfter.
+func (t *Tracker) Flush(ctx context.Context, force bool) error {
+	now := t.cfg.Now()
+	type pending struct {
+		e   *entry
+		upd session.ActivityUpdate
+	}
+	var batch []pending
+	for i := range t.shards {
+		sh := &t.shards[i]
+		sh.mu.Lock()
+		for sid, e := range sh.m {
+			upd, dirty := t.pendingUpdate(e, force)
+			if dirty {
+				batch = append(batch, pending{e, upd})
+				continue
+			}
+			if now.Sub(e.lastUsed) > evictAfter {
+				delete(sh.m, sid)
+			}
+		}
+		sh.mu.Unlock()
+	}
+	if len(batch) == 0 {
+		return nil
+	}
+	updates := make([]session.ActivityUpdate, len(batch))
+	for i, p := range batch {
+		updates[i] = p.upd
+	}
+	if err := t.store.FlushActivity(ctx, updates); err != nil {
+		return err
+	}
+	for _, p := range batch {
+		sh := t.shard(p.upd.AuthSessionID)
+		sh.mu.Lock()
+		p.e.persistedLast = maxTime(p.e.persistedLast, p.upd.LastActiveAt)
+		p.e.persistedLimit = p.upd.IdleLimit
+		p.e.forceFlush = false
+		for _, au := range p.upd.Apps {
+			if a := p.e.app(au.ID); a != nil {
+				a.persistedLast = maxTime(a.persistedLast, au.LastActiveAt)
+				a.persistedGen = max(a.persistedGen, au.RefreshGen)
+			}
+		}
+		sh.mu.Unlock()
+	}
+	return nil
+}
+
+// pendingUpdate returns the write that brings the store up to date with e,
+// and whether one is due. Callers hold the lock.
+func (t *Tracker) pendingUpdate(e *entry, force bool) (session.ActivityUpdate, bool) {
+	if !e.auth.Live() && !e.hasLiveApp() {
+		return session.ActivityUpdate{}, false
+	}
+	slack := t.slack(e)
+	limit := t.limit(e)
+	dirty := e.forceFlush || limit != e.persistedLimit || e.auth.LastActiveAt.Sub(e.persistedLast) > slack
+	if force && e.auth.LastActiveAt.After(e.persistedLast) {
+		dirty = true
+	}
+	upd := session.ActivityUpdate{AuthSessionID: e.auth.ID, LastActiveAt: e.auth.LastActiveAt, IdleLimit: limit, Deadline: t.deadline(e)}
+	for _, a := range e.apps {
+		if !a.Live() {
+			continue
+		}
+		appDirty := a.RefreshGen != a.persistedGen || a.LastActiveAt.Sub(a.persistedLast) > slack ||
+			(force && a.LastActiveAt.After(a.persistedLast))
+		if appDirty || dirty {
+			dirty = true
+			upd.Apps = append(upd.Apps, session.AppActivity{ID: a.ID, LastActiveAt: a.LastActiveAt, Deadline: t.appDeadline(e, a), RefreshGen: a.RefreshGen})
+		}
+	}
+	return upd, dirty
+}
+
+func (e *entry) hasLiveApp() bool {
+	for _, a := range e.apps {
+		if a.Live() {
+			return true
+		}
+	}
+	return false
+}
+
+// Sweep ends every session whose deadline has passed by the clock, and
+// returns how many sessions (authentication or application) it ended. It
+// only propagates what every credential check already enforces: it reads the
+// stored deadlines (never later than the true ones) through their partial
+// indexes, re-checks each candidate against memory, and flushes those that
+// turn out to be alive.
+func (t *Tracker) Sweep(ctx context.Context) (int, error) {
+	total := 0
+	for {
+		now := t.cfg.Now()
+		auth, err := t.store.DueAuthSessions(ctx, now, sweepBatch)
+		if err != nil {
+			return total, err
+		}
+		apps, err := t.store.DueAppSessions(ctx, now, sweepBatch)
+		if err != nil {
+			return total, err
+		}
+		if len(auth) == 0 && len(apps) == 0 {
+			return total, nil
+		}
+		var ends []session.End
+		seen := make(map[string]bool, len(auth)+len(apps))
+		alive := 0
+		for _, sid := range append(auth, apps...) {
+			if seen[sid] {
+				continue
+			}
+			seen[sid] = true
+			end, n, err := t.planExpiry(ctx, sid, now)
+			if err != nil {
+				return total, err
+			}
+			if n == 0 {
+				alive++
+				continue
+			}
+			total += n
+			ends = append(ends, end...)
+		}
+		if err := t.commit(ctx, ends); err != nil && len(ends) > 0 {
+			return total, err
+		}
+		if alive > 0 {
+			if err := t.Flush(ctx, false); err != nil {
+				return total, err
+			}
+		}
+		if len(auth) < sweepBatch && len(apps) < sweepBatch {
+			return total, nil
+		}
+		if alive == len(seen) {
+			return total, nil // nothing ended; avoid spinning on stale rows
+		}
+	}
+}
+
+// planExpiry decides, for one candidate, what has expired at now: the
+// authentication session (idle_timeout or max_lifetime) and application
+// sessions with deadlines of their own (app_idle_timeout, or an exempt app's
+// own idle_timeout / max_lifetime). A candidate still alive is flagged for
+// flushing.
+func (t *Tracker) planExpiry(ctx context.Context, sid string, now time.Time) ([]session.End, int, error) {
+	sh, e, err := t.get(ctx, sid)
+	if err != nil {
+		return nil, 0, err
+	}
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	var ends []session.End
+	n := 0
+	if e.auth.Live() && !now.Before(t.deadline(e)) {
+		reason := session.ReasonIdleTimeout
+		if !now.Before(e.auth.AbsoluteDeadline) {
+			reason = session.ReasonMaxLifetime
+		}
+		end := t.planEnd(e, reason, "system", now)
+		n += 1 + len(end.AppSessions)
+		ends = append(ends, end)
+	}
+	for _, a := range e.apps {
+		d := t.appDeadline(e, a)
+		if !a.Live() || d.IsZero() || now.Before(d) {
+			continue
+		}
+		reason := session.ReasonAppIdleTimeout
+		if a.policy.Exempt {
+			reason = session.ReasonIdleTimeout
+			if !now.Before(e.auth.AbsoluteDeadline) {
+				reason = session.ReasonMaxLifetime
+			}
+		}
+		end := session.End{At: now, Reason: reason, Initiator: "system", UserID: e.auth.UserID}
+		t.endApp(e, a, &end, now, reason)
+		ends = append(ends, end)
+		n++
+	}
+	if n == 0 {
+		e.forceFlush = true
+	}
+	return ends, n, nil
+}

@@ -1,0 +1,740 @@
+package activity
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/idleguard/idleguard/session"
+)
+
+// Errors returned when a credential can no longer be used. Callers map them
+// to protocol errors at the HTTP edge.
+var (
+	// ErrSessionOver means the session's deadline has passed or it was ended.
+	ErrSessionOver = errors.New("session is over")
+	// ErrRefreshReuse means a rotated refresh token was presented again; the
+	// application session has been ended.
+	ErrRefreshReuse = errors.New("refresh token reuse")
+	// ErrStaleRefresh means a concurrent refresh already rotated the token.
+	ErrStaleRefresh = errors.New("refresh token already rotated")
+)
+
+// ClientPolicy is what the tracker needs to know about one client.
+type ClientPolicy struct {
+	IdleTimeout          time.Duration // the app's tolerance for inactivity; 0: none of its own
+	AppIdleTimeout       time.Duration // end this app alone after this long unused; 0: off
+	Exempt               bool          // idle_exempt: does not pull the shared limit down
+	Sources              Source        // activity sources that count for this client
+	BackchannelLogoutURI string
+}
+
+// Store is the persistence the tracker needs.
+type Store interface {
+	CreateAuthSession(ctx context.Context, a *session.AuthSession) error
+	Reauthenticate(ctx context.Context, a *session.AuthSession) error
+	AuthSession(ctx context.Context, id string) (*session.AuthSession, []*session.AppSession, error)
+	JoinApp(ctx context.Context, app *session.AppSession, auth session.ActivityUpdate, userID string) error
+	SetAppScopes(ctx context.Context, id string, scopes []string) error
+	FlushActivity(ctx context.Context, updates []session.ActivityUpdate) error
+	DueAuthSessions(ctx context.Context, now time.Time, limit int) ([]string, error)
+	DueAppSessions(ctx context.Context, now time.Time, limit int) ([]string, error)
+	EndSessions(ctx context.Context, e session.End) error
+	EndMany(ctx context.Context, ends []session.End) error
+}
+
+// Config configures a Tracker.
+type Config struct {
+	IdleTimeout   time.Duration // provider ceiling for every session's idle limit
+	MaxLifetime   time.Duration // absolute limit from auth_time
+	SweepInterval time.Duration
+	FlushInterval time.Duration // how often coalesced activity is written; default 1s
+	// Now is the clock every decision is made by. Tests freeze and advance it.
+	Now func() time.Time
+	// Client returns the policy of a client; ok is false for unknown clients.
+	Client func(clientID string) (ClientPolicy, bool)
+	// OnEnd is called (without locks held) after ends were committed, for
+	// example to wake the back-channel delivery worker.
+	OnEnd  func()
+	Logger *slog.Logger
+}
+
+// Tracker is the in-memory, authoritative view of session activity, backed by
+// a Store. Activity is coalesced in memory and written at most every
+// FlushInterval, and only once it has moved a session's deadline by more than
+// the flush slack (see slack); every other state change (start, join, end) is
+// written through before it is acknowledged.
+//
+// Invariant: a stored deadline is never later than the true one, so the
+// sweeper's index scan never misses an expired session, and a crash that
+// loses unflushed activity can only make a session end earlier, by at most
+// slack + FlushInterval.
+type Tracker struct {
+	cfg    Config
+	store  Store
+	seed   maphash.Seed
+	shards [64]shard
+
+	closeOnce sync.Once
+	stop      chan struct{}
+	done      sync.WaitGroup
+}
+
+type shard struct {
+	mu sync.Mutex
+	m  map[string]*entry
+}
+
+type entry struct {
+	auth           session.AuthSession
+	apps           []*appState // live and ended, oldest first
+	persistedLast  time.Time
+	persistedLimit time.Duration
+	lastUsed       time.Time
+	forceFlush     bool
+}
+
+type appState struct {
+	session.AppSession
+	policy        ClientPolicy
+	persistedLast time.Time
+	persistedGen  uint64
+}
+
+// New returns a tracker. Call Run to start the flush and sweep loops.
+func New(cfg Config, store Store) *Tracker {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.FlushInterval <= 0 {
+		cfg.FlushInterval = time.Second
+	}
+	if cfg.SweepInterval <= 0 {
+		cfg.SweepInterval = time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Client == nil {
+		cfg.Client = func(string) (ClientPolicy, bool) { return ClientPolicy{}, false }
+	}
+	t := &Tracker{cfg: cfg, store: store, seed: maphash.MakeSeed(), stop: make(chan struct{})}
+	for i := range t.shards {
+		t.shards[i].m = make(map[string]*entry)
+	}
+	return t
+}
+
+// Now returns the tracker's clock reading.
+func (t *Tracker) Now() time.Time { return t.cfg.Now() }
+
+func (t *Tracker) shard(sid string) *shard {
+	return &t.shards[maphash.String(t.seed, sid)%uint64(len(t.shards))]
+}
+
+// SessionID returns the authentication session an application session id
+// belongs to. Application session ids are "<sid>.<suffix>".
+func SessionID(appSessionID string) string {
+	for i := 0; i < len(appSessionID); i++ {
+		if appSessionID[i] == '.' {
+			return appSessionID[:i]
+		}
+	}
+	return appSessionID
+}
+
+// --- policy ---
+
+func (t *Tracker) limit(e *entry) time.Duration {
+	l := t.cfg.IdleTimeout
+	for _, a := range e.apps {
+		if a.Live() && !a.policy.Exempt && a.policy.IdleTimeout > 0 && a.policy.IdleTimeout < l {
+			l = a.policy.IdleTimeout
+		}
+	}
+	return l
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// idleDeadline is last_active_at + effective limit.
+func (t *Tracker) idleDeadline(e *entry) time.Time { return e.auth.LastActiveAt.Add(t.limit(e)) }
+
+// deadline is min(idle deadline, absolute deadline).
+func (t *Tracker) deadline(e *entry) time.Time {
+	return minTime(t.idleDeadline(e), e.auth.AbsoluteDeadline)
+}
+
+func (t *Tracker) ownLimit(a *appState) time.Duration {
+	if a.policy.Exempt {
+		if a.policy.IdleTimeout > 0 {
+			return a.policy.IdleTimeout
+		}
+		return t.cfg.IdleTimeout
+	}
+	return a.policy.AppIdleTimeout
+}
+
+// appDeadline is the deadline an application session has of its own: exempt
+// apps end by their own idle_timeout or the absolute deadline; apps with
+// app_idle_timeout end after that long unused. Zero for the others.
+func (t *Tracker) appDeadline(e *entry, a *appState) time.Time {
+	l := t.ownLimit(a)
+	if l <= 0 {
+		return time.Time{}
+	}
+	d := a.LastActiveAt.Add(l)
+	if a.policy.Exempt {
+		d = minTime(d, e.auth.AbsoluteDeadline)
+	}
+	return d
+}
+
+// authValid reports whether the authentication session may be used at now.
+func (t *Tracker) authValid(e *entry, now time.Time) bool {
+	return e.auth.Live() && now.Before(t.deadline(e))
+}
+
+// appValid reports whether a credential of application session a may be used
+// at now. Exempt apps outlive an idle end of their authentication session.
+func (t *Tracker) appValid(e *entry, a *appState, now time.Time) bool {
+	if !a.Live() {
+		return false
+	}
+	if d := t.appDeadline(e, a); !d.IsZero() && !now.Before(d) {
+		return false
+	}
+	if a.policy.Exempt {
+		return now.Before(e.auth.AbsoluteDeadline) && (e.auth.Live() || e.auth.EndReason == session.ReasonIdleTimeout)
+	}
+	return t.authValid(e, now)
+}
+
+// slack is how far in-memory activity may run ahead of the stored value
+// before it is flushed: a tenth of the effective limit, at most 30s.
+func (t *Tracker) slack(e *entry) time.Duration {
+	return min(t.limit(e)/10, 30*time.Second)
+}
+
+// --- loading ---
+
+func (t *Tracker) get(ctx context.Context, sid string) (*shard, *entry, error) {
+	sh := t.shard(sid)
+	sh.mu.Lock()
+	e, ok := sh.m[sid]
+	sh.mu.Unlock()
+	if ok {
+		return sh, e, nil
+	}
+	auth, apps, err := t.store.AuthSession(ctx, sid)
+	if err != nil {
+		return nil, nil, err
+	}
+	ne := &entry{auth: *auth, persistedLast: auth.LastActiveAt, persistedLimit: auth.IdleLimit}
+	for _, a := range apps {
+		pol, _ := t.cfg.Client(a.ClientID)
+		pol.Exempt = a.IdleExempt // the flag the app joined with stays with its session
+		ne.apps = append(ne.apps, &appState{AppSession: *a, policy: pol, persistedLast: a.LastActiveAt, persistedGen: a.RefreshGen})
+	}
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if e, ok := sh.m[sid]; ok {
+		return sh, e, nil
+	}
+	sh.m[sid] = ne
+	return sh, ne, nil
+}
+
+func (e *entry) app(id string) *appState {
+	for _, a := range e.apps {
+		if a.ID == id {
+			return a
+		}
+	}
+	return nil
+}
+
+func (e *entry) liveApp(clientID string) *appState {
+	for _, a := range e.apps {
+		if a.ClientID == clientID && a.Live() {
+			return a
+		}
+	}
+	return nil
+}
+
+// --- status ---
+
+// Status describes one session as seen by one credential, at one instant.
+type Status struct {
+	Active       bool
+	SID          string
+	UserID       string
+	ClientID     string
+	AppSessionID string
+	Scopes       []string
+	AuthTime     time.Time
+	AMR          []string
+	Exempt       bool
+	// IdleLimit is the idle limit that governs this credential: the session's
+	// effective limit, or an exempt app's own.
+	IdleLimit        time.Duration
+	IdleDeadline     time.Time
+	Deadline         time.Time
+	AbsoluteDeadline time.Time
+	EndReason        session.Reason
+	Now              time.Time
+}
+
+func (t *Tracker) status(e *entry, a *appState, now time.Time) Status {
+	s := Status{
+		SID: e.auth.ID, UserID: e.auth.UserID, AuthTime: e.auth.AuthTime, AMR: e.auth.AMR,
+		AbsoluteDeadline: e.auth.AbsoluteDeadline, Now: now,
+		IdleLimit: t.limit(e), IdleDeadline: t.idleDeadline(e), Deadline: t.deadline(e),
+		EndReason: e.auth.EndReason,
+	}
+	if a == nil {
+		s.Active = t.authValid(e, now)
+		return s
+	}
+	s.ClientID, s.AppSessionID, s.Scopes, s.Exempt = a.ClientID, a.ID, a.Scopes, a.policy.Exempt
+	s.Active = t.appValid(e, a, now)
+	if d := t.appDeadline(e, a); !d.IsZero() {
+		if a.policy.Exempt {
+			s.IdleLimit, s.IdleDeadline, s.Deadline = t.ownLimit(a), d, d
+		} else {
+			s.Deadline = minTime(s.Deadline, d)
+		}
+	}
+	if !a.Live() {
+		s.EndReason = a.EndReason
+	}
+	if !s.Active && s.EndReason == "" {
+		switch {
+		case !now.Before(e.auth.AbsoluteDeadline):
+			s.EndReason = session.ReasonMaxLifetime
+		case a.policy.AppIdleTimeout > 0 && !a.policy.Exempt && !now.Before(t.appDeadline(e, a)):
+			s.EndReason = session.ReasonAppIdleTimeout
+		default:
+			s.EndReason = session.ReasonIdleTimeout
+		}
+	}
+	return s
+}
+
+// Session returns the status of an authentication session without counting
+// as activity.
+func (t *Tracker) Session(ctx context.Context, sid string) (Status, error) {
+	sh, e, err := t.get(ctx, sid)
+	if err != nil {
+		return Status{}, err
+	}
+	now := t.cfg.Now()
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	e.lastUsed = now
+	s := t.status(e, nil, now)
+	if !s.Active && s.EndReason == "" {
+		s.EndReason = session.ReasonIdleTimeout
+		if !now.Before(e.auth.AbsoluteDeadline) {
+			s.EndReason = session.ReasonMaxLifetime
+		}
+	}
+	return s, nil
+}
+
+// Check returns the status of an application session's credentials at the
+// clock's current time. It is never activity (GET /session, revocation).
+func (t *Tracker) Check(ctx context.Context, appSessionID string) (Status, error) {
+	return t.Touch(ctx, appSessionID, 0, time.Time{})
+}
+
+// Touch records activity from source for an application session, if the
+// client counts that source and the session is still valid, and returns its
+// status. at is the reported time of the last interaction (zero: now); it is
+// clamped to [previous last_active_at, now], and activity that arrives after
+// the deadline never revives a session.
+func (t *Tracker) Touch(ctx context.Context, appSessionID string, src Source, at time.Time) (Status, error) {
+	sh, e, err := t.get(ctx, SessionID(appSessionID))
+	if err != nil {
+		return Status{}, err
+	}
+	now := t.cfg.Now()
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	e.lastUsed = now
+	a := e.app(appSessionID)
+	if a == nil {
+		return Status{}, fmt.Errorf("app session %s: %w", appSessionID, session.ErrNotFound)
+	}
+	if src != 0 && a.policy.Sources&src != 0 && t.appValid(e, a, now) {
+		t.record(e, a, at, now)
+	}
+	return t.status(e, a, now), nil
+}
+
+func clamp(at, lo, hi time.Time) time.Time {
+	if at.IsZero() || at.After(hi) {
+		return hi
+	}
+	if at.Before(lo) {
+		return lo
+	}
+	return at
+}
+
+// record moves the shared timer and the app's own. Callers hold the lock and
+// have checked validity.
+func (t *Tracker) record(e *entry, a *appState, at, now time.Time) {
+	if t.authValid(e, now) {
+		e.auth.LastActiveAt = clamp(at, e.auth.LastActiveAt, now)
+	}
+	if a != nil {
+		a.LastActiveAt = clamp(at, a.LastActiveAt, now)
+	}
+}
+
+// TouchSession records activity on the authentication session itself on
+// behalf of a client, typically sso (an authorize request answered from the
+// existing session). It reports whether the session is valid.
+func (t *Tracker) TouchSession(ctx context.Context, sid, clientID string, src Source) (Status, error) {
+	sh, e, err := t.get(ctx, sid)
+	if err != nil {
+		return Status{}, err
+	}
+	now := t.cfg.Now()
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	e.lastUsed = now
+	if t.authValid(e, now) {
+		pol, _ := t.cfg.Client(clientID)
+		if pol.Sources&src != 0 {
+			a := e.liveApp(clientID)
+			if a != nil && !t.appValid(e, a, now) {
+				a = nil
+			}
+			t.record(e, a, time.Time{}, now)
+		}
+	}
+	return t.status(e, nil, now), nil
+}
+
+// --- lifecycle ---
+
+func randomSuffix() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// Start creates an authentication session for a person who just signed in.
+func (t *Tracker) Start(ctx context.Context, userID string, amr []string) (Status, error) {
+	now := t.cfg.Now()
+	a := session.AuthSession{
+		ID: session.NewID(), UserID: userID, AuthTime: now, AMR: amr, LastActiveAt: now,
+		IdleLimit: t.cfg.IdleTimeout, AbsoluteDeadline: now.Add(t.cfg.MaxLifetime),
+	}
+	a.Deadline = minTime(now.Add(a.IdleLimit), a.AbsoluteDeadline)
+	if err := t.store.CreateAuthSession(ctx, &a); err != nil {
+		return Status{}, fmt.Errorf("start session: %w", err)
+	}
+	e := &entry{auth: a, persistedLast: now, persistedLimit: a.IdleLimit, lastUsed: now}
+	sh := t.shard(a.ID)
+	sh.mu.Lock()
+	sh.m[a.ID] = e
+	s := t.status(e, nil, now)
+	sh.mu.Unlock()
+	return s, nil
+}
+
+// Reauthenticate records a fresh sign-in into a valid session (prompt=login,
+// max_age): it counts as login activity and sets a new auth_time.
+func (t *Tracker) Reauthenticate(ctx context.Context, sid string, amr []string) (Status, error) {
+	sh, e, err := t.get(ctx, sid)
+	if err != nil {
+		return Status{}, err
+	}
+	now := t.cfg.Now()
+	sh.mu.Lock()
+	if !t.authValid(e, now) {
+		sh.mu.Unlock()
+		return Status{}, ErrSessionOver
+	}
+	upd := e.auth
+	upd.AuthTime, upd.AMR, upd.LastActiveAt = now, amr, now
+	upd.Deadline = minTime(now.Add(t.limit(e)), upd.AbsoluteDeadline)
+	sh.mu.Unlock()
+	if err := t.store.Reauthenticate(ctx, &upd); err != nil {
+		return Status{}, err
+	}
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	e.auth.AuthTime, e.auth.AMR = now, amr
+	e.auth.LastActiveAt = maxTime(e.auth.LastActiveAt, now)
+	e.persistedLast = maxTime(e.persistedLast, now)
+	return t.status(e, nil, now), nil
+}
+
+// Join returns the live application session of clientID in session sid,
+// creating it if the client has none (the provider is about to issue it a
+// code or tokens). Joining a stricter app tightens the effective limit at
+// once, and that is written through.
+func (t *Tracker) Join(ctx context.Context, sid, clientID string, scopes []string) (Status, error) {
+	for attempt := 0; attempt < 2; attempt++ {
+		sh, e, err := t.get(ctx, sid)
+		if err != nil {
+			return Status{}, err
+		}
+		now := t.cfg.Now()
+		sh.mu.Lock()
+		if !t.authValid(e, now) {
+			sh.mu.Unlock()
+			return Status{}, ErrSessionOver
+		}
+		if a := e.liveApp(clientID); a != nil && t.appValid(e, a, now) {
+			if slices.Equal(a.Scopes, scopes) {
+				s := t.status(e, a, now)
+				sh.mu.Unlock()
+				return s, nil
+			}
+			sh.mu.Unlock()
+			// The app asked for other scopes this time: its session now holds those.
+			if err := t.store.SetAppScopes(ctx, a.ID, scopes); err != nil {
+				return Status{}, err
+			}
+			sh.mu.Lock()
+			a.Scopes = slices.Clone(scopes)
+			s := t.status(e, a, now)
+			sh.mu.Unlock()
+			return s, nil
+		}
+		pol, ok := t.cfg.Client(clientID)
+		if !ok {
+			sh.mu.Unlock()
+			return Status{}, fmt.Errorf("join: unknown client %q", clientID)
+		}
+		a := &appState{AppSession: session.AppSession{
+			ID: sid + "." + randomSuffix(), AuthSessionID: sid, ClientID: clientID, Scopes: scopes,
+			IdleExempt: pol.Exempt, JoinedAt: now, LastActiveAt: now,
+		}, policy: pol, persistedLast: now}
+		trial := *e
+		trial.apps = append(slices.Clip(e.apps), a)
+		a.Deadline = t.appDeadline(&trial, a)
+		upd := session.ActivityUpdate{AuthSessionID: sid, LastActiveAt: e.auth.LastActiveAt,
+			IdleLimit: t.limit(&trial), Deadline: t.deadline(&trial)}
+		userID := e.auth.UserID
+		sh.mu.Unlock()
+
+		err = t.store.JoinApp(ctx, &a.AppSession, upd, userID)
+		if errors.Is(err, session.ErrConflict) {
+			t.evict(sid) // another replica or request joined first: reload
+			continue
+		}
+		if err != nil {
+			return Status{}, err
+		}
+		sh.mu.Lock()
+		// An ended app of the same client may still sit in apps; replace nothing, append.
+		e.apps = append(e.apps, a)
+		e.persistedLimit = upd.IdleLimit
+		s := t.status(e, a, now)
+		sh.mu.Unlock()
+		return s, nil
+	}
+	return Status{}, fmt.Errorf("join %s to %s: %w", clientID, sid, session.ErrConflict)
+}
+
+func (t *Tracker) evict(sid string) {
+	sh := t.shard(sid)
+	sh.mu.Lock()
+	delete(sh.m, sid)
+	sh.mu.Unlock()
+}
+
+// CheckRefresh validates a refresh token's generation for an application
+// session. A generation older than the current one is a replay of a rotated
+// token: the application session is ended with reason refresh_reuse and
+// ErrRefreshReuse returned. A newer one can only exist if a crash lost the
+// flush of its rotation (tokens are MAC-protected), and is accepted.
+func (t *Tracker) CheckRefresh(ctx context.Context, appSessionID string, gen uint64) (Status, error) {
+	sh, e, err := t.get(ctx, SessionID(appSessionID))
+	if err != nil {
+		return Status{}, err
+	}
+	now := t.cfg.Now()
+	sh.mu.Lock()
+	a := e.app(appSessionID)
+	if a == nil {
+		sh.mu.Unlock()
+		return Status{}, session.ErrNotFound
+	}
+	s := t.status(e, a, now)
+	reuse := a.Live() && gen < a.RefreshGen
+	sh.mu.Unlock()
+	if reuse {
+		if err := t.EndApp(ctx, appSessionID, session.ReasonRefreshReuse, "system"); err != nil {
+			return Status{}, err
+		}
+		return Status{}, ErrRefreshReuse
+	}
+	if !s.Active {
+		return s, ErrSessionOver
+	}
+	return s, nil
+}
+
+// RotateRefresh moves an application session's refresh generation from gen
+// to gen+1, counting refresh activity where the client opted in. It fails
+// with ErrStaleRefresh when another request rotated gen first. The new
+// generation is flushed with the next activity flush.
+func (t *Tracker) RotateRefresh(ctx context.Context, appSessionID string, gen uint64) (Status, uint64, error) {
+	sh, e, err := t.get(ctx, SessionID(appSessionID))
+	if err != nil {
+		return Status{}, 0, err
+	}
+	now := t.cfg.Now()
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	a := e.app(appSessionID)
+	if a == nil {
+		return Status{}, 0, session.ErrNotFound
+	}
+	if !t.appValid(e, a, now) {
+		return t.status(e, a, now), 0, ErrSessionOver
+	}
+	if gen < a.RefreshGen {
+		return Status{}, 0, ErrStaleRefresh
+	}
+	a.RefreshGen = gen + 1
+	if a.policy.Sources&Refresh != 0 {
+		t.record(e, a, time.Time{}, now)
+	}
+	e.lastUsed = now
+	return t.status(e, a, now), a.RefreshGen, nil
+}
+
+// RefreshGen returns the current refresh generation of an application
+// session, for issuing its first refresh token.
+func (t *Tracker) RefreshGen(ctx context.Context, appSessionID string) (uint64, error) {
+	sh, e, err := t.get(ctx, SessionID(appSessionID))
+	if err != nil {
+		return 0, err
+	}
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	a := e.app(appSessionID)
+	if a == nil {
+		return 0, session.ErrNotFound
+	}
+	return a.RefreshGen, nil
+}
+
+// End ends an authentication session now with reason, by initiator. An idle
+// end leaves exempt application sessions running; every other reason ends
+// them all.
+func (t *Tracker) End(ctx context.Context, sid string, reason session.Reason, initiator string) error {
+	sh, e, err := t.get(ctx, sid)
+	if err != nil {
+		return err
+	}
+	now := t.cfg.Now()
+	sh.mu.Lock()
+	end := t.planEnd(e, reason, initiator, now)
+	sh.mu.Unlock()
+	return t.commit(ctx, []session.End{end})
+}
+
+// EndApp ends one application session alone: back-channel logout goes to
+// that app, the authentication session goes on and its effective limit is
+// recomputed without it.
+func (t *Tracker) EndApp(ctx context.Context, appSessionID string, reason session.Reason, initiator string) error {
+	sh, e, err := t.get(ctx, SessionID(appSessionID))
+	if err != nil {
+		return err
+	}
+	now := t.cfg.Now()
+	sh.mu.Lock()
+	a := e.app(appSessionID)
+	if a == nil {
+		sh.mu.Unlock()
+		return session.ErrNotFound
+	}
+	end := session.End{At: now, Reason: reason, Initiator: initiator, UserID: e.auth.UserID}
+	t.endApp(e, a, &end, now, reason)
+	sh.mu.Unlock()
+	return t.commit(ctx, []session.End{end})
+}
+
+// planEnd marks e (and the apps that go with it) ended in memory and returns
+// the End to persist. Callers hold the lock.
+func (t *Tracker) planEnd(e *entry, reason session.Reason, initiator string, now time.Time) session.End {
+	end := session.End{At: now, Reason: reason, Initiator: initiator, UserID: e.auth.UserID}
+	if e.auth.Live() {
+		end.AuthSessionID = e.auth.ID
+		e.auth.EndedAt, e.auth.EndReason, e.auth.EndedBy = now, reason, initiator
+	}
+	for _, a := range e.apps {
+		if !a.Live() || (reason == session.ReasonIdleTimeout && a.policy.Exempt) {
+			continue
+		}
+		t.endApp(e, a, &end, now, reason)
+	}
+	return end
+}
+
+func (t *Tracker) endApp(e *entry, a *appState, end *session.End, now time.Time, reason session.Reason) {
+	if !a.Live() {
+		return
+	}
+	a.EndedAt, a.EndReason = now, reason
+	end.AppSessions = append(end.AppSessions, session.EndedApp{ID: a.ID, ClientID: a.ClientID})
+	if a.policy.BackchannelLogoutURI != "" {
+		end.Notices = append(end.Notices, session.LogoutNotice{ClientID: a.ClientID, URI: a.policy.BackchannelLogoutURI,
+			SID: e.auth.ID, Subject: e.auth.UserID, Reason: reason})
+	}
+}
+
+// commit persists ends. If that fails, the affected entries are dropped from
+// memory so that the stored truth is reloaded and the sweeper retries.
+func (t *Tracker) commit(ctx context.Context, ends []session.End) error {
+	var err error
+	if len(ends) == 1 {
+		err = t.store.EndSessions(ctx, ends[0])
+	} else {
+		err = t.store.EndMany(ctx, ends)
+	}
+	if err != nil {
+		for _, e := range ends {
+			if e.AuthSessionID != "" {
+				t.evict(e.AuthSessionID)
+			}
+			for _, a := range e.AppSessions {
+				t.evict(SessionID(a.ID))
+			}
+		}
+		return fmt.Errorf("end sessions: %w", err)
+	}
+	if t.cfg.OnEnd != nil {
+		t.cfg.OnEnd()
+	}
+	return nil
+}
