@@ -97,7 +97,9 @@ func (t *Tracker) Flush(ctx context.Context, force bool) error {
 		for _, au := range p.upd.Apps {
 			if a := p.e.app(au.ID); a != nil {
 				a.persistedLast = maxTime(a.persistedLast, au.LastActiveAt)
-				a.persistedGen = max(a.persistedGen, au.RefreshGen)
+				for c, g := range au.RefreshChains {
+					a.persistedChains[c] = max(a.persistedChains[c], g)
+				}
 			}
 		}
 		sh.mu.Unlock()
@@ -122,11 +124,20 @@ func (t *Tracker) pendingUpdate(e *entry, force bool) (session.ActivityUpdate, b
 		if !a.Live() {
 			continue
 		}
-		appDirty := a.RefreshGen != a.persistedGen || a.LastActiveAt.Sub(a.persistedLast) > slack ||
+		var moved map[string]uint64
+		for c, g := range a.RefreshChains {
+			if g != a.persistedChains[c] {
+				if moved == nil {
+					moved = map[string]uint64{}
+				}
+				moved[c] = g
+			}
+		}
+		appDirty := moved != nil || a.LastActiveAt.Sub(a.persistedLast) > slack ||
 			(force && a.LastActiveAt.After(a.persistedLast))
 		if appDirty || dirty {
 			dirty = true
-			upd.Apps = append(upd.Apps, session.AppActivity{ID: a.ID, LastActiveAt: a.LastActiveAt, Deadline: t.appDeadline(e, a), RefreshGen: a.RefreshGen})
+			upd.Apps = append(upd.Apps, session.AppActivity{ID: a.ID, LastActiveAt: a.LastActiveAt, Deadline: t.appDeadline(e, a), RefreshChains: moved})
 		}
 	}
 	return upd, dirty

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -43,6 +44,7 @@ type Store interface {
 	AuthSession(ctx context.Context, id string) (*session.AuthSession, []*session.AppSession, error)
 	JoinApp(ctx context.Context, app *session.AppSession, auth session.ActivityUpdate, userID string) error
 	SetAppScopes(ctx context.Context, id string, scopes []string) error
+	AddRefreshChain(ctx context.Context, appSessionID, chainID string, gen uint64, at time.Time) error
 	FlushActivity(ctx context.Context, updates []session.ActivityUpdate) error
 	DueAuthSessions(ctx context.Context, now time.Time, limit int) ([]string, error)
 	DueAppSessions(ctx context.Context, now time.Time, limit int) ([]string, error)
@@ -103,9 +105,9 @@ type entry struct {
 
 type appState struct {
 	session.AppSession
-	policy        ClientPolicy
-	persistedLast time.Time
-	persistedGen  uint64
+	policy          ClientPolicy
+	persistedLast   time.Time
+	persistedChains map[string]uint64
 }
 
 // New returns a tracker. Call Run to start the flush and sweep loops.
@@ -153,6 +155,9 @@ func SessionID(appSessionID string) string {
 // --- policy ---
 
 func (t *Tracker) limit(e *entry) time.Duration {
+	if !e.auth.Live() && e.auth.IdleLimit > 0 {
+		return e.auth.IdleLimit
+	}
 	l := t.cfg.IdleTimeout
 	for _, a := range e.apps {
 		if a.Live() && !a.policy.Exempt && a.policy.IdleTimeout > 0 && a.policy.IdleTimeout < l {
@@ -253,7 +258,10 @@ func (t *Tracker) get(ctx context.Context, sid string) (*shard, *entry, error) {
 	for _, a := range apps {
 		pol, _ := t.cfg.Client(a.ClientID)
 		pol.Exempt = a.IdleExempt // the flag the app joined with stays with its session
-		ne.apps = append(ne.apps, &appState{AppSession: *a, policy: pol, persistedLast: a.LastActiveAt, persistedGen: a.RefreshGen})
+		if a.RefreshChains == nil {
+			a.RefreshChains = map[string]uint64{}
+		}
+		ne.apps = append(ne.apps, &appState{AppSession: *a, policy: pol, persistedLast: a.LastActiveAt, persistedChains: maps.Clone(a.RefreshChains)})
 	}
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -534,8 +542,8 @@ func (t *Tracker) Join(ctx context.Context, sid, clientID string, scopes []strin
 		}
 		a := &appState{AppSession: session.AppSession{
 			ID: sid + "." + randomSuffix(), AuthSessionID: sid, ClientID: clientID, Scopes: scopes,
-			IdleExempt: pol.Exempt, JoinedAt: now, LastActiveAt: now,
-		}, policy: pol, persistedLast: now}
+			IdleExempt: pol.Exempt, JoinedAt: now, LastActiveAt: now, RefreshChains: map[string]uint64{},
+		}, policy: pol, persistedLast: now, persistedChains: map[string]uint64{}}
 		trial := *e
 		trial.apps = append(slices.Clip(e.apps), a)
 		a.Deadline = t.appDeadline(&trial, a)
@@ -570,12 +578,36 @@ func (t *Tracker) evict(sid string) {
 	sh.mu.Unlock()
 }
 
-// CheckRefresh validates a refresh token's generation for an application
-// session. A generation older than the current one is a replay of a rotated
-// token: the application session is ended with reason refresh_reuse and
-// ErrRefreshReuse returned. A newer one can only exist if a crash lost the
-// flush of its rotation (tokens are MAC-protected), and is accepted.
-func (t *Tracker) CheckRefresh(ctx context.Context, appSessionID string, gen uint64) (Status, error) {
+// NewRefreshChain starts a refresh-token chain in an application session
+// (one per code exchange, so that two sign-ins of the same app do not
+// invalidate each other's tokens) and returns its id and first generation.
+// The chain is written through.
+func (t *Tracker) NewRefreshChain(ctx context.Context, appSessionID string) (string, uint64, error) {
+	sh, e, err := t.get(ctx, SessionID(appSessionID))
+	if err != nil {
+		return "", 0, err
+	}
+	chain := randomSuffix()
+	if err := t.store.AddRefreshChain(ctx, appSessionID, chain, 1, t.cfg.Now()); err != nil {
+		return "", 0, err
+	}
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	a := e.app(appSessionID)
+	if a == nil {
+		return "", 0, session.ErrNotFound
+	}
+	a.RefreshChains[chain] = 1
+	a.persistedChains[chain] = 1
+	return chain, 1, nil
+}
+
+// CheckRefresh validates a refresh token's generation in its chain. A
+// generation older than the current one is a replay of a rotated token: the
+// application session is ended with reason refresh_reuse and ErrRefreshReuse
+// returned. A newer one can only exist if a crash lost the flush of its
+// rotation (tokens are MAC-protected), and is accepted.
+func (t *Tracker) CheckRefresh(ctx context.Context, appSessionID, chain string, gen uint64) (Status, error) {
 	sh, e, err := t.get(ctx, SessionID(appSessionID))
 	if err != nil {
 		return Status{}, err
@@ -587,9 +619,13 @@ func (t *Tracker) CheckRefresh(ctx context.Context, appSessionID string, gen uin
 		sh.mu.Unlock()
 		return Status{}, session.ErrNotFound
 	}
+	cur, ok := a.RefreshChains[chain]
 	s := t.status(e, a, now)
-	reuse := a.Live() && gen < a.RefreshGen
+	reuse := a.Live() && ok && gen < cur
 	sh.mu.Unlock()
+	if !ok {
+		return Status{}, session.ErrNotFound
+	}
 	if reuse {
 		if err := t.EndApp(ctx, appSessionID, session.ReasonRefreshReuse, "system"); err != nil {
 			return Status{}, err
@@ -602,11 +638,11 @@ func (t *Tracker) CheckRefresh(ctx context.Context, appSessionID string, gen uin
 	return s, nil
 }
 
-// RotateRefresh moves an application session's refresh generation from gen
-// to gen+1, counting refresh activity where the client opted in. It fails
-// with ErrStaleRefresh when another request rotated gen first. The new
-// generation is flushed with the next activity flush.
-func (t *Tracker) RotateRefresh(ctx context.Context, appSessionID string, gen uint64) (Status, uint64, error) {
+// RotateRefresh moves a chain from gen to gen+1, counting refresh activity
+// where the client opted in. It fails with ErrStaleRefresh when another
+// request rotated gen first. The new generation is flushed with the next
+// activity flush.
+func (t *Tracker) RotateRefresh(ctx context.Context, appSessionID, chain string, gen uint64) (Status, uint64, error) {
 	sh, e, err := t.get(ctx, SessionID(appSessionID))
 	if err != nil {
 		return Status{}, 0, err
@@ -621,31 +657,19 @@ func (t *Tracker) RotateRefresh(ctx context.Context, appSessionID string, gen ui
 	if !t.appValid(e, a, now) {
 		return t.status(e, a, now), 0, ErrSessionOver
 	}
-	if gen < a.RefreshGen {
+	cur, ok := a.RefreshChains[chain]
+	if !ok {
+		return Status{}, 0, session.ErrNotFound
+	}
+	if gen < cur {
 		return Status{}, 0, ErrStaleRefresh
 	}
-	a.RefreshGen = gen + 1
+	a.RefreshChains[chain] = gen + 1
 	if a.policy.Sources&Refresh != 0 {
 		t.record(e, a, time.Time{}, now)
 	}
 	e.lastUsed = now
-	return t.status(e, a, now), a.RefreshGen, nil
-}
-
-// RefreshGen returns the current refresh generation of an application
-// session, for issuing its first refresh token.
-func (t *Tracker) RefreshGen(ctx context.Context, appSessionID string) (uint64, error) {
-	sh, e, err := t.get(ctx, SessionID(appSessionID))
-	if err != nil {
-		return 0, err
-	}
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	a := e.app(appSessionID)
-	if a == nil {
-		return 0, session.ErrNotFound
-	}
-	return a.RefreshGen, nil
+	return t.status(e, a, now), gen + 1, nil
 }
 
 // End ends an authentication session now with reason, by initiator. An idle
@@ -690,6 +714,8 @@ func (t *Tracker) planEnd(e *entry, reason session.Reason, initiator string, now
 	end := session.End{At: now, Reason: reason, Initiator: initiator, UserID: e.auth.UserID}
 	if e.auth.Live() {
 		end.AuthSessionID = e.auth.ID
+		end.IdleLimit = t.limit(e)
+		e.auth.IdleLimit = end.IdleLimit // the limit that was in force stays on record
 		e.auth.EndedAt, e.auth.EndReason, e.auth.EndedBy = now, reason, initiator
 	}
 	for _, a := range e.apps {

@@ -265,7 +265,7 @@ func scanAuth(row interface{ Scan(...any) error }) (*AuthSession, error) {
 	return &a, nil
 }
 
-const appCols = `id, auth_session_id, client_id, scopes, idle_exempt, joined_at, last_active_at, deadline, refresh_gen, ended_at, end_reason`
+const appCols = `id, auth_session_id, client_id, scopes, idle_exempt, joined_at, last_active_at, deadline, ended_at, end_reason`
 
 func scanApp(row interface{ Scan(...any) error }) (*AppSession, error) {
 	var a AppSession
@@ -273,8 +273,7 @@ func scanApp(row interface{ Scan(...any) error }) (*AppSession, error) {
 	var joined, last int64
 	var deadline, ended sql.NullInt64
 	var reason sql.NullString
-	var gen int64
-	if err := row.Scan(&a.ID, &a.AuthSessionID, &a.ClientID, &scopes, &a.IdleExempt, &joined, &last, &deadline, &gen, &ended, &reason); err != nil {
+	if err := row.Scan(&a.ID, &a.AuthSessionID, &a.ClientID, &scopes, &a.IdleExempt, &joined, &last, &deadline, &ended, &reason); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil, ErrNotFound
 		}
@@ -283,7 +282,6 @@ func scanApp(row interface{ Scan(...any) error }) (*AppSession, error) {
 	a.Scopes = strings.Fields(scopes)
 	a.JoinedAt, a.LastActiveAt = fromMS(joined), fromMS(last)
 	a.Deadline = fromNullMS(deadline)
-	a.RefreshGen = uint64(gen)
 	a.EndedAt = fromNullMS(ended)
 	a.EndReason = Reason(reason.String)
 	return &a, nil
@@ -308,16 +306,48 @@ func (s *SQLite) appsOf(ctx context.Context, sid string) ([]*AppSession, error) 
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
 	var out []*AppSession
+	byID := map[string]*AppSession{}
 	for rows.Next() {
 		a, err := scanApp(rows)
 		if err != nil {
+			rows.Close()
 			return nil, err
 		}
 		out = append(out, a)
+		byID[a.ID] = a
 	}
-	return out, rows.Err()
+	rows.Close()
+	if err := rows.Err(); err != nil || len(out) == 0 {
+		return out, err
+	}
+	chains, err := s.r.QueryContext(ctx, `SELECT c.id, c.app_session_id, c.gen FROM refresh_chains c
+		JOIN app_sessions a ON a.id = c.app_session_id WHERE a.auth_session_id = ?`, sid)
+	if err != nil {
+		return nil, err
+	}
+	defer chains.Close()
+	for chains.Next() {
+		var id, app string
+		var gen int64
+		if err := chains.Scan(&id, &app, &gen); err != nil {
+			return nil, err
+		}
+		if a := byID[app]; a != nil {
+			if a.RefreshChains == nil {
+				a.RefreshChains = map[string]uint64{}
+			}
+			a.RefreshChains[id] = uint64(gen)
+		}
+	}
+	return out, chains.Err()
+}
+
+// AddRefreshChain starts a refresh chain for an application session.
+func (s *SQLite) AddRefreshChain(ctx context.Context, appSessionID, chainID string, gen uint64, at time.Time) error {
+	_, err := s.w.ExecContext(ctx, `INSERT INTO refresh_chains (id, app_session_id, gen, created_at) VALUES (?, ?, ?, ?)`,
+		chainID, appSessionID, int64(gen), ms(at))
+	return err
 }
 
 // JoinApp stores a new application session and, in the same transaction,
@@ -326,9 +356,9 @@ func (s *SQLite) appsOf(ctx context.Context, sid string) ([]*AppSession, error) 
 // live application session already exists for the pair.
 func (s *SQLite) JoinApp(ctx context.Context, app *AppSession, auth ActivityUpdate, userID string) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO app_sessions (id, auth_session_id, client_id, scopes, idle_exempt, joined_at, last_active_at, deadline, refresh_gen)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, app.ID, app.AuthSessionID, app.ClientID, strings.Join(app.Scopes, " "), app.IdleExempt,
-			ms(app.JoinedAt), ms(app.LastActiveAt), nullMS(app.Deadline), int64(app.RefreshGen))
+		_, err := tx.ExecContext(ctx, `INSERT INTO app_sessions (id, auth_session_id, client_id, scopes, idle_exempt, joined_at, last_active_at, deadline)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, app.ID, app.AuthSessionID, app.ClientID, strings.Join(app.Scopes, " "), app.IdleExempt,
+			ms(app.JoinedAt), ms(app.LastActiveAt), nullMS(app.Deadline))
 		if isUnique(err) {
 			return fmt.Errorf("join %s to %s: %w", app.ClientID, app.AuthSessionID, ErrConflict)
 		}
@@ -350,10 +380,15 @@ func updateAuthActivity(ctx context.Context, e execer, u ActivityUpdate) error {
 		return fmt.Errorf("update auth session %s: %w", u.AuthSessionID, err)
 	}
 	for _, a := range u.Apps {
-		_, err := e.ExecContext(ctx, `UPDATE app_sessions SET last_active_at = MAX(last_active_at, ?), deadline = ?, refresh_gen = MAX(refresh_gen, ?)
-			WHERE id = ? AND ended_at IS NULL`, ms(a.LastActiveAt), nullMS(a.Deadline), int64(a.RefreshGen), a.ID)
+		_, err := e.ExecContext(ctx, `UPDATE app_sessions SET last_active_at = MAX(last_active_at, ?), deadline = ?
+			WHERE id = ? AND ended_at IS NULL`, ms(a.LastActiveAt), nullMS(a.Deadline), a.ID)
 		if err != nil {
 			return fmt.Errorf("update app session %s: %w", a.ID, err)
+		}
+		for chain, gen := range a.RefreshChains {
+			if _, err := e.ExecContext(ctx, `UPDATE refresh_chains SET gen = MAX(gen, ?) WHERE id = ?`, int64(gen), chain); err != nil {
+				return fmt.Errorf("update refresh chain %s: %w", chain, err)
+			}
 		}
 	}
 	return nil
@@ -442,8 +477,9 @@ func (s *SQLite) EndMany(ctx context.Context, ends []End) error {
 func endSessions(ctx context.Context, tx *sql.Tx, e End) error {
 	at := ms(e.At)
 	if e.AuthSessionID != "" {
-		res, err := tx.ExecContext(ctx, `UPDATE auth_sessions SET ended_at = ?, end_reason = ?, ended_by = ? WHERE id = ? AND ended_at IS NULL`,
-			at, string(e.Reason), e.Initiator, e.AuthSessionID)
+		res, err := tx.ExecContext(ctx, `UPDATE auth_sessions SET ended_at = ?, end_reason = ?, ended_by = ?,
+			idle_limit_ms = CASE WHEN ? > 0 THEN ? ELSE idle_limit_ms END WHERE id = ? AND ended_at IS NULL`,
+			at, string(e.Reason), e.Initiator, e.IdleLimit.Milliseconds(), e.IdleLimit.Milliseconds(), e.AuthSessionID)
 		if err != nil {
 			return fmt.Errorf("end auth session %s: %w", e.AuthSessionID, err)
 		}

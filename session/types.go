@@ -68,7 +68,8 @@ type AppSession struct {
 	JoinedAt      time.Time
 	LastActiveAt  time.Time
 	Deadline      time.Time // own deadline; zero when the app ends only with its auth session
-	RefreshGen    uint64
+	// RefreshChains maps each refresh chain to its current generation.
+	RefreshChains map[string]uint64
 	EndedAt       time.Time
 	EndReason     Reason
 }
@@ -91,7 +92,8 @@ type LogoutNotice struct {
 type End struct {
 	At            time.Time
 	Reason        Reason
-	Initiator     string // "system", "user", "admin", a client id
+	IdleLimit     time.Duration // the effective limit when the session ended
+	Initiator     string        // "system", "user", "admin", a client id
 	UserID        string
 	AuthSessionID string
 	AppSessions   []EndedApp
@@ -115,10 +117,10 @@ type ActivityUpdate struct {
 
 // AppActivity is the part of an ActivityUpdate for one application session.
 type AppActivity struct {
-	ID           string
-	LastActiveAt time.Time
-	Deadline     time.Time
-	RefreshGen   uint64
+	ID            string
+	LastActiveAt  time.Time
+	Deadline      time.Time
+	RefreshChains map[string]uint64 // chains whose generation moved
 }
 
 // OutboxEntry is a pending or finished back-channel logout delivery.
