@@ -1,0 +1,57 @@
+package oidc
+
+import "time"
+
+// BackchannelConfig tunes back-channel logout delivery.
+type BackchannelConfig struct {
+	Timeout        time.Duration // one POST; default 5s
+	Concurrency    int           // deliveries in flight; default 8
+	RetryFor       time.Duration // give up (abandon) after this long since the end; default 24h
+	InitialBackoff time.Duration // first retry delay; default 1s, doubled per attempt with jitter
+	MaxBackoff     time.Duration // default 5m
+	PollInterval   time.Duration // how often the outbox is polled when nothing woke the worker; default 1s
+}
+
+func (c *BackchannelConfig) setDefaults() {
+	if c.Timeout <= 0 {
+		c.Timeout = 5 * time.Second
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 8
+	}
+	if c.RetryFor <= 0 {
+		c.RetryFor = 24 * time.Hour
+	}
+	if c.InitialBackoff <= 0 {
+		c.InitialBackoff = time.Second
+	}
+	if c.MaxBackoff <= 0 {
+		c.MaxBackoff = 5 * time.Minute
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = time.Second
+	}
+}
+
+// LoginConfig tunes the defence against password guessing.
+type LoginConfig struct {
+	// MaxFailures is how many wrong passwords a username or a client address
+	// may send before each further attempt is delayed; default 5.
+	MaxFailures int
+	// LockoutBase is the first delay after MaxFailures, doubled for every
+	// further failure up to LockoutMax; defaults 1s and 15m.
+	LockoutBase time.Duration
+	LockoutMax  time.Duration
+}
+
+func (c *LoginConfig) setDefaults() {
+	if c.MaxFailures <= 0 {
+		c.MaxFailures = 5
+	}
+	if c.LockoutBase <= 0 {
+		c.LockoutBase = time.Second
+	}
+	if c.LockoutMax <= 0 {
+		c.LockoutMax = 15 * time.Minute
+	}
+}

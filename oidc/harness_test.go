@@ -1,0 +1,414 @@
+package oidc
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	gooidc "github.com/coreos/go-oidc/v3/oidc"
+	"github.com/stretchr/testify/require"
+	zoidc "github.com/zitadel/oidc/v3/pkg/oidc"
+	"golang.org/x/oauth2"
+
+	"github.com/idleguard/idleguard/activity"
+	"github.com/idleguard/idleguard/session"
+)
+
+// clock is the controllable time source every test injects.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newClock() *clock { return &clock{t: time.Now().Truncate(time.Second)} }
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// env is a provider on a real SQLite file behind a real HTTP server.
+type env struct {
+	t      *testing.T
+	clock  *clock
+	dbPath string
+	store  *session.SQLite
+	p      *Provider
+	srv    *httptest.Server
+	issuer string
+	cfg    Config
+	// browsers lets table-driven tests reach the browser that signed in.
+	browsers []*browser
+}
+
+const testPassword = "correct horse battery"
+
+// testClients are the relying parties most tests use. Secrets are
+// "<id>-secret". Redirect URIs need no server: the test browser stops at them.
+func testClients() []*Client {
+	mk := func(id string, idle time.Duration, mod func(*Client)) *Client {
+		c := &Client{ID: id, SecretHash: HashSecret(id + "-secret"), AuthMethod: zoidc.AuthMethodBasic,
+			RedirectURIs:           []string{"http://127.0.0.1:1/" + id + "/callback"},
+			PostLogoutRedirectURIs: []string{"http://127.0.0.1:1/" + id + "/"},
+			GrantTypes:             []zoidc.GrantType{zoidc.GrantTypeCode, zoidc.GrantTypeRefreshToken, zoidc.GrantTypeClientCredentials},
+			AccessTokenTTL:         time.Hour, // capped by the idle limit in force
+			Policy:                 activity.ClientPolicy{IdleTimeout: idle, Sources: activity.DefaultSources}}
+		if mod != nil {
+			mod(c)
+		}
+		return c
+	}
+	return []*Client{
+		mk("mail", 30*time.Minute, nil),
+		mk("bank", 5*time.Minute, nil),
+		mk("video", 2*time.Hour, func(c *Client) { c.Policy.Exempt = true; c.AccessTokenTTL = time.Hour }),
+		mk("spa", 15*time.Minute, func(c *Client) {
+			c.SecretHash, c.AuthMethod = nil, zoidc.AuthMethodNone
+			c.GrantTypes = []zoidc.GrantType{zoidc.GrantTypeCode, zoidc.GrantTypeRefreshToken}
+			c.WebOrigins = []string{"http://127.0.0.1:2"}
+		}),
+		mk("refresher", 30*time.Minute, func(c *Client) { c.Policy.Sources |= activity.Refresh }),
+		mk("opaque", 30*time.Minute, func(c *Client) { c.OpaqueAccessTokens = true }),
+		mk("lonely", 30*time.Minute, func(c *Client) { c.Policy.AppIdleTimeout = 3 * time.Minute }),
+		mk("api", 0, nil), // a resource server that introspects
+	}
+}
+
+type envOption func(*Config)
+
+func newEnv(t *testing.T, opts ...envOption) *env {
+	t.Helper()
+	e := &env{t: t, clock: newClock(), dbPath: filepath.Join(t.TempDir(), "idleguard.db")}
+	var handler http.Handler = http.NotFoundHandler()
+	var mu sync.RWMutex
+	e.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.RLock()
+		h := handler
+		mu.RUnlock()
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(e.srv.Close)
+	e.issuer = e.srv.URL
+	e.cfg = Config{
+		Issuer: e.issuer, Clients: testClients(), Now: e.clock.Now,
+		Session: activity.Config{IdleTimeout: time.Hour, MaxLifetime: 12 * time.Hour, SweepInterval: time.Second},
+		Logger:  slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Login:   LoginConfig{MaxFailures: 3},
+	}
+	for _, o := range opts {
+		o(&e.cfg)
+	}
+	e.open()
+	mu.Lock()
+	handler = e.p
+	mu.Unlock()
+	e.addUser("alice")
+	return e
+}
+
+// open (re)creates store and provider on the same database file, as a
+// restart of the process would.
+func (e *env) open() {
+	t := e.t
+	var err error
+	e.store, err = session.OpenSQLite(t.Context(), e.dbPath)
+	require.NoError(t, err)
+	t.Cleanup(func() { e.store.Close() })
+	e.p, err = New(t.Context(), e.cfg, e.store)
+	require.NoError(t, err)
+}
+
+// restart flushes and closes the provider (a graceful stop) and starts a
+// new one on the same file.
+func (e *env) restart(handler *http.Handler) {
+	require.NoError(e.t, e.p.Close(e.t.Context()))
+	require.NoError(e.t, e.store.Close())
+	e.open()
+}
+
+func (e *env) addUser(name string) *session.User {
+	hash, err := session.HashPassword(testPassword)
+	require.NoError(e.t, err)
+	u := &session.User{Username: name, PasswordHash: hash, Name: strings.ToUpper(name[:1]) + name[1:], Email: name + "@example.com", EmailVerified: true, CreatedAt: e.clock.Now()}
+	require.NoError(e.t, e.store.CreateUser(e.t.Context(), u))
+	return u
+}
+
+// sweep runs one sweep and delivers due logouts, as the background loops would.
+func (e *env) sweep() int {
+	n, err := e.p.tracker.Sweep(e.t.Context())
+	require.NoError(e.t, err)
+	return n
+}
+
+// browser is a person's browser: a cookie jar, and no automatic redirects
+// off the provider, so that the authorization response can be read.
+type browser struct {
+	t          *testing.T
+	e          *env
+	client     *http.Client
+	setCookies []*http.Cookie // every cookie the provider set, with its attributes
+}
+
+type recordingTransport struct{ b *browser }
+
+func (rt recordingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err == nil {
+		rt.b.setCookies = append(rt.b.setCookies, resp.Cookies()...)
+	}
+	return resp, err
+}
+
+func (e *env) browser() *browser {
+	jar, err := cookiejar.New(nil)
+	require.NoError(e.t, err)
+	issuerHost := e.srv.Listener.Addr().String()
+	b := &browser{t: e.t, e: e}
+	b.client = &http.Client{Jar: jar, Transport: recordingTransport{b}, CheckRedirect: func(req *http.Request, _ []*http.Request) error {
+		if req.URL.Host != issuerHost {
+			return http.ErrUseLastResponse
+		}
+		return nil
+	}}
+	return b
+}
+
+// rp is a relying party built from go-oidc and x/oauth2, verifying ID tokens
+// by the test clock.
+type rp struct {
+	id       string
+	oauth    *oauth2.Config
+	verifier *gooidc.IDTokenVerifier
+	provider *gooidc.Provider
+}
+
+func (e *env) rp(clientID string) *rp {
+	e.t.Helper()
+	ctx := e.t.Context()
+	prov, err := gooidc.NewProvider(ctx, e.issuer)
+	require.NoError(e.t, err)
+	var c *Client
+	for _, x := range e.cfg.Clients {
+		if x.ID == clientID {
+			c = x
+		}
+	}
+	require.NotNil(e.t, c, clientID)
+	secret := ""
+	if !c.Public() {
+		secret = clientID + "-secret"
+	}
+	return &rp{id: clientID, provider: prov,
+		oauth: &oauth2.Config{ClientID: clientID, ClientSecret: secret, Endpoint: prov.Endpoint(), RedirectURL: c.RedirectURIs[0],
+			Scopes: []string{gooidc.ScopeOpenID, "profile", "email", gooidc.ScopeOfflineAccess}},
+		verifier: prov.Verifier(&gooidc.Config{ClientID: clientID, Now: e.clock.Now}),
+	}
+}
+
+// tokens is what an RP holds after a code exchange.
+type tokens struct {
+	*oauth2.Token
+	id     *gooidc.IDToken
+	raw    string
+	sid    string
+	client string
+	rp     *rp
+}
+
+// fresh renews the access token with the refresh token, as an app does when
+// its access token expires, and returns the new access token; if the
+// refresh fails it returns the old one (which will then be refused).
+func (tk *tokens) fresh(e *env) string {
+	e.t.Helper()
+	next, err := tk.rp.refresh(e.t, tk.RefreshToken)
+	if err == nil {
+		tk.Token = next
+	}
+	return tk.AccessToken
+}
+
+var hiddenInput = regexp.MustCompile(`name="(authRequestID|csrf)" value="([^"]*)"`)
+
+// authorize starts a code flow with PKCE and returns the final response of
+// the provider (a redirect to the RP, or a page).
+func (b *browser) authorize(r *rp, extra ...oauth2.AuthCodeOption) (*http.Response, string, string) {
+	verifier := oauth2.GenerateVerifier()
+	state := randomB64(8)
+	opts := append([]oauth2.AuthCodeOption{oauth2.S256ChallengeOption(verifier)}, extra...)
+	resp, err := b.client.Get(r.oauth.AuthCodeURL(state, opts...))
+	require.NoError(b.t, err)
+	return resp, verifier, state
+}
+
+func body(t *testing.T, resp *http.Response) string {
+	t.Helper()
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return string(data)
+}
+
+// submitLogin posts the login form on page with the given credentials.
+func (b *browser) submitLogin(page, username, password string) *http.Response {
+	b.t.Helper()
+	fields := map[string]string{}
+	for _, m := range hiddenInput.FindAllStringSubmatch(page, -1) {
+		fields[m[1]] = m[2]
+	}
+	require.NotEmpty(b.t, fields["authRequestID"], "no login form in page:\n%s", page)
+	form := url.Values{"authRequestID": {fields["authRequestID"]}, "csrf": {fields["csrf"]}, "username": {username}, "password": {password}}
+	resp, err := b.client.PostForm(b.e.issuer+"/login", form)
+	require.NoError(b.t, err)
+	return resp
+}
+
+// code reads the authorization code from the redirect to the RP.
+func (b *browser) code(resp *http.Response, state string) string {
+	b.t.Helper()
+	require.Equal(b.t, http.StatusFound, resp.StatusCode, "want a redirect to the RP, got page:\n%s", body(b.t, resp))
+	loc, err := url.Parse(resp.Header.Get("Location"))
+	require.NoError(b.t, err)
+	q := loc.Query()
+	require.Empty(b.t, q.Get("error"), "authorization error: %s %s", q.Get("error"), q.Get("error_description"))
+	require.Equal(b.t, state, q.Get("state"))
+	return q.Get("code")
+}
+
+// login runs the whole code flow for r, signing in with the form when the
+// provider asks, and exchanges the code.
+func (b *browser) login(r *rp, username string) *tokens {
+	b.t.Helper()
+	resp, verifier, state := b.authorize(r)
+	if resp.StatusCode == http.StatusOK {
+		resp = b.submitLogin(body(b.t, resp), username, testPassword)
+	}
+	return b.exchange(r, b.code(resp, state), verifier)
+}
+
+func (b *browser) exchange(r *rp, code, verifier string) *tokens {
+	b.t.Helper()
+	tok, err := r.oauth.Exchange(b.t.Context(), code, oauth2.VerifierOption(verifier))
+	require.NoError(b.t, err)
+	return r.verify(b.t, tok)
+}
+
+func (r *rp) verify(t *testing.T, tok *oauth2.Token) *tokens {
+	t.Helper()
+	raw, _ := tok.Extra("id_token").(string)
+	require.NotEmpty(t, raw, "no id_token")
+	id, err := r.verifier.Verify(t.Context(), raw)
+	require.NoError(t, err)
+	var claims struct {
+		SID string `json:"sid"`
+	}
+	require.NoError(t, id.Claims(&claims))
+	return &tokens{Token: tok, id: id, raw: raw, sid: claims.SID, client: r.id, rp: r}
+}
+
+// refresh uses the refresh token grant directly (no caching TokenSource).
+func (r *rp) refresh(t *testing.T, refreshToken string) (*oauth2.Token, error) {
+	return r.oauth.TokenSource(t.Context(), &oauth2.Token{RefreshToken: refreshToken, Expiry: time.Unix(1, 0)}).Token()
+}
+
+// introspect asks as the "api" resource server.
+func (e *env) introspect(token string) map[string]any {
+	e.t.Helper()
+	req, err := http.NewRequest(http.MethodPost, e.issuer+"/oauth/introspect", strings.NewReader(url.Values{"token": {token}}.Encode()))
+	require.NoError(e.t, err)
+	req.SetBasicAuth("api", "api-secret")
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(e.t, err)
+	require.Equal(e.t, http.StatusOK, resp.StatusCode)
+	var out map[string]any
+	require.NoError(e.t, json.NewDecoder(resp.Body).Decode(&out))
+	resp.Body.Close()
+	return out
+}
+
+// bearerCall calls one of idleguard's bearer endpoints.
+func (e *env) bearerCall(method, path, token, payload string, header ...string) (int, map[string]any) {
+	e.t.Helper()
+	req, err := http.NewRequest(method, e.issuer+path, strings.NewReader(payload))
+	require.NoError(e.t, err)
+	req.Header.Set("Authorization", "Bearer "+token)
+	if payload != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(e.t, err)
+	defer resp.Body.Close()
+	var out map[string]any
+	data, _ := io.ReadAll(resp.Body)
+	_ = json.Unmarshal(data, &out)
+	return resp.StatusCode, out
+}
+
+func (e *env) heartbeat(token string) int {
+	code, _ := e.bearerCall(http.MethodPost, "/activity", token, "")
+	return code
+}
+
+func (e *env) status(token string) map[string]any {
+	e.t.Helper()
+	code, out := e.bearerCall(http.MethodGet, "/session", token, "")
+	require.Equal(e.t, http.StatusOK, code, "%v", out)
+	return out
+}
+
+func (e *env) userinfo(token string) (int, map[string]any) {
+	return e.bearerCall(http.MethodGet, "/userinfo", token, "")
+}
+
+func pkceChallenge(v string) string {
+	sum := sha256.Sum256([]byte(v))
+	return base64.RawURLEncoding.EncodeToString(sum[:])
+}
+
+var _ = fmt.Sprintf
+var _ context.Context
+
+func decodeSegment(t *testing.T, seg string) map[string]any {
+	t.Helper()
+	data, err := base64.RawURLEncoding.DecodeString(seg)
+	require.NoError(t, err)
+	var out map[string]any
+	require.NoError(t, json.Unmarshal(data, &out))
+	return out
+}
+
+func sessionFilter(sid string) session.AuditFilter { return session.AuditFilter{SID: sid} }
+
+func hasEvent(events []session.AuditEvent, kind, reason string) bool {
+	for _, ev := range events {
+		if ev.Kind == kind && (reason == "" || ev.Reason == reason) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,383 @@
+package oidc
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	zoidc "github.com/zitadel/oidc/v3/pkg/oidc"
+	"github.com/zitadel/oidc/v3/pkg/op"
+
+	"github.com/idleguard/idleguard/activity"
+	"github.com/idleguard/idleguard/session"
+)
+
+const (
+	sessionCookieName = "idleguard_session"
+	csrfCookieName    = "idleguard_csrf"
+)
+
+// sessionCookie returns the authentication session id in the browser's
+// cookie, or "".
+func (p *Provider) sessionCookie(r *http.Request) string {
+	c, err := r.Cookie(sessionCookieName)
+	if err != nil {
+		return ""
+	}
+	var sid string
+	if err := p.cookies.Decode(sessionCookieName, c.Value, &sid); err != nil {
+		return ""
+	}
+	return sid
+}
+
+func (p *Provider) setCookie(w http.ResponseWriter, name, value string, expires time.Time) {
+	http.SetCookie(w, &http.Cookie{Name: name, Value: value, Path: "/", Expires: expires,
+		HttpOnly: true, Secure: p.secure, SameSite: http.SameSiteLaxMode})
+}
+
+func (p *Provider) clearCookie(w http.ResponseWriter, name string) {
+	http.SetCookie(w, &http.Cookie{Name: name, Value: "", Path: "/", MaxAge: -1,
+		HttpOnly: true, Secure: p.secure, SameSite: http.SameSiteLaxMode})
+}
+
+// csrfToken returns the browser's CSRF token, setting a fresh cookie when it
+// has none (double-submit cookie, the cookie sealed by securecookie).
+func (p *Provider) csrfToken(w http.ResponseWriter, r *http.Request) string {
+	if c, err := r.Cookie(csrfCookieName); err == nil {
+		var tok string
+		if p.cookies.Decode(csrfCookieName, c.Value, &tok) == nil && tok != "" {
+			return tok
+		}
+	}
+	tok := randomB64(24)
+	enc, err := p.cookies.Encode(csrfCookieName, tok)
+	if err == nil {
+		http.SetCookie(w, &http.Cookie{Name: csrfCookieName, Value: enc, Path: "/login",
+			HttpOnly: true, Secure: p.secure, SameSite: http.SameSiteStrictMode})
+	}
+	return tok
+}
+
+func (p *Provider) checkCSRF(r *http.Request) bool {
+	c, err := r.Cookie(csrfCookieName)
+	if err != nil {
+		return false
+	}
+	var tok string
+	if p.cookies.Decode(csrfCookieName, c.Value, &tok) != nil || tok == "" {
+		return false
+	}
+	return subtle.ConstantTimeCompare([]byte(tok), []byte(r.PostFormValue("csrf"))) == 1
+}
+
+type loginView struct {
+	Title, Client, Notice, Error, AuthRequestID, CSRF, Username string
+}
+
+type messageView struct {
+	Title, Message, Link, LinkText string
+	IsError                        bool
+}
+
+func (p *Provider) render(w http.ResponseWriter, r *http.Request, status int, page string, data any) {
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	if h.Get("Content-Security-Policy") == "" {
+		h.Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+	}
+	w.WriteHeader(status)
+	if err := p.pages.ExecuteTemplate(w, page, data); err != nil {
+		p.cfg.Logger.ErrorContext(r.Context(), "render", "page", page, "error", err)
+	}
+}
+
+func (p *Provider) messagePage(w http.ResponseWriter, r *http.Request, status int, title, msg string) {
+	p.render(w, r, status, "message.html", messageView{Title: title, Message: msg, IsError: status >= 400})
+}
+
+func (p *Provider) badLoginLink(w http.ResponseWriter, r *http.Request) {
+	p.messagePage(w, r, http.StatusBadRequest, "Sign-in link expired",
+		"This sign-in link is unknown or has expired. Go back to the application and sign in again.")
+}
+
+// signedOutNotice explains why a person whose browser still carries an ended
+// session sees the login page.
+func signedOutNotice(st activity.Status) string {
+	switch st.EndReason {
+	case session.ReasonIdleTimeout:
+		return fmt.Sprintf("You were signed out after %s of inactivity.", humanDuration(st.IdleLimit))
+	case session.ReasonMaxLifetime:
+		return "Your session reached its maximum length. Please sign in again."
+	case session.ReasonAdmin:
+		return "An administrator ended your session. Please sign in again."
+	case session.ReasonLogout:
+		return "You signed out. Sign in again to continue."
+	}
+	return "Your session has ended. Please sign in again."
+}
+
+func humanDuration(d time.Duration) string {
+	switch {
+	case d >= time.Hour && d%time.Hour == 0:
+		return plural(int(d/time.Hour), "hour")
+	case d >= time.Minute && d%time.Minute == 0:
+		return plural(int(d/time.Minute), "minute")
+	case d >= time.Minute:
+		return fmt.Sprintf("%.1f minutes", d.Minutes())
+	}
+	return plural(int(d/time.Second), "second")
+}
+
+func plural(n int, unit string) string {
+	if n == 1 {
+		return "1 " + unit
+	}
+	return fmt.Sprintf("%d %ss", n, unit)
+}
+
+// loginPage answers an authorization request: from the existing session
+// (single sign-on, counted as sso activity) when it is valid and the request
+// does not demand a fresh sign-in, otherwise with the sign-in form.
+func (p *Provider) loginPage(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	id := r.URL.Query().Get("authRequestID")
+	if id == "" || len(id) > 64 {
+		p.badLoginLink(w, r)
+		return
+	}
+	req, err := p.authRequest(ctx, id)
+	if err != nil {
+		p.badLoginLink(w, r)
+		return
+	}
+	notice := ""
+	if sid := p.sessionCookie(r); sid != "" {
+		st, err := p.tracker.Session(ctx, sid)
+		switch {
+		case err != nil && !errors.Is(err, session.ErrNotFound):
+			p.serverError(w, r, err)
+			return
+		case err == nil && st.Active && !p.needsFreshLogin(req, st):
+			st, err = p.tracker.TouchSession(ctx, sid, req.ClientID, activity.SSO)
+			if err == nil && st.Active {
+				p.completeLogin(w, r, req, st)
+				return
+			}
+		case err == nil && !st.Active:
+			notice = signedOutNotice(st)
+		}
+	}
+	if req.hasPrompt(zoidc.PromptNone) {
+		op.AuthRequestError(w, r, req, zoidc.ErrLoginRequired(), p.op)
+		return
+	}
+	p.showLogin(w, r, http.StatusOK, req, loginView{Notice: notice, Username: req.LoginHint})
+}
+
+// needsFreshLogin: prompt=login, or max_age exceeded.
+func (p *Provider) needsFreshLogin(req *authRequest, st activity.Status) bool {
+	if req.hasPrompt(zoidc.PromptLogin) {
+		return true
+	}
+	if req.MaxAge != nil && p.now().Sub(st.AuthTime) > time.Duration(*req.MaxAge)*time.Second {
+		return true
+	}
+	return false
+}
+
+func (p *Provider) showLogin(w http.ResponseWriter, r *http.Request, status int, req *authRequest, v loginView) {
+	v.Title = "Sign in"
+	v.AuthRequestID = req.ID
+	v.CSRF = p.csrfToken(w, r)
+	v.Client = req.ClientID
+	if len(v.Username) > 200 {
+		v.Username = ""
+	}
+	p.render(w, r, status, "login.html", v)
+}
+
+func clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// loginSubmit checks a username and password.
+func (p *Provider) loginSubmit(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	if err := r.ParseForm(); err != nil {
+		p.messagePage(w, r, http.StatusBadRequest, "Bad request", "The form could not be read.")
+		return
+	}
+	id := r.PostFormValue("authRequestID")
+	req, err := p.authRequest(ctx, id)
+	if id == "" || len(id) > 64 || err != nil {
+		p.badLoginLink(w, r)
+		return
+	}
+	if !p.checkCSRF(r) {
+		p.showLogin(w, r, http.StatusForbidden, req, loginView{Error: "Your sign-in form expired. Please try again."})
+		return
+	}
+	username := strings.TrimSpace(r.PostFormValue("username"))
+	password := r.PostFormValue("password")
+	if username == "" || password == "" || len(username) > 200 || len(password) > 1024 {
+		p.showLogin(w, r, http.StatusBadRequest, req, loginView{Error: "Enter your username and password.", Username: username})
+		return
+	}
+	ip := clientIP(r)
+	if wait := p.limiter.wait("u:"+strings.ToLower(username), "a:"+ip); wait > 0 {
+		w.Header().Set("Retry-After", fmt.Sprint(int(wait.Seconds()+0.999)))
+		p.showLogin(w, r, http.StatusTooManyRequests, req, loginView{Username: username,
+			Error: fmt.Sprintf("Too many failed attempts. Try again in %s.", humanDuration(max(wait.Round(time.Second), time.Second)))})
+		return
+	}
+	user, err := p.store.UserByUsername(ctx, username)
+	if err != nil && !errors.Is(err, session.ErrNotFound) {
+		p.serverError(w, r, err)
+		return
+	}
+	hash := ""
+	if user != nil {
+		hash = user.PasswordHash
+	}
+	if !session.VerifyPassword(hash, password) || user == nil {
+		p.limiter.fail("u:"+strings.ToLower(username), "a:"+ip)
+		p.audit(ctx, session.AuditEvent{At: p.now(), Kind: session.AuditLoginFailed, Detail: "username=" + username + " address=" + ip})
+		p.showLogin(w, r, http.StatusUnauthorized, req, loginView{Error: "Wrong username or password.", Username: username})
+		return
+	}
+	p.limiter.succeed("u:" + strings.ToLower(username))
+
+	st, err := p.signIn(ctx, p.sessionCookie(r), user.ID)
+	if err != nil {
+		p.serverError(w, r, err)
+		return
+	}
+	p.completeLogin(w, r, req, st)
+}
+
+// signIn records a successful password sign-in: a fresh sign-in into the
+// browser's live session of the same person, or a new session (ending the
+// browser's previous one if it belonged to someone else).
+func (p *Provider) signIn(ctx context.Context, oldSID, userID string) (activity.Status, error) {
+	amr := []string{"pwd"}
+	if oldSID != "" {
+		if old, err := p.tracker.Session(ctx, oldSID); err == nil && old.Active {
+			if old.UserID == userID {
+				if st, err := p.tracker.Reauthenticate(ctx, oldSID, amr); err == nil {
+					return st, nil
+				}
+			} else if err := p.tracker.End(ctx, oldSID, session.ReasonLogout, "user"); err != nil {
+				return activity.Status{}, err
+			}
+		}
+	}
+	return p.tracker.Start(ctx, userID, amr)
+}
+
+// completeLogin binds the authorization request to the session and sends
+// the browser back to the protocol's callback, which issues the code.
+func (p *Provider) completeLogin(w http.ResponseWriter, r *http.Request, req *authRequest, st activity.Status) {
+	req.UserID, req.SID, req.AuthTime, req.AMR, req.IsDone = st.UserID, st.SID, st.AuthTime, st.AMR, true
+	if err := p.saveAuthRequest(r.Context(), req); err != nil {
+		p.serverError(w, r, err)
+		return
+	}
+	enc, err := p.cookies.Encode(sessionCookieName, st.SID)
+	if err != nil {
+		p.serverError(w, r, err)
+		return
+	}
+	p.setCookie(w, sessionCookieName, enc, st.AbsoluteDeadline)
+	http.Redirect(w, r, op.AuthCallbackURL(p.op)(r.Context(), req.ID), http.StatusFound)
+}
+
+func (p *Provider) audit(ctx context.Context, ev session.AuditEvent) {
+	if err := p.store.AddAudit(ctx, ev); err != nil {
+		p.cfg.Logger.ErrorContext(ctx, "audit", "kind", ev.Kind, "error", err)
+	}
+}
+
+// loginLimiter slows password guessing: after MaxFailures failures for a
+// username or a client address, every further attempt must wait a delay
+// that doubles with each failure, up to LockoutMax.
+type loginLimiter struct {
+	cfg LoginConfig
+	now func() time.Time
+	mu  sync.Mutex
+	m   map[string]*failures
+}
+
+type failures struct {
+	n     int
+	until time.Time
+	last  time.Time
+}
+
+func newLoginLimiter(cfg LoginConfig, now func() time.Time) *loginLimiter {
+	return &loginLimiter{cfg: cfg, now: now, m: make(map[string]*failures)}
+}
+
+func (l *loginLimiter) wait(keys ...string) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	var wait time.Duration
+	for _, k := range keys {
+		if f, ok := l.m[k]; ok && f.until.After(now) {
+			wait = max(wait, f.until.Sub(now))
+		}
+	}
+	return wait
+}
+
+func (l *loginLimiter) fail(keys ...string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	for _, k := range keys {
+		f, ok := l.m[k]
+		if !ok {
+			f = &failures{}
+			l.m[k] = f
+		}
+		f.n++
+		f.last = now
+		if over := f.n - l.cfg.MaxFailures; over >= 0 {
+			d := l.cfg.LockoutBase << min(over, 30)
+			if d <= 0 || d > l.cfg.LockoutMax {
+				d = l.cfg.LockoutMax
+			}
+			f.until = now.Add(d)
+		}
+	}
+}
+
+func (l *loginLimiter) succeed(key string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.m, key)
+}
+
+// purge forgets failures older than LockoutMax.
+func (l *loginLimiter) purge() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	for k, f := range l.m {
+		if now.Sub(f.last) > l.cfg.LockoutMax && now.After(f.until) {
+			delete(l.m, k)
+		}
+	}
+}

@@ -1,0 +1,145 @@
+package oidc
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/zitadel/oidc/v3/pkg/op"
+
+	"github.com/idleguard/idleguard/session"
+)
+
+// frontchannelWait bounds how long the signed-out page waits for the apps'
+// front-channel logout frames before it follows the redirect.
+const frontchannelWait = 3 * time.Second
+
+// logoutTicket carries the ended session and the validated post-logout
+// redirect from end_session to the signed-out page, sealed and short-lived.
+type logoutTicket struct {
+	SID      string
+	Redirect string
+}
+
+// endAndFrontchannel ends session sid (RP-initiated logout: the person asked
+// to leave, so every application session ends, exempt ones included) and
+// returns the URL of the signed-out page that runs front-channel logout and
+// then follows the validated post_logout_redirect_uri.
+func (p *Provider) endAndFrontchannel(ctx context.Context, sid string, req *op.EndSessionRequest) (string, error) {
+	initiator := "user"
+	if req.ClientID != "" {
+		initiator = req.ClientID
+	}
+	if sid != "" {
+		err := p.tracker.End(ctx, sid, session.ReasonLogout, initiator)
+		if err != nil && !errors.Is(err, session.ErrNotFound) {
+			return "", err
+		}
+		if errors.Is(err, session.ErrNotFound) {
+			sid = ""
+		}
+	} else if req.UserID != "" {
+		// An id_token_hint without sid: end that person's sessions.
+		if err := p.endUserSessions(ctx, req.UserID, session.ReasonLogout, initiator); err != nil {
+			return "", err
+		}
+	}
+	redirect := req.RedirectURI
+	if redirect == p.op.DefaultLogoutRedirectURI() {
+		redirect = ""
+	}
+	t, err := p.tickets.Encode("logout", logoutTicket{SID: sid, Redirect: redirect})
+	if err != nil {
+		return "", err
+	}
+	return p.issuer() + "/logged-out?t=" + url.QueryEscape(t), nil
+}
+
+func (p *Provider) endUserSessions(ctx context.Context, userID string, reason session.Reason, initiator string) error {
+	sessions, _, err := p.store.SessionsOfUser(ctx, userID, false)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, s := range sessions {
+		if err := p.tracker.End(ctx, s.ID, reason, initiator); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// frontchannelURL is a client's frontchannel_logout_uri with iss and sid
+// (OpenID Connect Front-Channel Logout 1.0, section 2).
+func (p *Provider) frontchannelURL(c *Client, sid string) string {
+	u, err := url.Parse(c.FrontchannelLogoutURI)
+	if err != nil {
+		return ""
+	}
+	q := u.Query()
+	q.Set("iss", p.issuer())
+	q.Set("sid", sid)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+type loggedOutView struct {
+	Title, Message, Redirect, Nonce string
+	Frames                          []string
+	WaitMillis                      int64
+}
+
+// loggedOut is the signed-out page: it clears the session cookie, loads every
+// participating client's front-channel logout URI in hidden iframes, waits
+// for them (bounded), then follows the post-logout redirect.
+func (p *Provider) loggedOut(w http.ResponseWriter, r *http.Request) {
+	p.clearCookie(w, sessionCookieName)
+	var t logoutTicket
+	if raw := r.URL.Query().Get("t"); raw != "" {
+		if err := p.tickets.Decode("logout", raw, &t); err != nil {
+			t = logoutTicket{}
+		}
+	}
+	v := loggedOutView{Title: "Signed out", Message: "You have been signed out of every application.",
+		Redirect: t.Redirect, WaitMillis: frontchannelWait.Milliseconds(), Nonce: nonce()}
+	var frameOrigins []string
+	if t.SID != "" {
+		_, apps, err := p.store.AuthSession(r.Context(), t.SID)
+		if err != nil && !errors.Is(err, session.ErrNotFound) {
+			p.serverError(w, r, err)
+			return
+		}
+		seen := map[string]bool{}
+		for _, a := range apps {
+			c, ok := p.clients[a.ClientID]
+			if !ok || c.FrontchannelLogoutURI == "" || seen[c.ID] {
+				continue
+			}
+			seen[c.ID] = true
+			if f := p.frontchannelURL(c, t.SID); f != "" {
+				v.Frames = append(v.Frames, f)
+				if u, err := url.Parse(f); err == nil {
+					frameOrigins = append(frameOrigins, u.Scheme+"://"+u.Host)
+				}
+			}
+		}
+	}
+	frameSrc := "'none'"
+	if len(frameOrigins) > 0 {
+		frameSrc = strings.Join(frameOrigins, " ")
+	}
+	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; script-src 'nonce-"+v.Nonce+
+		"'; frame-src "+frameSrc+"; frame-ancestors 'none'; base-uri 'none'")
+	p.render(w, r, http.StatusOK, "logged_out.html", v)
+}
+
+func nonce() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return base64.RawStdEncoding.EncodeToString(b)
+}

@@ -1,0 +1,384 @@
+package oidc
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"html/template"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gorilla/securecookie"
+	"github.com/rs/cors"
+	zoidc "github.com/zitadel/oidc/v3/pkg/oidc"
+	"github.com/zitadel/oidc/v3/pkg/op"
+
+	"github.com/idleguard/idleguard/activity"
+	"github.com/idleguard/idleguard/session"
+	"github.com/idleguard/idleguard/static"
+	"github.com/idleguard/idleguard/templates"
+)
+
+// SecretStore keeps named secrets generated on first start.
+type SecretStore interface {
+	Secret(ctx context.Context, name string, gen func() []byte) ([]byte, error)
+}
+
+// Store is everything the provider persists, as the union of the small
+// interfaces its parts consume.
+type Store interface {
+	activity.Store
+	UserStore
+	AuthRequestStore
+	RevocationStore
+	KeyStore
+	SecretStore
+	OutboxStore
+	AdminStore
+	Ping(ctx context.Context) error
+}
+
+// Config configures a Provider. Zero durations take the defaults noted.
+type Config struct {
+	Issuer  string
+	Clients []*Client
+	// Now is the clock for every decision. Tests freeze and advance it.
+	Now            func() time.Time
+	Session        activity.Config // IdleTimeout, MaxLifetime, SweepInterval, FlushInterval
+	KeyAlgorithm   string          // RS256 (default), ES256 or EdDSA
+	IDTokenTTL     time.Duration   // default 10m
+	AuthRequestTTL time.Duration   // default 10m
+	// AdminTokenHash is the SHA-256 of the admin API bearer token; empty disables the admin API.
+	AdminTokenHash []byte
+	Backchannel    BackchannelConfig
+	Login          LoginConfig
+	Logger         *slog.Logger
+	// HTTPClient posts back-channel logouts; default has Backchannel.Timeout.
+	HTTPClient *http.Client
+}
+
+// Provider is the whole OpenID provider: protocol endpoints, login pages,
+// activity endpoints, logout propagation and admin API.
+type Provider struct {
+	cfg       Config
+	store     Store
+	tracker   *activity.Tracker
+	keys      *Keys
+	clients   map[string]*Client
+	refresh   refreshMAC
+	cookies   *securecookie.SecureCookie
+	tickets   *securecookie.SecureCookie
+	secure    bool
+	op        *op.Provider
+	handler   http.Handler
+	pages     *template.Template
+	limiter   *loginLimiter
+	revoked   sync.Map // access token id -> struct{}
+	wake      chan struct{}
+	runCancel context.CancelFunc
+	running   sync.WaitGroup
+}
+
+func randomBytes(n int) func() []byte {
+	return func() []byte {
+		b := make([]byte, n)
+		_, _ = rand.Read(b)
+		return b
+	}
+}
+
+// New builds a provider on store. It loads (or creates) the signing keys and
+// secrets; call Run to start the background work and Handler to serve.
+func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.IDTokenTTL <= 0 {
+		cfg.IDTokenTTL = 10 * time.Minute
+	}
+	if cfg.AuthRequestTTL <= 0 {
+		cfg.AuthRequestTTL = 10 * time.Minute
+	}
+	if cfg.KeyAlgorithm == "" {
+		cfg.KeyAlgorithm = "RS256"
+	}
+	cfg.Backchannel.setDefaults()
+	cfg.Login.setDefaults()
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = &http.Client{Timeout: cfg.Backchannel.Timeout,
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	}
+	issuer, err := url.Parse(cfg.Issuer)
+	if err != nil || issuer.Host == "" {
+		return nil, fmt.Errorf("issuer %q is not an absolute URL", cfg.Issuer)
+	}
+	p := &Provider{cfg: cfg, store: store, clients: make(map[string]*Client), secure: issuer.Scheme == "https",
+		limiter: newLoginLimiter(cfg.Login, cfg.Now), wake: make(chan struct{}, 1)}
+	for _, c := range cfg.Clients {
+		if c.IDTokenTTL == 0 {
+			c.IDTokenTTL = cfg.IDTokenTTL
+		}
+		p.clients[c.ID] = c
+	}
+
+	if p.keys, err = LoadKeys(ctx, store, cfg.KeyAlgorithm, cfg.Now); err != nil {
+		return nil, err
+	}
+	mac, err := store.Secret(ctx, "refresh_mac", randomBytes(32))
+	if err != nil {
+		return nil, err
+	}
+	p.refresh = refreshMAC(mac)
+	hashKey, err := store.Secret(ctx, "cookie_hash", randomBytes(32))
+	if err != nil {
+		return nil, err
+	}
+	blockKey, err := store.Secret(ctx, "cookie_block", randomBytes(32))
+	if err != nil {
+		return nil, err
+	}
+	p.cookies = securecookie.New(hashKey, blockKey)
+	p.tickets = securecookie.New(hashKey, blockKey).MaxAge(600)
+	cryptoKey, err := store.Secret(ctx, "token_crypto", randomBytes(32))
+	if err != nil {
+		return nil, err
+	}
+	revoked, err := store.RevokedTokens(ctx, cfg.Now())
+	if err != nil {
+		return nil, err
+	}
+	for _, id := range revoked {
+		p.revoked.Store(id, struct{}{})
+	}
+
+	sess := cfg.Session
+	sess.Now = cfg.Now
+	sess.Logger = cfg.Logger
+	sess.Client = func(id string) (activity.ClientPolicy, bool) {
+		c, ok := p.clients[id]
+		if !ok {
+			return activity.ClientPolicy{}, false
+		}
+		return c.Policy, true
+	}
+	sess.OnEnd = p.wakeDelivery
+	p.tracker = activity.New(sess, store)
+
+	if p.pages, err = templates.Parse(); err != nil {
+		return nil, err
+	}
+
+	opCfg := &op.Config{
+		CryptoKey:                         [32]byte(cryptoKey),
+		DefaultLogoutRedirectURI:          "/logged-out",
+		CodeMethodS256:                    true,
+		AuthMethodPost:                    true,
+		GrantTypeRefreshToken:             true,
+		SupportedScopes:                   []string{zoidc.ScopeOpenID, zoidc.ScopeProfile, zoidc.ScopeEmail, zoidc.ScopeOfflineAccess},
+		BackChannelLogoutSupported:        true,
+		BackChannelLogoutSessionSupported: true,
+	}
+	opts := []op.Option{
+		op.WithCrypto(op.NewAES256GCMCrypto([32]byte(cryptoKey), "1")),
+		op.WithAccessTokenKeySet(p.keys),
+		op.WithIDTokenHintKeySet(p.keys),
+	}
+	if issuer.Scheme == "http" {
+		opts = append(opts, op.WithAllowInsecure())
+	}
+	p.op, err = op.NewProvider(opCfg, storage{p}, op.StaticIssuer(strings.TrimSuffix(cfg.Issuer, "/")), opts...)
+	if err != nil {
+		return nil, fmt.Errorf("create provider: %w", err)
+	}
+	p.handler = p.routes()
+	return p, nil
+}
+
+// Tracker returns the activity tracker (for the CLI and tests).
+func (p *Provider) Tracker() *activity.Tracker { return p.tracker }
+
+// Keys returns the signing keys.
+func (p *Provider) Keys() *Keys { return p.keys }
+
+func (p *Provider) now() time.Time { return p.cfg.Now() }
+
+func (p *Provider) issuer() string { return strings.TrimSuffix(p.cfg.Issuer, "/") }
+
+func (p *Provider) loginURL(id string) string { return "/login?authRequestID=" + url.QueryEscape(id) }
+
+// ServeHTTP serves every endpoint.
+func (p *Provider) ServeHTTP(w http.ResponseWriter, r *http.Request) { p.handler.ServeHTTP(w, r) }
+
+// routes registers every route in one place.
+func (p *Provider) routes() http.Handler {
+	endpoints := *op.DefaultEndpoints
+	endpoints.DeviceAuthorization = nil // the device flow is not offered
+	srv := &server{LegacyServer: op.NewLegacyServer(p.op, endpoints), p: p}
+	protocol := op.RegisterLegacyServer(srv, op.AuthorizeCallbackHandler(p.op),
+		op.WithServerCORSOptions(&cors.Options{
+			AllowOriginFunc: func(string) bool { return true },
+			AllowedHeaders:  []string{"Authorization", "Content-Type", "Accept"},
+			AllowedMethods:  []string{http.MethodGet, http.MethodPost},
+		}))
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /login", p.loginPage)
+	mux.HandleFunc("POST /login", p.loginSubmit)
+	mux.HandleFunc("POST /activity", p.bearerCORS(p.postActivity))
+	mux.HandleFunc("GET /session", p.bearerCORS(p.getSession))
+	mux.HandleFunc("OPTIONS /activity", p.preflight)
+	mux.HandleFunc("OPTIONS /session", p.preflight)
+	mux.HandleFunc("GET /logged-out", p.loggedOut)
+	mux.HandleFunc("GET /admin/sessions", p.admin(p.adminListSessions))
+	mux.HandleFunc("POST /admin/sessions/{sid}/end", p.admin(p.adminEndSession))
+	mux.HandleFunc("POST /admin/users/{user}/sessions/end", p.admin(p.adminEndUserSessions))
+	mux.HandleFunc("GET /admin/audit", p.admin(p.adminAudit))
+	mux.HandleFunc("GET /admin/deliveries", p.admin(p.adminDeliveries))
+	mux.Handle("GET /static/", http.StripPrefix("/static/", static.Handler()))
+	mux.Handle("GET /authorize", p.authorizeErrorPage(protocol))
+	mux.Handle("/", protocol)
+	return p.edge(mux)
+}
+
+// Run starts the sweeper, the activity flusher, the back-channel delivery
+// worker and housekeeping; Close stops them.
+func (p *Provider) Run(ctx context.Context) {
+	ctx, p.runCancel = context.WithCancel(ctx)
+	p.tracker.Run(ctx)
+	p.running.Add(2)
+	go func() { defer p.running.Done(); p.deliveryLoop(ctx) }()
+	go func() { defer p.running.Done(); p.housekeeping(ctx) }()
+}
+
+// Close stops background work and flushes unwritten activity.
+func (p *Provider) Close(ctx context.Context) error {
+	if p.runCancel != nil {
+		p.runCancel()
+	}
+	p.running.Wait()
+	return p.tracker.Close(ctx)
+}
+
+func (p *Provider) housekeeping(ctx context.Context) {
+	tick := time.NewTicker(30 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			if err := p.keys.Reload(ctx); err != nil {
+				p.cfg.Logger.ErrorContext(ctx, "reload keys", "error", err)
+			}
+			if err := p.purge(ctx); err != nil {
+				p.cfg.Logger.ErrorContext(ctx, "purge", "error", err)
+			}
+		}
+	}
+}
+
+type purger interface {
+	PurgeAuthRequests(ctx context.Context, now time.Time) error
+}
+
+func (p *Provider) purge(ctx context.Context) error {
+	if pu, ok := p.store.(purger); ok {
+		if err := pu.PurgeAuthRequests(ctx, p.now()); err != nil {
+			return err
+		}
+	}
+	now := p.now()
+	p.revoked.Range(func(k, _ any) bool {
+		if id, err := parseTokenID(k.(string)); err != nil || now.After(id.expires) {
+			p.revoked.Delete(k)
+		}
+		return true
+	})
+	p.limiter.purge()
+	return nil
+}
+
+func (p *Provider) revokeTokenID(ctx context.Context, id string, exp time.Time) error {
+	if err := p.store.RevokeToken(ctx, id, exp); err != nil {
+		return err
+	}
+	p.revoked.Store(id, struct{}{})
+	return nil
+}
+
+// Token errors, mapped to 401 / {"active":false} at the edge.
+var (
+	errTokenInvalid = errors.New("access token is invalid")
+	errTokenExpired = errors.New("access token has expired")
+	errTokenRevoked = errors.New("access token was revoked")
+)
+
+// useToken checks a person's access token id against the clock and the
+// session, recording activity from src where the token's client counts it.
+func (p *Provider) useToken(ctx context.Context, tokenID string, src activity.Source, at time.Time) (activity.Status, error) {
+	id, err := parseTokenID(tokenID)
+	if err != nil || id.appSessionID == "" {
+		return activity.Status{}, errTokenInvalid
+	}
+	if _, revoked := p.revoked.Load(tokenID); revoked {
+		return activity.Status{}, errTokenRevoked
+	}
+	if !p.now().Before(id.expires) {
+		return activity.Status{}, errTokenExpired
+	}
+	st, err := p.tracker.Touch(ctx, id.appSessionID, src, at)
+	if err != nil {
+		if errors.Is(err, session.ErrNotFound) {
+			return activity.Status{}, errTokenInvalid
+		}
+		return activity.Status{}, err
+	}
+	if !st.Active {
+		return st, activity.ErrSessionOver
+	}
+	return st, nil
+}
+
+// introspect answers RFC 7662 for a token id, counting introspection activity.
+func (p *Provider) introspect(ctx context.Context, resp *zoidc.IntrospectionResponse, tokenID, _ string) error {
+	id, err := parseTokenID(tokenID)
+	if err != nil {
+		return errTokenInvalid
+	}
+	if id.appSessionID == "" {
+		if _, revoked := p.revoked.Load(tokenID); revoked || !p.now().Before(id.expires) {
+			return errTokenExpired
+		}
+		if _, ok := p.clients[id.clientID]; !ok {
+			return errTokenInvalid
+		}
+		resp.ClientID, resp.Subject = id.clientID, id.clientID
+		resp.Audience = []string{id.clientID}
+		resp.Expiration = zoidc.FromTime(id.expires)
+		resp.TokenType = zoidc.BearerToken
+		resp.Issuer = p.issuer()
+		return nil
+	}
+	st, err := p.useToken(ctx, tokenID, activity.Introspection, time.Time{})
+	if err != nil {
+		return err
+	}
+	resp.Scope = st.Scopes
+	resp.ClientID = st.ClientID
+	resp.Subject = st.UserID
+	resp.Audience = []string{st.ClientID}
+	resp.Expiration = zoidc.FromTime(id.expires)
+	resp.AuthTime = zoidc.FromTime(st.AuthTime)
+	resp.TokenType = zoidc.BearerToken
+	resp.Issuer = p.issuer()
+	resp.Claims = map[string]any{"sid": st.SID}
+	return nil
+}

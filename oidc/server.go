@@ -1,0 +1,167 @@
+package oidc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+
+	jose "github.com/go-jose/go-jose/v4"
+	zoidc "github.com/zitadel/oidc/v3/pkg/oidc"
+	"github.com/zitadel/oidc/v3/pkg/op"
+
+	"github.com/idleguard/idleguard/activity"
+)
+
+// server extends zitadel's LegacyServer where idleguard's rules differ:
+// introspection and userinfo count as activity and re-check the session
+// against the clock (userinfo answers 401 once it is over), end_session runs
+// front-channel logout, and discovery advertises the logout features.
+type server struct {
+	*op.LegacyServer
+	p *Provider
+}
+
+// Discovery adds the front-channel logout metadata and idleguard's own
+// endpoints to the standard document.
+func (s *server) Discovery(ctx context.Context, r *op.Request[struct{}]) (*op.Response, error) {
+	resp, err := s.LegacyServer.Discovery(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := json.Marshal(resp.Data)
+	if err != nil {
+		return nil, err
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		return nil, err
+	}
+	doc["frontchannel_logout_supported"] = true
+	doc["frontchannel_logout_session_supported"] = true
+	doc["backchannel_logout_supported"] = true
+	doc["backchannel_logout_session_supported"] = true
+	doc["code_challenge_methods_supported"] = []string{"S256"}
+	doc["idleguard_activity_endpoint"] = s.p.issuer() + "/activity"
+	doc["idleguard_session_endpoint"] = s.p.issuer() + "/session"
+	resp.Data = doc
+	return resp, nil
+}
+
+// Introspect implements RFC 7662. Resource servers authenticate as clients.
+func (s *server) Introspect(ctx context.Context, r *op.Request[op.IntrospectionRequest]) (*op.Response, error) {
+	cc := r.Data.ClientCredentials
+	if cc == nil || cc.ClientID == "" || cc.ClientSecret == "" {
+		return nil, op.NewStatusError(zoidc.ErrInvalidClient().WithDescription("client authentication required"), http.StatusUnauthorized)
+	}
+	if err := (storage{s.p}).AuthorizeClientIDSecret(ctx, cc.ClientID, cc.ClientSecret); err != nil {
+		return nil, op.NewStatusError(err, http.StatusUnauthorized)
+	}
+	resp := new(zoidc.IntrospectionResponse)
+	if r.Data.IntrospectionRequest == nil {
+		return op.NewResponse(resp), nil
+	}
+	id, err := s.p.accessTokenID(r.Data.Token)
+	if err != nil {
+		return op.NewResponse(resp), nil
+	}
+	if err := s.p.introspect(ctx, resp, id, cc.ClientID); err != nil {
+		if !isTokenError(err) {
+			return nil, err
+		}
+		return op.NewResponse(new(zoidc.IntrospectionResponse)), nil
+	}
+	resp.Active = true
+	return op.NewResponse(resp), nil
+}
+
+// UserInfo returns the person's claims for the token's scopes and counts as
+// activity; a token whose session is over gets 401.
+func (s *server) UserInfo(ctx context.Context, r *op.Request[zoidc.UserInfoRequest]) (*op.Response, error) {
+	id, err := s.p.accessTokenID(r.Data.AccessToken)
+	if err != nil {
+		return nil, op.NewStatusError(zoidc.ErrAccessDenied().WithDescription("access token invalid"), http.StatusUnauthorized)
+	}
+	st, err := s.p.useToken(ctx, id, activity.Userinfo, zeroTime)
+	if err != nil {
+		if isTokenError(err) {
+			return nil, op.NewStatusError(zoidc.ErrAccessDenied().WithDescription("%s", err.Error()), http.StatusUnauthorized)
+		}
+		return nil, err
+	}
+	info := new(zoidc.UserInfo)
+	if err := s.p.fillUserinfo(ctx, info, st.UserID, st.Scopes); err != nil {
+		return nil, err
+	}
+	return op.NewResponse(info), nil
+}
+
+// EndSession is RP-initiated logout: it ends the browser's authentication
+// session (named by the id_token_hint's sid, or the session cookie) and all
+// its application sessions, then sends the browser through the
+// front-channel logout page.
+func (s *server) EndSession(ctx context.Context, r *op.Request[zoidc.EndSessionRequest]) (*op.Redirect, error) {
+	req, err := op.ValidateEndSessionRequest(ctx, r.Data, s.p.op)
+	if err != nil {
+		return nil, err
+	}
+	sid := ""
+	if req.IDTokenHintClaims != nil {
+		sid = req.IDTokenHintClaims.SessionID
+	}
+	if sid == "" {
+		sid = s.p.sessionCookie(&http.Request{Header: r.Header})
+	}
+	target, err := s.p.endAndFrontchannel(ctx, sid, req)
+	if err != nil {
+		return nil, err
+	}
+	return op.NewRedirect(target), nil
+}
+
+func isTokenError(err error) bool {
+	return errors.Is(err, errTokenInvalid) || errors.Is(err, errTokenExpired) ||
+		errors.Is(err, errTokenRevoked) || errors.Is(err, activity.ErrSessionOver)
+}
+
+// accessTokenID returns the id of an access token issued by this provider:
+// the jti of a JWT whose signature verifies against a published key, or the
+// id sealed inside an opaque token (a compact JWE, AES-256-GCM, whose key
+// never leaves the provider). Expiry and session state are
+// checked by the caller against the provider's clock.
+func (p *Provider) accessTokenID(token string) (string, error) {
+	if token == "" || len(token) > 8192 {
+		return "", errTokenInvalid
+	}
+	if strings.Count(token, ".") == 2 {
+		jws, err := jose.ParseSigned(token, []jose.SignatureAlgorithm{jose.RS256, jose.ES256, jose.EdDSA})
+		if err != nil {
+			return "", errTokenInvalid
+		}
+		payload, err := p.keys.VerifySignature(context.Background(), jws)
+		if err != nil {
+			return "", errTokenInvalid
+		}
+		var claims struct {
+			Issuer string `json:"iss"`
+			JTI    string `json:"jti"`
+		}
+		if err := json.Unmarshal(payload, &claims); err != nil || claims.Issuer != p.issuer() || claims.JTI == "" {
+			return "", errTokenInvalid
+		}
+		return claims.JTI, nil
+	}
+	if strings.Count(token, ".") != 4 { // opaque tokens are compact JWE (AES-256-GCM)
+		return "", errTokenInvalid
+	}
+	plain, err := p.op.Crypto().Decrypt(token)
+	if err != nil {
+		return "", errTokenInvalid
+	}
+	id, _, ok := strings.Cut(plain, ":")
+	if !ok {
+		return "", errTokenInvalid
+	}
+	return id, nil
+}

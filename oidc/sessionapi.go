@@ -1,0 +1,234 @@
+package oidc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"math"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/idleguard/idleguard/activity"
+)
+
+var zeroTime time.Time
+
+// sessionStatus is the JSON of GET /session and POST /activity. Every number
+// is whole seconds by the provider's clock, so the browser never compares
+// its own clock with the provider's.
+type sessionStatus struct {
+	Active       bool   `json:"active"`
+	SID          string `json:"sid,omitempty"`
+	IdleTimeout  int64  `json:"idle_timeout,omitempty"`
+	IdleRemain   *int64 `json:"idle_remaining,omitempty"`
+	ExpiresIn    *int64 `json:"expires_in,omitempty"`
+	MaxExpiresIn *int64 `json:"max_expires_in,omitempty"`
+	Reason       string `json:"reason,omitempty"`
+}
+
+func seconds(d time.Duration) *int64 {
+	s := int64(math.Max(0, math.Floor(d.Seconds())))
+	return &s
+}
+
+func toStatus(st activity.Status) sessionStatus {
+	if !st.Active {
+		return sessionStatus{Active: false, Reason: string(st.EndReason)}
+	}
+	return sessionStatus{
+		Active: true, SID: st.SID, IdleTimeout: int64(st.IdleLimit / time.Second),
+		IdleRemain:   seconds(st.IdleDeadline.Sub(st.Now)),
+		ExpiresIn:    seconds(st.Deadline.Sub(st.Now)),
+		MaxExpiresIn: seconds(st.AbsoluteDeadline.Sub(st.Now)),
+	}
+}
+
+func bearer(r *http.Request) string {
+	h := r.Header.Get("Authorization")
+	if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+		return strings.TrimSpace(h[7:])
+	}
+	return ""
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeBearerError(w http.ResponseWriter, desc string) {
+	w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token", error_description="`+desc+`"`)
+	writeJSON(w, http.StatusUnauthorized, map[string]any{"error": "invalid_token", "error_description": desc, "active": false})
+}
+
+// getSession reports the status of the bearer token's session. It is never
+// activity: a status poll that extended the session would keep a forgotten
+// tab signed in forever. A well-formed token whose session is over gets 200
+// {"active":false,"reason":...}.
+//
+// An expired (but authentic, unrevoked) access token may still read the
+// status, so that a page waking from sleep learns why its session ended.
+func (p *Provider) getSession(w http.ResponseWriter, r *http.Request, id string) {
+	st, err := p.useToken(r.Context(), id, 0, zeroTime)
+	if errors.Is(err, errTokenExpired) {
+		st, err = p.sessionOfExpiredToken(r.Context(), id)
+	}
+	switch {
+	case errors.Is(err, activity.ErrSessionOver):
+		writeJSON(w, http.StatusOK, toStatus(st))
+	case isTokenError(err):
+		writeBearerError(w, err.Error())
+	case err != nil:
+		p.serverError(w, r, err)
+	default:
+		writeJSON(w, http.StatusOK, toStatus(st))
+	}
+}
+
+func (p *Provider) sessionOfExpiredToken(ctx context.Context, id string) (activity.Status, error) {
+	tid, err := parseTokenID(id)
+	if err != nil || tid.appSessionID == "" {
+		return activity.Status{}, errTokenInvalid
+	}
+	st, err := p.tracker.Check(ctx, tid.appSessionID)
+	if err != nil {
+		return activity.Status{}, errTokenInvalid
+	}
+	if !st.Active {
+		return st, activity.ErrSessionOver
+	}
+	return st, errTokenExpired // alive: the app must renew its token
+}
+
+// activityRequest is the optional body of POST /activity.
+type activityRequest struct {
+	// LastInteraction is the time of the person's last interaction, in Unix
+	// seconds (a number) or RFC 3339 (a string). The provider clamps it to
+	// [previous last activity, now].
+	LastInteraction json.RawMessage `json:"last_interaction"`
+}
+
+func parseInteraction(raw json.RawMessage) (time.Time, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return zeroTime, nil
+	}
+	var secs float64
+	if err := json.Unmarshal(raw, &secs); err == nil {
+		if math.IsNaN(secs) || math.IsInf(secs, 0) || secs < 0 || secs > 1e11 {
+			return zeroTime, errors.New("last_interaction is out of range")
+		}
+		whole, frac := math.Modf(secs)
+		return time.Unix(int64(whole), int64(frac*1e9)), nil
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err == nil {
+		t, err := time.Parse(time.RFC3339Nano, s)
+		if err != nil {
+			return zeroTime, errors.New("last_interaction must be Unix seconds or an RFC 3339 time")
+		}
+		return t, nil
+	}
+	return zeroTime, errors.New("last_interaction must be Unix seconds or an RFC 3339 time")
+}
+
+// postActivity is the heartbeat: evidence that the person is there, from the
+// browser library or the app's backend.
+func (p *Provider) postActivity(w http.ResponseWriter, r *http.Request, id string) {
+	var body activityRequest
+	at := zeroTime
+	if r.ContentLength != 0 {
+		data, err := io.ReadAll(io.LimitReader(r.Body, 4096))
+		if err == nil && len(strings.TrimSpace(string(data))) > 0 {
+			err = json.Unmarshal(data, &body)
+		}
+		if err == nil {
+			at, err = parseInteraction(body.LastInteraction)
+		}
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_request", "error_description": err.Error()})
+			return
+		}
+	}
+	st, err := p.useToken(r.Context(), id, activity.Heartbeat, at)
+	switch {
+	case errors.Is(err, activity.ErrSessionOver) || isTokenError(err):
+		writeBearerError(w, err.Error())
+	case err != nil:
+		p.serverError(w, r, err)
+	default:
+		writeJSON(w, http.StatusOK, toStatus(st))
+	}
+}
+
+// bearerCORS parses the bearer access token once and applies CORS: the
+// browser library may call from the token's client's registered
+// web_origins only. A request from any other origin gets 403 and the
+// handler never runs (so a foreign page cannot even count as activity).
+func (p *Provider) bearerCORS(next func(http.ResponseWriter, *http.Request, string)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, err := p.accessTokenID(bearer(r))
+		origin := r.Header.Get("Origin")
+		allowed := origin == ""
+		if origin != "" {
+			if err != nil {
+				allowed = p.anyClientAllowsOrigin(origin) // so the page can read the 401
+			} else if tid, perr := parseTokenID(id); perr == nil {
+				allowed = p.tokenClientAllowsOrigin(r, tid, origin)
+			}
+			if !allowed {
+				writeJSON(w, http.StatusForbidden, map[string]string{"error": "invalid_request", "error_description": "origin not allowed"})
+				return
+			}
+			w.Header().Set("Access-Control-Allow-Origin", origin)
+			w.Header().Add("Vary", "Origin")
+		}
+		if err != nil {
+			writeBearerError(w, "access token is invalid")
+			return
+		}
+		next(w, r, id)
+	}
+}
+
+func (p *Provider) tokenClientAllowsOrigin(r *http.Request, tid tokenID, origin string) bool {
+	if tid.appSessionID == "" {
+		c, ok := p.clients[tid.clientID]
+		return ok && c.AllowsOrigin(origin)
+	}
+	st, err := p.tracker.Check(r.Context(), tid.appSessionID)
+	if err != nil {
+		return p.anyClientAllowsOrigin(origin) // unknown session: the handler answers 401
+	}
+	c, ok := p.clients[st.ClientID]
+	return ok && c.AllowsOrigin(origin)
+}
+
+func (p *Provider) anyClientAllowsOrigin(origin string) bool {
+	for _, c := range p.clients {
+		if c.AllowsOrigin(origin) {
+			return true
+		}
+	}
+	return false
+}
+
+// preflight answers CORS preflight for /activity and /session from any
+// registered web origin.
+func (p *Provider) preflight(w http.ResponseWriter, r *http.Request) {
+	origin := r.Header.Get("Origin")
+	if origin == "" || !p.anyClientAllowsOrigin(origin) {
+		w.WriteHeader(http.StatusForbidden)
+		return
+	}
+	h := w.Header()
+	h.Set("Access-Control-Allow-Origin", origin)
+	h.Add("Vary", "Origin")
+	h.Set("Access-Control-Allow-Methods", "GET, POST")
+	h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type")
+	h.Set("Access-Control-Max-Age", "600")
+	w.WriteHeader(http.StatusNoContent)
+}

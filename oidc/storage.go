@@ -1,0 +1,437 @@
+package oidc
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	zoidc "github.com/zitadel/oidc/v3/pkg/oidc"
+	"github.com/zitadel/oidc/v3/pkg/op"
+
+	"github.com/idleguard/idleguard/activity"
+	"github.com/idleguard/idleguard/session"
+)
+
+// UserStore reads the people who can sign in.
+type UserStore interface {
+	UserByUsername(ctx context.Context, username string) (*session.User, error)
+	UserByID(ctx context.Context, id string) (*session.User, error)
+}
+
+// AuthRequestStore keeps authorization requests and their codes.
+type AuthRequestStore interface {
+	SaveAuthRequest(ctx context.Context, id string, data []byte, created, expires time.Time) error
+	AuthRequestData(ctx context.Context, id string, now time.Time) ([]byte, error)
+	SaveAuthCode(ctx context.Context, id, codeHash string) error
+	AuthRequestByCode(ctx context.Context, codeHash string, now time.Time) (string, []byte, error)
+	DeleteAuthRequest(ctx context.Context, id string) error
+}
+
+// RevocationStore keeps access tokens revoked one by one.
+type RevocationStore interface {
+	RevokeToken(ctx context.Context, tokenID string, expires time.Time) error
+	RevokedTokens(ctx context.Context, now time.Time) ([]string, error)
+}
+
+// storage implements op.Storage on top of the stores and the activity
+// tracker. Every use of a credential re-checks its session against the
+// tracker's clock.
+type storage struct {
+	p *Provider
+}
+
+var (
+	_ op.Storage                        = storage{}
+	_ op.ClientCredentialsStorage       = storage{}
+	_ op.CanSetUserinfoFromRequest      = storage{}
+	_ op.CanGetPrivateClaimsFromRequest = storage{}
+	_ op.CanTerminateSessionFromRequest = storage{}
+)
+
+func hashCode(code string) string {
+	sum := sha256.Sum256([]byte(code))
+	return base64.RawURLEncoding.EncodeToString(sum[:])
+}
+
+func (s storage) CreateAuthRequest(ctx context.Context, req *zoidc.AuthRequest, _ string) (op.AuthRequest, error) {
+	c, ok := s.p.clients[req.ClientID]
+	if !ok {
+		return nil, zoidc.ErrInvalidClient()
+	}
+	if req.CodeChallenge != "" && req.CodeChallengeMethod != zoidc.CodeChallengeMethodS256 {
+		return nil, zoidc.ErrInvalidRequest().WithDescription("code_challenge_method must be S256")
+	}
+	if c.Public() && req.CodeChallenge == "" {
+		return nil, zoidc.ErrInvalidRequest().WithDescription("PKCE (code_challenge with S256) is required for public clients")
+	}
+	now := s.p.now()
+	a := &authRequest{
+		ID: session.NewID(), CreatedAt: now, ClientID: req.ClientID, RedirectURI: req.RedirectURI,
+		State: req.State, Nonce: req.Nonce, Scopes: req.Scopes, ResponseType: req.ResponseType,
+		ResponseMode: req.ResponseMode, Prompt: req.Prompt, MaxAge: req.MaxAge, LoginHint: req.LoginHint,
+	}
+	if req.CodeChallenge != "" {
+		a.CodeChallenge = &zoidc.CodeChallenge{Challenge: req.CodeChallenge, Method: req.CodeChallengeMethod}
+	}
+	if err := s.p.saveAuthRequest(ctx, a); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+func (p *Provider) saveAuthRequest(ctx context.Context, a *authRequest) error {
+	data, err := json.Marshal(a)
+	if err != nil {
+		return err
+	}
+	return p.store.SaveAuthRequest(ctx, a.ID, data, a.CreatedAt, a.CreatedAt.Add(p.cfg.AuthRequestTTL))
+}
+
+func (p *Provider) authRequest(ctx context.Context, id string) (*authRequest, error) {
+	data, err := p.store.AuthRequestData(ctx, id, p.now())
+	if err != nil {
+		return nil, err
+	}
+	var a authRequest
+	if err := json.Unmarshal(data, &a); err != nil {
+		return nil, fmt.Errorf("auth request %s: %w", id, err)
+	}
+	return &a, nil
+}
+
+func (s storage) AuthRequestByID(ctx context.Context, id string) (op.AuthRequest, error) {
+	a, err := s.p.authRequest(ctx, id)
+	if err != nil {
+		return nil, zoidc.ErrInvalidRequest().WithDescription("unknown or expired authorization request").WithParent(err)
+	}
+	return a, nil
+}
+
+func (s storage) AuthRequestByCode(ctx context.Context, code string) (op.AuthRequest, error) {
+	if len(code) > 512 {
+		return nil, zoidc.ErrInvalidGrant().WithDescription("invalid code")
+	}
+	_, data, err := s.p.store.AuthRequestByCode(ctx, hashCode(code), s.p.now())
+	if err != nil {
+		return nil, err
+	}
+	var a authRequest
+	if err := json.Unmarshal(data, &a); err != nil {
+		return nil, err
+	}
+	return &a, nil
+}
+
+// SaveAuthCode is called when the provider issues a code: this is where the
+// client joins the authentication session (its application session is
+// created, tightening the idle limit if it is stricter).
+func (s storage) SaveAuthCode(ctx context.Context, id, code string) error {
+	a, err := s.p.authRequest(ctx, id)
+	if err != nil {
+		return err
+	}
+	if !a.IsDone {
+		return zoidc.ErrLoginRequired()
+	}
+	st, err := s.p.tracker.Join(ctx, a.SID, a.ClientID, a.Scopes)
+	if errors.Is(err, activity.ErrSessionOver) {
+		return zoidc.ErrLoginRequired().WithDescription("the session is over")
+	}
+	if err != nil {
+		return err
+	}
+	a.AppSessionID = st.AppSessionID
+	if err := s.p.saveAuthRequest(ctx, a); err != nil {
+		return err
+	}
+	return s.p.store.SaveAuthCode(ctx, id, hashCode(code))
+}
+
+func (s storage) DeleteAuthRequest(ctx context.Context, id string) error {
+	return s.p.store.DeleteAuthRequest(ctx, id)
+}
+
+// tokenLifetime is min(client access_token_ttl, idle limit in force, time
+// left until the deadline) at issuance, so that a resource server that only
+// checks signatures is never more than one short TTL behind.
+func (p *Provider) tokenExpiry(c *Client, st activity.Status) time.Time {
+	now := p.now()
+	exp := now.Add(min(c.AccessTokenTTL, st.IdleLimit))
+	return minTime(exp, st.AbsoluteDeadline)
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func (p *Provider) appSessionOf(req op.TokenRequest) string {
+	switch r := req.(type) {
+	case *authRequest:
+		return r.AppSessionID
+	case *refreshRequest:
+		return r.appSessionID
+	}
+	return ""
+}
+
+func (s storage) CreateAccessToken(ctx context.Context, req op.TokenRequest) (string, time.Time, error) {
+	if cc, ok := req.(*clientCredentialsRequest); ok {
+		c := s.p.clients[cc.clientID]
+		exp := s.p.now().Add(c.AccessTokenTTL)
+		return newClientTokenID(cc.clientID, exp), exp, nil
+	}
+	app := s.p.appSessionOf(req)
+	if app == "" {
+		return "", time.Time{}, zoidc.ErrUnsupportedGrantType()
+	}
+	st, err := s.p.tracker.Check(ctx, app)
+	if err != nil || !st.Active {
+		return "", time.Time{}, zoidc.ErrInvalidGrant().WithDescription("the session is over")
+	}
+	exp := s.p.tokenExpiry(s.p.clients[st.ClientID], st)
+	return newUserTokenID(app, exp), exp, nil
+}
+
+func (s storage) CreateAccessAndRefreshTokens(ctx context.Context, req op.TokenRequest, _ string) (string, string, time.Time, error) {
+	var err error
+	app := s.p.appSessionOf(req)
+	if app == "" {
+		return "", "", time.Time{}, zoidc.ErrUnsupportedGrantType()
+	}
+	var rt refreshToken
+	var st activity.Status
+	if r, ok := req.(*refreshRequest); ok {
+		rt = refreshToken{app: app, chain: r.chain}
+		st, rt.gen, err = s.p.tracker.RotateRefresh(ctx, app, r.chain, r.gen)
+	} else {
+		rt.app = app
+		if rt.chain, rt.gen, err = s.p.tracker.NewRefreshChain(ctx, app); err == nil {
+			st, err = s.p.tracker.Check(ctx, app)
+		}
+	}
+	if err != nil {
+		return "", "", time.Time{}, zoidc.ErrInvalidGrant().WithDescription("the refresh token is no longer valid").WithParent(err)
+	}
+	exp := s.p.tokenExpiry(s.p.clients[st.ClientID], st)
+	return newUserTokenID(app, exp), s.p.refresh.token(rt), exp, nil
+}
+
+func (s storage) TokenRequestByRefreshToken(ctx context.Context, token string) (op.RefreshTokenRequest, error) {
+	rt, err := s.p.refresh.parse(token)
+	if err != nil {
+		return nil, zoidc.ErrInvalidGrant().WithDescription("invalid refresh token")
+	}
+	st, err := s.p.tracker.CheckRefresh(ctx, rt.app, rt.chain, rt.gen)
+	switch {
+	case errors.Is(err, activity.ErrRefreshReuse):
+		return nil, zoidc.ErrInvalidGrant().WithDescription("refresh token was already used; the application session has been ended")
+	case errors.Is(err, activity.ErrSessionOver):
+		return nil, zoidc.ErrInvalidGrant().WithDescription("the session is over (%s)", st.EndReason)
+	case err != nil:
+		return nil, zoidc.ErrInvalidGrant().WithDescription("invalid refresh token").WithParent(err)
+	}
+	return &refreshRequest{appSessionID: rt.app, chain: rt.chain, gen: rt.gen, userID: st.UserID, clientID: st.ClientID, sid: st.SID,
+		scopes: st.Scopes, authTime: st.AuthTime, amr: st.AMR}, nil
+}
+
+// TerminateSession ends every live session of the user (used only when an
+// end-session request carries no session of its own).
+func (s storage) TerminateSession(ctx context.Context, userID, clientID string) error {
+	return s.p.endUserSessions(ctx, userID, session.ReasonLogout, clientID)
+}
+
+func (s storage) TerminateSessionFromRequest(ctx context.Context, req *op.EndSessionRequest) (string, error) {
+	sid := ""
+	if req.IDTokenHintClaims != nil {
+		sid = req.IDTokenHintClaims.SessionID
+	}
+	return s.p.endAndFrontchannel(ctx, sid, req)
+}
+
+// RevokeToken revokes one access token, or a refresh token together with its
+// whole application session (RFC 7009 section 2.1: revoking a refresh token
+// should revoke the access tokens of the same grant). Revocation is never
+// activity.
+func (s storage) RevokeToken(ctx context.Context, tokenOrID, _, clientID string) *zoidc.Error {
+	if rt, err := s.p.refresh.parse(tokenOrID); err == nil {
+		app := rt.app
+		st, err := s.p.tracker.Check(ctx, app)
+		if err != nil {
+			return nil // unknown tokens are answered 200 (RFC 7009 section 2.2)
+		}
+		if st.ClientID != clientID {
+			return zoidc.ErrInvalidClient().WithDescription("token was not issued to this client")
+		}
+		if err := s.p.tracker.EndApp(ctx, app, session.ReasonLogout, clientID); err != nil {
+			return zoidc.ErrServerError().WithParent(err)
+		}
+		return nil
+	}
+	id, err := parseTokenID(tokenOrID)
+	if err != nil {
+		return nil
+	}
+	owner := id.clientID
+	if id.appSessionID != "" {
+		st, err := s.p.tracker.Check(ctx, id.appSessionID)
+		if err != nil {
+			return nil
+		}
+		owner = st.ClientID
+	}
+	if owner != clientID {
+		return zoidc.ErrInvalidClient().WithDescription("token was not issued to this client")
+	}
+	if err := s.p.revokeTokenID(ctx, tokenOrID, id.expires); err != nil {
+		return zoidc.ErrServerError().WithParent(err)
+	}
+	return nil
+}
+
+func (s storage) GetRefreshTokenInfo(ctx context.Context, clientID, token string) (string, string, error) {
+	rt, err := s.p.refresh.parse(token)
+	if err != nil {
+		return "", "", op.ErrInvalidRefreshToken
+	}
+	st, err := s.p.tracker.Check(ctx, rt.app)
+	if err != nil || st.ClientID != clientID {
+		return "", "", op.ErrInvalidRefreshToken
+	}
+	return st.UserID, token, nil
+}
+
+func (s storage) SigningKey(context.Context) (op.SigningKey, error) {
+	k := s.p.keys.Signing()
+	if k == nil {
+		return nil, errors.New("no signing key")
+	}
+	return k, nil
+}
+
+func (s storage) SignatureAlgorithms(context.Context) ([]jose.SignatureAlgorithm, error) {
+	return s.p.keys.Algorithms(), nil
+}
+
+func (s storage) KeySet(context.Context) ([]op.Key, error) { return s.p.keys.Public(), nil }
+
+func (s storage) GetClientByClientID(_ context.Context, id string) (op.Client, error) {
+	c, ok := s.p.clients[id]
+	if !ok {
+		return nil, zoidc.ErrInvalidClient().WithDescription("unknown client")
+	}
+	return opClient{Client: c, loginURL: s.p.loginURL}, nil
+}
+
+func (s storage) AuthorizeClientIDSecret(_ context.Context, id, secret string) error {
+	c, ok := s.p.clients[id]
+	if !ok || !c.CheckSecret(secret) {
+		return zoidc.ErrInvalidClient().WithDescription("client authentication failed")
+	}
+	return nil
+}
+
+func (s storage) ClientCredentials(_ context.Context, id, secret string) (op.Client, error) {
+	c, ok := s.p.clients[id]
+	if !ok || !c.CheckSecret(secret) {
+		return nil, zoidc.ErrInvalidClient().WithDescription("client authentication failed")
+	}
+	if !slices.Contains(c.GrantTypes, zoidc.GrantTypeClientCredentials) {
+		return nil, zoidc.ErrUnauthorizedClient().WithDescription("client_credentials is not allowed for this client")
+	}
+	return opClient{Client: c, loginURL: s.p.loginURL}, nil
+}
+
+func (s storage) ClientCredentialsTokenRequest(_ context.Context, id string, scopes []string) (op.TokenRequest, error) {
+	return &clientCredentialsRequest{clientID: id, scopes: scopes}, nil
+}
+
+// SetUserinfoFromScopes is deprecated upstream; SetUserinfoFromRequest does the work.
+func (s storage) SetUserinfoFromScopes(context.Context, *zoidc.UserInfo, string, string, []string) error {
+	return nil
+}
+
+func (s storage) SetUserinfoFromRequest(ctx context.Context, info *zoidc.UserInfo, req op.IDTokenRequest, scopes []string) error {
+	if err := s.p.fillUserinfo(ctx, info, req.GetSubject(), scopes); err != nil {
+		return err
+	}
+	var sid string
+	switch r := req.(type) {
+	case *authRequest:
+		sid = r.SID
+	case *refreshRequest:
+		sid = r.sid
+	}
+	if sid != "" {
+		info.AppendClaims("sid", sid)
+	}
+	return nil
+}
+
+func (p *Provider) fillUserinfo(ctx context.Context, info *zoidc.UserInfo, userID string, scopes []string) error {
+	u, err := p.store.UserByID(ctx, userID)
+	if err != nil {
+		return fmt.Errorf("user %s: %w", userID, err)
+	}
+	info.Subject = u.ID
+	for _, sc := range scopes {
+		switch sc {
+		case zoidc.ScopeProfile:
+			info.Name = u.Name
+			info.PreferredUsername = u.Username
+		case zoidc.ScopeEmail:
+			info.Email = u.Email
+			info.EmailVerified = zoidc.Bool(u.EmailVerified)
+		}
+	}
+	return nil
+}
+
+// SetUserinfoFromToken is reached only through the userinfo endpoint, which
+// Server.UserInfo handles itself so that an ended session answers 401.
+func (s storage) SetUserinfoFromToken(ctx context.Context, info *zoidc.UserInfo, tokenID, _, _ string) error {
+	st, err := s.p.useToken(ctx, tokenID, activity.Userinfo, zeroTime)
+	if err != nil {
+		return err
+	}
+	return s.p.fillUserinfo(ctx, info, st.UserID, st.Scopes)
+}
+
+// SetIntrospectionFromToken is reached only through the introspection
+// endpoint, which Server.Introspect handles itself.
+func (s storage) SetIntrospectionFromToken(ctx context.Context, resp *zoidc.IntrospectionResponse, tokenID, _, clientID string) error {
+	return s.p.introspect(ctx, resp, tokenID, clientID)
+}
+
+func (s storage) GetPrivateClaimsFromScopes(context.Context, string, string, []string) (map[string]any, error) {
+	return nil, nil
+}
+
+// GetPrivateClaimsFromRequest adds sid to a person's JWT access tokens (RFC 9068 allows it).
+func (s storage) GetPrivateClaimsFromRequest(_ context.Context, req op.TokenRequest, _ []string) (map[string]any, error) {
+	switch r := req.(type) {
+	case *authRequest:
+		return map[string]any{"sid": r.SID}, nil
+	case *refreshRequest:
+		return map[string]any{"sid": r.sid}, nil
+	}
+	return nil, nil
+}
+
+func (s storage) GetKeyByIDAndClientID(context.Context, string, string) (*jose.JSONWebKey, error) {
+	return nil, zoidc.ErrInvalidClient().WithDescription("private_key_jwt is not supported")
+}
+
+func (s storage) ValidateJWTProfileScopes(context.Context, string, []string) ([]string, error) {
+	return nil, zoidc.ErrUnsupportedGrantType()
+}
+
+func (s storage) Health(ctx context.Context) error { return s.p.store.Ping(ctx) }

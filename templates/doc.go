@@ -1,0 +1,3 @@
+// Package templates holds the HTML pages people see at the provider (sign
+// in, messages, signed out), embedded into the binary.
+package templates
