@@ -1,0 +1,276 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/idleguard/idleguard/oidc"
+	"github.com/idleguard/idleguard/session"
+)
+
+// parseFlags parses flags that may come before or after positional
+// arguments ("user add alice --config x.yaml").
+func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+func openStore(ctx context.Context, configPath string) (*Config, *session.SQLite, error) {
+	cfg, _, err := loadConfig(configPath)
+	if err != nil {
+		return nil, nil, err
+	}
+	store, err := session.OpenSQLite(ctx, cfg.Database)
+	return cfg, store, err
+}
+
+func readPassword(stdin io.Reader) (string, error) {
+	line, err := bufio.NewReader(stdin).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", err
+	}
+	pw := strings.TrimRight(line, "\r\n")
+	if len(pw) < 8 {
+		return "", errors.New("the password (read from standard input) must have at least 8 characters")
+	}
+	return pw, nil
+}
+
+func userCmd(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) error {
+	fs := flag.NewFlagSet("user", flag.ContinueOnError)
+	configPath := fs.String("config", "", "configuration file")
+	name := fs.String("name", "", "full name (user add)")
+	email := fs.String("email", "", "email address (user add)")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) == 0 {
+		return errors.New("usage: idleguard user add|list|passwd|delete [NAME]")
+	}
+	_, store, err := openStore(ctx, *configPath)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	if pos[0] == "list" {
+		users, err := store.ListUsers(ctx)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "USERNAME\tNAME\tEMAIL\tSUBJECT")
+		for _, u := range users {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", u.Username, u.Name, u.Email, u.ID)
+		}
+		return tw.Flush()
+	}
+	if len(pos) != 2 || pos[1] == "" {
+		return fmt.Errorf("usage: idleguard user %s NAME", pos[0])
+	}
+	username := pos[1]
+	switch pos[0] {
+	case "add":
+		pw, err := readPassword(stdin)
+		if err != nil {
+			return err
+		}
+		hash, err := session.HashPassword(pw)
+		if err != nil {
+			return err
+		}
+		u := &session.User{Username: username, PasswordHash: hash, Name: *name, Email: *email, CreatedAt: time.Now()}
+		if err := store.CreateUser(ctx, u); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "added user %s (subject %s)\n", username, u.ID)
+	case "passwd":
+		pw, err := readPassword(stdin)
+		if err != nil {
+			return err
+		}
+		hash, err := session.HashPassword(pw)
+		if err != nil {
+			return err
+		}
+		if err := store.SetPassword(ctx, username, hash); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "password of %s changed\n", username)
+	case "delete":
+		if err := store.DeleteUser(ctx, username); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "deleted user %s; end their live sessions with: idleguard session end-user %s\n", username, username)
+	default:
+		return fmt.Errorf("unknown user command %q", pos[0])
+	}
+	return nil
+}
+
+func keysCmd(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("keys", flag.ContinueOnError)
+	configPath := fs.String("config", "", "configuration file")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 || pos[0] != "rotate" {
+		return errors.New("usage: idleguard keys rotate [--config FILE]")
+	}
+	cfg, store, err := openStore(ctx, *configPath)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	pcfg, err := cfg.ProviderConfig()
+	if err != nil {
+		return err
+	}
+	keys, err := oidc.LoadKeys(ctx, store, pcfg.KeyAlgorithm, time.Now)
+	if err != nil {
+		return err
+	}
+	id, err := keys.Rotate(ctx, oidc.KeyRetention(pcfg))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "new signing key %s (%s); older keys stay published for %s\n", id, pcfg.KeyAlgorithm, oidc.KeyRetention(pcfg))
+	return nil
+}
+
+// adminClient calls the running provider's admin API: sessions live in the
+// provider's memory, so ending one must go through it.
+type adminClient struct {
+	base, token string
+	http        *http.Client
+}
+
+func newAdminClient(configPath string) (*adminClient, error) {
+	cfg, _, err := loadConfig(configPath)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Admin.Token == "" {
+		return nil, errors.New("admin.token is not set in the configuration: the session and audit commands use the admin API")
+	}
+	return &adminClient{base: strings.TrimSuffix(cfg.Issuer, "/"), token: cfg.Admin.Token, http: &http.Client{Timeout: 30 * time.Second}}, nil
+}
+
+func (a *adminClient) call(ctx context.Context, method, path string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, a.base+path, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+a.token)
+	resp, err := a.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("admin API at %s: %w (is the provider running?)", a.base, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("admin API %s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(body)))
+	}
+	return json.Unmarshal(body, out)
+}
+
+func sessionCmd(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("session", flag.ContinueOnError)
+	configPath := fs.String("config", "", "configuration file")
+	ended := fs.Bool("ended", false, "include ended sessions (list)")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 2 {
+		return errors.New("usage: idleguard session list USER | end SID | end-user USER")
+	}
+	api, err := newAdminClient(*configPath)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	switch pos[0] {
+	case "list":
+		var out struct {
+			Sessions []oidc.SessionView `json:"sessions"`
+		}
+		q := "/admin/sessions?user=" + url.QueryEscape(pos[1])
+		if *ended {
+			q += "&ended=1"
+		}
+		if err := api.call(ctx, http.MethodGet, q, &out); err != nil {
+			return err
+		}
+		return enc.Encode(out.Sessions)
+	case "end":
+		var out oidc.SessionView
+		if err := api.call(ctx, http.MethodPost, "/admin/sessions/"+url.PathEscape(pos[1])+"/end", &out); err != nil {
+			return err
+		}
+		return enc.Encode(out)
+	case "end-user":
+		var out map[string]int
+		if err := api.call(ctx, http.MethodPost, "/admin/users/"+url.PathEscape(pos[1])+"/sessions/end", &out); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "ended %d session(s) of %s\n", out["ended"], pos[1])
+		return nil
+	}
+	return fmt.Errorf("unknown session command %q", pos[0])
+}
+
+func auditCmd(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
+	configPath := fs.String("config", "", "configuration file")
+	user := fs.String("user", "", "only this username")
+	sid := fs.String("sid", "", "only this session")
+	if _, err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	api, err := newAdminClient(*configPath)
+	if err != nil {
+		return err
+	}
+	var out struct {
+		Events []session.AuditEvent `json:"events"`
+	}
+	q := url.Values{}
+	if *user != "" {
+		q.Set("user", *user)
+	}
+	if *sid != "" {
+		q.Set("sid", *sid)
+	}
+	if err := api.call(ctx, http.MethodGet, "/admin/audit?"+q.Encode(), &out); err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIME\tEVENT\tSID\tCLIENT\tREASON\tBY\tDETAIL")
+	for _, e := range out.Events {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.At.Format(time.RFC3339), e.Kind, e.SID, e.ClientID, e.Reason, e.Initiator, e.Detail)
+	}
+	return tw.Flush()
+}

@@ -1,0 +1,791 @@
+package main
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"reflect"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	zoidc "github.com/zitadel/oidc/v3/pkg/oidc"
+	"gopkg.in/yaml.v3"
+
+	"github.com/idleguard/idleguard/activity"
+	"github.com/idleguard/idleguard/oidc"
+)
+
+// demoConfig is the configuration `serve` uses when it is given no --config:
+// a provider on localhost with the three demo apps registered. It doubles as
+// the annotated reference of the file format.
+//
+//go:embed demo.yaml
+var demoConfig []byte
+
+// Config is the configuration file of idleguard, one YAML document. The
+// field comments give the YAML names; demo.yaml is an annotated example.
+//
+// String values may refer to environment variables as ${NAME}; this is how
+// secrets are kept out of the file. The reference is replaced after parsing,
+// so a value can never change the structure of the document. A reference to
+// an unset variable is an error; a variable set to "" expands to "".
+type Config struct {
+	// Issuer is the provider's URL, exactly as it appears in the iss claim:
+	// https, or http for localhost and loopback addresses only.
+	Issuer   string `yaml:"issuer"`
+	Listen   string `yaml:"listen"`   // host:port to serve on
+	Database string `yaml:"database"` // path of the SQLite database file
+
+	Session     SessionConfig     `yaml:"session"`
+	Keys        KeysConfig        `yaml:"keys"`
+	Tokens      TokensConfig      `yaml:"tokens"`
+	Admin       AdminConfig       `yaml:"admin"`
+	Backchannel BackchannelConfig `yaml:"backchannel"`
+	Login       LoginConfig       `yaml:"login"`
+	Clients     []ClientConfig    `yaml:"clients"`
+
+	// problems found while decoding and expanding, reported by Validate
+	// together with everything else; badPaths are the fields they name, so
+	// that Validate does not complain about them twice.
+	problems []string
+	badPaths map[string]bool
+}
+
+// SessionConfig is the idle model's provider-wide part (see
+// shared/idle-model.md, "The limit: the strictest app wins").
+type SessionConfig struct {
+	IdleTimeout   Duration `yaml:"idle_timeout"`   // ceiling of every session's idle limit; required
+	MaxLifetime   Duration `yaml:"max_lifetime"`   // absolute limit from sign-in; required, >= idle_timeout
+	SweepInterval Duration `yaml:"sweep_interval"` // how late, at most, an expired session is ended; default 1s
+	FlushInterval Duration `yaml:"flush_interval"` // how often coalesced activity is written; default 1s
+}
+
+// KeysConfig chooses the signing keys.
+type KeysConfig struct {
+	Algorithm string `yaml:"algorithm"` // one of oidc.SupportedAlgorithms; default RS256
+}
+
+// TokensConfig holds provider-wide token lifetimes. Access token lifetimes
+// are per client.
+type TokensConfig struct {
+	IDTokenTTL Duration `yaml:"id_token_ttl"` // default 10m
+}
+
+// AdminConfig configures the /admin API.
+type AdminConfig struct {
+	// Token is the bearer token of the admin API; empty disables the API.
+	// Give it from the environment (${NAME}), never literally in the file.
+	Token string `yaml:"token"`
+}
+
+// BackchannelConfig tunes back-channel logout delivery; see
+// oidc.BackchannelConfig.
+type BackchannelConfig struct {
+	Timeout        Duration `yaml:"timeout"`         // one POST; default 5s
+	Concurrency    int      `yaml:"concurrency"`     // deliveries in flight; default 8
+	RetryFor       Duration `yaml:"retry_for"`       // abandon a delivery after this long; default 24h
+	InitialBackoff Duration `yaml:"initial_backoff"` // first retry delay, then doubled; default 1s
+	MaxBackoff     Duration `yaml:"max_backoff"`     // default 5m
+	PollInterval   Duration `yaml:"poll_interval"`   // outbox poll when nothing woke the worker; default 1s
+}
+
+// LoginConfig tunes the defence against password guessing; see
+// oidc.LoginConfig.
+type LoginConfig struct {
+	MaxFailures int      `yaml:"max_failures"` // default 5
+	LockoutBase Duration `yaml:"lockout_base"` // default 1s
+	LockoutMax  Duration `yaml:"lockout_max"`  // default 15m
+}
+
+// ClientConfig registers one relying party.
+type ClientConfig struct {
+	ID string `yaml:"client_id"`
+	// Secret is required for client_secret_basic and client_secret_post, and
+	// forbidden for public clients (none). Give it from the environment.
+	Secret string `yaml:"client_secret"`
+	// AuthMethod is client_secret_basic (default), client_secret_post, or
+	// none for a public client, which must use PKCE.
+	AuthMethod             string   `yaml:"token_endpoint_auth_method"`
+	RedirectURIs           []string `yaml:"redirect_uris"`
+	PostLogoutRedirectURIs []string `yaml:"post_logout_redirect_uris"`
+	BackchannelLogoutURI   string   `yaml:"backchannel_logout_uri"`
+	FrontchannelLogoutURI  string   `yaml:"frontchannel_logout_uri"`
+	// WebOrigins are the origins (scheme://host[:port]) allowed to call the
+	// provider from a browser (CORS) on behalf of this client.
+	WebOrigins []string `yaml:"web_origins"`
+	// GrantTypes default to authorization_code and refresh_token;
+	// client_credentials is for confidential clients only.
+	GrantTypes []string `yaml:"grant_types"`
+
+	// IdleTimeout is this app's tolerance for inactivity; it pulls the
+	// session's shared limit down unless IdleExempt. 0: none of its own.
+	IdleTimeout Duration `yaml:"idle_timeout"`
+	// AppIdleTimeout ends this app alone after it has seen no activity for
+	// this long, even while the person is active elsewhere. 0: off.
+	AppIdleTimeout Duration `yaml:"app_idle_timeout"`
+	// IdleExempt apps do not pull the shared limit down and survive the end
+	// of the session by idle; they need their own IdleTimeout.
+	IdleExempt bool `yaml:"idle_exempt"`
+	// AccessTokenTTL defaults to 5m, or to the client's idle limit if that
+	// is shorter; it may not exceed that limit.
+	AccessTokenTTL    Duration `yaml:"access_token_ttl"`
+	AccessTokenFormat string   `yaml:"access_token_format"` // jwt (default, RFC 9068) or opaque
+	// Activity lists the sources that count as the person being there; see
+	// activity.ParseSources. Absent: all but refresh. login is always on.
+	Activity []string `yaml:"activity"`
+}
+
+// Duration is a time.Duration written as a Go duration string ("90s", "5m",
+// "1h30m"); a bare 0 means zero ("off" or "default", depending on the field).
+type Duration time.Duration
+
+// UnmarshalYAML parses a duration. A bad value is reported as a type error,
+// which lets decoding go on so that every problem is reported at once.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		v, err := time.ParseDuration(n.Value)
+		if err == nil {
+			*d = Duration(v)
+			return nil
+		}
+	}
+	value := n.Value
+	if n.Kind != yaml.ScalarNode {
+		value = "a " + strings.TrimPrefix(n.ShortTag(), "!!")
+	}
+	return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d column %d: %q is not a duration (write it like 90s, 5m or 1h30m)",
+		n.Line, n.Column, value)}}
+}
+
+// String formats the duration like time.Duration.
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// ConfigError lists every problem of a configuration, one per line, each
+// starting with the path of the field it is about.
+type ConfigError struct {
+	Problems []string
+}
+
+func (e *ConfigError) Error() string {
+	noun := "problems"
+	if len(e.Problems) == 1 {
+		noun = "problem"
+	}
+	return fmt.Sprintf("invalid configuration, %d %s:\n\t%s", len(e.Problems), noun, strings.Join(e.Problems, "\n\t"))
+}
+
+// LoadConfig reads, parses and validates the configuration file at path.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	c, err := ParseConfig(data)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// ParseConfig parses a configuration document, expands ${NAME} references to
+// environment variables, sets defaults and validates it. Every problem is
+// reported at once, in a *ConfigError; only YAML that cannot be parsed at all
+// fails early.
+func ParseConfig(data []byte) (*Config, error) {
+	// The node tree only serves to name fields in the decoder's errors,
+	// which carry line numbers.
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, fmt.Errorf("parse config: %w", err)
+	}
+	paths := newFieldPaths(&root)
+
+	c := &Config{}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	err := dec.Decode(c)
+	var typeErr *yaml.TypeError
+	switch {
+	case err == nil, errors.Is(err, io.EOF):
+	case errors.As(err, &typeErr):
+		for _, msg := range typeErr.Errors {
+			path, problem := paths.locate(msg)
+			c.addProblem(path, problem)
+			if parent := parentPath(path); parent != "" && strings.HasPrefix(problem, "mapping key ") {
+				// The decoder drops a mapping with a duplicate key: do not
+				// also report its fields as missing.
+				c.badPaths[parent] = true
+			}
+		}
+	default:
+		return nil, fmt.Errorf("parse config: %w", err)
+	}
+	if err == nil {
+		var extra yaml.Node
+		if dec.Decode(&extra) == nil {
+			c.addProblem("", "the file holds more than one YAML document")
+		}
+	}
+
+	expandEnv(reflect.ValueOf(c).Elem(), "", os.LookupEnv, c.addProblem)
+	c.setDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Config) addProblem(path, problem string) {
+	if path == "" {
+		c.problems = append(c.problems, problem)
+		return
+	}
+	if c.badPaths == nil {
+		c.badPaths = make(map[string]bool)
+	}
+	c.badPaths[path] = true
+	c.problems = append(c.problems, path+": "+problem)
+}
+
+// Defaults of the fields that have one.
+const (
+	defaultSweepInterval   = time.Second
+	defaultFlushInterval   = time.Second
+	defaultAlgorithm       = "RS256"
+	defaultIDTokenTTL      = 10 * time.Minute
+	defaultAccessTokenTTL  = 5 * time.Minute
+	defaultAccessFormat    = "jwt"
+	defaultAuthMethod      = zoidc.AuthMethodBasic
+	minSecretLength        = 16
+	defaultBackchannelWait = 5 * time.Second
+)
+
+// setDefaults fills in every field that has a default. It is the one place
+// defaults are set; a zero value means "not given". Negative values are left
+// for Validate to report.
+func (c *Config) setDefaults() {
+	setDuration := func(d *Duration, def time.Duration) {
+		if *d == 0 {
+			*d = Duration(def)
+		}
+	}
+	setDuration(&c.Session.SweepInterval, defaultSweepInterval)
+	setDuration(&c.Session.FlushInterval, defaultFlushInterval)
+	if c.Keys.Algorithm == "" {
+		c.Keys.Algorithm = defaultAlgorithm
+	}
+	setDuration(&c.Tokens.IDTokenTTL, defaultIDTokenTTL)
+
+	setDuration(&c.Backchannel.Timeout, defaultBackchannelWait)
+	if c.Backchannel.Concurrency == 0 {
+		c.Backchannel.Concurrency = 8
+	}
+	setDuration(&c.Backchannel.RetryFor, 24*time.Hour)
+	setDuration(&c.Backchannel.InitialBackoff, time.Second)
+	setDuration(&c.Backchannel.MaxBackoff, 5*time.Minute)
+	setDuration(&c.Backchannel.PollInterval, time.Second)
+
+	if c.Login.MaxFailures == 0 {
+		c.Login.MaxFailures = 5
+	}
+	setDuration(&c.Login.LockoutBase, time.Second)
+	setDuration(&c.Login.LockoutMax, 15*time.Minute)
+
+	for i := range c.Clients {
+		cl := &c.Clients[i]
+		if cl.AuthMethod == "" {
+			// RFC 7591's default. Never inferred from a missing secret: a
+			// confidential client whose secret variable is empty must fail,
+			// not silently become public.
+			cl.AuthMethod = string(defaultAuthMethod)
+		}
+		if len(cl.GrantTypes) == 0 {
+			cl.GrantTypes = []string{string(zoidc.GrantTypeCode), string(zoidc.GrantTypeRefreshToken)}
+		}
+		if cl.AccessTokenFormat == "" {
+			cl.AccessTokenFormat = defaultAccessFormat
+		}
+		if cl.Activity == nil { // an explicit empty list means login only
+			cl.Activity = strings.Split(activity.DefaultSources.String(), ",")
+		}
+		if cl.AccessTokenTTL == 0 {
+			ttl := defaultAccessTokenTTL
+			if limit, _ := c.tokenLimit(cl); limit > 0 && limit < ttl {
+				ttl = limit
+			}
+			cl.AccessTokenTTL = Duration(ttl)
+		}
+	}
+}
+
+// tokenLimit is the longest an access token of cl may live: its own
+// idle_timeout if it is exempt, else the strictest of its idle_timeout and
+// the provider's. what names the limit for error messages.
+func (c *Config) tokenLimit(cl *ClientConfig) (limit time.Duration, what string) {
+	own, provider := time.Duration(cl.IdleTimeout), time.Duration(c.Session.IdleTimeout)
+	switch {
+	case cl.IdleExempt:
+		return own, "the client's idle_timeout"
+	case own > 0 && (provider <= 0 || own <= provider):
+		return own, "the client's idle_timeout"
+	default:
+		return provider, "session.idle_timeout"
+	}
+}
+
+// check is one row of a validation table: when bad, the field at path has
+// the problem msg.
+type check struct {
+	bad  bool
+	path string
+	msg  string
+}
+
+// Validate checks the whole configuration and returns a *ConfigError listing
+// every problem, or nil. It includes the problems found while decoding
+// (unknown fields, bad durations, unset environment variables). Call it after
+// setDefaults.
+func (c *Config) Validate() error {
+	problems := slices.Clone(c.problems)
+	add := func(path, msg string) {
+		for p := path; p != ""; p = parentPath(p) {
+			if c.badPaths[p] {
+				return // already reported while decoding
+			}
+		}
+		problems = append(problems, path+": "+msg)
+	}
+	run := func(checks []check) {
+		for _, ck := range checks {
+			if ck.bad {
+				add(ck.path, ck.msg)
+			}
+		}
+	}
+
+	s, bc, lg := c.Session, c.Backchannel, c.Login
+	issuerMsg := ifSet(c.Issuer, func(v string) string { return urlProblem(v, issuerURL) })
+	listenMsg := ifSet(c.Listen, listenProblem)
+	run([]check{
+		{c.Issuer == "", "issuer", "is required: the provider's public URL, as in the iss claim"},
+		{issuerMsg != "", "issuer", issuerMsg},
+		{c.Listen == "", "listen", "is required: host:port to serve on, e.g. 127.0.0.1:8080"},
+		{listenMsg != "", "listen", listenMsg},
+		{c.Database == "", "database", "is required: path of the SQLite database file"},
+
+		{s.IdleTimeout == 0, "session.idle_timeout", "is required: the longest anyone may be inactive before being signed out everywhere"},
+		{s.IdleTimeout < 0, "session.idle_timeout", "must be positive"},
+		{s.MaxLifetime == 0, "session.max_lifetime", "is required: the longest a sign-in lasts, active or not"},
+		{s.MaxLifetime < 0, "session.max_lifetime", "must be positive"},
+		{s.MaxLifetime > 0 && s.MaxLifetime < s.IdleTimeout, "session.max_lifetime",
+			fmt.Sprintf("%s is shorter than session.idle_timeout (%s)", s.MaxLifetime, s.IdleTimeout)},
+		{s.SweepInterval <= 0, "session.sweep_interval", "must be positive"},
+		{s.FlushInterval <= 0, "session.flush_interval", "must be positive"},
+
+		{!slices.Contains(oidc.SupportedAlgorithms, c.Keys.Algorithm), "keys.algorithm",
+			fmt.Sprintf("%q is not supported (want %s)", c.Keys.Algorithm, strings.Join(oidc.SupportedAlgorithms, ", "))},
+		{c.Tokens.IDTokenTTL <= 0, "tokens.id_token_ttl", "must be positive"},
+		{c.Admin.Token != "" && len(c.Admin.Token) < minSecretLength, "admin.token",
+			fmt.Sprintf("is too short: use at least %d random characters", minSecretLength)},
+
+		{bc.Timeout <= 0, "backchannel.timeout", "must be positive"},
+		{bc.Concurrency <= 0, "backchannel.concurrency", "must be positive"},
+		{bc.RetryFor <= 0, "backchannel.retry_for", "must be positive"},
+		{bc.InitialBackoff <= 0, "backchannel.initial_backoff", "must be positive"},
+		{bc.MaxBackoff < bc.InitialBackoff, "backchannel.max_backoff",
+			fmt.Sprintf("%s is shorter than backchannel.initial_backoff (%s)", bc.MaxBackoff, bc.InitialBackoff)},
+		{bc.PollInterval <= 0, "backchannel.poll_interval", "must be positive"},
+
+		{lg.MaxFailures <= 0, "login.max_failures", "must be positive"},
+		{lg.LockoutBase <= 0, "login.lockout_base", "must be positive"},
+		{lg.LockoutMax < lg.LockoutBase, "login.lockout_max",
+			fmt.Sprintf("%s is shorter than login.lockout_base (%s)", lg.LockoutMax, lg.LockoutBase)},
+	})
+
+	firstUse := make(map[string]int)
+	for i := range c.Clients {
+		c.validateClient(i, firstUse, add, run)
+	}
+
+	if len(problems) > 0 {
+		return &ConfigError{Problems: problems}
+	}
+	return nil
+}
+
+func (c *Config) validateClient(i int, firstUse map[string]int, add func(path, msg string), run func([]check)) {
+	cl := &c.Clients[i]
+	p := func(field string) string { return fmt.Sprintf("clients[%d].%s", i, field) }
+
+	if cl.ID != "" {
+		if j, dup := firstUse[cl.ID]; dup {
+			add(p("client_id"), fmt.Sprintf("%q is already used by clients[%d]", cl.ID, j))
+		} else {
+			firstUse[cl.ID] = i
+		}
+	}
+
+	method := zoidc.AuthMethod(cl.AuthMethod)
+	knownMethod := method == zoidc.AuthMethodBasic || method == zoidc.AuthMethodPost || method == zoidc.AuthMethodNone
+	public := method == zoidc.AuthMethodNone
+	hasCode := slices.Contains(cl.GrantTypes, string(zoidc.GrantTypeCode))
+	own, provider := cl.IdleTimeout, c.Session.IdleTimeout
+	limit, limitName := c.tokenLimit(cl)
+	endpoint := func(v string) string { return urlProblem(v, endpointURL) }
+	backMsg, frontMsg := ifSet(cl.BackchannelLogoutURI, endpoint), ifSet(cl.FrontchannelLogoutURI, endpoint)
+
+	run([]check{
+		{cl.ID == "", p("client_id"), "is required"},
+		{strings.ContainsFunc(cl.ID, func(r rune) bool { return r <= ' ' || r == 0x7f }), p("client_id"),
+			"must not contain spaces or control characters"},
+
+		{!knownMethod, p("token_endpoint_auth_method"),
+			fmt.Sprintf("%q is not supported (want client_secret_basic, client_secret_post or none)", cl.AuthMethod)},
+		{knownMethod && !public && cl.Secret == "", p("client_secret"),
+			fmt.Sprintf("is required for %s (or set token_endpoint_auth_method: none for a public client)", method)},
+		{!public && cl.Secret != "" && len(cl.Secret) < minSecretLength, p("client_secret"),
+			fmt.Sprintf("is too short: use at least %d random characters", minSecretLength)},
+		{public && cl.Secret != "", p("client_secret"), "must not be set for a public client (token_endpoint_auth_method: none)"},
+
+		{hasCode && len(cl.RedirectURIs) == 0, p("redirect_uris"), "at least one is required for authorization_code"},
+		{backMsg != "", p("backchannel_logout_uri"), backMsg},
+		{frontMsg != "", p("frontchannel_logout_uri"), frontMsg},
+
+		{public && slices.Contains(cl.GrantTypes, string(zoidc.GrantTypeClientCredentials)), p("grant_types"),
+			"client_credentials needs a confidential client (a client_secret)"},
+		{slices.Contains(cl.GrantTypes, string(zoidc.GrantTypeRefreshToken)) && !hasCode, p("grant_types"),
+			"refresh_token needs authorization_code"},
+
+		{own < 0, p("idle_timeout"), "must not be negative (0: none of its own)"},
+		{cl.IdleExempt && own == 0, p("idle_timeout"),
+			"is required for an idle_exempt client: otherwise it would stay signed in until session.max_lifetime"},
+		{!cl.IdleExempt && own > 0 && provider > 0 && own > provider, p("idle_timeout"),
+			fmt.Sprintf("%s is above session.idle_timeout (%s), the ceiling of every non-exempt client, so it has no effect", own, provider)},
+		{own > 0 && c.Session.MaxLifetime > 0 && own > c.Session.MaxLifetime, p("idle_timeout"),
+			fmt.Sprintf("%s is above session.max_lifetime (%s)", own, c.Session.MaxLifetime)},
+
+		{cl.AppIdleTimeout < 0, p("app_idle_timeout"), "must not be negative (0: off)"},
+		{cl.IdleExempt && cl.AppIdleTimeout != 0, p("app_idle_timeout"),
+			"has no meaning for an idle_exempt client, whose application session already ends by its own idle_timeout"},
+		{!cl.IdleExempt && own > 0 && cl.AppIdleTimeout > own, p("app_idle_timeout"),
+			fmt.Sprintf("%s is above the client's idle_timeout (%s)", cl.AppIdleTimeout, own)},
+
+		{cl.AccessTokenTTL <= 0, p("access_token_ttl"), "must be positive"},
+		{cl.AccessTokenTTL > 0 && limit > 0 && time.Duration(cl.AccessTokenTTL) > limit, p("access_token_ttl"),
+			fmt.Sprintf("%s is above %s (%s): a token must not outlive the idle limit", cl.AccessTokenTTL, limitName, limit)},
+		{cl.AccessTokenFormat != "jwt" && cl.AccessTokenFormat != "opaque", p("access_token_format"),
+			fmt.Sprintf("%q is not supported (want jwt or opaque)", cl.AccessTokenFormat)},
+	})
+
+	for j, u := range cl.RedirectURIs {
+		if msg := urlProblem(u, redirectURL); msg != "" {
+			add(fmt.Sprintf("%s[%d]", p("redirect_uris"), j), msg)
+		}
+	}
+	for j, u := range cl.PostLogoutRedirectURIs {
+		if msg := urlProblem(u, redirectURL); msg != "" {
+			add(fmt.Sprintf("%s[%d]", p("post_logout_redirect_uris"), j), msg)
+		}
+	}
+	for j, o := range cl.WebOrigins {
+		if msg := urlProblem(o, originURL); msg != "" {
+			add(fmt.Sprintf("%s[%d]", p("web_origins"), j), msg)
+		}
+	}
+	for j, g := range cl.GrantTypes {
+		switch zoidc.GrantType(g) {
+		case zoidc.GrantTypeCode, zoidc.GrantTypeRefreshToken, zoidc.GrantTypeClientCredentials:
+		default:
+			add(fmt.Sprintf("%s[%d]", p("grant_types"), j),
+				fmt.Sprintf("%q is not supported (want authorization_code, refresh_token or client_credentials)", g))
+		}
+	}
+	for j, name := range cl.Activity {
+		if _, err := activity.ParseSources([]string{name}); err != nil {
+			add(fmt.Sprintf("%s[%d]", p("activity"), j), err.Error())
+		}
+	}
+}
+
+// ifSet returns problem(v), or "" when v is empty (absent is checked apart).
+func ifSet(v string, problem func(string) string) string {
+	if v == "" {
+		return ""
+	}
+	return problem(v)
+}
+
+// urlKind says what a URL is for, and so which rules it must follow.
+type urlKind int
+
+const (
+	issuerURL   urlKind = iota // no query, no fragment
+	redirectURL                // browser is sent there: no fragment, https or loopback http
+	endpointURL                // logout endpoints: no fragment, https or loopback http
+	originURL                  // scheme://host[:port] only
+)
+
+// urlProblem returns what is wrong with raw as a URL of the given kind, or "".
+// Plain http is accepted only for localhost and loopback addresses, where
+// nobody else can read the traffic.
+func urlProblem(raw string, kind urlKind) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Sprintf("%q is not a URL", raw)
+	}
+	switch {
+	case u.Scheme == "" || u.Host == "":
+		return fmt.Sprintf("%q is not an absolute URL", raw)
+	case u.Scheme != "https" && u.Scheme != "http":
+		return fmt.Sprintf("%q: scheme must be https", raw)
+	case u.Scheme == "http" && !isLoopback(u.Hostname()):
+		return fmt.Sprintf("%q: plain http is allowed only for localhost and loopback addresses; use https", raw)
+	case u.User != nil:
+		return fmt.Sprintf("%q must not contain user info", raw)
+	case u.Fragment != "" || strings.Contains(raw, "#"):
+		return fmt.Sprintf("%q must not contain a fragment", raw)
+	case kind == issuerURL && (u.RawQuery != "" || u.ForceQuery):
+		return fmt.Sprintf("%q must not contain a query", raw)
+	case kind == originURL && (u.Path != "" || u.RawQuery != "" || u.ForceQuery):
+		return fmt.Sprintf("%q is not an origin: write scheme://host[:port], without a path", raw)
+	}
+	return ""
+}
+
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func listenProblem(addr string) string {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Sprintf("%q is not host:port", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Sprintf("%q: port must be a number from 0 to 65535", addr)
+	}
+	return ""
+}
+
+// ProviderConfig converts the configuration into the provider's. Secrets are
+// hashed; Now, Logger and HTTPClient are left for the caller to set.
+func (c *Config) ProviderConfig() (oidc.Config, error) {
+	if err := c.Validate(); err != nil {
+		return oidc.Config{}, err
+	}
+	d := func(v Duration) time.Duration { return time.Duration(v) }
+	pc := oidc.Config{
+		Issuer: c.Issuer,
+		Session: activity.Config{
+			IdleTimeout:   d(c.Session.IdleTimeout),
+			MaxLifetime:   d(c.Session.MaxLifetime),
+			SweepInterval: d(c.Session.SweepInterval),
+			FlushInterval: d(c.Session.FlushInterval),
+		},
+		KeyAlgorithm: c.Keys.Algorithm,
+		IDTokenTTL:   d(c.Tokens.IDTokenTTL),
+		Backchannel: oidc.BackchannelConfig{
+			Timeout:        d(c.Backchannel.Timeout),
+			Concurrency:    c.Backchannel.Concurrency,
+			RetryFor:       d(c.Backchannel.RetryFor),
+			InitialBackoff: d(c.Backchannel.InitialBackoff),
+			MaxBackoff:     d(c.Backchannel.MaxBackoff),
+			PollInterval:   d(c.Backchannel.PollInterval),
+		},
+		Login: oidc.LoginConfig{
+			MaxFailures: c.Login.MaxFailures,
+			LockoutBase: d(c.Login.LockoutBase),
+			LockoutMax:  d(c.Login.LockoutMax),
+		},
+	}
+	if c.Admin.Token != "" {
+		pc.AdminTokenHash = oidc.HashSecret(c.Admin.Token)
+	}
+	for i := range c.Clients {
+		cl := &c.Clients[i]
+		sources, err := activity.ParseSources(cl.Activity)
+		if err != nil {
+			return oidc.Config{}, fmt.Errorf("clients[%d].activity: %w", i, err)
+		}
+		client := &oidc.Client{
+			ID:                     cl.ID,
+			AuthMethod:             zoidc.AuthMethod(cl.AuthMethod),
+			RedirectURIs:           slices.Clone(cl.RedirectURIs),
+			PostLogoutRedirectURIs: slices.Clone(cl.PostLogoutRedirectURIs),
+			BackchannelLogoutURI:   cl.BackchannelLogoutURI,
+			FrontchannelLogoutURI:  cl.FrontchannelLogoutURI,
+			WebOrigins:             slices.Clone(cl.WebOrigins),
+			AccessTokenTTL:         d(cl.AccessTokenTTL),
+			OpaqueAccessTokens:     cl.AccessTokenFormat == "opaque",
+			Policy: activity.ClientPolicy{
+				IdleTimeout:          d(cl.IdleTimeout),
+				AppIdleTimeout:       d(cl.AppIdleTimeout),
+				Exempt:               cl.IdleExempt,
+				Sources:              sources,
+				BackchannelLogoutURI: cl.BackchannelLogoutURI,
+			},
+		}
+		if cl.Secret != "" {
+			client.SecretHash = oidc.HashSecret(cl.Secret)
+		}
+		for _, g := range cl.GrantTypes {
+			client.GrantTypes = append(client.GrantTypes, zoidc.GrantType(g))
+		}
+		pc.Clients = append(pc.Clients, client)
+	}
+	return pc, nil
+}
+
+// envRef matches a ${NAME} reference to an environment variable.
+var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
+
+// expandEnv replaces ${NAME} in every string of v (a decoded config value),
+// naming fields by their YAML paths. It runs on decoded values, never on the
+// file's text, so a variable's value is data and cannot change structure.
+// Expanded values are not expanded again.
+func expandEnv(v reflect.Value, path string, lookup func(string) (string, bool), problem func(path, msg string)) {
+	switch v.Kind() {
+	case reflect.Struct:
+		t := v.Type()
+		for i := range t.NumField() {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			if !f.IsExported() || name == "-" {
+				continue
+			}
+			if name == "" {
+				name = strings.ToLower(f.Name)
+			}
+			if path != "" {
+				name = path + "." + name
+			}
+			expandEnv(v.Field(i), name, lookup, problem)
+		}
+	case reflect.Slice:
+		for i := range v.Len() {
+			expandEnv(v.Index(i), fmt.Sprintf("%s[%d]", path, i), lookup, problem)
+		}
+	case reflect.String:
+		s := v.String()
+		if !strings.Contains(s, "${") {
+			return
+		}
+		var missing []string
+		s = envRef.ReplaceAllStringFunc(s, func(ref string) string {
+			name := ref[2 : len(ref)-1]
+			val, ok := lookup(name)
+			if !ok && !slices.Contains(missing, name) {
+				missing = append(missing, name)
+			}
+			return val
+		})
+		for _, name := range missing {
+			problem(path, fmt.Sprintf("environment variable %s is not set", name))
+		}
+		v.SetString(s)
+	}
+}
+
+// parentPath returns the path of the mapping or sequence holding path:
+// "clients[0]" for "clients[0].redirect_uris", "clients" for "clients[0]".
+func parentPath(path string) string {
+	i := strings.LastIndexAny(path, ".[")
+	if i < 0 {
+		return ""
+	}
+	return path[:i]
+}
+
+// fieldPaths names the fields of a YAML document by position, to turn the
+// decoder's "line N: ..." messages into "clients[0].idle_timeout: ...".
+type fieldPaths struct {
+	keys   map[int][]string    // line -> paths of the mapping keys on it
+	values map[[2]int]string   // line, column -> path of the value there
+	walked map[*yaml.Node]bool // guards against alias cycles
+}
+
+func newFieldPaths(root *yaml.Node) *fieldPaths {
+	fp := &fieldPaths{keys: make(map[int][]string), values: make(map[[2]int]string), walked: make(map[*yaml.Node]bool)}
+	fp.walk(root, "")
+	return fp
+}
+
+func (fp *fieldPaths) walk(n *yaml.Node, path string) {
+	if n == nil || fp.walked[n] {
+		return
+	}
+	fp.walked[n] = true
+	if path != "" {
+		fp.values[[2]int{n.Line, n.Column}] = path
+	}
+	switch n.Kind {
+	case yaml.DocumentNode:
+		for _, c := range n.Content {
+			fp.walk(c, path)
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			key, val := n.Content[i], n.Content[i+1]
+			p := key.Value
+			if path != "" {
+				p = path + "." + key.Value
+			}
+			fp.keys[key.Line] = append(fp.keys[key.Line], p)
+			fp.walk(val, p)
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			fp.walk(c, fmt.Sprintf("%s[%d]", path, i))
+		}
+	}
+}
+
+var (
+	decodeMsg    = regexp.MustCompile(`^line (\d+)(?: column (\d+))?: (.*)$`)
+	unknownField = regexp.MustCompile(`^field (\S+) not found in type \S+$`)
+)
+
+// locate splits a decoder message into the path of the field it is about
+// and the problem, keeping the line for reference. It returns an empty path
+// when the field cannot be told.
+func (fp *fieldPaths) locate(msg string) (path, problem string) {
+	m := decodeMsg.FindStringSubmatch(msg)
+	if m == nil {
+		return "", msg
+	}
+	line, _ := strconv.Atoi(m[1])
+	problem = m[3]
+	if m[2] != "" {
+		col, _ := strconv.Atoi(m[2])
+		if p, ok := fp.values[[2]int{line, col}]; ok {
+			return p, fmt.Sprintf("%s (line %d)", problem, line)
+		}
+	}
+	candidates := fp.keys[line]
+	if u := unknownField.FindStringSubmatch(problem); u != nil {
+		problem = "unknown field"
+		var named []string
+		for _, p := range candidates {
+			if p == u[1] || strings.HasSuffix(p, "."+u[1]) {
+				named = append(named, p)
+			}
+		}
+		candidates = named
+	}
+	if len(candidates) == 1 {
+		return candidates[0], fmt.Sprintf("%s (line %d)", problem, line)
+	}
+	return "", msg
+}
