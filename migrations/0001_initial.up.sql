@@ -42,13 +42,25 @@ CREATE TABLE app_sessions (
     joined_at       INTEGER NOT NULL,
     last_active_at  INTEGER NOT NULL,
     deadline        INTEGER,
-    refresh_gen     INTEGER NOT NULL DEFAULT 0,
     ended_at        INTEGER,
     end_reason      TEXT
 );
 CREATE INDEX app_sessions_live_deadline ON app_sessions (deadline) WHERE ended_at IS NULL AND deadline IS NOT NULL;
 CREATE UNIQUE INDEX app_sessions_live_pair ON app_sessions (auth_session_id, client_id) WHERE ended_at IS NULL;
 CREATE INDEX app_sessions_auth_session ON app_sessions (auth_session_id);
+
+-- Refresh token chains: one per code exchange, each rotated on every use.
+-- Tokens themselves are never stored: a refresh token is the MAC of
+-- (app session, chain, generation), and only the current generation of each
+-- chain is kept (flushed with activity). Ending the application session
+-- ends every chain.
+CREATE TABLE refresh_chains (
+    id             TEXT PRIMARY KEY,
+    app_session_id TEXT NOT NULL REFERENCES app_sessions (id),
+    gen            INTEGER NOT NULL,
+    created_at     INTEGER NOT NULL
+);
+CREATE INDEX refresh_chains_app ON refresh_chains (app_session_id);
 
 -- Access tokens revoked one by one (RFC 7009). Tokens of ended application
 -- sessions need no row: the session's end revokes them.
