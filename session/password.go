@@ -21,6 +21,15 @@ const (
 
 // HashPassword returns an argon2id hash in PHC string format.
 func HashPassword(password string) (string, error) {
+	return HashPasswordWithParams(password, argonTime, argonMemory, argonThreads)
+}
+
+// HashPasswordWithParams is HashPassword with explicit argon2id cost. The
+// parameters are recorded in the hash, so verification needs no setting.
+//
+// WARNING: anything below the defaults weakens stored passwords; lower costs
+// are for load tests' synthetic users only.
+func HashPasswordWithParams(password string, time, memoryKiB uint32, threads uint8) (string, error) {
 	if password == "" {
 		return "", errors.New("password is empty")
 	}
@@ -28,8 +37,8 @@ func HashPassword(password string) (string, error) {
 	if _, err := rand.Read(salt); err != nil {
 		return "", err
 	}
-	key := argon2.IDKey([]byte(password), salt, argonTime, argonMemory, argonThreads, argonKeyLen)
-	return fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s", argon2.Version, argonMemory, argonTime, argonThreads,
+	key := argon2.IDKey([]byte(password), salt, time, memoryKiB, threads, argonKeyLen)
+	return fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s", argon2.Version, memoryKiB, time, threads,
 		base64.RawStdEncoding.EncodeToString(salt), base64.RawStdEncoding.EncodeToString(key)), nil
 }
 

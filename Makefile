@@ -1,0 +1,46 @@
+# idleguard — run `make help` for the targets.
+GO      ?= go
+PKGS    := ./...
+BROWSER_TESTS := tests/browser
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: run
+run: ## Run the provider with the embedded demo configuration (SQLite file idleguard.db).
+	$(GO) run ./cmd/idleguard serve
+
+.PHONY: demo
+demo: ## Run the provider and three sample apps on localhost (see README).
+	$(GO) run ./cmd/idleguard demo
+
+.PHONY: test
+test: test-go test-browser ## Run every test: Go (with -race) and the browser library in headless Chromium.
+
+.PHONY: test-go
+test-go: ## Run the Go tests with the race detector.
+	$(GO) test -race -count=1 $(PKGS)
+
+.PHONY: test-browser
+test-browser: ## Run the browser tests (Playwright driving /usr/bin/chromium).
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if [ -n "$$IDLEGUARD_REQUIRE_BROWSER" ]; then echo "browser tests: /usr/bin/chromium is missing (apt-get install chromium)"; exit 1; fi; \
+		echo "browser tests skipped: /usr/bin/chromium is missing (apt-get install chromium)"; exit 0; fi; \
+	cd $(BROWSER_TESTS) && npm ci --no-audit --no-fund --loglevel=error && npm test
+
+.PHONY: lint
+lint: ## go vet and gofmt check.
+	$(GO) vet $(PKGS)
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+.PHONY: fmt
+fmt: ## Format the Go code.
+	gofmt -w $$(git ls-files '*.go')
+
+.PHONY: bench
+bench: ## Run the benchmarks and a short load run (figures in README).
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./activity ./session ./oidc
+	$(GO) run ./cmd/idleguard-load -duration 10s
