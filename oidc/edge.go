@@ -13,6 +13,10 @@ import (
 // maxBody bounds every request body.
 const maxBody = 64 << 10
 
+// maxAuthorizeQuery bounds an authorization request's query string; every
+// legitimate one is far smaller, and it is stored until the code exchange.
+const maxAuthorizeQuery = 8 << 10
+
 type requestIDKey struct{}
 
 // edge wraps every route: request id, bounded bodies, baseline security
@@ -58,6 +62,11 @@ func (p *Provider) serverError(w http.ResponseWriter, r *http.Request, err error
 // browser it is. Redirects and successes pass through untouched.
 func (p *Provider) authorizeErrorPage(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(r.URL.RawQuery) > maxAuthorizeQuery {
+			p.messagePage(w, r, http.StatusRequestURITooLong, "Sign-in request refused",
+				"The application sent a sign-in request that is too large.")
+			return
+		}
 		rec := &errorCatcher{ResponseWriter: w}
 		next.ServeHTTP(rec, r)
 		if !rec.caught {
@@ -102,4 +111,42 @@ func (c *errorCatcher) Write(b []byte) (int, error) {
 		return c.body.Write(b)
 	}
 	return c.ResponseWriter.Write(b)
+}
+
+// invalidClient401 answers invalid_client with 401 and a WWW-Authenticate
+// challenge, as RFC 6749 section 5.2 asks; the protocol layer answers 400.
+func invalidClient401(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := &errorCatcher{ResponseWriter: w}
+		next.ServeHTTP(rec, r)
+		if !rec.caught {
+			return
+		}
+		var e struct {
+			Error string `json:"error"`
+		}
+		_ = json.Unmarshal(rec.body.Bytes(), &e)
+		status := rec.status
+		if e.Error == "invalid_client" {
+			status = http.StatusUnauthorized
+			w.Header().Set("WWW-Authenticate", `Basic realm="idleguard"`)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		_, _ = w.Write(rec.body.Bytes())
+	})
+}
+
+// requireClientAuth refuses an introspection request that carries no client
+// credentials with 401 invalid_client (RFC 7662 section 2.1: the endpoint
+// is for authenticated resource servers).
+func requireClientAuth(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") == "" && r.PostFormValue("client_secret") == "" && r.PostFormValue("client_assertion") == "" {
+			w.Header().Set("WWW-Authenticate", `Basic realm="idleguard"`)
+			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "invalid_client", "error_description": "client authentication required"})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }

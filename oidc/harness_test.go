@@ -12,6 +12,7 @@ import (
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -27,6 +28,13 @@ import (
 	"github.com/idleguard/idleguard/activity"
 	"github.com/idleguard/idleguard/session"
 )
+
+// TestMain quiets the protocol library's own logging (it logs through the
+// process-wide slog default); each provider logs to its test's output.
+func TestMain(m *testing.M) {
+	slog.SetDefault(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	os.Exit(m.Run())
+}
 
 // clock is the controllable time source every test injects.
 type clock struct {

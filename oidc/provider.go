@@ -244,6 +244,9 @@ func (p *Provider) routes() http.Handler {
 	mux.HandleFunc("GET /admin/deliveries", p.admin(p.adminDeliveries))
 	mux.Handle("GET /static/", http.StripPrefix("/static/", static.Handler()))
 	mux.Handle("GET /authorize", p.authorizeErrorPage(protocol))
+	mux.Handle("POST /oauth/token", invalidClient401(protocol))
+	mux.Handle("POST /oauth/introspect", requireClientAuth(invalidClient401(protocol)))
+	mux.Handle("POST /revoke", invalidClient401(protocol))
 	mux.Handle("/", protocol)
 	return p.edge(mux)
 }

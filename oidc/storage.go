@@ -64,6 +64,9 @@ func (s storage) CreateAuthRequest(ctx context.Context, req *zoidc.AuthRequest, 
 	if !ok {
 		return nil, zoidc.ErrInvalidClient()
 	}
+	if !slices.Contains(req.Scopes, zoidc.ScopeOpenID) {
+		return nil, zoidc.ErrInvalidScope().WithDescription("the openid scope is required")
+	}
 	if req.CodeChallenge != "" && req.CodeChallengeMethod != zoidc.CodeChallengeMethodS256 {
 		return nil, zoidc.ErrInvalidRequest().WithDescription("code_challenge_method must be S256")
 	}

@@ -1,0 +1,472 @@
+package oidc
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	gooidc "github.com/coreos/go-oidc/v3/oidc"
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/stretchr/testify/require"
+
+	"github.com/idleguard/idleguard/session"
+)
+
+// receiver is a relying party's back-channel logout endpoint: a real HTTP
+// server that verifies every logout token fully against the provider's
+// JWKS, as OpenID Connect Back-Channel Logout 1.0 section 2.6 requires.
+type receiver struct {
+	t      *testing.T
+	srv    *httptest.Server
+	client string
+	e      *env
+
+	mu       sync.Mutex
+	failures int // answer 503 this many more times
+	got      []logoutToken
+	errs     []string
+	arrived  []time.Time
+}
+
+type logoutToken struct {
+	Issuer   string                     `json:"iss"`
+	Audience audience                   `json:"aud"`
+	IssuedAt int64                      `json:"iat"`
+	Expiry   int64                      `json:"exp"`
+	JTI      string                     `json:"jti"`
+	SID      string                     `json:"sid"`
+	Subject  string                     `json:"sub"`
+	Events   map[string]json.RawMessage `json:"events"`
+	Reason   string                     `json:"reason"`
+	Nonce    *string                    `json:"nonce"`
+}
+
+type audience []string
+
+func (a *audience) UnmarshalJSON(b []byte) error {
+	var one string
+	if json.Unmarshal(b, &one) == nil {
+		*a = []string{one}
+		return nil
+	}
+	return json.Unmarshal(b, (*[]string)(a))
+}
+
+func newReceiver(t *testing.T, client string) *receiver {
+	r := &receiver{t: t, client: client}
+	r.srv = httptest.NewServer(http.HandlerFunc(r.serve))
+	t.Cleanup(r.srv.Close)
+	return r
+}
+
+func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
+	r.mu.Lock()
+	if r.failures > 0 {
+		r.failures--
+		r.mu.Unlock()
+		http.Error(w, "try later", http.StatusServiceUnavailable)
+		return
+	}
+	r.mu.Unlock()
+	if err := req.ParseForm(); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	tok, err := r.verify(req, req.PostForm.Get("logout_token"))
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err != "" {
+		r.errs = append(r.errs, err)
+		http.Error(w, err, http.StatusBadRequest)
+		return
+	}
+	r.got = append(r.got, tok)
+	r.arrived = append(r.arrived, time.Now())
+	w.WriteHeader(http.StatusOK)
+}
+
+func (r *receiver) verify(req *http.Request, raw string) (logoutToken, string) {
+	var tok logoutToken
+	if req.Header.Get("Content-Type") != "application/x-www-form-urlencoded" {
+		return tok, "content type " + req.Header.Get("Content-Type")
+	}
+	jws, err := jose.ParseSigned(raw, []jose.SignatureAlgorithm{jose.RS256, jose.ES256, jose.EdDSA})
+	if err != nil {
+		return tok, "parse: " + err.Error()
+	}
+	if typ, _ := jws.Signatures[0].Header.ExtraHeaders["typ"].(string); typ != "logout+jwt" {
+		return tok, "typ " + typ
+	}
+	payload, err := gooidc.NewRemoteKeySet(req.Context(), r.e.issuer+"/keys").VerifySignature(req.Context(), raw)
+	if err != nil {
+		return tok, "signature: " + err.Error()
+	}
+	if err := json.Unmarshal(payload, &tok); err != nil {
+		return tok, "claims: " + err.Error()
+	}
+	now := r.e.clock.Now().Unix()
+	switch {
+	case tok.Issuer != r.e.issuer:
+		return tok, "iss " + tok.Issuer
+	case len(tok.Audience) != 1 || tok.Audience[0] != r.client:
+		return tok, "aud"
+	case tok.Events == nil || tok.Events["http://schemas.openid.net/event/backchannel-logout"] == nil:
+		return tok, "events"
+	case tok.SID == "" || tok.Subject == "" || tok.JTI == "":
+		return tok, "sid/sub/jti"
+	case tok.Nonce != nil:
+		return tok, "nonce present"
+	case tok.IssuedAt > now+1 || tok.Expiry <= now:
+		return tok, "iat/exp"
+	}
+	return tok, ""
+}
+
+func (r *receiver) tokens() []logoutToken {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	require.Empty(r.t, r.errs, "logout tokens that failed verification")
+	return append([]logoutToken(nil), r.got...)
+}
+
+// withReceivers gives the named clients back-channel logout URIs served by
+// fresh receivers.
+func withReceivers(t *testing.T, clients ...string) (envOption, map[string]*receiver) {
+	rs := map[string]*receiver{}
+	for _, c := range clients {
+		rs[c] = newReceiver(t, c)
+	}
+	return func(cfg *Config) {
+		for _, c := range cfg.Clients {
+			if r, ok := rs[c.ID]; ok {
+				c.BackchannelLogoutURI = r.srv.URL + "/backchannel-logout"
+				c.Policy.BackchannelLogoutURI = c.BackchannelLogoutURI
+			}
+		}
+	}, rs
+}
+
+func newEnvWithReceivers(t *testing.T, clients []string, opts ...envOption) (*env, map[string]*receiver) {
+	opt, rs := withReceivers(t, clients...)
+	e := newEnv(t, append(opts, opt)...)
+	for _, r := range rs {
+		r.e = e
+	}
+	return e, rs
+}
+
+func (e *env) deliver() int {
+	e.t.Helper()
+	n, err := e.p.DeliverDue(e.t.Context())
+	require.NoError(e.t, err)
+	return n
+}
+
+// endSession is RP-initiated logout from the browser.
+func (b *browser) endSession(tok *tokens, redirect, state string) *http.Response {
+	b.t.Helper()
+	q := url.Values{"id_token_hint": {tok.raw}}
+	if redirect != "" {
+		q.Set("post_logout_redirect_uri", redirect)
+	}
+	if state != "" {
+		q.Set("state", state)
+	}
+	resp, err := b.client.Get(b.e.issuer + "/end_session?" + q.Encode())
+	require.NoError(b.t, err)
+	return resp
+}
+
+func (e *env) adminCall(method, path, token string) (int, map[string]any) {
+	e.t.Helper()
+	req, err := http.NewRequest(method, e.issuer+path, nil)
+	require.NoError(e.t, err)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(e.t, err)
+	defer resp.Body.Close()
+	var out map[string]any
+	data, _ := io.ReadAll(resp.Body)
+	_ = json.Unmarshal(data, &out)
+	return resp.StatusCode, out
+}
+
+const adminToken = "admin-token-for-tests-0123456789"
+
+func withAdmin(c *Config) { c.AdminTokenHash = HashSecret(adminToken) }
+
+func TestBackchannelLogoutForEveryReason(t *testing.T) {
+	for _, tc := range []struct {
+		reason string
+		apps   []string
+		told   []string
+		end    func(e *env, b *browser, toks map[string]*tokens)
+	}{
+		{"idle_timeout", []string{"mail", "bank"}, []string{"mail", "bank"}, func(e *env, b *browser, toks map[string]*tokens) {
+			e.clock.Advance(5 * time.Minute)
+			require.Equal(t, 3, e.sweep())
+		}},
+		{"max_lifetime", []string{"mail"}, []string{"mail"}, func(e *env, b *browser, toks map[string]*tokens) {
+			for range 13 {
+				e.clock.Advance(time.Hour - time.Second)
+				e.heartbeat(toks["mail"].AccessToken)
+				toks["mail"].fresh(e)
+			}
+			e.sweep()
+		}},
+		{"app_idle_timeout", []string{"mail", "lonely"}, []string{"lonely"}, func(e *env, b *browser, toks map[string]*tokens) {
+			e.clock.Advance(3 * time.Minute)
+			require.Equal(t, 200, e.heartbeat(toks["mail"].AccessToken))
+			require.Equal(t, 1, e.sweep())
+		}},
+		{"logout", []string{"mail", "bank", "video"}, []string{"mail", "bank", "video"}, func(e *env, b *browser, toks map[string]*tokens) {
+			resp := b.endSession(toks["mail"], "", "")
+			require.Equal(t, http.StatusOK, resp.StatusCode, body(t, resp))
+		}},
+		{"admin", []string{"mail", "bank"}, []string{"mail", "bank"}, func(e *env, b *browser, toks map[string]*tokens) {
+			code, out := e.adminCall(http.MethodPost, "/admin/sessions/"+toks["mail"].sid+"/end", adminToken)
+			require.Equal(t, http.StatusOK, code, "%v", out)
+			require.Equal(t, "admin", out["end_reason"])
+		}},
+		{"refresh_reuse", []string{"mail", "bank"}, []string{"bank"}, func(e *env, b *browser, toks map[string]*tokens) {
+			old := toks["bank"].RefreshToken
+			toks["bank"].fresh(e)
+			_, err := toks["bank"].rp.refresh(t, old)
+			requireOAuthError(t, err, "invalid_grant")
+		}},
+	} {
+		t.Run(tc.reason, func(t *testing.T) {
+			e, rs := newEnvWithReceivers(t, []string{"mail", "bank", "video", "lonely"}, withAdmin)
+			b := e.browser()
+			toks := map[string]*tokens{}
+			for _, app := range tc.apps {
+				toks[app] = b.login(e.rp(app), "alice")
+			}
+			sid := toks[tc.apps[0]].sid
+			tc.end(e, b, toks)
+			e.deliver()
+			for client, r := range rs {
+				got := r.tokens()
+				if !contains(tc.told, client) {
+					require.Empty(t, got, "%s must not be told", client)
+					continue
+				}
+				require.Len(t, got, 1, client)
+				require.Equal(t, tc.reason, got[0].Reason, client)
+				require.Equal(t, sid, got[0].SID, client)
+				require.Equal(t, toks[client].id.Subject, got[0].Subject)
+			}
+			events, err := e.store.Audit(t.Context(), sessionFilter(sid))
+			require.NoError(t, err)
+			require.True(t, hasEvent(events, session.AuditLogoutDelivered, tc.reason))
+		})
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func TestExemptAppIsToldWhenItsOwnSessionEnds(t *testing.T) {
+	e, rs := newEnvWithReceivers(t, []string{"mail", "video"})
+	b := e.browser()
+	mail := b.login(e.rp("mail"), "alice")
+	b.login(e.rp("video"), "alice")
+	e.clock.Advance(30 * time.Minute)
+	e.sweep()
+	e.deliver()
+	require.Len(t, rs["mail"].tokens(), 1)
+	require.Empty(t, rs["video"].tokens(), "the exempt app's session goes on")
+
+	e.clock.Advance(2 * time.Hour)
+	require.Equal(t, 1, e.sweep())
+	e.deliver()
+	got := rs["video"].tokens()
+	require.Len(t, got, 1)
+	require.Equal(t, "idle_timeout", got[0].Reason)
+	require.Equal(t, mail.sid, got[0].SID)
+}
+
+func TestFailingReceiverIsRetriedUntilDelivered(t *testing.T) {
+	e, rs := newEnvWithReceivers(t, []string{"bank"}, func(c *Config) {
+		c.Backchannel = BackchannelConfig{InitialBackoff: time.Second, MaxBackoff: time.Minute, RetryFor: time.Hour}
+	})
+	rs["bank"].failures = 3
+	tok := e.browser().login(e.rp("bank"), "alice")
+	e.clock.Advance(5 * time.Minute)
+	e.sweep()
+	for i := 0; i < 10 && len(rs["bank"].tokens()) == 0; i++ {
+		e.deliver()
+		e.clock.Advance(time.Minute) // past any backoff
+	}
+	got := rs["bank"].tokens()
+	require.Len(t, got, 1)
+	events, err := e.store.Audit(t.Context(), sessionFilter(tok.sid))
+	require.NoError(t, err)
+	retries := 0
+	for _, ev := range events {
+		if ev.Kind == session.AuditLogoutRetrying {
+			retries++
+		}
+	}
+	require.Equal(t, 3, retries)
+	require.True(t, hasEvent(events, session.AuditLogoutDelivered, "idle_timeout"))
+
+	rows, err := e.store.Deliveries(t.Context(), tok.sid)
+	require.NoError(t, err)
+	require.Len(t, rows, 1)
+	require.Equal(t, 4, rows[0].Attempts)
+	require.Equal(t, got[0].JTI, rows[0].JTI, "the jti is fixed per delivery, so a repeat is recognisable")
+}
+
+func TestDeliveryIsAbandonedWhenTooOld(t *testing.T) {
+	e, rs := newEnvWithReceivers(t, []string{"bank"}, func(c *Config) {
+		c.Backchannel = BackchannelConfig{InitialBackoff: time.Second, MaxBackoff: time.Minute, RetryFor: 10 * time.Minute}
+	})
+	rs["bank"].failures = 1000
+	tok := e.browser().login(e.rp("bank"), "alice")
+	e.clock.Advance(5 * time.Minute)
+	e.sweep()
+	for range 20 {
+		e.deliver()
+		e.clock.Advance(time.Minute)
+	}
+	rows, err := e.store.Deliveries(t.Context(), tok.sid)
+	require.NoError(t, err)
+	require.False(t, rows[0].AbandonedAt.IsZero())
+	events, err := e.store.Audit(t.Context(), sessionFilter(tok.sid))
+	require.NoError(t, err)
+	require.True(t, hasEvent(events, session.AuditLogoutAbandoned, "idle_timeout"))
+}
+
+func TestRPInitiatedLogoutRunsFrontchannelAndRedirects(t *testing.T) {
+	e := newEnv(t, func(c *Config) {
+		for _, cl := range c.Clients {
+			cl.FrontchannelLogoutURI = "http://127.0.0.1:3/" + cl.ID + "/frontchannel-logout"
+		}
+	})
+	b := e.browser()
+	mail := b.login(e.rp("mail"), "alice")
+	b.login(e.rp("bank"), "alice")
+	resp := b.endSession(mail, "http://127.0.0.1:1/mail/", "xyz")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	page := body(t, resp)
+	for _, c := range []string{"mail", "bank"} {
+		require.Contains(t, page, `src="http://127.0.0.1:3/`+c+`/frontchannel-logout?iss=`+url.QueryEscape(e.issuer)+`&amp;sid=`+mail.sid+`"`)
+	}
+	require.NotContains(t, page, "video/frontchannel")
+	require.Contains(t, page, `href="http://127.0.0.1:1/mail/?state=xyz"`)
+	require.Contains(t, resp.Header.Get("Content-Security-Policy"), "frame-src http://127.0.0.1:3")
+
+	// Every credential of the session is over, and the browser's cookie is gone.
+	require.False(t, active(t, e, mail.AccessToken))
+	resp2, _, _ := b.authorize(e.rp("mail"))
+	require.Equal(t, http.StatusOK, resp2.StatusCode, "a login page")
+	require.Contains(t, body(t, resp2), `name="password"`)
+
+	a, _, err := e.store.AuthSession(t.Context(), mail.sid)
+	require.NoError(t, err)
+	require.Equal(t, session.ReasonLogout, a.EndReason)
+	require.Equal(t, "mail", a.EndedBy)
+}
+
+func TestEndSessionRefusesUnregisteredRedirect(t *testing.T) {
+	e := newEnv(t)
+	b := e.browser()
+	mail := b.login(e.rp("mail"), "alice")
+	resp := b.endSession(mail, "https://evil.example/", "")
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	require.Empty(t, resp.Header.Get("Location"))
+	require.NotContains(t, body(t, resp), "evil.example/\"")
+	require.True(t, active(t, e, mail.AccessToken), "a refused request ends nothing")
+}
+
+func TestAdminAPI(t *testing.T) {
+	e := newEnv(t, withAdmin)
+	bob := e.addUser("bob")
+	_ = bob
+	b1, b2 := e.browser(), e.browser()
+	one := b1.login(e.rp("mail"), "alice")
+	b1.login(e.rp("bank"), "alice")
+	two := b2.login(e.rp("mail"), "alice")
+
+	code, _ := e.adminCall(http.MethodGet, "/admin/sessions?user=alice", "")
+	require.Equal(t, http.StatusUnauthorized, code)
+	code, _ = e.adminCall(http.MethodGet, "/admin/sessions?user=alice", "wrong")
+	require.Equal(t, http.StatusUnauthorized, code)
+
+	code, out := e.adminCall(http.MethodGet, "/admin/sessions?user=alice", adminToken)
+	require.Equal(t, http.StatusOK, code)
+	sessions := out["sessions"].([]any)
+	require.Len(t, sessions, 2)
+	first := findSession(sessions, one.sid)
+	require.Equal(t, "5m0s", first["idle_timeout"])
+	require.Len(t, first["apps"], 2)
+	require.NotEmpty(t, first["deadline"])
+
+	code, _ = e.adminCall(http.MethodPost, "/admin/sessions/"+one.sid+"/end", adminToken)
+	require.Equal(t, http.StatusOK, code)
+	require.False(t, active(t, e, one.AccessToken))
+	require.True(t, active(t, e, two.AccessToken))
+
+	code, out = e.adminCall(http.MethodPost, "/admin/users/alice/sessions/end", adminToken)
+	require.Equal(t, http.StatusOK, code)
+	require.EqualValues(t, 1, out["ended"])
+	require.False(t, active(t, e, two.AccessToken))
+
+	code, out = e.adminCall(http.MethodGet, "/admin/audit?user=alice", adminToken)
+	require.Equal(t, http.StatusOK, code)
+	var kinds []string
+	for _, ev := range out["events"].([]any) {
+		m := ev.(map[string]any)
+		reason, _ := m["reason"].(string)
+		by, _ := m["initiator"].(string)
+		kinds = append(kinds, m["kind"].(string)+":"+reason+":"+by)
+	}
+	require.Contains(t, kinds, "session_end:admin:admin")
+	require.Contains(t, kinds, "session_start::")
+
+	code, _ = e.adminCall(http.MethodPost, "/admin/sessions/nope/end", adminToken)
+	require.Equal(t, http.StatusNotFound, code)
+	code, _ = e.adminCall(http.MethodGet, "/admin/sessions?user=nobody", adminToken)
+	require.Equal(t, http.StatusNotFound, code)
+}
+
+func findSession(list []any, sid string) map[string]any {
+	for _, s := range list {
+		if m := s.(map[string]any); m["sid"] == sid {
+			return m
+		}
+	}
+	return nil
+}
+
+func TestDiscoveryAdvertisesLogoutSupport(t *testing.T) {
+	e := newEnv(t)
+	resp, err := http.Get(e.issuer + "/.well-known/openid-configuration")
+	require.NoError(t, err)
+	var doc map[string]any
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&doc))
+	resp.Body.Close()
+	for _, k := range []string{"backchannel_logout_supported", "backchannel_logout_session_supported",
+		"frontchannel_logout_supported", "frontchannel_logout_session_supported"} {
+		require.Equal(t, true, doc[k], k)
+	}
+	for _, k := range []string{"introspection_endpoint", "revocation_endpoint", "end_session_endpoint", "userinfo_endpoint", "jwks_uri"} {
+		require.True(t, strings.HasPrefix(doc[k].(string), e.issuer), k)
+	}
+	require.Equal(t, []any{"S256"}, doc["code_challenge_methods_supported"])
+}
