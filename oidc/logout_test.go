@@ -110,7 +110,7 @@ func (r *receiver) verify(req *http.Request, raw string) (logoutToken, string) {
 	if err := json.Unmarshal(payload, &tok); err != nil {
 		return tok, "claims: " + err.Error()
 	}
-	now := r.e.clock.Now().Unix()
+	now := r.e.cfg.Now().Unix()
 	switch {
 	case tok.Issuer != r.e.issuer:
 		return tok, "iss " + tok.Issuer

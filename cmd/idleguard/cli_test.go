@@ -1,0 +1,153 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/oauth2"
+
+	"github.com/idleguard/idleguard/oidc/oidctest"
+	"github.com/idleguard/idleguard/session"
+)
+
+func writeConfig(t *testing.T, extra string) (string, string, string) {
+	t.Helper()
+	dir := t.TempDir()
+	addr := freePort(t)
+	path := filepath.Join(dir, "idleguard.yaml")
+	require.NoError(t, os.WriteFile(path, fmt.Appendf(nil, `issuer: http://%s
+listen: %s
+database: %s
+session:
+  idle_timeout: 30m
+  max_lifetime: 12h
+admin:
+  token: admin-token-0123456789abcdef
+clients:
+  - client_id: mail
+    client_secret: mail-secret-0123456789
+    redirect_uris: [http://127.0.0.1:1/callback]
+%s`, addr, addr, filepath.Join(dir, "idleguard.db"), extra), 0o600))
+	return path, "http://" + addr, filepath.Join(dir, "idleguard.db")
+}
+
+func runCLI(t *testing.T, stdin string, args ...string) (string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	err := run(t.Context(), args, strings.NewReader(stdin), &out, &errOut)
+	return out.String() + errOut.String(), err
+}
+
+func TestUserCommands(t *testing.T) {
+	config, _, db := writeConfig(t, "")
+	out, err := runCLI(t, "a long password\n", "user", "add", "alice", "--config", config, "--name", "Alice A", "--email", "alice@example.com")
+	require.NoError(t, err, out)
+	_, err = runCLI(t, "another password\n", "user", "add", "alice", "--config", config)
+	require.ErrorIs(t, err, session.ErrConflict)
+	_, err = runCLI(t, "short\n", "user", "add", "bob", "--config", config)
+	require.ErrorContains(t, err, "at least 8 characters")
+
+	out, err = runCLI(t, "", "user", "list", "--config", config)
+	require.NoError(t, err)
+	require.Contains(t, out, "alice")
+	require.Contains(t, out, "alice@example.com")
+
+	store, err := session.OpenSQLite(t.Context(), db)
+	require.NoError(t, err)
+	u, err := store.UserByUsername(t.Context(), "alice")
+	require.NoError(t, err)
+	require.True(t, strings.HasPrefix(u.PasswordHash, "$argon2id$"), "argon2id, never the password")
+	require.True(t, session.VerifyPassword(u.PasswordHash, "a long password"))
+	store.Close()
+
+	_, err = runCLI(t, "a new password\n", "user", "passwd", "alice", "--config", config)
+	require.NoError(t, err)
+	store, err = session.OpenSQLite(t.Context(), db)
+	require.NoError(t, err)
+	u, err = store.UserByUsername(t.Context(), "alice")
+	require.NoError(t, err)
+	require.True(t, session.VerifyPassword(u.PasswordHash, "a new password"))
+	store.Close()
+
+	_, err = runCLI(t, "", "user", "delete", "alice", "--config", config)
+	require.NoError(t, err)
+	_, err = runCLI(t, "", "user", "delete", "alice", "--config", config)
+	require.ErrorIs(t, err, session.ErrNotFound)
+}
+
+func TestConfigErrorsNameTheField(t *testing.T) {
+	config, _, _ := writeConfig(t, "    idle_timeout: soon\n")
+	_, err := runCLI(t, "", "user", "list", "--config", config)
+	require.ErrorContains(t, err, "clients[0].idle_timeout")
+}
+
+func TestKeysRotate(t *testing.T) {
+	config, _, db := writeConfig(t, "")
+	out, err := runCLI(t, "", "keys", "rotate", "--config", config)
+	require.NoError(t, err, out)
+	require.Contains(t, out, "new signing key")
+	store, err := session.OpenSQLite(t.Context(), db)
+	require.NoError(t, err)
+	defer store.Close()
+	keys, err := store.SigningKeys(t.Context(), time.Now())
+	require.NoError(t, err)
+	require.Len(t, keys, 2, "the first key and the rotated one are both published")
+	require.False(t, keys[1].RetireAt.IsZero(), "the old key is scheduled to leave the JWKS")
+}
+
+// TestSessionAndAuditCommands runs a provider in-process and manages its
+// sessions through the CLI, which goes through the admin API.
+func TestSessionAndAuditCommands(t *testing.T) {
+	config, issuer, _ := writeConfig(t, "")
+	_, err := runCLI(t, "a long password\n", "user", "add", "alice", "--config", config)
+	require.NoError(t, err)
+	cfg, _, err := loadConfig(config)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(t.Context())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, cfg, false, &bytes.Buffer{}, &bytes.Buffer{}, ready) }()
+	defer func() { cancel(); require.NoError(t, <-done) }()
+	<-ready
+
+	oc := &oauth2.Config{ClientID: "mail", ClientSecret: "mail-secret-0123456789", RedirectURL: "http://127.0.0.1:1/callback",
+		Endpoint: oauth2.Endpoint{AuthURL: issuer + "/authorize", TokenURL: issuer + "/oauth/token"}, Scopes: []string{"openid"}}
+	tok, err := oidctest.Login(t.Context(), oidctest.NewBrowser(issuer, nil), issuer, oc, "alice", "a long password")
+	require.NoError(t, err)
+	require.NotEmpty(t, tok.AccessToken)
+
+	out, err := runCLI(t, "", "session", "list", "alice", "--config", config)
+	require.NoError(t, err, out)
+	require.Contains(t, out, `"client_id": "mail"`)
+	sid := between(out, `"sid": "`, `"`)
+	require.NotEmpty(t, sid)
+
+	out, err = runCLI(t, "", "session", "end", sid, "--config", config)
+	require.NoError(t, err, out)
+	require.Contains(t, out, `"end_reason": "admin"`)
+
+	out, err = runCLI(t, "", "audit", "--user", "alice", "--config", config)
+	require.NoError(t, err, out)
+	require.Contains(t, out, "session_start")
+	require.Contains(t, out, "app_join")
+	require.Regexp(t, `session_end\s+`+sid+`\s+admin\s+admin`, out)
+
+	_, err = runCLI(t, "", "session", "end", "unknown", "--config", config)
+	require.ErrorContains(t, err, "404")
+}
+
+func between(s, start, end string) string {
+	_, rest, ok := strings.Cut(s, start)
+	if !ok {
+		return ""
+	}
+	v, _, _ := strings.Cut(rest, end)
+	return v
+}

@@ -1,0 +1,169 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/oauth2"
+	_ "modernc.org/sqlite"
+
+	"github.com/idleguard/idleguard/oidc/oidctest"
+)
+
+// buildBinary compiles idleguard once per test run.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "idleguard")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	return bin
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// child is a provider running as a separate process.
+type child struct {
+	cmd *exec.Cmd
+}
+
+func startChild(t *testing.T, bin, config string) *child {
+	t.Helper()
+	cmd := exec.Command(bin, "serve", "--config", config)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	cmd.Stderr = io.Discard
+	require.NoError(t, cmd.Start())
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), "listening on") {
+				close(ready)
+				break
+			}
+		}
+		_, _ = io.Copy(io.Discard, stdout)
+	}()
+	select {
+	case <-ready:
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatal("provider did not start")
+	}
+	c := &child{cmd: cmd}
+	t.Cleanup(func() { c.kill() })
+	return c
+}
+
+// kill is kill -9: no shutdown, no final flush.
+func (c *child) kill() {
+	if c.cmd.ProcessState == nil {
+		_ = c.cmd.Process.Signal(syscall.SIGKILL)
+		_ = c.cmd.Wait()
+	}
+}
+
+// TestKilledProviderDeliversLogoutAfterRestart ends a session, kills the
+// provider with SIGKILL while the logout is still undelivered, and checks
+// that the restarted provider delivers it.
+func TestKilledProviderDeliversLogoutAfterRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	var mu sync.Mutex
+	accept := false
+	var got []string
+	rp := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		if !accept {
+			http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
+			return
+		}
+		_ = r.ParseForm()
+		got = append(got, r.PostForm.Get("logout_token"))
+	}))
+	defer rp.Close()
+
+	dir := t.TempDir()
+	addr := freePort(t)
+	issuer := "http://" + addr
+	db := filepath.Join(dir, "idleguard.db")
+	config := filepath.Join(dir, "idleguard.yaml")
+	require.NoError(t, os.WriteFile(config, fmt.Appendf(nil, `issuer: %s
+listen: %s
+database: %s
+session:
+  idle_timeout: 2s
+  max_lifetime: 1h
+  sweep_interval: 100ms
+backchannel:
+  initial_backoff: 100ms
+  max_backoff: 200ms
+clients:
+  - client_id: bank
+    client_secret: bank-secret-0123456789
+    redirect_uris: [http://127.0.0.1:1/callback]
+    backchannel_logout_uri: %s/backchannel-logout
+    idle_timeout: 2s
+    access_token_ttl: 1s
+`, issuer, addr, db, rp.URL), 0o600))
+
+	bin := buildBinary(t)
+	add := exec.Command(bin, "user", "add", "alice", "--config", config)
+	add.Stdin = strings.NewReader("a long password\n")
+	out, err := add.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+
+	c := startChild(t, bin, config)
+	cfg := &oauth2.Config{ClientID: "bank", ClientSecret: "bank-secret-0123456789", RedirectURL: "http://127.0.0.1:1/callback",
+		Endpoint: oauth2.Endpoint{AuthURL: issuer + "/authorize", TokenURL: issuer + "/oauth/token"}, Scopes: []string{"openid"}}
+	_, err = oidctest.Login(context.Background(), oidctest.NewBrowser(issuer, nil), issuer, cfg, "alice", "a long password")
+	require.NoError(t, err)
+
+	// Wait until the idle end is committed with its logout pending (the
+	// receiver refuses it), then kill the provider.
+	reader, err := sql.Open("sqlite", "file:"+db+"?mode=ro")
+	require.NoError(t, err)
+	defer reader.Close()
+	require.Eventually(t, func() bool {
+		var attempts int
+		err := reader.QueryRow(`SELECT attempts FROM logout_outbox WHERE delivered_at IS NULL`).Scan(&attempts)
+		return err == nil && attempts >= 1
+	}, 15*time.Second, 50*time.Millisecond)
+	c.kill()
+
+	mu.Lock()
+	accept = true
+	mu.Unlock()
+	startChild(t, bin, config)
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) == 1
+	}, 15*time.Second, 50*time.Millisecond, "the logout is delivered after the restart")
+	var delivered int
+	require.NoError(t, reader.QueryRow(`SELECT COUNT(*) FROM logout_outbox WHERE delivered_at IS NOT NULL`).Scan(&delivered))
+	require.Equal(t, 1, delivered)
+}
