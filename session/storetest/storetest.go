@@ -1,0 +1,311 @@
+// Package storetest holds the behaviour tests every session store backend
+// must pass, written once (as Dex's storage/conformance): a PostgreSQL
+// backend runs the same Run with its own constructor.
+package storetest
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/idleguard/idleguard/session"
+)
+
+// Store is the behaviour under test: what the activity tracker and the
+// provider consume, together.
+type Store interface {
+	CreateUser(ctx context.Context, u *session.User) error
+	UserByUsername(ctx context.Context, username string) (*session.User, error)
+	UserByID(ctx context.Context, id string) (*session.User, error)
+	SetPassword(ctx context.Context, username, hash string) error
+	DeleteUser(ctx context.Context, username string) error
+
+	CreateAuthSession(ctx context.Context, a *session.AuthSession) error
+	AuthSession(ctx context.Context, id string) (*session.AuthSession, []*session.AppSession, error)
+	JoinApp(ctx context.Context, app *session.AppSession, auth session.ActivityUpdate, userID string) error
+	AddRefreshChain(ctx context.Context, appSessionID, chainID string, gen uint64, at time.Time) error
+	FlushActivity(ctx context.Context, updates []session.ActivityUpdate) error
+	DueAuthSessions(ctx context.Context, now time.Time, limit int) ([]string, error)
+	DueAppSessions(ctx context.Context, now time.Time, limit int) ([]string, error)
+	EndSessions(ctx context.Context, e session.End) error
+	SessionsOfUser(ctx context.Context, userID string, withEnded bool) ([]*session.AuthSession, map[string][]*session.AppSession, error)
+
+	DueDeliveries(ctx context.Context, now time.Time, limit int) ([]session.OutboxEntry, error)
+	DeliveryDone(ctx context.Context, o session.OutboxEntry, at time.Time, ok bool, next time.Time, errText string) error
+	Audit(ctx context.Context, f session.AuditFilter) ([]session.AuditEvent, error)
+
+	SaveAuthRequest(ctx context.Context, id string, data []byte, created, expires time.Time) error
+	AuthRequestData(ctx context.Context, id string, now time.Time) ([]byte, error)
+	SaveAuthCode(ctx context.Context, id, codeHash string) error
+	AuthRequestByCode(ctx context.Context, codeHash string, now time.Time) (string, []byte, error)
+	DeleteAuthRequest(ctx context.Context, id string) error
+
+	RevokeToken(ctx context.Context, tokenID string, expires time.Time) error
+	RevokedTokens(ctx context.Context, now time.Time) ([]string, error)
+	Secret(ctx context.Context, name string, gen func() []byte) ([]byte, error)
+	AddSigningKey(ctx context.Context, k session.SigningKey, retireOthers time.Time) error
+	SigningKeys(ctx context.Context, now time.Time) ([]session.SigningKey, error)
+}
+
+// Run runs every behaviour test against stores made by open (a fresh,
+// empty store each time).
+func Run(t *testing.T, open func(t *testing.T) Store) {
+	for _, tc := range []struct {
+		name string
+		fn   func(t *testing.T, s Store)
+	}{
+		{"Users", testUsers},
+		{"SessionLifecycle", testSessionLifecycle},
+		{"OneLiveAppSessionPerPair", testOneLiveAppPerPair},
+		{"FlushNeverMovesBackward", testFlushMonotonic},
+		{"DueSessionsAreLiveAndDue", testDue},
+		{"EndIsAtomicAndFirstReasonStands", testEnd},
+		{"Outbox", testOutbox},
+		{"AuthRequestsAndCodes", testAuthRequests},
+		{"RevokedTokensExpire", testRevoked},
+		{"SecretsAndKeys", testSecretsAndKeys},
+	} {
+		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
+	}
+}
+
+var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+func newSession(t *testing.T, s Store, userID string, deadline time.Time) *session.AuthSession {
+	t.Helper()
+	a := &session.AuthSession{ID: session.NewID(), UserID: userID, AuthTime: t0, AMR: []string{"pwd"}, LastActiveAt: t0,
+		IdleLimit: 5 * time.Minute, AbsoluteDeadline: t0.Add(time.Hour), Deadline: deadline}
+	require.NoError(t, s.CreateAuthSession(t.Context(), a))
+	return a
+}
+
+func join(t *testing.T, s Store, a *session.AuthSession, client string, limit time.Duration) *session.AppSession {
+	t.Helper()
+	app := &session.AppSession{ID: a.ID + "." + client, AuthSessionID: a.ID, ClientID: client, Scopes: []string{"openid"},
+		JoinedAt: t0, LastActiveAt: t0}
+	require.NoError(t, s.JoinApp(t.Context(), app, session.ActivityUpdate{AuthSessionID: a.ID, LastActiveAt: t0,
+		IdleLimit: limit, Deadline: t0.Add(limit)}, a.UserID))
+	return app
+}
+
+func testUsers(t *testing.T, s Store) {
+	ctx := t.Context()
+	u := &session.User{Username: "alice", PasswordHash: "h", Name: "Alice", Email: "a@example.com", EmailVerified: true, CreatedAt: t0}
+	require.NoError(t, s.CreateUser(ctx, u))
+	require.NotEmpty(t, u.ID)
+	require.ErrorIs(t, s.CreateUser(ctx, &session.User{Username: "alice", PasswordHash: "x", CreatedAt: t0}), session.ErrConflict)
+	got, err := s.UserByUsername(ctx, "alice")
+	require.NoError(t, err)
+	require.Equal(t, u.ID, got.ID)
+	require.True(t, got.EmailVerified)
+	got, err = s.UserByID(ctx, u.ID)
+	require.NoError(t, err)
+	require.Equal(t, "Alice", got.Name)
+	require.NoError(t, s.SetPassword(ctx, "alice", "h2"))
+	got, _ = s.UserByUsername(ctx, "alice")
+	require.Equal(t, "h2", got.PasswordHash)
+	require.ErrorIs(t, s.SetPassword(ctx, "nobody", "h"), session.ErrNotFound)
+	require.NoError(t, s.DeleteUser(ctx, "alice"))
+	_, err = s.UserByUsername(ctx, "alice")
+	require.ErrorIs(t, err, session.ErrNotFound)
+}
+
+func testSessionLifecycle(t *testing.T, s Store) {
+	ctx := t.Context()
+	a := newSession(t, s, "u1", t0.Add(5*time.Minute))
+	app := join(t, s, a, "bank", 2*time.Minute)
+	require.NoError(t, s.AddRefreshChain(ctx, app.ID, "c1", 1, t0))
+
+	got, apps, err := s.AuthSession(ctx, a.ID)
+	require.NoError(t, err)
+	require.Equal(t, 2*time.Minute, got.IdleLimit, "joining updated the limit")
+	require.Equal(t, t0.Add(2*time.Minute), got.Deadline)
+	require.Equal(t, []string{"pwd"}, got.AMR)
+	require.True(t, got.Live())
+	require.Len(t, apps, 1)
+	require.Equal(t, map[string]uint64{"c1": 1}, apps[0].RefreshChains)
+
+	list, byID, err := s.SessionsOfUser(ctx, "u1", false)
+	require.NoError(t, err)
+	require.Len(t, list, 1)
+	require.Len(t, byID[a.ID], 1)
+
+	events, err := s.Audit(ctx, session.AuditFilter{SID: a.ID})
+	require.NoError(t, err)
+	require.Equal(t, session.AuditSessionStart, events[0].Kind)
+	require.Equal(t, session.AuditAppJoin, events[1].Kind)
+
+	_, _, err = s.AuthSession(ctx, "missing")
+	require.ErrorIs(t, err, session.ErrNotFound)
+}
+
+func testOneLiveAppPerPair(t *testing.T, s Store) {
+	ctx := t.Context()
+	a := newSession(t, s, "u1", t0.Add(5*time.Minute))
+	app := join(t, s, a, "bank", time.Minute)
+	dup := &session.AppSession{ID: a.ID + ".other", AuthSessionID: a.ID, ClientID: "bank", JoinedAt: t0, LastActiveAt: t0}
+	require.ErrorIs(t, s.JoinApp(ctx, dup, session.ActivityUpdate{AuthSessionID: a.ID, LastActiveAt: t0, IdleLimit: time.Minute, Deadline: t0}, "u1"), session.ErrConflict)
+	// Once the first has ended, the app may join again.
+	require.NoError(t, s.EndSessions(ctx, session.End{At: t0, Reason: session.ReasonAppIdleTimeout, AppSessions: []session.EndedApp{{ID: app.ID, ClientID: "bank"}}}))
+	require.NoError(t, s.JoinApp(ctx, dup, session.ActivityUpdate{AuthSessionID: a.ID, LastActiveAt: t0, IdleLimit: time.Minute, Deadline: t0}, "u1"))
+}
+
+func testFlushMonotonic(t *testing.T, s Store) {
+	ctx := t.Context()
+	a := newSession(t, s, "u1", t0.Add(5*time.Minute))
+	app := join(t, s, a, "mail", 5*time.Minute)
+	require.NoError(t, s.AddRefreshChain(ctx, app.ID, "c1", 1, t0))
+	later := t0.Add(time.Minute)
+	require.NoError(t, s.FlushActivity(ctx, []session.ActivityUpdate{{AuthSessionID: a.ID, LastActiveAt: later, IdleLimit: 5 * time.Minute,
+		Deadline: later.Add(5 * time.Minute), Apps: []session.AppActivity{{ID: app.ID, LastActiveAt: later, RefreshChains: map[string]uint64{"c1": 4}}}}}))
+	// A stale write (older times, older generation) never moves them back.
+	require.NoError(t, s.FlushActivity(ctx, []session.ActivityUpdate{{AuthSessionID: a.ID, LastActiveAt: t0, IdleLimit: 5 * time.Minute,
+		Deadline: later.Add(5 * time.Minute), Apps: []session.AppActivity{{ID: app.ID, LastActiveAt: t0, RefreshChains: map[string]uint64{"c1": 2}}}}}))
+	got, apps, err := s.AuthSession(ctx, a.ID)
+	require.NoError(t, err)
+	require.Equal(t, later, got.LastActiveAt)
+	require.Equal(t, later, apps[0].LastActiveAt)
+	require.Equal(t, uint64(4), apps[0].RefreshChains["c1"])
+}
+
+func testDue(t *testing.T, s Store) {
+	ctx := t.Context()
+	due := newSession(t, s, "u1", t0.Add(time.Minute))
+	newSession(t, s, "u1", t0.Add(time.Hour))
+	ended := newSession(t, s, "u1", t0.Add(time.Minute))
+	require.NoError(t, s.EndSessions(ctx, session.End{At: t0, Reason: session.ReasonLogout, AuthSessionID: ended.ID}))
+	ids, err := s.DueAuthSessions(ctx, t0.Add(time.Minute), 10)
+	require.NoError(t, err)
+	require.Equal(t, []string{due.ID}, ids, "only live sessions at or past their deadline")
+
+	a := newSession(t, s, "u2", t0.Add(time.Hour))
+	app := &session.AppSession{ID: a.ID + ".video", AuthSessionID: a.ID, ClientID: "video", IdleExempt: true, JoinedAt: t0, LastActiveAt: t0,
+		Deadline: t0.Add(2 * time.Minute)}
+	require.NoError(t, s.JoinApp(ctx, app, session.ActivityUpdate{AuthSessionID: a.ID, LastActiveAt: t0, IdleLimit: time.Hour, Deadline: t0.Add(time.Hour)}, "u2"))
+	ids, err = s.DueAppSessions(ctx, t0.Add(time.Minute), 10)
+	require.NoError(t, err)
+	require.Empty(t, ids)
+	ids, err = s.DueAppSessions(ctx, t0.Add(2*time.Minute), 10)
+	require.NoError(t, err)
+	require.Equal(t, []string{a.ID}, ids)
+}
+
+func testEnd(t *testing.T, s Store) {
+	ctx := t.Context()
+	a := newSession(t, s, "u1", t0.Add(time.Minute))
+	mail := join(t, s, a, "mail", 5*time.Minute)
+	end := session.End{At: t0.Add(time.Minute), Reason: session.ReasonIdleTimeout, Initiator: "system", UserID: "u1", AuthSessionID: a.ID,
+		IdleLimit: 5 * time.Minute, AppSessions: []session.EndedApp{{ID: mail.ID, ClientID: "mail"}},
+		Notices: []session.LogoutNotice{{ClientID: "mail", URI: "https://mail.example/bc", SID: a.ID, Subject: "u1", Reason: session.ReasonIdleTimeout}}}
+	require.NoError(t, s.EndSessions(ctx, end))
+	got, apps, err := s.AuthSession(ctx, a.ID)
+	require.NoError(t, err)
+	require.False(t, got.Live())
+	require.Equal(t, session.ReasonIdleTimeout, got.EndReason)
+	require.Equal(t, "system", got.EndedBy)
+	require.False(t, apps[0].Live())
+	rows, err := s.DueDeliveries(ctx, t0.Add(time.Minute), 10)
+	require.NoError(t, err)
+	require.Len(t, rows, 1)
+
+	// A second end does not overwrite the first reason.
+	require.NoError(t, s.EndSessions(ctx, session.End{At: t0.Add(2 * time.Minute), Reason: session.ReasonAdmin, AuthSessionID: a.ID}))
+	got, _, _ = s.AuthSession(ctx, a.ID)
+	require.Equal(t, session.ReasonIdleTimeout, got.EndReason)
+	events, err := s.Audit(ctx, session.AuditFilter{SID: a.ID})
+	require.NoError(t, err)
+	ends := 0
+	for _, e := range events {
+		if e.Kind == session.AuditSessionEnd {
+			ends++
+		}
+	}
+	require.Equal(t, 1, ends)
+}
+
+func testOutbox(t *testing.T, s Store) {
+	ctx := t.Context()
+	a := newSession(t, s, "u1", t0.Add(time.Minute))
+	require.NoError(t, s.EndSessions(ctx, session.End{At: t0, Reason: session.ReasonLogout, AuthSessionID: a.ID,
+		Notices: []session.LogoutNotice{{ClientID: "a", URI: "https://a/bc", SID: a.ID, Subject: "u1", Reason: session.ReasonLogout},
+			{ClientID: "b", URI: "https://b/bc", SID: a.ID, Subject: "u1", Reason: session.ReasonLogout}}}))
+	rows, err := s.DueDeliveries(ctx, t0, 10)
+	require.NoError(t, err)
+	require.Len(t, rows, 2)
+	require.NotEqual(t, rows[0].JTI, rows[1].JTI)
+	require.NoError(t, s.DeliveryDone(ctx, rows[0], t0, true, time.Time{}, ""))
+	require.NoError(t, s.DeliveryDone(ctx, rows[1], t0, false, t0.Add(time.Minute), "503"))
+	rows, err = s.DueDeliveries(ctx, t0.Add(30*time.Second), 10)
+	require.NoError(t, err)
+	require.Empty(t, rows, "the retry is not due yet")
+	rows, err = s.DueDeliveries(ctx, t0.Add(time.Minute), 10)
+	require.NoError(t, err)
+	require.Len(t, rows, 1)
+	require.Equal(t, 1, rows[0].Attempts)
+	require.Equal(t, "503", rows[0].LastError)
+	require.NoError(t, s.DeliveryDone(ctx, rows[0], t0.Add(time.Minute), false, time.Time{}, "gone"))
+	rows, err = s.DueDeliveries(ctx, t0.Add(time.Hour), 10)
+	require.NoError(t, err)
+	require.Empty(t, rows, "abandoned")
+	events, err := s.Audit(ctx, session.AuditFilter{SID: a.ID})
+	require.NoError(t, err)
+	var kinds []string
+	for _, e := range events {
+		kinds = append(kinds, e.Kind)
+	}
+	require.Contains(t, kinds, session.AuditLogoutDelivered)
+	require.Contains(t, kinds, session.AuditLogoutRetrying)
+	require.Contains(t, kinds, session.AuditLogoutAbandoned)
+}
+
+func testAuthRequests(t *testing.T, s Store) {
+	ctx := t.Context()
+	require.NoError(t, s.SaveAuthRequest(ctx, "r1", []byte(`{"a":1}`), t0, t0.Add(10*time.Minute)))
+	require.NoError(t, s.SaveAuthRequest(ctx, "r1", []byte(`{"a":2}`), t0, t0.Add(10*time.Minute)))
+	data, err := s.AuthRequestData(ctx, "r1", t0)
+	require.NoError(t, err)
+	require.JSONEq(t, `{"a":2}`, string(data))
+	_, err = s.AuthRequestData(ctx, "r1", t0.Add(10*time.Minute))
+	require.ErrorIs(t, err, session.ErrNotFound, "expired")
+	require.NoError(t, s.SaveAuthCode(ctx, "r1", "hash"))
+	id, _, err := s.AuthRequestByCode(ctx, "hash", t0)
+	require.NoError(t, err)
+	require.Equal(t, "r1", id)
+	require.NoError(t, s.DeleteAuthRequest(ctx, "r1"))
+	_, _, err = s.AuthRequestByCode(ctx, "hash", t0)
+	require.ErrorIs(t, err, session.ErrNotFound, "a code works once")
+}
+
+func testRevoked(t *testing.T, s Store) {
+	ctx := t.Context()
+	require.NoError(t, s.RevokeToken(ctx, "t1", t0.Add(time.Minute)))
+	require.NoError(t, s.RevokeToken(ctx, "t1", t0.Add(time.Minute)))
+	require.NoError(t, s.RevokeToken(ctx, "t2", t0.Add(time.Hour)))
+	ids, err := s.RevokedTokens(ctx, t0)
+	require.NoError(t, err)
+	require.ElementsMatch(t, []string{"t1", "t2"}, ids)
+	ids, err = s.RevokedTokens(ctx, t0.Add(2*time.Minute))
+	require.NoError(t, err)
+	require.Equal(t, []string{"t2"}, ids)
+}
+
+func testSecretsAndKeys(t *testing.T, s Store) {
+	ctx := t.Context()
+	a, err := s.Secret(ctx, "k", func() []byte { return []byte("first") })
+	require.NoError(t, err)
+	b, err := s.Secret(ctx, "k", func() []byte { return []byte("second") })
+	require.NoError(t, err)
+	require.Equal(t, a, b, "generated once")
+
+	require.NoError(t, s.AddSigningKey(ctx, session.SigningKey{ID: "k1", Algorithm: "RS256", PrivateDER: []byte{1}, CreatedAt: t0}, t0))
+	require.NoError(t, s.AddSigningKey(ctx, session.SigningKey{ID: "k2", Algorithm: "ES256", PrivateDER: []byte{2}, CreatedAt: t0.Add(time.Second)}, t0.Add(time.Hour)))
+	keys, err := s.SigningKeys(ctx, t0.Add(time.Minute))
+	require.NoError(t, err)
+	require.Len(t, keys, 2)
+	require.Equal(t, "k2", keys[0].ID, "the newest signs")
+	keys, err = s.SigningKeys(ctx, t0.Add(2*time.Hour))
+	require.NoError(t, err)
+	require.Len(t, keys, 1, "the old key has left the key set")
+}
