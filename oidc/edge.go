@@ -67,16 +67,10 @@ func (p *Provider) authorizeErrorPage(next http.Handler) http.Handler {
 				"The application sent a sign-in request that is too large.")
 			return
 		}
-		rec := &errorCatcher{ResponseWriter: w}
-		next.ServeHTTP(rec, r)
-		if !rec.caught {
+		rec, e := catchError(next, w, r)
+		if rec == nil {
 			return
 		}
-		var e struct {
-			Error       string `json:"error"`
-			Description string `json:"error_description"`
-		}
-		_ = json.Unmarshal(rec.body.Bytes(), &e)
 		msg := "The application sent an invalid sign-in request."
 		if e.Description != "" {
 			msg += " " + e.Description
@@ -86,6 +80,25 @@ func (p *Provider) authorizeErrorPage(next http.Handler) http.Handler {
 		}
 		p.messagePage(w, r, rec.status, "Sign-in request refused", msg)
 	})
+}
+
+// oauthError is the body of an OAuth error response.
+type oauthError struct {
+	Error       string `json:"error"`
+	Description string `json:"error_description"`
+}
+
+// catchError serves r with next, holding back a 4xx JSON error; it returns
+// nil when the response went through untouched.
+func catchError(next http.Handler, w http.ResponseWriter, r *http.Request) (*errorCatcher, oauthError) {
+	rec := &errorCatcher{ResponseWriter: w}
+	next.ServeHTTP(rec, r)
+	var e oauthError
+	if !rec.caught {
+		return nil, e
+	}
+	_ = json.Unmarshal(rec.body.Bytes(), &e)
+	return rec, e
 }
 
 // errorCatcher holds back a 4xx JSON response so that it can be rendered as
@@ -117,15 +130,10 @@ func (c *errorCatcher) Write(b []byte) (int, error) {
 // challenge, as RFC 6749 section 5.2 asks; the protocol layer answers 400.
 func invalidClient401(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rec := &errorCatcher{ResponseWriter: w}
-		next.ServeHTTP(rec, r)
-		if !rec.caught {
+		rec, e := catchError(next, w, r)
+		if rec == nil {
 			return
 		}
-		var e struct {
-			Error string `json:"error"`
-		}
-		_ = json.Unmarshal(rec.body.Bytes(), &e)
 		status := rec.status
 		if e.Error == "invalid_client" {
 			status = http.StatusUnauthorized

@@ -44,7 +44,9 @@ func openStore(ctx context.Context, configPath string) (*Config, *session.SQLite
 	return cfg, store, err
 }
 
-func readPassword(stdin io.Reader) (string, error) {
+// readPasswordHash reads a password from the first line of stdin and
+// returns its argon2id hash.
+func readPasswordHash(stdin io.Reader) (string, error) {
 	line, err := bufio.NewReader(stdin).ReadString('\n')
 	if err != nil && !errors.Is(err, io.EOF) {
 		return "", err
@@ -53,7 +55,7 @@ func readPassword(stdin io.Reader) (string, error) {
 	if len(pw) < 8 {
 		return "", errors.New("the password (read from standard input) must have at least 8 characters")
 	}
-	return pw, nil
+	return session.HashPassword(pw)
 }
 
 func userCmd(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) error {
@@ -91,11 +93,7 @@ func userCmd(ctx context.Context, args []string, stdin io.Reader, stdout io.Writ
 	username := pos[1]
 	switch pos[0] {
 	case "add":
-		pw, err := readPassword(stdin)
-		if err != nil {
-			return err
-		}
-		hash, err := session.HashPassword(pw)
+		hash, err := readPasswordHash(stdin)
 		if err != nil {
 			return err
 		}
@@ -105,11 +103,7 @@ func userCmd(ctx context.Context, args []string, stdin io.Reader, stdout io.Writ
 		}
 		fmt.Fprintf(stdout, "added user %s (subject %s)\n", username, u.ID)
 	case "passwd":
-		pw, err := readPassword(stdin)
-		if err != nil {
-			return err
-		}
-		hash, err := session.HashPassword(pw)
+		hash, err := readPasswordHash(stdin)
 		if err != nil {
 			return err
 		}
