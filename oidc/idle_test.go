@@ -378,3 +378,17 @@ func TestSweeperEndsWithReasonRevokesAndAudits(t *testing.T) {
 	require.True(t, hasEvent(events, session.AuditAppJoin, ""))
 	require.True(t, hasEvent(events, session.AuditSessionEnd, "idle_timeout"))
 }
+
+func TestInteractionAgeIsRelativeToTheProvidersClock(t *testing.T) {
+	e := newEnv(t)
+	tok := e.browser().login(e.rp("bank"), "alice") // 5m
+	e.clock.Advance(3 * time.Minute)
+	code, st := e.bearerCall(http.MethodPost, "/activity", tok.AccessToken, `{"interaction_age": 60}`)
+	require.Equal(t, http.StatusOK, code)
+	require.EqualValues(t, 240, st["idle_remaining"], "the interaction was a minute ago by the provider's clock")
+	code, st = e.bearerCall(http.MethodPost, "/activity", tok.AccessToken, `{"interaction_age": 3600}`)
+	require.Equal(t, http.StatusOK, code)
+	require.EqualValues(t, 240, st["idle_remaining"], "clamped to the previous activity")
+	code, _ = e.bearerCall(http.MethodPost, "/activity", tok.AccessToken, `{"interaction_age": -5}`)
+	require.Equal(t, http.StatusBadRequest, code)
+}

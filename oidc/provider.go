@@ -79,6 +79,7 @@ type Provider struct {
 	pages     *template.Template
 	limiter   *loginLimiter
 	revoked   sync.Map // access token id -> struct{}
+	verified  *verifiedCache
 	wake      chan struct{}
 	runCancel context.CancelFunc
 	running   sync.WaitGroup
@@ -121,7 +122,7 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		return nil, fmt.Errorf("issuer %q is not an absolute URL", cfg.Issuer)
 	}
 	p := &Provider{cfg: cfg, store: store, clients: make(map[string]*Client), secure: issuer.Scheme == "https",
-		limiter: newLoginLimiter(cfg.Login, cfg.Now), wake: make(chan struct{}, 1)}
+		limiter: newLoginLimiter(cfg.Login, cfg.Now), wake: make(chan struct{}, 1), verified: newVerifiedCache(200_000, cfg.Now)}
 	for _, c := range cfg.Clients {
 		if c.IDTokenTTL == 0 {
 			c.IDTokenTTL = cfg.IDTokenTTL

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
 	zoidc "github.com/zitadel/oidc/v3/pkg/oidc"
@@ -135,6 +136,9 @@ func (p *Provider) accessTokenID(token string) (string, error) {
 		return "", errTokenInvalid
 	}
 	if strings.Count(token, ".") == 2 {
+		if id, ok := p.verified.get(token); ok {
+			return id, nil
+		}
 		jws, err := jose.ParseSigned(token, []jose.SignatureAlgorithm{jose.RS256, jose.ES256, jose.EdDSA})
 		if err != nil {
 			return "", errTokenInvalid
@@ -146,10 +150,12 @@ func (p *Provider) accessTokenID(token string) (string, error) {
 		var claims struct {
 			Issuer string `json:"iss"`
 			JTI    string `json:"jti"`
+			Exp    int64  `json:"exp"`
 		}
 		if err := json.Unmarshal(payload, &claims); err != nil || claims.Issuer != p.issuer() || claims.JTI == "" {
 			return "", errTokenInvalid
 		}
+		p.verified.put(token, claims.JTI, time.Unix(claims.Exp, 0))
 		return claims.JTI, nil
 	}
 	if strings.Count(token, ".") != 4 { // opaque tokens are compact JWE (AES-256-GCM)

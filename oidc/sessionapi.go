@@ -107,9 +107,13 @@ func (p *Provider) sessionOfExpiredToken(ctx context.Context, id string) (activi
 // activityRequest is the optional body of POST /activity.
 type activityRequest struct {
 	// LastInteraction is the time of the person's last interaction, in Unix
-	// seconds (a number) or RFC 3339 (a string). The provider clamps it to
-	// [previous last activity, now].
+	// seconds (a number) or RFC 3339 (a string), for a backend that batches
+	// heartbeats. The provider clamps it to [previous last activity, now].
 	LastInteraction json.RawMessage `json:"last_interaction"`
+	// InteractionAge is how many seconds ago the interaction was, measured
+	// on the sender's monotonic clock: what the browser library sends, so
+	// that a device whose wall clock is off neither loses nor gains time.
+	InteractionAge *float64 `json:"interaction_age"`
 }
 
 func parseInteraction(raw json.RawMessage) (time.Time, error) {
@@ -147,6 +151,14 @@ func (p *Provider) postActivity(w http.ResponseWriter, r *http.Request, id strin
 		}
 		if err == nil {
 			at, err = parseInteraction(body.LastInteraction)
+		}
+		if err == nil && body.InteractionAge != nil {
+			age := *body.InteractionAge
+			if age < 0 || age > 1e7 || math.IsNaN(age) {
+				err = errors.New("interaction_age must be a number of seconds >= 0")
+			} else {
+				at = p.now().Add(-time.Duration(age * float64(time.Second)))
+			}
 		}
 		if err != nil {
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_request", "error_description": err.Error()})
