@@ -156,7 +156,9 @@ func (e *env) restart(handler *http.Handler) {
 }
 
 func (e *env) addUser(name string) *session.User {
-	hash, err := session.HashPassword(testPassword)
+	// A cheap argon2id cost keeps the suite fast; the hash records its cost,
+	// so the login path is the real one (session tests cover the defaults).
+	hash, err := session.HashPasswordWithParams(testPassword, 1, 1024, 1)
 	require.NoError(e.t, err)
 	u := &session.User{Username: name, PasswordHash: hash, Name: strings.ToUpper(name[:1]) + name[1:], Email: name + "@example.com", EmailVerified: true, CreatedAt: e.clock.Now()}
 	require.NoError(e.t, e.store.CreateUser(e.t.Context(), u))
