@@ -230,3 +230,14 @@ func requireOAuthError(t *testing.T, err error, code string) {
 	require.ErrorAs(t, err, &re)
 	require.Equal(t, code, re.ErrorCode, "%s", re.ErrorDescription)
 }
+
+func TestDeletedUserCannotRefresh(t *testing.T) {
+	e := newEnv(t)
+	e.addUser("carol")
+	tok := e.browser().login(e.rp("mail"), "carol")
+	require.NoError(t, e.store.DeleteUser(t.Context(), "carol"))
+	_, err := tok.rp.refresh(t, tok.RefreshToken)
+	requireOAuthError(t, err, "invalid_grant")
+	code, _ := e.userinfo(tok.AccessToken)
+	require.Equal(t, http.StatusUnauthorized, code)
+}

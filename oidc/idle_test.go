@@ -356,6 +356,7 @@ func TestRestartKeepsEveryDeadline(t *testing.T) {
 
 	e.restart(nil)
 	require.Equal(t, before, e.status(mail.AccessToken), "a graceful restart loses no activity")
+	require.True(t, active(t, e, mail.AccessToken), "the signing keys were reused: old tokens verify")
 	e.clock.Advance(5 * time.Minute)
 	require.False(t, statusActive(t, e, mail.AccessToken))
 }

@@ -93,6 +93,10 @@ func (s *server) UserInfo(ctx context.Context, r *op.Request[zoidc.UserInfoReque
 	}
 	info := new(zoidc.UserInfo)
 	if err := s.p.fillUserinfo(ctx, info, st.UserID, st.Scopes); err != nil {
+		var oe *zoidc.Error
+		if errors.As(err, &oe) {
+			return nil, op.NewStatusError(zoidc.ErrAccessDenied().WithDescription("%s", oe.Description), http.StatusUnauthorized)
+		}
 		return nil, err
 	}
 	return op.NewResponse(info), nil

@@ -381,6 +381,9 @@ func (s storage) SetUserinfoFromRequest(ctx context.Context, info *zoidc.UserInf
 
 func (p *Provider) fillUserinfo(ctx context.Context, info *zoidc.UserInfo, userID string, scopes []string) error {
 	u, err := p.store.UserByID(ctx, userID)
+	if errors.Is(err, session.ErrNotFound) {
+		return zoidc.ErrInvalidGrant().WithDescription("the user no longer exists")
+	}
 	if err != nil {
 		return fmt.Errorf("user %s: %w", userID, err)
 	}

@@ -112,10 +112,21 @@ func userCmd(ctx context.Context, args []string, stdin io.Reader, stdout io.Writ
 		}
 		fmt.Fprintf(stdout, "password of %s changed\n", username)
 	case "delete":
+		// End the person's sessions first (through the running provider,
+		// which holds them), so that no app keeps them signed in.
+		ended := "no provider to end their sessions through (admin.token unset)"
+		if api, err := newAdminClient(*configPath); err == nil {
+			var out map[string]int
+			if err := api.call(ctx, http.MethodPost, "/admin/users/"+url.PathEscape(username)+"/sessions/end", &out); err != nil {
+				ended = "their sessions could not be ended: " + err.Error()
+			} else {
+				ended = fmt.Sprintf("ended %d live session(s)", out["ended"])
+			}
+		}
 		if err := store.DeleteUser(ctx, username); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "deleted user %s; end their live sessions with: idleguard session end-user %s\n", username, username)
+		fmt.Fprintf(stdout, "deleted user %s; %s. Tokens of a deleted user are refused at refresh and userinfo.\n", username, ended)
 	default:
 		return fmt.Errorf("unknown user command %q", pos[0])
 	}

@@ -1,0 +1,263 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"runtime"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+)
+
+// kind is one kind of request in the mix.
+type kind int
+
+const (
+	kindIntrospect kind = iota // POST /oauth/introspect by the resource server
+	kindHeartbeat              // POST /activity with the access token
+	kindRefresh                // refresh-token grant (rotation, ID token and access token signed)
+	kindSSO                    // a second app's authorize answered from the session, up to the code
+	kindStatus                 // GET /session (not activity)
+	kindUserinfo               // GET /userinfo
+	numKinds
+)
+
+var kindName = [numKinds]string{"introspect", "heartbeat", "refresh", "sso", "status", "userinfo"}
+
+func kindNames() []string { return kindName[:] }
+
+// mix is the weight of each kind.
+type mix [numKinds]int
+
+func parseMix(spec string) (mix, error) {
+	var m mix
+	total := 0
+	for part := range strings.SplitSeq(spec, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		name, weight, ok := strings.Cut(part, "=")
+		if !ok {
+			return m, fmt.Errorf("-mix: %q is not kind=weight", part)
+		}
+		i := slices.Index(kindName[:], strings.TrimSpace(name))
+		if i < 0 {
+			return m, fmt.Errorf("-mix: unknown kind %q (want %s)", name, strings.Join(kindName[:], ", "))
+		}
+		w, err := strconv.Atoi(strings.TrimSpace(weight))
+		if err != nil || w < 0 {
+			return m, fmt.Errorf("-mix: weight of %s must be a whole number >= 0", name)
+		}
+		m[i] += w
+		total += w
+	}
+	if total == 0 {
+		return m, errors.New("-mix: give at least one kind a positive weight")
+	}
+	return m, nil
+}
+
+func (m mix) String() string {
+	var parts []string
+	for k, w := range m {
+		if w > 0 {
+			parts = append(parts, fmt.Sprintf("%s=%d", kindName[k], w))
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// pick draws a kind with probability proportional to its weight.
+func (m mix) pick(rng *rand.Rand) kind {
+	total := 0
+	for _, w := range m {
+		total += w
+	}
+	r := rng.IntN(total)
+	for k, w := range m {
+		if r < w {
+			return kind(k)
+		}
+		r -= w
+	}
+	return kindIntrospect
+}
+
+// result is what a run measured.
+type result struct {
+	elapsed     time.Duration
+	latencies   [numKinds][]time.Duration // successful requests
+	errors      [numKinds]int64
+	sampleErrs  []string
+	interrupted bool
+}
+
+// drive runs the mix with o.concurrency workers until o.duration has
+// passed (each worker finishes the request it is in), printing a progress
+// line every second.
+func (c *loadClient) drive(ctx context.Context, sessions []*loadSession, o options, progress io.Writer) *result {
+	var counts, errCounts [numKinds]atomic.Int64
+	res := &result{}
+	var mu sync.Mutex
+	start := time.Now()
+	deadline := start.Add(o.duration)
+	var wg sync.WaitGroup
+	for w := range o.concurrency {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(w), uint64(start.UnixNano())))
+			var lat [numKinds][]time.Duration
+			var errs [numKinds]int64
+			var samples []string
+			for ctx.Err() == nil && time.Now().Before(deadline) {
+				k := o.mix.pick(rng)
+				d, err := c.op(ctx, k, sessions, rng)
+				if err != nil {
+					if ctx.Err() != nil {
+						break // interrupted: not the provider's error
+					}
+					errs[k]++
+					errCounts[k].Add(1)
+					if len(samples) < 3 {
+						samples = append(samples, err.Error())
+					}
+					continue
+				}
+				lat[k] = append(lat[k], d)
+				counts[k].Add(1)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for k := range lat {
+				res.latencies[k] = append(res.latencies[k], lat[k]...)
+				res.errors[k] += errs[k]
+			}
+			for _, s := range samples {
+				if len(res.sampleErrs) < 5 {
+					res.sampleErrs = append(res.sampleErrs, s)
+				}
+			}
+		})
+	}
+	stop := make(chan struct{})
+	var pwg sync.WaitGroup
+	pwg.Go(func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		var last [numKinds]int64
+		lastAt := start
+		for {
+			select {
+			case <-stop:
+				return
+			case now := <-t.C:
+				var b strings.Builder
+				var total, totalErr int64
+				secs := now.Sub(lastAt).Seconds()
+				for k := range numKinds {
+					n := counts[k].Load()
+					total += n - last[k]
+					totalErr += errCounts[k].Load()
+					if o.mix[k] > 0 {
+						fmt.Fprintf(&b, " %s %.0f/s", kindName[k], float64(n-last[k])/secs)
+					}
+					last[k] = n
+				}
+				lastAt = now
+				mem := c.p.memory()
+				fmt.Fprintf(progress, "[%5.1fs] %7.0f req/s |%s | errors %d | provider RSS %s\n",
+					now.Sub(start).Seconds(), float64(total)/secs, b.String(), totalErr, mb(mem.rss))
+			}
+		}
+	})
+	wg.Wait()
+	res.elapsed = time.Since(start)
+	close(stop)
+	pwg.Wait()
+	res.interrupted = ctx.Err() != nil
+	for k := range res.latencies {
+		slices.Sort(res.latencies[k])
+	}
+	return res
+}
+
+// percentile of sorted durations (nearest rank).
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(float64(len(sorted))*p+0.999999) - 1
+	return sorted[max(0, min(i, len(sorted)-1))]
+}
+
+type reportData struct {
+	opts                          options
+	res                           *result
+	signIn                        time.Duration
+	rssStart, rssSignedIn, rssEnd memInfo
+	providerCPU, loadCPU          time.Duration
+	db                            dbFiles
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
+
+func report(w io.Writer, d reportData) {
+	o, res := d.opts, d.res
+	secs := res.elapsed.Seconds()
+	fmt.Fprintf(w, "\nidleguard-load: %d sessions signed in through the endpoints", o.sessions)
+	if o.seedSQL > 0 {
+		fmt.Fprintf(w, " + %d idle-but-live sessions SEEDED BY SQL (in the database only, never used, not in the provider's memory)", o.seedSQL)
+	}
+	fmt.Fprintf(w, "\n  %s signing keys, %s access tokens, %d workers, mix %s, %.1fs", o.alg, o.token, o.concurrency, o.mix, secs)
+	if res.interrupted {
+		fmt.Fprint(w, " (INTERRUPTED)")
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "kind\trequests\treq/s\tp50\tp99\tmax\terrors\t")
+	var total, totalErr int64
+	var all []time.Duration
+	for k := range numKinds {
+		lat := res.latencies[k]
+		if o.mix[k] == 0 && len(lat) == 0 && res.errors[k] == 0 {
+			continue
+		}
+		n := int64(len(lat))
+		total += n
+		totalErr += res.errors[k]
+		all = append(all, lat...)
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%s\t%s\t%s\t%d\t\n", kindName[k], n, float64(n)/secs,
+			ms(percentile(lat, 0.50)), ms(percentile(lat, 0.99)), ms(percentile(lat, 1)), res.errors[k])
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	fmt.Fprintf(tw, "total\t%d\t%.0f\t%s\t%s\t%s\t%d\t\n", total, float64(total)/secs,
+		ms(percentile(all, 0.50)), ms(percentile(all, 0.99)), ms(percentile(all, 1)), totalErr)
+	tw.Flush()
+	for _, e := range res.sampleErrs {
+		fmt.Fprintf(w, "  error: %s\n", e)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "sign-in of %d people (authorize, login form, code exchange): %s, %.0f/s\n",
+		o.sessions, d.signIn.Round(time.Millisecond), float64(o.sessions)/d.signIn.Seconds())
+	fmt.Fprintf(w, "provider memory: peak RSS (VmHWM) %s; RSS after start %s, after sign-ins %s, at the end %s\n",
+		mb(d.rssEnd.peak), mb(d.rssStart.rss), mb(d.rssSignedIn.rss), mb(d.rssEnd.rss))
+	if d.providerCPU > 0 && total > 0 {
+		fmt.Fprintf(w, "CPU during the run: provider %.1fs (%.0f µs/request, %.0f req/s per provider core), load tool %.1fs, machine wall %.1fs x %d cores\n",
+			d.providerCPU.Seconds(), float64(d.providerCPU.Microseconds())/float64(total), float64(total)/d.providerCPU.Seconds(),
+			d.loadCPU.Seconds(), secs, numCPU())
+	}
+	live := o.sessions + o.seedSQL
+	fmt.Fprintf(w, "database: %s + wal %s = %s for %d sessions (%d users): %.0f bytes/session\n",
+		mb(d.db.db), mb(d.db.wal), mb(d.db.db+d.db.wal), live, o.sessions, float64(d.db.db+d.db.wal)/float64(live))
+}
+
+func numCPU() int { return runtime.NumCPU() }

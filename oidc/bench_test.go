@@ -1,0 +1,509 @@
+package oidc
+
+// Benchmarks of the hot paths through the real HTTP handler: a loopback
+// httptest server, real SQLite in a temporary directory, real templates,
+// background loops running, the wall clock. The client side (net/http,
+// JSON) runs in the same process and is part of every figure: ns/op is the
+// wall time per request with 16 requests in flight, so 1e9/(ns/op) is the
+// throughput of this machine with the client included (also reported as
+// req/s), and allocs/op counts both sides.
+//
+//	go test -run '^$' -bench . -benchtime 2s ./oidc
+//	IDLEGUARD_BENCH_SEED=1000000 go test -run '^$' -bench Introspect ./oidc   # with 1M more live sessions in the database
+//
+// The harness in harness_test.go is bound to *testing.T; this file keeps
+// its own small environment on testing.TB and reuses the harness's clients
+// (testClients), password and form parsing.
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/oauth2"
+
+	"github.com/idleguard/idleguard/activity"
+	"github.com/idleguard/idleguard/session"
+)
+
+// withKeyAlgorithm selects the signing algorithm (RS256, ES256, EdDSA).
+func withKeyAlgorithm(alg string) envOption {
+	return func(c *Config) { c.KeyAlgorithm = alg }
+}
+
+// benchParallelism is b.SetParallelism's factor: GOMAXPROCS*8 requests in
+// flight keep both sides busy while one waits on the network stack.
+const benchParallelism = 8
+
+// benchEnv is a provider behind a loopback HTTP server, for benchmarks.
+// Unlike env it lives across the repeated calls the testing package makes
+// of one benchmark function, and is closed explicitly.
+type benchEnv struct {
+	dir     string
+	store   *session.SQLite
+	p       *Provider
+	srv     *httptest.Server
+	issuer  string
+	host    string
+	cfg     Config
+	client  *http.Client // no cookies; shared transport
+	tr      *http.Transport
+	cancel  context.CancelFunc
+	users   atomic.Int64
+	pwdHash string
+
+	mu       sync.Mutex
+	sessions map[string][]*benchSession // by client id
+}
+
+// benchSession is one person signed in to one client through the real
+// endpoints, with a browser (cookie jar) that holds the SSO session.
+type benchSession struct {
+	browser *http.Client
+	mu      sync.Mutex
+	access  string
+	refresh string
+}
+
+func newBenchEnv(tb testing.TB, opts ...envOption) *benchEnv {
+	tb.Helper()
+	dir, err := os.MkdirTemp("", "idleguard-bench-")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	e := &benchEnv{dir: dir, sessions: map[string][]*benchSession{}}
+	ok := false
+	defer func() {
+		if !ok {
+			e.Close()
+		}
+	}()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	e.host = ln.Addr().String()
+	e.issuer = "http://" + e.host
+	e.cfg = Config{
+		Issuer: e.issuer, Clients: testClients(), Now: time.Now,
+		Session: activity.Config{IdleTimeout: time.Hour, MaxLifetime: 12 * time.Hour, SweepInterval: time.Second},
+		Logger:  slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})),
+		Login:   LoginConfig{MaxFailures: 1000},
+	}
+	for _, o := range opts {
+		o(&e.cfg)
+	}
+	ctx := context.Background()
+	dbPath := filepath.Join(dir, "idleguard.db")
+	if e.store, err = session.OpenSQLite(ctx, dbPath); err != nil {
+		tb.Fatal(err)
+	}
+	if n, _ := strconv.Atoi(os.Getenv("IDLEGUARD_BENCH_SEED")); n > 0 {
+		start := time.Now()
+		if err := seedLiveSessions(ctx, dbPath, n, "mail", time.Now()); err != nil {
+			tb.Fatal(err)
+		}
+		tb.Logf("seeded %d live sessions by SQL in %s", n, time.Since(start).Round(time.Millisecond))
+	}
+	if e.p, err = New(ctx, e.cfg, e.store); err != nil {
+		tb.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	e.cancel = cancel
+	e.p.Run(runCtx)
+	e.srv = &httptest.Server{Listener: ln, Config: &http.Server{Handler: e.p, ReadHeaderTimeout: 5 * time.Second}}
+	e.srv.Start()
+	e.tr = &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 256, IdleConnTimeout: time.Minute}
+	e.client = &http.Client{Transport: e.tr, Timeout: 30 * time.Second}
+	// Synthetic users get a cheap argon2id hash so that signing in many of
+	// them is fast; the hash carries its parameters.
+	if e.pwdHash, err = session.HashPasswordWithParams(testPassword, 1, 8, 1); err != nil {
+		tb.Fatal(err)
+	}
+	ok = true
+	return e
+}
+
+// Close stops the provider and removes the database.
+func (e *benchEnv) Close() {
+	if e.srv != nil {
+		e.srv.Close()
+	}
+	if e.tr != nil {
+		e.tr.CloseIdleConnections()
+	}
+	if e.p != nil {
+		e.cancel()
+		_ = e.p.Close(context.Background())
+	}
+	if e.store != nil {
+		e.store.Close()
+	}
+	os.RemoveAll(e.dir)
+}
+
+func (e *benchEnv) oauth(clientID string) *oauth2.Config {
+	var redirect string
+	for _, c := range e.cfg.Clients {
+		if c.ID == clientID {
+			redirect = c.RedirectURIs[0]
+		}
+	}
+	return &oauth2.Config{ClientID: clientID, ClientSecret: clientID + "-secret", RedirectURL: redirect,
+		Endpoint: oauth2.Endpoint{AuthURL: e.issuer + "/authorize", TokenURL: e.issuer + "/oauth/token", AuthStyle: oauth2.AuthStyleInHeader},
+		Scopes:   []string{"openid", "profile", "email", "offline_access"}}
+}
+
+// newBrowser is a cookie jar that follows redirects within the provider and
+// stops at the first one that leaves it (the relying party's redirect URI).
+func (e *benchEnv) newBrowser() *http.Client {
+	jar, _ := cookiejar.New(nil)
+	return &http.Client{Jar: jar, Transport: e.tr, Timeout: 30 * time.Second,
+		CheckRedirect: func(req *http.Request, _ []*http.Request) error {
+			if req.URL.Host != e.host {
+				return http.ErrUseLastResponse
+			}
+			return nil
+		}}
+}
+
+// authorize runs an authorization request for clientID in browser and
+// returns the code from the redirect to the relying party. When the
+// provider shows the login form, it signs in as username.
+func (e *benchEnv) authorize(browser *http.Client, clientID, username, verifier string) (string, error) {
+	conf := e.oauth(clientID)
+	resp, err := browser.Get(conf.AuthCodeURL("st", oauth2.S256ChallengeOption(verifier)))
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode == http.StatusOK {
+		page, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if username == "" {
+			return "", fmt.Errorf("authorize %s: login form shown, want single sign-on", clientID)
+		}
+		fields := map[string]string{}
+		for _, m := range hiddenInput.FindAllStringSubmatch(string(page), -1) {
+			fields[m[1]] = m[2]
+		}
+		if fields["authRequestID"] == "" {
+			return "", fmt.Errorf("authorize %s: no login form in page", clientID)
+		}
+		resp, err = browser.PostForm(e.issuer+"/login", url.Values{"authRequestID": {fields["authRequestID"]},
+			"csrf": {fields["csrf"]}, "username": {username}, "password": {testPassword}})
+		if err != nil {
+			return "", err
+		}
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusFound {
+		return "", fmt.Errorf("authorize %s: status %d, want a redirect to the relying party", clientID, resp.StatusCode)
+	}
+	loc, err := url.Parse(resp.Header.Get("Location"))
+	if err != nil {
+		return "", err
+	}
+	code := loc.Query().Get("code")
+	if code == "" {
+		return "", fmt.Errorf("authorize %s: no code in %s", clientID, loc)
+	}
+	return code, nil
+}
+
+// signIn creates a user, signs them in to clientID through the login form
+// with PKCE, and exchanges the code.
+func (e *benchEnv) signIn(tb testing.TB, clientID string) *benchSession {
+	tb.Helper()
+	ctx := context.Background()
+	name := fmt.Sprintf("bench-%d", e.users.Add(1))
+	if err := e.store.CreateUser(ctx, &session.User{Username: name, PasswordHash: e.pwdHash, Name: name,
+		Email: name + "@example.com", EmailVerified: true, CreatedAt: time.Now()}); err != nil {
+		tb.Fatal(err)
+	}
+	s := &benchSession{browser: e.newBrowser()}
+	verifier := oauth2.GenerateVerifier()
+	code, err := e.authorize(s.browser, clientID, name, verifier)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tok, err := e.oauth(clientID).Exchange(context.WithValue(ctx, oauth2.HTTPClient, e.client), code, oauth2.VerifierOption(verifier))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s.access, s.refresh = tok.AccessToken, tok.RefreshToken
+	return s
+}
+
+// pool returns n sessions of clientID, signing in as many as are missing.
+func (e *benchEnv) pool(tb testing.TB, clientID string, n int) []*benchSession {
+	tb.Helper()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for len(e.sessions[clientID]) < n {
+		e.sessions[clientID] = append(e.sessions[clientID], e.signIn(tb, clientID))
+	}
+	return e.sessions[clientID][:n]
+}
+
+func (e *benchEnv) post(path, contentType string, body []byte, setAuth func(*http.Request)) (int, []byte, error) {
+	req, err := http.NewRequest(http.MethodPost, e.issuer+path, bytes.NewReader(body))
+	if err != nil {
+		return 0, nil, err
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	setAuth(req)
+	resp, err := e.client.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, data, err
+}
+
+func (e *benchEnv) introspect(token string) error {
+	code, data, err := e.post("/oauth/introspect", "application/x-www-form-urlencoded", []byte("token="+url.QueryEscape(token)),
+		func(r *http.Request) { r.SetBasicAuth("api", "api-secret") })
+	if err != nil {
+		return err
+	}
+	if code != http.StatusOK || !bytes.Contains(data, []byte(`"active":true`)) {
+		return fmt.Errorf("introspect: %d %s", code, data)
+	}
+	return nil
+}
+
+func (e *benchEnv) heartbeat(token string) error {
+	code, data, err := e.post("/activity", "", nil, func(r *http.Request) { r.Header.Set("Authorization", "Bearer "+token) })
+	if err != nil {
+		return err
+	}
+	if code != http.StatusOK {
+		return fmt.Errorf("heartbeat: %d %s", code, data)
+	}
+	return nil
+}
+
+func (e *benchEnv) sessionStatus(token string) error {
+	req, _ := http.NewRequest(http.MethodGet, e.issuer+"/session", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := e.client.Do(req)
+	if err != nil {
+		return err
+	}
+	data, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !bytes.Contains(data, []byte(`"active":true`)) {
+		return fmt.Errorf("session: %d %s", resp.StatusCode, data)
+	}
+	return nil
+}
+
+// refreshGrant rotates s's refresh token (the caller owns s).
+func (e *benchEnv) refreshGrant(clientID string, s *benchSession) error {
+	form := url.Values{"grant_type": {"refresh_token"}, "refresh_token": {s.refresh}}
+	code, data, err := e.post("/oauth/token", "application/x-www-form-urlencoded", []byte(form.Encode()),
+		func(r *http.Request) { r.SetBasicAuth(clientID, clientID+"-secret") })
+	if err != nil {
+		return err
+	}
+	var out struct {
+		AccessToken  string `json:"access_token"`
+		RefreshToken string `json:"refresh_token"`
+		IDToken      string `json:"id_token"`
+	}
+	if code != http.StatusOK || json.Unmarshal(data, &out) != nil || out.RefreshToken == "" || out.IDToken == "" {
+		return fmt.Errorf("refresh: %d %s", code, data)
+	}
+	s.access, s.refresh = out.AccessToken, out.RefreshToken
+	return nil
+}
+
+// envCache keeps one benchEnv per key for the life of a parent benchmark.
+type envCache map[string]*benchEnv
+
+func (c envCache) get(tb testing.TB, key string, opts ...envOption) *benchEnv {
+	if e, ok := c[key]; ok {
+		return e
+	}
+	e := newBenchEnv(tb, opts...)
+	c[key] = e
+	return e
+}
+
+func (c envCache) close() {
+	for _, e := range c {
+		e.Close()
+	}
+}
+
+// benchGoroutines is how many goroutines RunParallel starts.
+func benchGoroutines() int { return benchParallelism * runtime.GOMAXPROCS(0) }
+
+// runParallel runs op from benchGoroutines goroutines; op gets its
+// goroutine's index and a per-goroutine counter.
+func runParallel(b *testing.B, op func(g, i int) error) {
+	b.Helper()
+	var next atomic.Int64
+	var failed atomic.Pointer[error]
+	b.ReportAllocs()
+	b.SetParallelism(benchParallelism)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		g := int(next.Add(1) - 1)
+		for i := 0; pb.Next(); i++ {
+			if err := op(g, i); err != nil {
+				failed.CompareAndSwap(nil, &err)
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	if err := failed.Load(); err != nil {
+		b.Fatal(*err)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
+}
+
+// benchPool is how many signed-in sessions the read-only benchmarks spread
+// their requests over.
+const benchPool = 64
+
+// BenchmarkIntrospect is RFC 7662 introspection by a resource server
+// (client_secret_basic) of a live person's access token, counting as
+// introspection activity: a JWT access token (signature checked, per
+// signing algorithm) and an opaque one (AES-GCM sealed).
+func BenchmarkIntrospect(b *testing.B) {
+	envs := envCache{}
+	defer envs.close()
+	for _, tc := range []struct{ name, alg, client string }{
+		{"jwt-RS256", "RS256", "mail"},
+		{"jwt-ES256", "ES256", "mail"},
+		{"jwt-EdDSA", "EdDSA", "mail"},
+		{"opaque", "RS256", "opaque"},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			e := envs.get(b, tc.alg, withKeyAlgorithm(tc.alg))
+			pool := e.pool(b, tc.client, benchPool)
+			runParallel(b, func(g, i int) error { return e.introspect(pool[(g*7+i)%len(pool)].access) })
+		})
+	}
+}
+
+// BenchmarkHeartbeat is POST /activity with a bearer JWT access token.
+func BenchmarkHeartbeat(b *testing.B) {
+	e := newBenchEnv(b)
+	defer e.Close()
+	pool := e.pool(b, "mail", benchPool)
+	runParallel(b, func(g, i int) error { return e.heartbeat(pool[(g*7+i)%len(pool)].access) })
+}
+
+// BenchmarkSessionStatus is GET /session (never activity), the browser
+// library's poll.
+func BenchmarkSessionStatus(b *testing.B) {
+	e := newBenchEnv(b)
+	defer e.Close()
+	pool := e.pool(b, "mail", benchPool)
+	runParallel(b, func(g, i int) error { return e.sessionStatus(pool[(g*7+i)%len(pool)].access) })
+}
+
+// BenchmarkRefresh is the refresh-token grant: the chain rotates in memory,
+// and an ID token and a JWT access token are signed. Each goroutine owns
+// one session, so that no refresh token is ever presented twice.
+func BenchmarkRefresh(b *testing.B) {
+	envs := envCache{}
+	defer envs.close()
+	for _, alg := range []string{"RS256", "ES256", "EdDSA"} {
+		b.Run(alg, func(b *testing.B) {
+			e := envs.get(b, alg, withKeyAlgorithm(alg))
+			pool := e.pool(b, "mail", benchGoroutines())
+			runParallel(b, func(g, _ int) error { return e.refreshGrant("mail", pool[g]) })
+		})
+	}
+}
+
+// BenchmarkAuthorizeSSO is a person who is signed in opening a second app:
+// GET /authorize (the request is stored), the login page answered from the
+// session cookie (sso activity), the callback issuing a code, up to the
+// redirect to the relying party. Three HTTP requests and four small writes;
+// the code is not exchanged.
+func BenchmarkAuthorizeSSO(b *testing.B) {
+	e := newBenchEnv(b)
+	defer e.Close()
+	pool := e.pool(b, "mail", benchGoroutines())
+	verifier := oauth2.GenerateVerifier()
+	runParallel(b, func(g, _ int) error {
+		_, err := e.authorize(pool[g].browser, "refresher", "", verifier)
+		return err
+	})
+}
+
+// seedLiveSessions inserts n live authentication sessions of clientID
+// directly with SQL (one transaction): each with one application session,
+// one refresh chain and its session_start and app_join audit events, last
+// active within the last 25 minutes. Nothing is loaded into the provider's
+// memory until used.
+func seedLiveSessions(ctx context.Context, path string, n int, clientID string, now time.Time) error {
+	q := url.Values{}
+	for _, p := range []string{"journal_mode(WAL)", "busy_timeout(10000)", "synchronous(OFF)", "cache_size(-262144)"} {
+		q.Add("_pragma", p)
+	}
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	nowMS, hour := now.UnixMilli(), time.Hour.Milliseconds()
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	for _, s := range []string{
+		`CREATE TEMP TABLE seeded (n INTEGER PRIMARY KEY, sid TEXT NOT NULL, app TEXT NOT NULL, la INTEGER NOT NULL)`,
+		fmt.Sprintf(`WITH RECURSIVE seq(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM seq WHERE n + 1 < %d)
+			INSERT INTO temp.seeded SELECT n, lower(hex(randomblob(11))), lower(hex(randomblob(6))), %d - (n * 7919) %% %d FROM seq`,
+			n, nowMS, (25 * time.Minute).Milliseconds()),
+		fmt.Sprintf(`INSERT INTO auth_sessions (id, user_id, auth_time, amr, last_active_at, idle_limit_ms, absolute_deadline, deadline)
+			SELECT sid, 'seed-user-' || n, la - %[1]d, 'pwd', la, %[2]d, la - %[1]d + %[3]d, la + %[2]d FROM temp.seeded`,
+			hour, (30 * time.Minute).Milliseconds(), (12 * time.Hour).Milliseconds()),
+		fmt.Sprintf(`INSERT INTO app_sessions (id, auth_session_id, client_id, scopes, idle_exempt, joined_at, last_active_at)
+			SELECT sid || '.' || app, sid, '%s', 'openid profile email offline_access', 0, la - %d, la FROM temp.seeded`, clientID, hour),
+		fmt.Sprintf(`INSERT INTO refresh_chains (id, app_session_id, gen, created_at)
+			SELECT lower(hex(randomblob(6))), sid || '.' || app, 1 + n %% 7, la - %d FROM temp.seeded`, hour),
+		fmt.Sprintf(`INSERT INTO audit_events (at, kind, user_id, sid, client_id, detail)
+			SELECT la - %[1]d, 'session_start', 'seed-user-' || n, sid, '', 'seeded' FROM temp.seeded
+			UNION ALL SELECT la - %[1]d, 'app_join', 'seed-user-' || n, sid, '%[2]s', 'seeded' FROM temp.seeded`, hour, clientID),
+		`DROP TABLE temp.seeded`,
+	} {
+		if _, err := tx.ExecContext(ctx, s); err != nil {
+			return fmt.Errorf("seed: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	_, err = db.ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`)
+	return err
+}
