@@ -42,6 +42,7 @@ type Store interface {
 	CreateAuthSession(ctx context.Context, a *session.AuthSession) error
 	Reauthenticate(ctx context.Context, a *session.AuthSession) error
 	AuthSession(ctx context.Context, id string) (*session.AuthSession, []*session.AppSession, error)
+	AuthSessions(ctx context.Context, ids []string) ([]*session.AuthSession, map[string][]*session.AppSession, error)
 	JoinApp(ctx context.Context, app *session.AppSession, auth session.ActivityUpdate, userID string) error
 	SetAppScopes(ctx context.Context, id string, scopes []string) error
 	AddRefreshChain(ctx context.Context, appSessionID, chainID string, gen uint64, at time.Time) error
@@ -254,6 +255,12 @@ func (t *Tracker) get(ctx context.Context, sid string) (*shard, *entry, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	return sh, t.install(auth, apps), nil
+}
+
+// install puts a session loaded from the store into memory, unless another
+// request loaded it first, and returns the entry in memory.
+func (t *Tracker) install(auth *session.AuthSession, apps []*session.AppSession) *entry {
 	ne := &entry{auth: *auth, persistedLast: auth.LastActiveAt, persistedLimit: auth.IdleLimit}
 	for _, a := range apps {
 		pol, _ := t.cfg.Client(a.ClientID)
@@ -263,13 +270,39 @@ func (t *Tracker) get(ctx context.Context, sid string) (*shard, *entry, error) {
 		}
 		ne.apps = append(ne.apps, &appState{AppSession: *a, policy: pol, persistedLast: a.LastActiveAt, persistedChains: maps.Clone(a.RefreshChains)})
 	}
+	sh := t.shard(auth.ID)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if e, ok := sh.m[sid]; ok {
-		return sh, e, nil
+	if e, ok := sh.m[auth.ID]; ok {
+		return e
 	}
-	sh.m[sid] = ne
-	return sh, ne, nil
+	sh.m[auth.ID] = ne
+	return ne
+}
+
+// preload loads the sessions among ids that are not in memory, in batches.
+func (t *Tracker) preload(ctx context.Context, ids []string) error {
+	var missing []string
+	for _, id := range ids {
+		sh := t.shard(id)
+		sh.mu.Lock()
+		_, ok := sh.m[id]
+		sh.mu.Unlock()
+		if !ok {
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	auths, apps, err := t.store.AuthSessions(ctx, missing)
+	if err != nil {
+		return err
+	}
+	for _, a := range auths {
+		t.install(a, apps[a.ID])
+	}
+	return nil
 }
 
 func (e *entry) app(id string) *appState {

@@ -119,9 +119,22 @@ type execer interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 }
 
-func addAudit(ctx context.Context, e execer, ev AuditEvent) error {
-	_, err := e.ExecContext(ctx, `INSERT INTO audit_events (at, kind, user_id, sid, client_id, reason, initiator, detail)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, ms(ev.At), ev.Kind, ev.UserID, ev.SID, ev.ClientID, ev.Reason, ev.Initiator, ev.Detail)
+const insertAudit = `INSERT INTO audit_events (at, kind, user_id, sid, client_id, reason, initiator, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
+
+// auditWriter runs insertAudit: a statement prepared from it, or auditVia.
+type auditWriter interface {
+	ExecContext(ctx context.Context, args ...any) (sql.Result, error)
+}
+
+// auditVia runs insertAudit on a connection pool or transaction.
+type auditVia struct{ e execer }
+
+func (a auditVia) ExecContext(ctx context.Context, args ...any) (sql.Result, error) {
+	return a.e.ExecContext(ctx, insertAudit, args...)
+}
+
+func addAudit(ctx context.Context, w auditWriter, ev AuditEvent) error {
+	_, err := w.ExecContext(ctx, ms(ev.At), ev.Kind, ev.UserID, ev.SID, ev.ClientID, ev.Reason, ev.Initiator, ev.Detail)
 	if err != nil {
 		return fmt.Errorf("audit %s: %w", ev.Kind, err)
 	}
@@ -224,7 +237,7 @@ func (s *SQLite) CreateAuthSession(ctx context.Context, a *AuthSession) error {
 		if err != nil {
 			return fmt.Errorf("create auth session: %w", err)
 		}
-		return addAudit(ctx, tx, AuditEvent{At: a.AuthTime, Kind: AuditSessionStart, UserID: a.UserID, SID: a.ID,
+		return addAudit(ctx, auditVia{tx}, AuditEvent{At: a.AuthTime, Kind: AuditSessionStart, UserID: a.UserID, SID: a.ID,
 			Detail: fmt.Sprintf("idle_limit=%s absolute_deadline=%s", a.IdleLimit, a.AbsoluteDeadline.Format(time.RFC3339))})
 	})
 }
@@ -238,7 +251,7 @@ func (s *SQLite) Reauthenticate(ctx context.Context, a *AuthSession) error {
 		if err := mustAffect(res, err, "auth session "+a.ID); err != nil {
 			return err
 		}
-		return addAudit(ctx, tx, AuditEvent{At: a.AuthTime, Kind: AuditSessionReauthented, UserID: a.UserID, SID: a.ID})
+		return addAudit(ctx, auditVia{tx}, AuditEvent{At: a.AuthTime, Kind: AuditSessionReauthented, UserID: a.UserID, SID: a.ID})
 	})
 }
 
@@ -301,6 +314,91 @@ func (s *SQLite) AuthSession(ctx context.Context, id string) (*AuthSession, []*A
 	return a, apps, nil
 }
 
+// AuthSessions loads many authentication sessions with their application
+// sessions in a few queries (the sweeper's batch). Missing ids are absent
+// from the result.
+func (s *SQLite) AuthSessions(ctx context.Context, ids []string) ([]*AuthSession, map[string][]*AppSession, error) {
+	var out []*AuthSession
+	apps := make(map[string][]*AppSession, len(ids))
+	for len(ids) > 0 {
+		chunk := ids[:min(len(ids), 500)]
+		ids = ids[len(chunk):]
+		in, args := placeholders(chunk)
+		rows, err := s.r.QueryContext(ctx, `SELECT `+authCols+` FROM auth_sessions WHERE id IN (`+in+`)`, args...)
+		if err != nil {
+			return nil, nil, err
+		}
+		for rows.Next() {
+			a, err := scanAuth(rows)
+			if err != nil {
+				rows.Close()
+				return nil, nil, err
+			}
+			out = append(out, a)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, nil, err
+		}
+		byID := map[string]*AppSession{}
+		rows, err = s.r.QueryContext(ctx, `SELECT `+appCols+` FROM app_sessions WHERE auth_session_id IN (`+in+`) ORDER BY joined_at, id`, args...)
+		if err != nil {
+			return nil, nil, err
+		}
+		for rows.Next() {
+			a, err := scanApp(rows)
+			if err != nil {
+				rows.Close()
+				return nil, nil, err
+			}
+			apps[a.AuthSessionID] = append(apps[a.AuthSessionID], a)
+			byID[a.ID] = a
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, nil, err
+		}
+		if len(byID) == 0 {
+			continue
+		}
+		if err := s.loadChains(ctx, `SELECT c.id, c.app_session_id, c.gen FROM refresh_chains c
+			JOIN app_sessions a ON a.id = c.app_session_id WHERE a.auth_session_id IN (`+in+`)`, byID, args...); err != nil {
+			return nil, nil, err
+		}
+	}
+	return out, apps, nil
+}
+
+func placeholders(ids []string) (string, []any) {
+	args := make([]any, len(ids))
+	for i, id := range ids {
+		args[i] = id
+	}
+	return strings.Repeat("?,", len(ids)-1) + "?", args
+}
+
+func (s *SQLite) loadChains(ctx context.Context, q string, byID map[string]*AppSession, args ...any) error {
+	rows, err := s.r.QueryContext(ctx, q, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, app string
+		var gen int64
+		if err := rows.Scan(&id, &app, &gen); err != nil {
+			return err
+		}
+		if a := byID[app]; a != nil {
+			if a.RefreshChains == nil {
+				a.RefreshChains = map[string]uint64{}
+			}
+			a.RefreshChains[id] = uint64(gen)
+		}
+	}
+	return rows.Err()
+}
+
 func (s *SQLite) appsOf(ctx context.Context, sid string) ([]*AppSession, error) {
 	rows, err := s.r.QueryContext(ctx, `SELECT `+appCols+` FROM app_sessions WHERE auth_session_id = ? ORDER BY joined_at, id`, sid)
 	if err != nil {
@@ -321,26 +419,9 @@ func (s *SQLite) appsOf(ctx context.Context, sid string) ([]*AppSession, error) 
 	if err := rows.Err(); err != nil || len(out) == 0 {
 		return out, err
 	}
-	chains, err := s.r.QueryContext(ctx, `SELECT c.id, c.app_session_id, c.gen FROM refresh_chains c
-		JOIN app_sessions a ON a.id = c.app_session_id WHERE a.auth_session_id = ?`, sid)
-	if err != nil {
-		return nil, err
-	}
-	defer chains.Close()
-	for chains.Next() {
-		var id, app string
-		var gen int64
-		if err := chains.Scan(&id, &app, &gen); err != nil {
-			return nil, err
-		}
-		if a := byID[app]; a != nil {
-			if a.RefreshChains == nil {
-				a.RefreshChains = map[string]uint64{}
-			}
-			a.RefreshChains[id] = uint64(gen)
-		}
-	}
-	return out, chains.Err()
+	err = s.loadChains(ctx, `SELECT c.id, c.app_session_id, c.gen FROM refresh_chains c
+		JOIN app_sessions a ON a.id = c.app_session_id WHERE a.auth_session_id = ?`, byID, sid)
+	return out, err
 }
 
 // AddRefreshChain starts a refresh chain for an application session.
@@ -368,7 +449,7 @@ func (s *SQLite) JoinApp(ctx context.Context, app *AppSession, auth ActivityUpda
 		if err := updateAuthActivity(ctx, tx, auth); err != nil {
 			return err
 		}
-		return addAudit(ctx, tx, AuditEvent{At: app.JoinedAt, Kind: AuditAppJoin, UserID: userID, SID: app.AuthSessionID, ClientID: app.ClientID,
+		return addAudit(ctx, auditVia{tx}, AuditEvent{At: app.JoinedAt, Kind: AuditAppJoin, UserID: userID, SID: app.AuthSessionID, ClientID: app.ClientID,
 			Detail: fmt.Sprintf("app_session=%s idle_limit=%s exempt=%t", app.ID, auth.IdleLimit, app.IdleExempt)})
 	})
 }
@@ -454,19 +535,23 @@ func (s *SQLite) ids(ctx context.Context, q string, args ...any) ([]string, erro
 // and one audit event per ended session are written alongside. Rows already
 // ended are left as they were (their first reason stands).
 func (s *SQLite) EndSessions(ctx context.Context, e End) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
-		return endSessions(ctx, tx, e)
-	})
+	return s.EndMany(ctx, []End{e})
 }
 
-// EndMany applies several Ends in one transaction (the sweeper's batch).
+// EndMany applies several Ends in one transaction (the sweeper's batch),
+// with each statement prepared once for the batch.
 func (s *SQLite) EndMany(ctx context.Context, ends []End) error {
 	if len(ends) == 0 {
 		return nil
 	}
 	return s.tx(ctx, func(tx *sql.Tx) error {
+		st, err := prepareEnd(ctx, tx)
+		if err != nil {
+			return err
+		}
+		defer st.close()
 		for _, e := range ends {
-			if err := endSessions(ctx, tx, e); err != nil {
+			if err := st.end(ctx, e); err != nil {
 				return err
 			}
 		}
@@ -474,40 +559,71 @@ func (s *SQLite) EndMany(ctx context.Context, ends []End) error {
 	})
 }
 
-func endSessions(ctx context.Context, tx *sql.Tx, e End) error {
+type endStmts struct {
+	auth, app, outbox, audit *sql.Stmt
+}
+
+func prepareEnd(ctx context.Context, tx *sql.Tx) (*endStmts, error) {
+	var st endStmts
+	var err error
+	prep := func(q string) *sql.Stmt {
+		if err != nil {
+			return nil
+		}
+		var s *sql.Stmt
+		s, err = tx.PrepareContext(ctx, q)
+		return s
+	}
+	st.auth = prep(`UPDATE auth_sessions SET ended_at = ?, end_reason = ?, ended_by = ?,
+		idle_limit_ms = CASE WHEN ? > 0 THEN ? ELSE idle_limit_ms END WHERE id = ? AND ended_at IS NULL`)
+	st.app = prep(`UPDATE app_sessions SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL`)
+	st.outbox = prep(`INSERT INTO logout_outbox (jti, client_id, uri, sid, subject, reason, created_at, next_attempt_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`)
+	st.audit = prep(insertAudit)
+	if err != nil {
+		st.close()
+		return nil, fmt.Errorf("prepare end: %w", err)
+	}
+	return &st, nil
+}
+
+func (st *endStmts) close() {
+	for _, s := range []*sql.Stmt{st.auth, st.app, st.outbox, st.audit} {
+		if s != nil {
+			s.Close()
+		}
+	}
+}
+
+func (st *endStmts) end(ctx context.Context, e End) error {
 	at := ms(e.At)
 	if e.AuthSessionID != "" {
-		res, err := tx.ExecContext(ctx, `UPDATE auth_sessions SET ended_at = ?, end_reason = ?, ended_by = ?,
-			idle_limit_ms = CASE WHEN ? > 0 THEN ? ELSE idle_limit_ms END WHERE id = ? AND ended_at IS NULL`,
-			at, string(e.Reason), e.Initiator, e.IdleLimit.Milliseconds(), e.IdleLimit.Milliseconds(), e.AuthSessionID)
+		res, err := st.auth.ExecContext(ctx, at, string(e.Reason), e.Initiator, e.IdleLimit.Milliseconds(), e.IdleLimit.Milliseconds(), e.AuthSessionID)
 		if err != nil {
 			return fmt.Errorf("end auth session %s: %w", e.AuthSessionID, err)
 		}
 		if n, _ := res.RowsAffected(); n > 0 {
-			if err := addAudit(ctx, tx, AuditEvent{At: e.At, Kind: AuditSessionEnd, UserID: e.UserID, SID: e.AuthSessionID,
+			if err := addAudit(ctx, st.audit, AuditEvent{At: e.At, Kind: AuditSessionEnd, UserID: e.UserID, SID: e.AuthSessionID,
 				Reason: string(e.Reason), Initiator: e.Initiator}); err != nil {
 				return err
 			}
 		}
 	}
 	for _, app := range e.AppSessions {
-		res, err := tx.ExecContext(ctx, `UPDATE app_sessions SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL`,
-			at, string(e.Reason), app.ID)
+		res, err := st.app.ExecContext(ctx, at, string(e.Reason), app.ID)
 		if err != nil {
 			return fmt.Errorf("end app session %s: %w", app.ID, err)
 		}
 		if n, _ := res.RowsAffected(); n > 0 {
 			sid, _, _ := strings.Cut(app.ID, ".")
-			if err := addAudit(ctx, tx, AuditEvent{At: e.At, Kind: AuditAppEnd, UserID: e.UserID, SID: sid, ClientID: app.ClientID,
+			if err := addAudit(ctx, st.audit, AuditEvent{At: e.At, Kind: AuditAppEnd, UserID: e.UserID, SID: sid, ClientID: app.ClientID,
 				Reason: string(e.Reason), Initiator: e.Initiator, Detail: "app_session=" + app.ID}); err != nil {
 				return err
 			}
 		}
 	}
 	for _, n := range e.Notices {
-		_, err := tx.ExecContext(ctx, `INSERT INTO logout_outbox (jti, client_id, uri, sid, subject, reason, created_at, next_attempt_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, NewID(), n.ClientID, n.URI, n.SID, n.Subject, string(n.Reason), at, at)
-		if err != nil {
+		if _, err := st.outbox.ExecContext(ctx, NewID(), n.ClientID, n.URI, n.SID, n.Subject, string(n.Reason), at, at); err != nil {
 			return fmt.Errorf("outbox %s: %w", n.ClientID, err)
 		}
 	}
@@ -742,7 +858,7 @@ func (s *SQLite) DeliveryDone(ctx context.Context, o OutboxEntry, at time.Time, 
 		if errText != "" {
 			detail += " error=" + errText
 		}
-		return addAudit(ctx, tx, AuditEvent{At: at, Kind: kind, SID: o.SID, UserID: o.Subject, ClientID: o.ClientID, Reason: string(o.Reason), Detail: detail})
+		return addAudit(ctx, auditVia{tx}, AuditEvent{At: at, Kind: kind, SID: o.SID, UserID: o.Subject, ClientID: o.ClientID, Reason: string(o.Reason), Detail: detail})
 	})
 }
 
@@ -750,7 +866,7 @@ func (s *SQLite) DeliveryDone(ctx context.Context, o OutboxEntry, at time.Time, 
 
 // AddAudit appends one audit event.
 func (s *SQLite) AddAudit(ctx context.Context, ev AuditEvent) error {
-	return addAudit(ctx, s.w, ev)
+	return addAudit(ctx, auditVia{s.w}, ev)
 }
 
 // Audit returns matching events, oldest first.

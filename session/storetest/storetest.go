@@ -24,6 +24,7 @@ type Store interface {
 
 	CreateAuthSession(ctx context.Context, a *session.AuthSession) error
 	AuthSession(ctx context.Context, id string) (*session.AuthSession, []*session.AppSession, error)
+	AuthSessions(ctx context.Context, ids []string) ([]*session.AuthSession, map[string][]*session.AppSession, error)
 	JoinApp(ctx context.Context, app *session.AppSession, auth session.ActivityUpdate, userID string) error
 	AddRefreshChain(ctx context.Context, appSessionID, chainID string, gen uint64, at time.Time) error
 	FlushActivity(ctx context.Context, updates []session.ActivityUpdate) error
@@ -139,6 +140,13 @@ func testSessionLifecycle(t *testing.T, s Store) {
 
 	_, _, err = s.AuthSession(ctx, "missing")
 	require.ErrorIs(t, err, session.ErrNotFound)
+
+	many, manyApps, err := s.AuthSessions(ctx, []string{a.ID, "missing"})
+	require.NoError(t, err)
+	require.Len(t, many, 1)
+	require.Equal(t, a.ID, many[0].ID)
+	require.Len(t, manyApps[a.ID], 1)
+	require.Equal(t, map[string]uint64{"c1": 1}, manyApps[a.ID][0].RefreshChains)
 }
 
 func testOneLiveAppPerPair(t *testing.T, s Store) {
