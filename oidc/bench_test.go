@@ -410,21 +410,31 @@ func BenchmarkIntrospect(b *testing.B) {
 	}
 }
 
-// BenchmarkHeartbeat is POST /activity with a bearer JWT access token.
+// BenchmarkHeartbeat is POST /activity with a bearer access token (JWT or
+// opaque), counting as heartbeat activity.
 func BenchmarkHeartbeat(b *testing.B) {
-	e := newBenchEnv(b)
-	defer e.Close()
-	pool := e.pool(b, "mail", benchPool)
-	runParallel(b, func(g, i int) error { return e.heartbeat(pool[(g*7+i)%len(pool)].access) })
+	envs := envCache{}
+	defer envs.close()
+	for _, client := range []string{"mail", "opaque"} {
+		name := map[string]string{"mail": "jwt", "opaque": "opaque"}[client]
+		b.Run(name, func(b *testing.B) {
+			e := envs.get(b, "RS256")
+			pool := e.pool(b, client, benchPool)
+			runParallel(b, func(g, i int) error { return e.heartbeat(pool[(g*7+i)%len(pool)].access) })
+		})
+	}
 }
 
 // BenchmarkSessionStatus is GET /session (never activity), the browser
 // library's poll.
 func BenchmarkSessionStatus(b *testing.B) {
-	e := newBenchEnv(b)
-	defer e.Close()
-	pool := e.pool(b, "mail", benchPool)
-	runParallel(b, func(g, i int) error { return e.sessionStatus(pool[(g*7+i)%len(pool)].access) })
+	envs := envCache{}
+	defer envs.close()
+	b.Run("jwt", func(b *testing.B) {
+		e := envs.get(b, "RS256")
+		pool := e.pool(b, "mail", benchPool)
+		runParallel(b, func(g, i int) error { return e.sessionStatus(pool[(g*7+i)%len(pool)].access) })
+	})
 }
 
 // BenchmarkRefresh is the refresh-token grant: the chain rotates in memory,
@@ -448,13 +458,16 @@ func BenchmarkRefresh(b *testing.B) {
 // redirect to the relying party. Three HTTP requests and four small writes;
 // the code is not exchanged.
 func BenchmarkAuthorizeSSO(b *testing.B) {
-	e := newBenchEnv(b)
-	defer e.Close()
-	pool := e.pool(b, "mail", benchGoroutines())
-	verifier := oauth2.GenerateVerifier()
-	runParallel(b, func(g, _ int) error {
-		_, err := e.authorize(pool[g].browser, "refresher", "", verifier)
-		return err
+	envs := envCache{}
+	defer envs.close()
+	b.Run("code", func(b *testing.B) {
+		e := envs.get(b, "RS256")
+		pool := e.pool(b, "mail", benchGoroutines())
+		verifier := oauth2.GenerateVerifier()
+		runParallel(b, func(g, _ int) error {
+			_, err := e.authorize(pool[g].browser, "refresher", "", verifier)
+			return err
+		})
 	})
 }
 
@@ -506,4 +519,26 @@ func seedLiveSessions(ctx context.Context, path string, n int, clientID string, 
 	}
 	_, err = db.ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`)
 	return err
+}
+
+// BenchmarkHTTPFloor is the same client, transport and parallelism against
+// a handler that only parses a form body and writes a small JSON object: the
+// floor that net/http and loopback TCP put under every benchmark above on
+// this machine (client and server in one process).
+func BenchmarkHTTPFloor(b *testing.B) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = r.ParseForm()
+		writeJSON(w, http.StatusOK, map[string]any{"active": true, "sid": r.PostFormValue("token")})
+	}))
+	defer srv.Close()
+	tr := &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 256}
+	defer tr.CloseIdleConnections()
+	e := &benchEnv{issuer: srv.URL, client: &http.Client{Transport: tr}}
+	runParallel(b, func(_, _ int) error {
+		code, data, err := e.post("/", "application/x-www-form-urlencoded", []byte("token=abc"), func(*http.Request) {})
+		if err == nil && (code != http.StatusOK || !bytes.Contains(data, []byte(`"active":true`))) {
+			err = fmt.Errorf("floor: %d %s", code, data)
+		}
+		return err
+	})
 }

@@ -59,7 +59,7 @@ func (p *Provider) csrfToken(w http.ResponseWriter, r *http.Request) string {
 	tok := randomB64(24)
 	enc, err := p.cookies.Encode(csrfCookieName, tok)
 	if err == nil {
-		http.SetCookie(w, &http.Cookie{Name: csrfCookieName, Value: enc, Path: "/login",
+		http.SetCookie(w, &http.Cookie{Name: csrfCookieName, Value: enc, Path: "/",
 			HttpOnly: true, Secure: p.secure, SameSite: http.SameSiteStrictMode})
 	}
 	return tok

@@ -24,6 +24,7 @@ const frontchannelWait = 3 * time.Second
 type logoutTicket struct {
 	SID      string
 	Redirect string
+	ClientID string
 }
 
 // endAndFrontchannel ends session sid (RP-initiated logout: the person asked
@@ -49,15 +50,67 @@ func (p *Provider) endAndFrontchannel(ctx context.Context, sid string, req *op.E
 			return "", err
 		}
 	}
-	redirect := req.RedirectURI
-	if redirect == p.op.DefaultLogoutRedirectURI() {
-		redirect = ""
+	return p.logoutURL("/logged-out", logoutTicket{SID: sid, Redirect: p.validRedirect(req)})
+}
+
+// validRedirect is the post-logout redirect that zitadel validated against
+// the client's registration, or "" for none.
+func (p *Provider) validRedirect(req *op.EndSessionRequest) string {
+	if req.RedirectURI == p.op.DefaultLogoutRedirectURI() {
+		return ""
 	}
-	t, err := p.tickets.Encode("logout", logoutTicket{SID: sid, Redirect: redirect})
+	return req.RedirectURI
+}
+
+// logoutURL seals a ticket into a link to one of the logout pages.
+func (p *Provider) logoutURL(path string, t logoutTicket) (string, error) {
+	enc, err := p.tickets.Encode("logout", t)
 	if err != nil {
 		return "", err
 	}
-	return p.issuer() + "/logged-out?t=" + url.QueryEscape(t), nil
+	return p.issuer() + path + "?t=" + url.QueryEscape(enc), nil
+}
+
+type confirmView struct {
+	Title, Ticket, CSRF, Client, Back string
+}
+
+// logoutConfirm asks whether to sign out of every application, for an
+// end-session request that carried no id_token_hint.
+func (p *Provider) logoutConfirm(w http.ResponseWriter, r *http.Request) {
+	var t logoutTicket
+	raw := r.URL.Query().Get("t")
+	if p.tickets.Decode("logout", raw, &t) != nil || t.SID == "" {
+		p.messagePage(w, r, http.StatusBadRequest, "Sign-out link expired", "This sign-out link is unknown or has expired.")
+		return
+	}
+	p.render(w, r, http.StatusOK, "logout_confirm.html", confirmView{Title: "Sign out", Ticket: raw, CSRF: p.csrfToken(w, r),
+		Client: t.ClientID, Back: t.Redirect})
+}
+
+// logoutConfirmed ends the session once the person has confirmed, in the
+// browser whose session it is.
+func (p *Provider) logoutConfirmed(w http.ResponseWriter, r *http.Request) {
+	var t logoutTicket
+	raw := r.PostFormValue("t")
+	if p.tickets.Decode("logout", raw, &t) != nil || t.SID == "" || !p.checkCSRF(r) || p.sessionCookie(r) != t.SID {
+		p.messagePage(w, r, http.StatusBadRequest, "Sign-out link expired", "This sign-out form is unknown or has expired. Nothing was changed.")
+		return
+	}
+	initiator := "user"
+	if t.ClientID != "" {
+		initiator = t.ClientID
+	}
+	if err := p.tracker.End(r.Context(), t.SID, session.ReasonLogout, initiator); err != nil && !errors.Is(err, session.ErrNotFound) {
+		p.serverError(w, r, err)
+		return
+	}
+	target, err := p.logoutURL("/logged-out", logoutTicket{SID: t.SID, Redirect: t.Redirect})
+	if err != nil {
+		p.serverError(w, r, err)
+		return
+	}
+	http.Redirect(w, r, target, http.StatusFound)
 }
 
 func (p *Provider) endUserSessions(ctx context.Context, userID string, reason session.Reason, initiator string) error {

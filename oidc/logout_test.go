@@ -2,6 +2,7 @@ package oidc
 
 import (
 	"encoding/json"
+	"html"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -469,4 +470,41 @@ func TestDiscoveryAdvertisesLogoutSupport(t *testing.T) {
 		require.True(t, strings.HasPrefix(doc[k].(string), e.issuer), k)
 	}
 	require.Equal(t, []any{"S256"}, doc["code_challenge_methods_supported"])
+}
+
+func TestEndSessionWithoutHintAsksFirst(t *testing.T) {
+	e := newEnv(t)
+	b := e.browser()
+	mail := b.login(e.rp("mail"), "alice")
+	resp, err := b.client.Get(e.issuer + "/end_session?client_id=mail&post_logout_redirect_uri=" + url.QueryEscape("http://127.0.0.1:1/mail/"))
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	page := body(t, resp)
+	require.Contains(t, page, "Sign out everywhere")
+	require.True(t, active(t, e, mail.AccessToken), "nothing ends before the person confirms")
+
+	ticket := between(page, `name="t" value="`, `"`)
+	csrf := between(page, `name="csrf" value="`, `"`)
+	// Another browser (a forged cross-site post) cannot confirm it.
+	other := e.browser()
+	resp, err = other.client.PostForm(e.issuer+"/logout/confirm", url.Values{"t": {ticket}, "csrf": {csrf}})
+	require.NoError(t, err)
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	resp.Body.Close()
+	require.True(t, active(t, e, mail.AccessToken))
+
+	resp, err = b.client.PostForm(e.issuer+"/logout/confirm", url.Values{"t": {html.UnescapeString(ticket)}, "csrf": {csrf}})
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Contains(t, body(t, resp), `href="http://127.0.0.1:1/mail/"`)
+	require.False(t, active(t, e, mail.AccessToken))
+}
+
+func between(s, start, end string) string {
+	_, rest, ok := strings.Cut(s, start)
+	if !ok {
+		return ""
+	}
+	v, _, _ := strings.Cut(rest, end)
+	return v
 }

@@ -238,6 +238,8 @@ func (p *Provider) routes() http.Handler {
 	mux.HandleFunc("OPTIONS /activity", p.preflight)
 	mux.HandleFunc("OPTIONS /session", p.preflight)
 	mux.HandleFunc("GET /logged-out", p.loggedOut)
+	mux.HandleFunc("GET /logout/confirm", p.logoutConfirm)
+	mux.HandleFunc("POST /logout/confirm", p.logoutConfirmed)
 	mux.HandleFunc("GET /admin/sessions", p.admin(p.adminListSessions))
 	mux.HandleFunc("POST /admin/sessions/{sid}/end", p.admin(p.adminEndSession))
 	mux.HandleFunc("POST /admin/users/{user}/sessions/end", p.admin(p.adminEndUserSessions))

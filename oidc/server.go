@@ -105,18 +105,27 @@ func (s *server) UserInfo(ctx context.Context, r *op.Request[zoidc.UserInfoReque
 // EndSession is RP-initiated logout: it ends the browser's authentication
 // session (named by the id_token_hint's sid, or the session cookie) and all
 // its application sessions, then sends the browser through the
-// front-channel logout page.
+// front-channel logout page. Without an id_token_hint the person is asked
+// to confirm first.
 func (s *server) EndSession(ctx context.Context, r *op.Request[zoidc.EndSessionRequest]) (*op.Redirect, error) {
 	req, err := op.ValidateEndSessionRequest(ctx, r.Data, s.p.op)
 	if err != nil {
 		return nil, err
 	}
+	if req.IDTokenHintClaims == nil {
+		// Nothing ties this request to the session (it could come from any
+		// page): ask the person first (RP-Initiated Logout 1.0, section 2).
+		if sid := s.p.sessionCookie(&http.Request{Header: r.Header}); sid != "" {
+			target, err := s.p.logoutURL("/logout/confirm", logoutTicket{SID: sid, Redirect: s.p.validRedirect(req), ClientID: req.ClientID})
+			if err != nil {
+				return nil, err
+			}
+			return op.NewRedirect(target), nil
+		}
+	}
 	sid := ""
 	if req.IDTokenHintClaims != nil {
 		sid = req.IDTokenHintClaims.SessionID
-	}
-	if sid == "" {
-		sid = s.p.sessionCookie(&http.Request{Header: r.Header})
 	}
 	target, err := s.p.endAndFrontchannel(ctx, sid, req)
 	if err != nil {
