@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -201,6 +202,14 @@ func (p *Provider) showLogin(w http.ResponseWriter, r *http.Request, status int,
 	if len(v.Username) > 200 {
 		v.Username = ""
 	}
+	// The form posts here, and its answer redirects (through the callback)
+	// to the app: browsers apply form-action to that redirect too.
+	formAction := "'self'"
+	if u, err := url.Parse(req.RedirectURI); err == nil && u.Scheme != "" && u.Host != "" {
+		formAction += " " + u.Scheme + "://" + u.Host
+	}
+	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; img-src 'self'; form-action "+formAction+
+		"; frame-ancestors 'none'; base-uri 'none'")
 	p.render(w, r, status, "login.html", v)
 }
 

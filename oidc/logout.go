@@ -37,6 +37,21 @@ func (p *Provider) endAndFrontchannel(ctx context.Context, sid string, req *op.E
 		initiator = req.ClientID
 	}
 	if sid != "" {
+		if st, err := p.tracker.Session(ctx, sid); err == nil && !st.Active {
+			// Already over (the browser library sends the page here after an
+			// idle end): not the person asking to leave, so the end keeps its
+			// reason and exempt apps keep their sessions. An end the sweeper
+			// has not written yet is written now.
+			if err := p.tracker.End(ctx, sid, st.EndReason, "system"); err != nil {
+				return "", err
+			}
+			// An app that outlived the end (exempt) and asks to log out
+			// means it: its own session ends.
+			if err := p.endLiveApp(ctx, sid, req.ClientID); err != nil {
+				return "", err
+			}
+			return p.logoutURL("/logged-out", logoutTicket{SID: sid, Redirect: p.validRedirect(req)})
+		}
 		err := p.tracker.End(ctx, sid, session.ReasonLogout, initiator)
 		if err != nil && !errors.Is(err, session.ErrNotFound) {
 			return "", err
@@ -111,6 +126,24 @@ func (p *Provider) logoutConfirmed(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	http.Redirect(w, r, target, http.StatusFound)
+}
+
+// endLiveApp ends clientID's live application session in sid, if any, as
+// a logout by that client.
+func (p *Provider) endLiveApp(ctx context.Context, sid, clientID string) error {
+	if clientID == "" {
+		return nil
+	}
+	_, apps, err := p.store.AuthSession(ctx, sid)
+	if err != nil {
+		return err
+	}
+	for _, a := range apps {
+		if a.ClientID == clientID && a.Live() {
+			return p.tracker.EndApp(ctx, a.ID, session.ReasonLogout, clientID)
+		}
+	}
+	return nil
 }
 
 func (p *Provider) endUserSessions(ctx context.Context, userID string, reason session.Reason, initiator string) error {

@@ -508,3 +508,47 @@ func between(s, start, end string) string {
 	v, _, _ := strings.Cut(rest, end)
 	return v
 }
+
+// The browser library sends a page to end_session after an idle end: that is
+// not the person asking to leave, so exempt apps keep their sessions; but an
+// exempt app that asks to log out itself is logged out.
+func TestEndSessionAfterIdleEndKeepsExemptApps(t *testing.T) {
+	e, rs := newEnvWithReceivers(t, []string{"mail", "video"})
+	b := e.browser()
+	mail := b.login(e.rp("mail"), "alice")
+	video := b.login(e.rp("video"), "alice")
+	e.clock.Advance(30 * time.Minute) // idle; not swept yet
+
+	resp := b.endSession(mail, "", "")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	resp.Body.Close()
+	a, _, err := e.store.AuthSession(t.Context(), mail.sid)
+	require.NoError(t, err)
+	require.Equal(t, session.ReasonIdleTimeout, a.EndReason, "the end keeps its reason")
+	require.True(t, active(t, e, video.AccessToken), "the exempt app goes on")
+
+	resp = b.endSession(video, "", "")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	resp.Body.Close()
+	require.False(t, active(t, e, video.AccessToken), "the exempt app asked to leave")
+	e.deliver()
+	require.Equal(t, "idle_timeout", rs["mail"].tokens()[0].Reason)
+	require.Equal(t, "logout", rs["video"].tokens()[0].Reason)
+}
+
+func TestHeartbeatAfterTheEndSaysWhy(t *testing.T) {
+	e := newEnv(t)
+	tok := e.browser().login(e.rp("bank"), "alice")
+	e.clock.Advance(5 * time.Minute)
+	code, out := e.bearerCall(http.MethodPost, "/activity", tok.AccessToken, "")
+	require.Equal(t, http.StatusUnauthorized, code)
+	require.Equal(t, "idle_timeout", out["reason"])
+}
+
+func TestLoginPageAllowsTheFormToReachTheApp(t *testing.T) {
+	e := newEnv(t)
+	resp, _, _ := e.browser().authorize(e.rp("mail"))
+	resp.Body.Close()
+	require.Contains(t, resp.Header.Get("Content-Security-Policy"), "form-action 'self' http://127.0.0.1:1;",
+		"browsers apply form-action to the redirect that follows the post")
+}

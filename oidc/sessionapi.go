@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/idleguard/idleguard/session"
 	"io"
 	"math"
 	"net/http"
@@ -60,9 +61,15 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-func writeBearerError(w http.ResponseWriter, desc string) {
+// writeBearerError answers 401 (RFC 6750). When the token is refused because
+// its session is over, reason says why, so that a page can tell the person.
+func writeBearerError(w http.ResponseWriter, desc string, reason ...session.Reason) {
 	w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token", error_description="`+desc+`"`)
-	writeJSON(w, http.StatusUnauthorized, map[string]any{"error": "invalid_token", "error_description": desc, "active": false})
+	body := map[string]any{"error": "invalid_token", "error_description": desc, "active": false}
+	if len(reason) > 0 && reason[0] != "" {
+		body["reason"] = reason[0]
+	}
+	writeJSON(w, http.StatusUnauthorized, body)
 }
 
 // getSession reports the status of the bearer token's session. It is never
@@ -166,8 +173,16 @@ func (p *Provider) postActivity(w http.ResponseWriter, r *http.Request, id strin
 		}
 	}
 	st, err := p.useToken(r.Context(), id, activity.Heartbeat, at)
+	if errors.Is(err, errTokenExpired) {
+		// Learn why, if it is the session that is over (a page woken from sleep).
+		if over, oerr := p.sessionOfExpiredToken(r.Context(), id); errors.Is(oerr, activity.ErrSessionOver) {
+			st, err = over, oerr
+		}
+	}
 	switch {
-	case errors.Is(err, activity.ErrSessionOver) || isTokenError(err):
+	case errors.Is(err, activity.ErrSessionOver):
+		writeBearerError(w, err.Error(), st.EndReason)
+	case isTokenError(err):
 		writeBearerError(w, err.Error())
 	case err != nil:
 		p.serverError(w, r, err)

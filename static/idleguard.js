@@ -252,7 +252,13 @@ export class IdleGuard {
         method, headers, body, mode: 'cors', credentials: 'omit', cache: 'no-store',
         signal: AbortSignal.timeout?.(15000),
       });
-      if (res.status === 401) { if (retry) throw new SessionOver('invalid_token'); continue; }
+      if (res.status === 401) {
+        // A 401 that names the reason means the session itself is over: no token can help.
+        const reason = (await res.json().catch(() => ({}))).reason;
+        if (reason) throw new SessionOver(reason);
+        if (retry) throw new SessionOver('invalid_token');
+        continue;
+      }
       if (!res.ok) throw new Error(`${method} ${path}: HTTP ${res.status}`);
       return res.json();
     }
