@@ -26,9 +26,9 @@ test-go: ## Run the Go tests with the race detector.
 
 .PHONY: test-browser
 test-browser: ## Run the browser tests (Playwright driving /usr/bin/chromium).
-	@if [ ! -x /usr/bin/chromium ]; then \
-		if [ -n "$$IDLEGUARD_REQUIRE_BROWSER" ]; then echo "browser tests: /usr/bin/chromium is missing (apt-get install chromium)"; exit 1; fi; \
-		echo "browser tests skipped: /usr/bin/chromium is missing (apt-get install chromium)"; exit 0; fi; \
+	@if [ ! -x /usr/bin/chromium ] || ! command -v npm >/dev/null; then \
+		if [ -n "$$IDLEGUARD_REQUIRE_BROWSER" ]; then echo "browser tests: /usr/bin/chromium or npm is missing (apt-get install chromium npm)"; exit 1; fi; \
+		echo "browser tests skipped: /usr/bin/chromium or npm is missing (apt-get install chromium npm)"; exit 0; fi; \
 	cd $(BROWSER_TESTS) && npm ci --no-audit --no-fund --loglevel=error && npm test
 
 .PHONY: lint
@@ -41,6 +41,8 @@ fmt: ## Format the Go code.
 	gofmt -w $$(git ls-files '*.go')
 
 .PHONY: bench
-bench: ## Run the benchmarks and a short load run (figures in README).
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./activity ./session ./oidc
+bench: ## Short benchmarks and a 10s load run (BENCHTIME=3s to lengthen; figures and long runs in README).
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(or $(BENCHTIME),1s) ./session ./oidc
+	$(GO) test -run '^$$' -bench 'SweepNothingDue' -benchmem -benchtime 1000x ./activity
+	$(GO) test -run '^$$' -bench 'SweepEndIdle/10k' -benchtime 1x ./activity
 	$(GO) run ./cmd/idleguard-load -duration 10s

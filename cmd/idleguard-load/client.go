@@ -12,6 +12,7 @@ import (
 	"net/http/cookiejar"
 	"net/url"
 	"regexp"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,8 +60,9 @@ type loadSession struct {
 }
 
 func newLoadClient(p *provider, concurrency int) *loadClient {
+	conns := max(concurrency, signInWorkers())
 	tr := &http.Transport{
-		MaxIdleConns: concurrency + 8, MaxIdleConnsPerHost: concurrency + 8,
+		MaxIdleConns: conns, MaxIdleConnsPerHost: conns,
 		IdleConnTimeout: time.Minute, ResponseHeaderTimeout: 30 * time.Second,
 	}
 	c := &loadClient{p: p, tr: tr, rt: loopbackOnly{host: p.host, next: tr}, timeout: 30 * time.Second}
@@ -80,6 +82,10 @@ func newLoadClient(p *provider, concurrency int) *loadClient {
 	c.ssoURL = c.sso.AuthCodeURL("sso", oauth2.S256ChallengeOption(c.verifier))
 	return c
 }
+
+// signInWorkers is how many people are signed in at once before the run:
+// two per core.
+func signInWorkers() int { return 2 * runtime.NumCPU() }
 
 // newBrowser follows redirects within the provider and stops at the first
 // one that leaves it (the relying party's redirect URI, never requested).
@@ -252,6 +258,18 @@ func (c *loadClient) bearer(ctx context.Context, method, path string, s *loadSes
 	return nil
 }
 
+func (c *loadClient) health(ctx context.Context) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.p.issuer+"/healthz", nil)
+	code, data, err := c.do(req)
+	if err != nil {
+		return err
+	}
+	if code != http.StatusOK {
+		return fmt.Errorf("healthz: %d %.120s", code, data)
+	}
+	return nil
+}
+
 // refresh rotates the session's refresh token; the caller holds s.mu.
 func (c *loadClient) refresh(ctx context.Context, s *loadSession) error {
 	form := url.Values{"grant_type": {"refresh_token"}, "refresh_token": {s.refresh}}
@@ -319,6 +337,8 @@ func (c *loadClient) op(ctx context.Context, k kind, sessions []*loadSession, rn
 		err = c.bearer(ctx, http.MethodGet, "/session", s, activeTrue)
 	case kindUserinfo:
 		err = c.bearer(ctx, http.MethodGet, "/userinfo", s, nil)
+	case kindHealth:
+		err = c.health(ctx)
 	case kindRefresh:
 		err = c.refresh(ctx, s)
 	case kindSSO:

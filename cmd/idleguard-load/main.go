@@ -27,7 +27,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -151,11 +150,13 @@ func load(ctx context.Context, o options, dir string, stdout, stderr io.Writer) 
 		}
 	}()
 	rssStart := prov.memory()
-	logf("provider pid %d on %s (%s, %s access tokens), RSS %s", prov.cmd.Process.Pid, prov.issuer, o.alg, o.token, mb(rssStart.rss))
+	logf("provider pid %d on %s (%s, %s access tokens), RSS %s, peak so far %s", prov.cmd.Process.Pid, prov.issuer, o.alg, o.token,
+		mb(rssStart.rss), mb(rssStart.peak))
+	peakReset := prov.resetPeak()
 
 	c := newLoadClient(prov, o.concurrency)
 	start = time.Now()
-	sessions, err := c.signInAll(setupCtx, o.sessions, 2*runtime.NumCPU(), stderr)
+	sessions, err := c.signInAll(setupCtx, o.sessions, signInWorkers(), stderr)
 	if err != nil {
 		return err
 	}
@@ -177,7 +178,7 @@ func load(ctx context.Context, o options, dir string, stdout, stderr io.Writer) 
 	db := prov.dbSize()
 
 	report(stdout, reportData{
-		opts: o, res: res, signIn: signInTime, rssStart: rssStart, rssSignedIn: rssSignedIn, rssEnd: mem,
+		opts: o, res: res, signIn: signInTime, rssStart: rssStart, rssSignedIn: rssSignedIn, rssEnd: mem, peakReset: peakReset,
 		providerCPU: provCPU, loadCPU: selfCPU, db: db,
 	})
 	if res.interrupted {

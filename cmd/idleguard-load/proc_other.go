@@ -15,6 +15,8 @@ type memInfo struct{ rss, peak int64 }
 
 func (p *provider) memory() memInfo { return memInfo{} }
 
+func (p *provider) resetPeak() bool { return false }
+
 func (p *provider) cpuTime() time.Duration { return 0 }
 
 func selfCPUTime() time.Duration { return 0 }
