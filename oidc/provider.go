@@ -353,38 +353,42 @@ func (p *Provider) useToken(ctx context.Context, tokenID string, src activity.So
 	return st, nil
 }
 
-// introspect answers RFC 7662 for a token id, counting introspection activity.
-func (p *Provider) introspect(ctx context.Context, resp *zoidc.IntrospectionResponse, tokenID, _ string) error {
+// introspection is the RFC 7662 answer, flat so that it is encoded once.
+type introspection struct {
+	Active    bool     `json:"active"`
+	Scope     string   `json:"scope,omitempty"`
+	ClientID  string   `json:"client_id,omitempty"`
+	TokenType string   `json:"token_type,omitempty"`
+	Exp       int64    `json:"exp,omitempty"`
+	AuthTime  int64    `json:"auth_time,omitempty"`
+	Subject   string   `json:"sub,omitempty"`
+	Audience  []string `json:"aud,omitempty"`
+	Issuer    string   `json:"iss,omitempty"`
+	SID       string   `json:"sid,omitempty"`
+}
+
+// introspect answers RFC 7662 for a token id, counting introspection
+// activity for a person's token.
+func (p *Provider) introspect(ctx context.Context, tokenID string) (introspection, error) {
 	id, err := parseTokenID(tokenID)
 	if err != nil {
-		return errTokenInvalid
+		return introspection{}, errTokenInvalid
 	}
 	if id.appSessionID == "" {
 		if _, revoked := p.revoked.Load(tokenID); revoked || !p.now().Before(id.expires) {
-			return errTokenExpired
+			return introspection{}, errTokenExpired
 		}
 		if _, ok := p.clients[id.clientID]; !ok {
-			return errTokenInvalid
+			return introspection{}, errTokenInvalid
 		}
-		resp.ClientID, resp.Subject = id.clientID, id.clientID
-		resp.Audience = []string{id.clientID}
-		resp.Expiration = zoidc.FromTime(id.expires)
-		resp.TokenType = zoidc.BearerToken
-		resp.Issuer = p.issuer()
-		return nil
+		return introspection{ClientID: id.clientID, Subject: id.clientID, Audience: []string{id.clientID},
+			Exp: id.expires.Unix(), TokenType: zoidc.BearerToken, Issuer: p.issuer()}, nil
 	}
 	st, err := p.useToken(ctx, tokenID, activity.Introspection, time.Time{})
 	if err != nil {
-		return err
+		return introspection{}, err
 	}
-	resp.Scope = st.Scopes
-	resp.ClientID = st.ClientID
-	resp.Subject = st.UserID
-	resp.Audience = []string{st.ClientID}
-	resp.Expiration = zoidc.FromTime(id.expires)
-	resp.AuthTime = zoidc.FromTime(st.AuthTime)
-	resp.TokenType = zoidc.BearerToken
-	resp.Issuer = p.issuer()
-	resp.Claims = map[string]any{"sid": st.SID}
-	return nil
+	return introspection{Scope: strings.Join(st.Scopes, " "), ClientID: st.ClientID, Subject: st.UserID,
+		Audience: []string{st.ClientID}, Exp: id.expires.Unix(), AuthTime: st.AuthTime.Unix(),
+		TokenType: zoidc.BearerToken, Issuer: p.issuer(), SID: st.SID}, nil
 }

@@ -59,19 +59,20 @@ func (s *server) Introspect(ctx context.Context, r *op.Request[op.IntrospectionR
 	if err := (storage{s.p}).AuthorizeClientIDSecret(ctx, cc.ClientID, cc.ClientSecret); err != nil {
 		return nil, op.NewStatusError(err, http.StatusUnauthorized)
 	}
-	resp := new(zoidc.IntrospectionResponse)
+	inactive := op.NewResponse(introspection{})
 	if r.Data.IntrospectionRequest == nil {
-		return op.NewResponse(resp), nil
+		return inactive, nil
 	}
 	id, err := s.p.accessTokenID(r.Data.Token)
 	if err != nil {
-		return op.NewResponse(resp), nil
+		return inactive, nil
 	}
-	if err := s.p.introspect(ctx, resp, id, cc.ClientID); err != nil {
+	resp, err := s.p.introspect(ctx, id)
+	if err != nil {
 		if !isTokenError(err) {
 			return nil, err
 		}
-		return op.NewResponse(new(zoidc.IntrospectionResponse)), nil
+		return inactive, nil
 	}
 	resp.Active = true
 	return op.NewResponse(resp), nil
@@ -174,6 +175,9 @@ func (p *Provider) accessTokenID(token string) (string, error) {
 	if strings.Count(token, ".") != 4 { // opaque tokens are compact JWE (AES-256-GCM)
 		return "", errTokenInvalid
 	}
+	if id, ok := p.verified.get(token); ok {
+		return id, nil
+	}
 	plain, err := p.op.Crypto().Decrypt(token)
 	if err != nil {
 		return "", errTokenInvalid
@@ -181,6 +185,9 @@ func (p *Provider) accessTokenID(token string) (string, error) {
 	id, _, ok := strings.Cut(plain, ":")
 	if !ok {
 		return "", errTokenInvalid
+	}
+	if tid, err := parseTokenID(id); err == nil {
+		p.verified.put(token, id, tid.expires)
 	}
 	return id, nil
 }

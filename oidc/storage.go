@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -411,10 +412,17 @@ func (s storage) SetUserinfoFromToken(ctx context.Context, info *zoidc.UserInfo,
 	return s.p.fillUserinfo(ctx, info, st.UserID, st.Scopes)
 }
 
-// SetIntrospectionFromToken is reached only through the introspection
-// endpoint, which Server.Introspect handles itself.
-func (s storage) SetIntrospectionFromToken(ctx context.Context, resp *zoidc.IntrospectionResponse, tokenID, _, clientID string) error {
-	return s.p.introspect(ctx, resp, tokenID, clientID)
+// SetIntrospectionFromToken is never reached: Server.Introspect answers the
+// introspection endpoint itself. It fills resp the same way for
+// completeness of the op.Storage contract.
+func (s storage) SetIntrospectionFromToken(ctx context.Context, resp *zoidc.IntrospectionResponse, tokenID, _, _ string) error {
+	in, err := s.p.introspect(ctx, tokenID)
+	if err != nil {
+		return err
+	}
+	resp.Scope, resp.ClientID, resp.Subject, resp.Audience = strings.Fields(in.Scope), in.ClientID, in.Subject, in.Audience
+	resp.Expiration, resp.TokenType, resp.Issuer = zoidc.FromTime(time.Unix(in.Exp, 0)), in.TokenType, in.Issuer
+	return nil
 }
 
 func (s storage) GetPrivateClaimsFromScopes(context.Context, string, string, []string) (map[string]any, error) {

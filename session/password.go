@@ -6,7 +6,9 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
+	"sync"
 
 	"golang.org/x/crypto/argon2"
 )
@@ -43,16 +45,27 @@ func HashPasswordWithParams(password string, time, memoryKiB uint32, threads uin
 }
 
 // dummyHash is verified against when a user does not exist, so that the
-// response time does not tell which usernames exist.
-var dummyHash, _ = HashPassword("idleguard-dummy-password")
+// response time does not tell which usernames exist. It is made on first
+// use: computing it at start-up cost 64 MiB of peak memory for nothing.
+var dummyHash = sync.OnceValue(func() string {
+	h, _ := HashPassword("idleguard-dummy-password")
+	return h
+})
+
+// verifySlots bounds concurrent argon2id verifications, each of which holds
+// its memory cost (64 MiB by default): a burst of sign-ins waits instead of
+// multiplying the provider's memory.
+var verifySlots = make(chan struct{}, max(2, runtime.GOMAXPROCS(0)))
 
 // VerifyPassword reports whether password matches an argon2id PHC hash. An
 // empty hash (unknown user) still costs one argon2id computation.
 func VerifyPassword(hash, password string) bool {
 	if hash == "" {
-		hash = dummyHash
+		hash = dummyHash()
 		password += "\x00never"
 	}
+	verifySlots <- struct{}{}
+	defer func() { <-verifySlots }()
 	parts := strings.Split(hash, "$")
 	if len(parts) != 6 || parts[1] != "argon2id" {
 		return false
