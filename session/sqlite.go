@@ -23,6 +23,8 @@ import (
 type SQLite struct {
 	w *sql.DB
 	r *sql.DB
+
+	userByID *sql.Stmt // on every refresh and userinfo: prepared once
 }
 
 // OpenSQLite opens (creating if needed) and migrates the database at path.
@@ -51,12 +53,21 @@ func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
 	}
 	r.SetMaxOpenConns(8)
 	r.SetMaxIdleConns(8)
-	return &SQLite{w: w, r: r}, nil
+	s := &SQLite{w: w, r: r}
+	if s.userByID, err = r.PrepareContext(ctx, `SELECT `+userCols+` FROM users WHERE id = ?`); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("prepare: %w", err)
+	}
+	return s, nil
 }
 
 // Close closes both connection pools.
 func (s *SQLite) Close() error {
-	return errors.Join(s.r.Close(), s.w.Close())
+	var err error
+	if s.userByID != nil {
+		err = s.userByID.Close()
+	}
+	return errors.Join(err, s.r.Close(), s.w.Close())
 }
 
 // Ping checks that the database answers.
@@ -180,7 +191,7 @@ func (s *SQLite) UserByUsername(ctx context.Context, username string) (*User, er
 
 // UserByID looks a user up by subject identifier.
 func (s *SQLite) UserByID(ctx context.Context, id string) (*User, error) {
-	return scanUser(s.r.QueryRowContext(ctx, `SELECT `+userCols+` FROM users WHERE id = ?`, id))
+	return scanUser(s.userByID.QueryRowContext(ctx, id))
 }
 
 // ListUsers returns every user ordered by username.
