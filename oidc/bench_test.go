@@ -18,7 +18,6 @@ package oidc
 import (
 	"bytes"
 	"context"
-	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -41,6 +40,7 @@ import (
 
 	"github.com/idleguard/idleguard/activity"
 	"github.com/idleguard/idleguard/session"
+	"github.com/idleguard/idleguard/session/seed"
 )
 
 // withKeyAlgorithm selects the signing algorithm (RS256, ES256, EdDSA).
@@ -471,54 +471,12 @@ func BenchmarkAuthorizeSSO(b *testing.B) {
 	})
 }
 
-// seedLiveSessions inserts n live authentication sessions of clientID
-// directly with SQL (one transaction): each with one application session,
-// one refresh chain and its session_start and app_join audit events, last
-// active within the last 25 minutes. Nothing is loaded into the provider's
-// memory until used.
+// seedLiveSessions inserts n live sessions of clientID, last active within
+// the last 25 minutes with a 30m limit. Nothing is loaded into the
+// provider's memory until used.
 func seedLiveSessions(ctx context.Context, path string, n int, clientID string, now time.Time) error {
-	q := url.Values{}
-	for _, p := range []string{"journal_mode(WAL)", "busy_timeout(10000)", "synchronous(OFF)", "cache_size(-262144)"} {
-		q.Add("_pragma", p)
-	}
-	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	db.SetMaxOpenConns(1)
-	nowMS, hour := now.UnixMilli(), time.Hour.Milliseconds()
-	tx, err := db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	for _, s := range []string{
-		`CREATE TEMP TABLE seeded (n INTEGER PRIMARY KEY, sid TEXT NOT NULL, app TEXT NOT NULL, la INTEGER NOT NULL)`,
-		fmt.Sprintf(`WITH RECURSIVE seq(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM seq WHERE n + 1 < %d)
-			INSERT INTO temp.seeded SELECT n, lower(hex(randomblob(11))), lower(hex(randomblob(6))), %d - (n * 7919) %% %d FROM seq`,
-			n, nowMS, (25 * time.Minute).Milliseconds()),
-		fmt.Sprintf(`INSERT INTO auth_sessions (id, user_id, auth_time, amr, last_active_at, idle_limit_ms, absolute_deadline, deadline)
-			SELECT sid, 'seed-user-' || n, la - %[1]d, 'pwd', la, %[2]d, la - %[1]d + %[3]d, la + %[2]d FROM temp.seeded`,
-			hour, (30 * time.Minute).Milliseconds(), (12 * time.Hour).Milliseconds()),
-		fmt.Sprintf(`INSERT INTO app_sessions (id, auth_session_id, client_id, scopes, idle_exempt, joined_at, last_active_at)
-			SELECT sid || '.' || app, sid, '%s', 'openid profile email offline_access', 0, la - %d, la FROM temp.seeded`, clientID, hour),
-		fmt.Sprintf(`INSERT INTO refresh_chains (id, app_session_id, gen, created_at)
-			SELECT lower(hex(randomblob(6))), sid || '.' || app, 1 + n %% 7, la - %d FROM temp.seeded`, hour),
-		fmt.Sprintf(`INSERT INTO audit_events (at, kind, user_id, sid, client_id, detail)
-			SELECT la - %[1]d, 'session_start', 'seed-user-' || n, sid, '', 'seeded' FROM temp.seeded
-			UNION ALL SELECT la - %[1]d, 'app_join', 'seed-user-' || n, sid, '%[2]s', 'seeded' FROM temp.seeded`, hour, clientID),
-		`DROP TABLE temp.seeded`,
-	} {
-		if _, err := tx.ExecContext(ctx, s); err != nil {
-			return fmt.Errorf("seed: %w", err)
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		return err
-	}
-	_, err = db.ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`)
-	return err
+	return seed.Sessions(ctx, path, n, seed.Options{ClientID: clientID, Now: now, LastActiveWithin: 25 * time.Minute,
+		IdleLimit: 30 * time.Minute, MaxLifetime: 12 * time.Hour, Note: "seeded"})
 }
 
 // BenchmarkHTTPFloor is the same client, transport and parallelism against
