@@ -116,6 +116,33 @@ func NewID() string {
 	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
+// scanner is a *sql.Row or *sql.Rows.
+type scanner interface{ Scan(...any) error }
+
+// queryAll runs q on the read pool and scans every row.
+func queryAll[T any](ctx context.Context, db *sql.DB, scan func(scanner) (T, error), q string, args ...any) ([]T, error) {
+	rows, err := db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+func scanString(row scanner) (string, error) {
+	var v string
+	err := row.Scan(&v)
+	return v, err
+}
+
 func (s *SQLite) tx(ctx context.Context, fn func(*sql.Tx) error) error {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
@@ -171,7 +198,7 @@ func (s *SQLite) CreateUser(ctx context.Context, u *User) error {
 
 const userCols = `id, username, password_hash, name, email, email_verified, created_at`
 
-func scanUser(row interface{ Scan(...any) error }) (*User, error) {
+func scanUser(row scanner) (*User, error) {
 	var u User
 	var created int64
 	if err := row.Scan(&u.ID, &u.Username, &u.PasswordHash, &u.Name, &u.Email, &u.EmailVerified, &created); err != nil {
@@ -196,20 +223,7 @@ func (s *SQLite) UserByID(ctx context.Context, id string) (*User, error) {
 
 // ListUsers returns every user ordered by username.
 func (s *SQLite) ListUsers(ctx context.Context) ([]*User, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT `+userCols+` FROM users ORDER BY username`)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []*User
-	for rows.Next() {
-		u, err := scanUser(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, u)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, s.r, scanUser, `SELECT `+userCols+` FROM users ORDER BY username`)
 }
 
 // SetPassword replaces a user's password hash.
@@ -270,7 +284,7 @@ func (s *SQLite) Reauthenticate(ctx context.Context, a *AuthSession) error {
 
 const authCols = `id, user_id, auth_time, amr, last_active_at, idle_limit_ms, absolute_deadline, deadline, ended_at, end_reason, ended_by`
 
-func scanAuth(row interface{ Scan(...any) error }) (*AuthSession, error) {
+func scanAuth(row scanner) (*AuthSession, error) {
 	var a AuthSession
 	var authTime, last, limit, abs, deadline int64
 	var amr string
@@ -293,7 +307,7 @@ func scanAuth(row interface{ Scan(...any) error }) (*AuthSession, error) {
 
 const appCols = `id, auth_session_id, client_id, scopes, idle_exempt, joined_at, last_active_at, deadline, ended_at, end_reason`
 
-func scanApp(row interface{ Scan(...any) error }) (*AppSession, error) {
+func scanApp(row scanner) (*AppSession, error) {
 	var a AppSession
 	var scopes string
 	var joined, last int64
@@ -337,39 +351,19 @@ func (s *SQLite) AuthSessions(ctx context.Context, ids []string) ([]*AuthSession
 		chunk := ids[:min(len(ids), 500)]
 		ids = ids[len(chunk):]
 		in, args := placeholders(chunk)
-		rows, err := s.r.QueryContext(ctx, `SELECT `+authCols+` FROM auth_sessions WHERE id IN (`+in+`)`, args...)
+		auths, err := queryAll(ctx, s.r, scanAuth, `SELECT `+authCols+` FROM auth_sessions WHERE id IN (`+in+`)`, args...)
 		if err != nil {
 			return nil, nil, err
 		}
-		for rows.Next() {
-			a, err := scanAuth(rows)
-			if err != nil {
-				rows.Close()
-				return nil, nil, err
-			}
-			out = append(out, a)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return nil, nil, err
-		}
-		byID := map[string]*AppSession{}
-		rows, err = s.r.QueryContext(ctx, `SELECT `+appCols+` FROM app_sessions WHERE auth_session_id IN (`+in+`) ORDER BY joined_at, id`, args...)
+		out = append(out, auths...)
+		list, err := queryAll(ctx, s.r, scanApp, `SELECT `+appCols+` FROM app_sessions WHERE auth_session_id IN (`+in+`) ORDER BY joined_at, id`, args...)
 		if err != nil {
 			return nil, nil, err
 		}
-		for rows.Next() {
-			a, err := scanApp(rows)
-			if err != nil {
-				rows.Close()
-				return nil, nil, err
-			}
+		byID := make(map[string]*AppSession, len(list))
+		for _, a := range list {
 			apps[a.AuthSessionID] = append(apps[a.AuthSessionID], a)
 			byID[a.ID] = a
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return nil, nil, err
 		}
 		if len(byID) == 0 {
 			continue
@@ -413,24 +407,13 @@ func (s *SQLite) loadChains(ctx context.Context, q string, byID map[string]*AppS
 }
 
 func (s *SQLite) appsOf(ctx context.Context, sid string) ([]*AppSession, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT `+appCols+` FROM app_sessions WHERE auth_session_id = ? ORDER BY joined_at, id`, sid)
-	if err != nil {
-		return nil, err
-	}
-	var out []*AppSession
-	byID := map[string]*AppSession{}
-	for rows.Next() {
-		a, err := scanApp(rows)
-		if err != nil {
-			rows.Close()
-			return nil, err
-		}
-		out = append(out, a)
-		byID[a.ID] = a
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil || len(out) == 0 {
+	out, err := queryAll(ctx, s.r, scanApp, `SELECT `+appCols+` FROM app_sessions WHERE auth_session_id = ? ORDER BY joined_at, id`, sid)
+	if err != nil || len(out) == 0 {
 		return out, err
+	}
+	byID := make(map[string]*AppSession, len(out))
+	for _, a := range out {
+		byID[a.ID] = a
 	}
 	err = s.loadChains(ctx, `SELECT c.id, c.app_session_id, c.gen FROM refresh_chains c
 		JOIN app_sessions a ON a.id = c.app_session_id WHERE a.auth_session_id = ?`, byID, sid)
@@ -526,20 +509,7 @@ func (s *SQLite) DueAppSessions(ctx context.Context, now time.Time, limit int) (
 }
 
 func (s *SQLite) ids(ctx context.Context, q string, args ...any) ([]string, error) {
-	rows, err := s.r.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		out = append(out, id)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, s.r, scanString, q, args...)
 }
 
 // EndSessions applies an End in one transaction: the authentication session
@@ -664,21 +634,8 @@ func (s *SQLite) SessionsOfUser(ctx context.Context, userID string, withEnded bo
 	if !withEnded {
 		q += ` AND ended_at IS NULL`
 	}
-	rows, err := s.r.QueryContext(ctx, q+` ORDER BY auth_time DESC`, userID)
+	out, err := queryAll(ctx, s.r, scanAuth, q+` ORDER BY auth_time DESC`, userID)
 	if err != nil {
-		return nil, nil, err
-	}
-	var out []*AuthSession
-	for rows.Next() {
-		a, err := scanAuth(rows)
-		if err != nil {
-			rows.Close()
-			return nil, nil, err
-		}
-		out = append(out, a)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
 		return nil, nil, err
 	}
 	apps := make(map[string][]*AppSession, len(out))
@@ -779,24 +736,15 @@ func (s *SQLite) AddSigningKey(ctx context.Context, k SigningKey, retireOthers t
 // SigningKeys returns the keys not yet retired at now, newest first. The
 // first one is the current signing key.
 func (s *SQLite) SigningKeys(ctx context.Context, now time.Time) ([]SigningKey, error) {
-	rows, err := s.r.QueryContext(ctx, `SELECT id, algorithm, private_key, created_at, retire_at FROM signing_keys
-		WHERE retire_at IS NULL OR retire_at > ? ORDER BY created_at DESC, rowid DESC`, ms(now))
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []SigningKey
-	for rows.Next() {
+	return queryAll(ctx, s.r, func(row scanner) (SigningKey, error) {
 		var k SigningKey
 		var created int64
 		var retire sql.NullInt64
-		if err := rows.Scan(&k.ID, &k.Algorithm, &k.PrivateDER, &created, &retire); err != nil {
-			return nil, err
-		}
+		err := row.Scan(&k.ID, &k.Algorithm, &k.PrivateDER, &created, &retire)
 		k.CreatedAt, k.RetireAt = fromMS(created), fromNullMS(retire)
-		out = append(out, k)
-	}
-	return out, rows.Err()
+		return k, err
+	}, `SELECT id, algorithm, private_key, created_at, retire_at FROM signing_keys
+		WHERE retire_at IS NULL OR retire_at > ? ORDER BY created_at DESC, rowid DESC`, ms(now))
 }
 
 // Secret returns the named secret, creating it with gen on first use.
@@ -820,7 +768,7 @@ func (s *SQLite) Secret(ctx context.Context, name string, gen func() []byte) ([]
 
 const outboxCols = `id, jti, client_id, uri, sid, subject, reason, created_at, next_attempt_at, attempts, last_error, delivered_at, abandoned_at`
 
-func scanOutbox(row interface{ Scan(...any) error }) (OutboxEntry, error) {
+func scanOutbox(row scanner) (OutboxEntry, error) {
 	var o OutboxEntry
 	var created, next int64
 	var delivered, abandoned sql.NullInt64
@@ -845,20 +793,7 @@ func (s *SQLite) Deliveries(ctx context.Context, sid string) ([]OutboxEntry, err
 }
 
 func (s *SQLite) outbox(ctx context.Context, q string, args ...any) ([]OutboxEntry, error) {
-	rows, err := s.r.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []OutboxEntry
-	for rows.Next() {
-		o, err := scanOutbox(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, o)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, s.r, scanOutbox, q, args...)
 }
 
 // DeliveryDone records a delivery's fate with its audit event: delivered
@@ -902,23 +837,14 @@ func (s *SQLite) Audit(ctx context.Context, f AuditFilter) ([]AuditEvent, error)
 	if limit <= 0 {
 		limit = 1000
 	}
-	rows, err := s.r.QueryContext(ctx, `SELECT id, at, kind, user_id, sid, client_id, reason, initiator, detail FROM audit_events
-		WHERE (? = '' OR user_id = ?) AND (? = '' OR sid = ?) ORDER BY at, id LIMIT ?`, f.UserID, f.UserID, f.SID, f.SID, limit)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []AuditEvent
-	for rows.Next() {
+	return queryAll(ctx, s.r, func(row scanner) (AuditEvent, error) {
 		var e AuditEvent
 		var at int64
-		if err := rows.Scan(&e.ID, &at, &e.Kind, &e.UserID, &e.SID, &e.ClientID, &e.Reason, &e.Initiator, &e.Detail); err != nil {
-			return nil, err
-		}
+		err := row.Scan(&e.ID, &at, &e.Kind, &e.UserID, &e.SID, &e.ClientID, &e.Reason, &e.Initiator, &e.Detail)
 		e.At = fromMS(at)
-		out = append(out, e)
-	}
-	return out, rows.Err()
+		return e, err
+	}, `SELECT id, at, kind, user_id, sid, client_id, reason, initiator, detail FROM audit_events
+		WHERE (? = '' OR user_id = ?) AND (? = '' OR sid = ?) ORDER BY at, id LIMIT ?`, f.UserID, f.UserID, f.SID, f.SID, limit)
 }
 
 // ReaderForTest exposes the read pool for tests that inspect raw rows.
