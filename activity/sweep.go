@@ -15,7 +15,13 @@ const evictAfter = 10 * time.Minute
 
 // Run starts the flush and sweep loops; they stop when ctx is done or Close
 // is called.
+//
+// First it tightens stored deadlines to the configuration in force, in case
+// it became stricter while the provider was down.
 func (t *Tracker) Run(ctx context.Context) {
+	if err := t.TightenDeadlines(ctx); err != nil {
+		t.cfg.Logger.ErrorContext(ctx, "tighten stored deadlines", "error", err)
+	}
 	t.done.Add(2)
 	go t.loop(ctx, t.cfg.FlushInterval, func(ctx context.Context) {
 		if err := t.Flush(ctx, false); err != nil {
@@ -57,6 +63,8 @@ func (t *Tracker) Close(ctx context.Context) error {
 // generation changed, or that the sweeper flagged (all of them when force).
 // It also evicts clean sessions unused for evictAfter.
 func (t *Tracker) Flush(ctx context.Context, force bool) error {
+	t.writeMu.Lock()
+	defer t.writeMu.Unlock()
 	now := t.cfg.Now()
 	type pending struct {
 		e   *entry
@@ -240,20 +248,39 @@ func (t *Tracker) planExpiry(ctx context.Context, sid string, now time.Time) ([]
 		if !a.Live() || d.IsZero() || now.Before(d) {
 			continue
 		}
-		reason := session.ReasonAppIdleTimeout
-		if a.policy.Exempt {
-			reason = session.ReasonIdleTimeout
-			if !now.Before(e.auth.AbsoluteDeadline) {
-				reason = session.ReasonMaxLifetime
-			}
-		}
-		end := session.End{At: now, Reason: reason, Initiator: "system", UserID: e.auth.UserID}
-		t.endApp(e, a, &end, now, reason)
-		ends = append(ends, end)
+		ends = append(ends, t.expireApp(e, a, now))
 		n++
 	}
 	if n == 0 {
 		e.forceFlush = true
 	}
 	return ends, n, nil
+}
+
+// expireApp marks an application session that is past its own deadline
+// ended in memory and returns the End to persist: app_idle_timeout, or for
+// an exempt app its own idle_timeout or max_lifetime. Callers hold the lock.
+func (t *Tracker) expireApp(e *entry, a *appState, now time.Time) session.End {
+	reason := session.ReasonAppIdleTimeout
+	if a.policy.Exempt {
+		reason = session.ReasonIdleTimeout
+		if !now.Before(e.auth.AbsoluteDeadline) {
+			reason = session.ReasonMaxLifetime
+		}
+	}
+	end := session.End{At: now, Reason: reason, Initiator: "system", UserID: e.auth.UserID}
+	t.endApp(e, a, &end, now, reason)
+	return end
+}
+
+// TightenDeadlines moves stored deadlines that the configuration in force
+// makes too late earlier; see session.SQLite.TightenDeadlines.
+func (t *Tracker) TightenDeadlines(ctx context.Context) error {
+	l := session.Limits{IdleTimeout: t.cfg.IdleTimeout, MaxLifetime: t.cfg.MaxLifetime, Clients: map[string]session.ClientLimits{}}
+	for _, id := range t.cfg.Clients {
+		if p, ok := t.cfg.Client(id); ok {
+			l.Clients[id] = session.ClientLimits{IdleTimeout: p.IdleTimeout, AppIdleTimeout: p.AppIdleTimeout, Exempt: p.Exempt}
+		}
+	}
+	return t.store.TightenDeadlines(ctx, l)
 }

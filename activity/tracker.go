@@ -45,6 +45,7 @@ type Store interface {
 	AuthSessions(ctx context.Context, ids []string) ([]*session.AuthSession, map[string][]*session.AppSession, error)
 	JoinApp(ctx context.Context, app *session.AppSession, auth session.ActivityUpdate, userID string) error
 	SetAppScopes(ctx context.Context, id string, scopes []string) error
+	TightenDeadlines(ctx context.Context, l session.Limits) error
 	AddRefreshChain(ctx context.Context, appSessionID, chainID string, gen uint64, at time.Time) error
 	FlushActivity(ctx context.Context, updates []session.ActivityUpdate) error
 	DueAuthSessions(ctx context.Context, now time.Time, limit int) ([]string, error)
@@ -63,6 +64,9 @@ type Config struct {
 	Now func() time.Time
 	// Client returns the policy of a client; ok is false for unknown clients.
 	Client func(clientID string) (ClientPolicy, bool)
+	// Clients lists every configured client id, so that Run can tighten
+	// stored deadlines to a stricter configuration.
+	Clients []string
 	// OnEnd is called (without locks held) after ends were committed, for
 	// example to wake the back-channel delivery worker.
 	OnEnd  func()
@@ -84,6 +88,12 @@ type Tracker struct {
 	store  Store
 	seed   maphash.Seed
 	shards [64]shard
+
+	// writeMu orders the writes that carry a session's limit and deadline
+	// (Join, Reauthenticate, Flush): each takes its snapshot under it, so a
+	// write computed from an older snapshot can never land after a newer one
+	// and leave a stored deadline later than the true one.
+	writeMu sync.Mutex
 
 	closeOnce sync.Once
 	stop      chan struct{}
@@ -247,6 +257,11 @@ func (t *Tracker) get(ctx context.Context, sid string) (*shard, *entry, error) {
 	sh := t.shard(sid)
 	sh.mu.Lock()
 	e, ok := sh.m[sid]
+	if ok {
+		// Marked used before the lock is released, so that Flush cannot
+		// evict an entry that a caller is about to work on.
+		e.lastUsed = t.cfg.Now()
+	}
 	sh.mu.Unlock()
 	if ok {
 		return sh, e, nil
@@ -261,7 +276,7 @@ func (t *Tracker) get(ctx context.Context, sid string) (*shard, *entry, error) {
 // install puts a session loaded from the store into memory, unless another
 // request loaded it first, and returns the entry in memory.
 func (t *Tracker) install(auth *session.AuthSession, apps []*session.AppSession) *entry {
-	ne := &entry{auth: *auth, persistedLast: auth.LastActiveAt, persistedLimit: auth.IdleLimit}
+	ne := &entry{auth: *auth, persistedLast: auth.LastActiveAt, persistedLimit: auth.IdleLimit, lastUsed: t.cfg.Now()}
 	for _, a := range apps {
 		pol, _ := t.cfg.Client(a.ClientID)
 		pol.Exempt = a.IdleExempt // the flag the app joined with stays with its session
@@ -510,6 +525,8 @@ func (t *Tracker) Start(ctx context.Context, userID string, amr []string) (Statu
 // Reauthenticate records a fresh sign-in into a valid session (prompt=login,
 // max_age): it counts as login activity and sets a new auth_time.
 func (t *Tracker) Reauthenticate(ctx context.Context, sid string, amr []string) (Status, error) {
+	t.writeMu.Lock()
+	defer t.writeMu.Unlock()
 	sh, e, err := t.get(ctx, sid)
 	if err != nil {
 		return Status{}, err
@@ -540,7 +557,9 @@ func (t *Tracker) Reauthenticate(ctx context.Context, sid string, amr []string) 
 // code or tokens). Joining a stricter app tightens the effective limit at
 // once, and that is written through.
 func (t *Tracker) Join(ctx context.Context, sid, clientID string, scopes []string) (Status, error) {
-	for attempt := 0; attempt < 2; attempt++ {
+	t.writeMu.Lock()
+	defer t.writeMu.Unlock()
+	for attempt := 0; attempt < 3; attempt++ {
 		sh, e, err := t.get(ctx, sid)
 		if err != nil {
 			return Status{}, err
@@ -567,6 +586,15 @@ func (t *Tracker) Join(ctx context.Context, sid, clientID string, scopes []strin
 			s := t.status(e, a, now)
 			sh.mu.Unlock()
 			return s, nil
+		}
+		if a := e.liveApp(clientID); a != nil {
+			// Past its own deadline but not swept yet: end it now, then join anew.
+			end := t.expireApp(e, a, now)
+			sh.mu.Unlock()
+			if err := t.commit(ctx, []session.End{end}); err != nil {
+				return Status{}, err
+			}
+			continue
 		}
 		pol, ok := t.cfg.Client(clientID)
 		if !ok {
@@ -620,16 +648,23 @@ func (t *Tracker) NewRefreshChain(ctx context.Context, appSessionID string) (str
 	if err != nil {
 		return "", 0, err
 	}
+	now := t.cfg.Now()
+	sh.mu.Lock()
+	a := e.app(appSessionID)
+	valid := a != nil && t.appValid(e, a, now)
+	sh.mu.Unlock()
+	if a == nil {
+		return "", 0, session.ErrNotFound
+	}
+	if !valid { // a code exchanged after the session ended gets nothing
+		return "", 0, ErrSessionOver
+	}
 	chain := randomSuffix()
-	if err := t.store.AddRefreshChain(ctx, appSessionID, chain, 1, t.cfg.Now()); err != nil {
+	if err := t.store.AddRefreshChain(ctx, appSessionID, chain, 1, now); err != nil {
 		return "", 0, err
 	}
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	a := e.app(appSessionID)
-	if a == nil {
-		return "", 0, session.ErrNotFound
-	}
 	a.RefreshChains[chain] = 1
 	a.persistedChains[chain] = 1
 	return chain, 1, nil

@@ -139,3 +139,31 @@ func TestSweepFlushesLaggingLiveSessions(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, n)
 }
+
+// TestStricterConfigurationTightensStoredDeadlines: a restart with a smaller
+// idle_timeout must let the sweeper find sessions by the new limit, even
+// those not in memory.
+func TestStricterConfigurationTightensStoredDeadlines(t *testing.T) {
+	c := &clock{t: time.Now().Truncate(time.Millisecond)}
+	path := filepath.Join(t.TempDir(), "a.db")
+	tr, _ := newTracker(t, path, c)
+	st, err := tr.Start(t.Context(), "u1", nil)
+	require.NoError(t, err)
+	_, err = tr.Join(t.Context(), st.SID, "mail", nil) // 10m
+	require.NoError(t, err)
+	require.NoError(t, tr.Close(t.Context()))
+
+	store, err := session.OpenSQLite(t.Context(), path)
+	require.NoError(t, err)
+	defer store.Close()
+	strict := New(Config{IdleTimeout: 2 * time.Minute, MaxLifetime: time.Hour, Now: c.Now, Clients: []string{"mail"},
+		Client: func(id string) (ClientPolicy, bool) { p, ok := policies[id]; return p, ok }}, store)
+	require.NoError(t, strict.TightenDeadlines(t.Context()))
+	c.Advance(2 * time.Minute)
+	ids, err := store.DueAuthSessions(t.Context(), c.Now(), 10)
+	require.NoError(t, err)
+	require.Equal(t, []string{st.SID}, ids, "found by the stricter 2m limit, not the stored 10m one")
+	n, err := strict.Sweep(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, 2, n)
+}

@@ -167,7 +167,11 @@ func (p *Provider) loginPage(w http.ResponseWriter, r *http.Request) {
 			p.serverError(w, r, err)
 			return
 		case err == nil && st.Active && !p.needsFreshLogin(req, st):
-			st, err = p.tracker.TouchSession(ctx, sid, req.ClientID, activity.SSO)
+			// prompt=none is how silent renew works (a hidden iframe on a
+			// timer): never activity, or a forgotten tab would stay signed in.
+			if !req.hasPrompt(zoidc.PromptNone) {
+				st, err = p.tracker.TouchSession(ctx, sid, req.ClientID, activity.SSO)
+			}
 			if err == nil && st.Active {
 				p.completeLogin(w, r, req, st)
 				return

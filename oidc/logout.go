@@ -203,7 +203,8 @@ func (p *Provider) loggedOut(w http.ResponseWriter, r *http.Request) {
 		seen := map[string]bool{}
 		for _, a := range apps {
 			c, ok := p.clients[a.ClientID]
-			if !ok || c.FrontchannelLogoutURI == "" || seen[c.ID] {
+			// An app whose session goes on (exempt, after an idle end) is not logged out.
+			if !ok || c.FrontchannelLogoutURI == "" || seen[c.ID] || a.Live() {
 				continue
 			}
 			seen[c.ID] = true

@@ -171,6 +171,9 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		return c.Policy, true
 	}
 	sess.OnEnd = p.wakeDelivery
+	for id := range p.clients {
+		sess.Clients = append(sess.Clients, id)
+	}
 	p.tracker = activity.New(sess, store)
 
 	if p.pages, err = templates.Parse(); err != nil {

@@ -494,6 +494,66 @@ func (s *SQLite) FlushActivity(ctx context.Context, updates []ActivityUpdate) er
 	})
 }
 
+// Limits are the idle policy in force, for TightenDeadlines.
+type Limits struct {
+	IdleTimeout time.Duration // provider ceiling
+	MaxLifetime time.Duration
+	Clients     map[string]ClientLimits
+}
+
+// ClientLimits are one client's limits.
+type ClientLimits struct {
+	IdleTimeout    time.Duration
+	AppIdleTimeout time.Duration
+	Exempt         bool
+}
+
+// TightenDeadlines lowers stored limits and deadlines that a stricter
+// configuration has made too late (a restart with a smaller idle_timeout or
+// max_lifetime, a client given a stricter idle_timeout or an
+// app_idle_timeout), so that the sweeper's index finds those sessions in
+// time. It only ever moves deadlines earlier: the in-memory policy, computed
+// from the configuration, stays the judge.
+func (s *SQLite) TightenDeadlines(ctx context.Context, l Limits) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		exec := func(q string, args ...any) error {
+			_, err := tx.ExecContext(ctx, q, args...)
+			return err
+		}
+		if err := exec(`UPDATE auth_sessions SET absolute_deadline = MIN(absolute_deadline, auth_time + ?1),
+			deadline = MIN(deadline, auth_time + ?1) WHERE ended_at IS NULL AND absolute_deadline > auth_time + ?1`, l.MaxLifetime.Milliseconds()); err != nil {
+			return err
+		}
+		if err := exec(`UPDATE auth_sessions SET idle_limit_ms = ?1, deadline = MIN(deadline, last_active_at + ?1)
+			WHERE ended_at IS NULL AND idle_limit_ms > ?1`, l.IdleTimeout.Milliseconds()); err != nil {
+			return err
+		}
+		for id, c := range l.Clients {
+			switch {
+			case c.Exempt && c.IdleTimeout > 0:
+				if err := exec(`UPDATE app_sessions SET deadline = MIN(COALESCE(deadline, last_active_at + ?1), last_active_at + ?1)
+					WHERE client_id = ?2 AND ended_at IS NULL AND idle_exempt = 1`, c.IdleTimeout.Milliseconds(), id); err != nil {
+					return err
+				}
+			case !c.Exempt && c.IdleTimeout > 0:
+				if err := exec(`UPDATE auth_sessions SET idle_limit_ms = ?1, deadline = MIN(deadline, last_active_at + ?1)
+					WHERE ended_at IS NULL AND idle_limit_ms > ?1 AND id IN
+					(SELECT auth_session_id FROM app_sessions WHERE client_id = ?2 AND ended_at IS NULL AND idle_exempt = 0)`,
+					c.IdleTimeout.Milliseconds(), id); err != nil {
+					return err
+				}
+			}
+			if !c.Exempt && c.AppIdleTimeout > 0 {
+				if err := exec(`UPDATE app_sessions SET deadline = MIN(COALESCE(deadline, last_active_at + ?1), last_active_at + ?1)
+					WHERE client_id = ?2 AND ended_at IS NULL AND idle_exempt = 0`, c.AppIdleTimeout.Milliseconds(), id); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
+
 // DueAuthSessions returns up to limit live authentication sessions whose
 // stored deadline is at or before now. It reads only the partial deadline
 // index, so it costs O(due), not O(sessions).
@@ -584,14 +644,16 @@ func (st *endStmts) end(ctx context.Context, e End) error {
 	// records the apps that ended with it in its own audit event; an app
 	// ending alone gets an event of its own.
 	var endedApps []string
+	endedNow := make(map[string]bool, len(e.AppSessions))
 	for _, app := range e.AppSessions {
 		res, err := st.app.ExecContext(ctx, at, string(e.Reason), app.ID)
 		if err != nil {
 			return fmt.Errorf("end app session %s: %w", app.ID, err)
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
-			continue
+			continue // already ended, and its logout already queued
 		}
+		endedNow[app.ClientID] = true
 		if e.AuthSessionID != "" {
 			endedApps = append(endedApps, app.ClientID)
 			continue
@@ -620,6 +682,9 @@ func (st *endStmts) end(ctx context.Context, e End) error {
 		}
 	}
 	for _, n := range e.Notices {
+		if !endedNow[n.ClientID] {
+			continue
+		}
 		if _, err := st.outbox.ExecContext(ctx, NewID(), n.ClientID, n.URI, n.SID, n.Subject, string(n.Reason), at, at); err != nil {
 			return fmt.Errorf("outbox %s: %w", n.ClientID, err)
 		}
@@ -628,11 +693,13 @@ func (st *endStmts) end(ctx context.Context, e End) error {
 }
 
 // SessionsOfUser lists a user's authentication sessions, newest first, with
-// their application sessions. Ended sessions are included when withEnded.
+// their application sessions. Without withEnded it lists those still in
+// force: live ones, and ended ones with a live application session (an
+// exempt app that outlived an idle end).
 func (s *SQLite) SessionsOfUser(ctx context.Context, userID string, withEnded bool) ([]*AuthSession, map[string][]*AppSession, error) {
 	q := `SELECT ` + authCols + ` FROM auth_sessions WHERE user_id = ?`
 	if !withEnded {
-		q += ` AND ended_at IS NULL`
+		q += ` AND (ended_at IS NULL OR EXISTS (SELECT 1 FROM app_sessions a WHERE a.auth_session_id = auth_sessions.id AND a.ended_at IS NULL))`
 	}
 	out, err := queryAll(ctx, s.r, scanAuth, q+` ORDER BY auth_time DESC`, userID)
 	if err != nil {
@@ -696,10 +763,12 @@ func (s *SQLite) SaveAuthCode(ctx context.Context, id, codeHash string) error {
 	return mustAffect(res, err, "auth request")
 }
 
-// AuthRequestByCode returns the request a code was issued for.
+// AuthRequestByCode returns the request a code was issued for and deletes
+// it in the same statement, so that a code is redeemed once even when two
+// exchanges race (RFC 6749 section 4.1.2).
 func (s *SQLite) AuthRequestByCode(ctx context.Context, codeHash string, now time.Time) (string, []byte, error) {
 	var id, data string
-	err := s.r.QueryRowContext(ctx, `SELECT id, data FROM auth_requests WHERE code_hash = ? AND expires_at > ?`, codeHash, ms(now)).Scan(&id, &data)
+	err := s.w.QueryRowContext(ctx, `DELETE FROM auth_requests WHERE code_hash = ? AND expires_at > ? RETURNING id, data`, codeHash, ms(now)).Scan(&id, &data)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", nil, fmt.Errorf("auth code: %w", ErrNotFound)
 	}

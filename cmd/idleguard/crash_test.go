@@ -160,10 +160,10 @@ clients:
 	startChild(t, bin, config)
 	require.Eventually(t, func() bool {
 		mu.Lock()
-		defer mu.Unlock()
-		return len(got) == 1
-	}, 15*time.Second, 50*time.Millisecond, "the logout is delivered after the restart")
-	var delivered int
-	require.NoError(t, reader.QueryRow(`SELECT COUNT(*) FROM logout_outbox WHERE delivered_at IS NOT NULL`).Scan(&delivered))
-	require.Equal(t, 1, delivered)
+		n := len(got)
+		mu.Unlock()
+		var delivered int
+		err := reader.QueryRow(`SELECT COUNT(*) FROM logout_outbox WHERE delivered_at IS NOT NULL`).Scan(&delivered)
+		return n >= 1 && err == nil && delivered == 1
+	}, 15*time.Second, 50*time.Millisecond, "the logout is delivered (and recorded) after the restart")
 }

@@ -236,12 +236,16 @@ func testEnd(t *testing.T, s Store) {
 func testOutbox(t *testing.T, s Store) {
 	ctx := t.Context()
 	a := newSession(t, s, "u1", t0.Add(time.Minute))
-	require.NoError(t, s.EndSessions(ctx, session.End{At: t0, Reason: session.ReasonLogout, AuthSessionID: a.ID,
+	appA, appB := join(t, s, a, "a", time.Minute), join(t, s, a, "b", time.Minute)
+	end := session.End{At: t0, Reason: session.ReasonLogout, AuthSessionID: a.ID,
+		AppSessions: []session.EndedApp{{ID: appA.ID, ClientID: "a"}, {ID: appB.ID, ClientID: "b"}},
 		Notices: []session.LogoutNotice{{ClientID: "a", URI: "https://a/bc", SID: a.ID, Subject: "u1", Reason: session.ReasonLogout},
-			{ClientID: "b", URI: "https://b/bc", SID: a.ID, Subject: "u1", Reason: session.ReasonLogout}}}))
+			{ClientID: "b", URI: "https://b/bc", SID: a.ID, Subject: "u1", Reason: session.ReasonLogout}}}
+	require.NoError(t, s.EndSessions(ctx, end))
+	require.NoError(t, s.EndSessions(ctx, end), "ending twice")
 	rows, err := s.DueDeliveries(ctx, t0, 10)
 	require.NoError(t, err)
-	require.Len(t, rows, 2)
+	require.Len(t, rows, 2, "one logout per app, however often its end is written")
 	require.NotEqual(t, rows[0].JTI, rows[1].JTI)
 	require.NoError(t, s.DeliveryDone(ctx, rows[0], t0, true, time.Time{}, ""))
 	require.NoError(t, s.DeliveryDone(ctx, rows[1], t0, false, t0.Add(time.Minute), "503"))

@@ -1,0 +1,80 @@
+package oidc
+
+import (
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/oauth2"
+)
+
+// Regression tests for defects a review found.
+
+func TestCodeExchangedAfterTheDeadlineGetsNothing(t *testing.T) {
+	e := newEnv(t)
+	b := e.browser()
+	bank := e.rp("bank")
+	b.login(bank, "alice")
+	resp, verifier, state := b.authorize(bank)
+	code := b.code(resp, state)
+	e.clock.Advance(6 * time.Minute) // the 5m session is over before the exchange
+	_, err := bank.oauth.Exchange(t.Context(), code, oauth2.VerifierOption(verifier))
+	requireOAuthError(t, err, "invalid_grant")
+}
+
+func TestAdminEndAllReachesExemptAppsThatOutlivedAnIdleEnd(t *testing.T) {
+	e := newEnv(t, withAdmin)
+	b := e.browser()
+	b.login(e.rp("mail"), "alice")
+	video := b.login(e.rp("video"), "alice")
+	e.clock.Advance(31 * time.Minute)
+	e.sweep()
+	require.True(t, active(t, e, video.AccessToken))
+	code, out := e.adminCall(http.MethodPost, "/admin/users/alice/sessions/end", adminToken)
+	require.Equal(t, http.StatusOK, code)
+	require.EqualValues(t, 1, out["ended"])
+	require.False(t, active(t, e, video.AccessToken))
+	_, err := video.rp.refresh(t, video.RefreshToken)
+	requireOAuthError(t, err, "invalid_grant")
+}
+
+func TestSignedOutPageSparesAppsWhoseSessionGoesOn(t *testing.T) {
+	e := newEnv(t, func(c *Config) {
+		for _, cl := range c.Clients {
+			cl.FrontchannelLogoutURI = "http://127.0.0.1:3/" + cl.ID + "/frontchannel-logout"
+		}
+	})
+	b := e.browser()
+	mail := b.login(e.rp("mail"), "alice")
+	b.login(e.rp("video"), "alice")
+	e.clock.Advance(31 * time.Minute) // idle end; video is exempt
+	resp := b.endSession(mail, "", "")
+	page := body(t, resp)
+	require.Contains(t, page, "/mail/frontchannel-logout")
+	require.NotContains(t, page, "/video/frontchannel-logout", "the exempt app's session goes on")
+}
+
+func TestSilentRenewIsNeverActivity(t *testing.T) {
+	e := newEnv(t)
+	b := e.browser()
+	tok := b.login(e.rp("mail"), "alice")
+	e.clock.Advance(10 * time.Minute)
+	resp, _, _ := b.authorize(e.rp("mail"), oauth2.SetAuthURLParam("prompt", "none"))
+	require.Equal(t, http.StatusFound, resp.StatusCode)
+	resp.Body.Close()
+	require.EqualValues(t, 20*60, e.status(tok.AccessToken)["idle_remaining"], "prompt=none did not restart the timer")
+}
+
+func TestOpeningAnAppAfterItsOwnIdleEndJoinsAnew(t *testing.T) {
+	e := newEnv(t)
+	b := e.browser()
+	mail := b.login(e.rp("mail"), "alice")
+	first := b.login(e.rp("lonely"), "alice") // app_idle_timeout 3m
+	e.clock.Advance(2 * time.Minute)
+	require.Equal(t, 200, e.heartbeat(mail.AccessToken))
+	e.clock.Advance(2 * time.Minute) // lonely is past its own deadline, not swept
+	again := b.login(e.rp("lonely"), "alice")
+	require.True(t, active(t, e, again.AccessToken))
+	require.False(t, active(t, e, first.AccessToken))
+}
