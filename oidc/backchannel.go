@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/idleguard/idleguard/session"
@@ -163,8 +162,7 @@ func (p *Provider) LogoutToken(o session.OutboxEntry) (string, error) {
 	if key == nil {
 		return "", fmt.Errorf("no signing key")
 	}
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: key.SignatureAlgorithm(), Key: &jose.JSONWebKey{Key: key.Key(), KeyID: key.ID()}},
-		(&jose.SignerOptions{}).WithType("logout+jwt"))
+	signer, err := p.signers.get(key, "logout+jwt")
 	if err != nil {
 		return "", err
 	}

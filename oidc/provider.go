@@ -80,6 +80,7 @@ type Provider struct {
 	limiter   *loginLimiter
 	revoked   sync.Map // access token id -> struct{}
 	verified  *verifiedCache
+	signers   signerCache
 	wake      chan struct{}
 	runCancel context.CancelFunc
 	running   sync.WaitGroup

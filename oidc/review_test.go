@@ -2,6 +2,7 @@ package oidc
 
 import (
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -77,4 +78,30 @@ func TestOpeningAnAppAfterItsOwnIdleEndJoinsAnew(t *testing.T) {
 	again := b.login(e.rp("lonely"), "alice")
 	require.True(t, active(t, e, again.AccessToken))
 	require.False(t, active(t, e, first.AccessToken))
+}
+
+func TestAccessTokensAreRFC9068(t *testing.T) {
+	e := newEnv(t)
+	tok := e.browser().login(e.rp("mail"), "alice")
+	parts := strings.Split(tok.AccessToken, ".")
+	require.Len(t, parts, 3)
+	hdr := decodeSegment(t, parts[0])
+	require.Equal(t, "at+jwt", hdr["typ"])
+	require.NotEmpty(t, hdr["kid"])
+	claims := decodeSegment(t, parts[1])
+	for _, k := range []string{"iss", "sub", "aud", "exp", "iat", "jti", "client_id", "scope", "auth_time", "sid"} {
+		require.Contains(t, claims, k)
+	}
+	require.Equal(t, "mail", claims["client_id"])
+	require.Equal(t, tok.sid, claims["sid"])
+}
+
+func TestConfidentialClientMustSendTheVerifierItsCodeWasBoundTo(t *testing.T) {
+	e := newEnv(t)
+	b := e.browser()
+	mail := e.rp("mail")
+	b.login(mail, "alice")
+	resp, _, state := b.authorize(mail) // with a code_challenge
+	_, err := mail.oauth.Exchange(t.Context(), b.code(resp, state)) // no code_verifier
+	requireOAuthError(t, err, "invalid_request")
 }
