@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
@@ -514,10 +515,28 @@ type ClientLimits struct {
 // app_idle_timeout), so that the sweeper's index finds those sessions in
 // time. It only ever moves deadlines earlier: the in-memory policy, computed
 // from the configuration, stays the judge.
+//
+// The policy is recorded, and a restart with the same one skips the scan.
 func (s *SQLite) TightenDeadlines(ctx context.Context, l Limits) error {
+	fingerprint, err := json.Marshal(l) // map keys are sorted: stable
+	if err != nil {
+		return err
+	}
+	var last string
+	err = s.r.QueryRowContext(ctx, `SELECT value FROM meta WHERE name = 'tightened_to'`).Scan(&last)
+	if err == nil && last == string(fingerprint) {
+		return nil
+	}
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return err
+	}
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		exec := func(q string, args ...any) error {
 			_, err := tx.ExecContext(ctx, q, args...)
+			return err
+		}
+		if err := exec(`INSERT INTO meta (name, value) VALUES ('tightened_to', ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value`,
+			string(fingerprint)); err != nil {
 			return err
 		}
 		if err := exec(`UPDATE auth_sessions SET absolute_deadline = MIN(absolute_deadline, auth_time + ?1),
