@@ -363,7 +363,9 @@ func (e *env) bearerCall(method, path, token, payload string, header ...string) 
 	e.t.Helper()
 	req, err := http.NewRequest(method, e.issuer+path, strings.NewReader(payload))
 	require.NoError(e.t, err)
-	req.Header.Set("Authorization", "Bearer "+token)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	if payload != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}

@@ -3,7 +3,6 @@ package oidc
 import (
 	"encoding/json"
 	"html"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -186,18 +185,7 @@ func (b *browser) endSession(tok *tokens, redirect, state string) *http.Response
 
 func (e *env) adminCall(method, path, token string) (int, map[string]any) {
 	e.t.Helper()
-	req, err := http.NewRequest(method, e.issuer+path, nil)
-	require.NoError(e.t, err)
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(e.t, err)
-	defer resp.Body.Close()
-	var out map[string]any
-	data, _ := io.ReadAll(resp.Body)
-	_ = json.Unmarshal(data, &out)
-	return resp.StatusCode, out
+	return e.bearerCall(method, path, token, "")
 }
 
 const adminToken = "admin-token-for-tests-0123456789"

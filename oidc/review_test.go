@@ -101,7 +101,7 @@ func TestConfidentialClientMustSendTheVerifierItsCodeWasBoundTo(t *testing.T) {
 	b := e.browser()
 	mail := e.rp("mail")
 	b.login(mail, "alice")
-	resp, _, state := b.authorize(mail) // with a code_challenge
+	resp, _, state := b.authorize(mail)                             // with a code_challenge
 	_, err := mail.oauth.Exchange(t.Context(), b.code(resp, state)) // no code_verifier
 	requireOAuthError(t, err, "invalid_request")
 }

@@ -231,57 +231,38 @@ const endBatch = 500 // the sweeper's batch (activity.sweepBatch)
 // session and one back-channel notice) in one transaction; ns/session is
 // the figure to multiply by 100,000.
 func BenchmarkEndBatch(b *testing.B) {
-	b.Run("EndMany", func(b *testing.B) {
-		store, path := openBenchStore(b)
-		db := rawDB(b, path)
-		ctx := context.Background()
-		var timed time.Duration
-		for i := 0; i < b.N; i++ {
-			b.StopTimer()
-			ends := seedBatch(b, db, endBatch, time.Now())
-			b.StartTimer()
-			start := time.Now()
-			if err := store.EndMany(ctx, ends); err != nil {
-				b.Fatal(err)
+	for _, v := range []struct {
+		name string
+		end  func(ctx context.Context, store *session.SQLite, db *sql.DB, ends []session.End) error
+	}{
+		{"EndMany", func(ctx context.Context, store *session.SQLite, _ *sql.DB, ends []session.End) error {
+			return store.EndMany(ctx, ends)
+		}},
+		{"prepared", func(ctx context.Context, _ *session.SQLite, db *sql.DB, ends []session.End) error {
+			return endPrepared(ctx, db, ends)
+		}},
+		{"set-based", func(ctx context.Context, _ *session.SQLite, db *sql.DB, ends []session.End) error {
+			return endSetBased(ctx, db, ends)
+		}},
+	} {
+		b.Run(v.name, func(b *testing.B) {
+			store, path := openBenchStore(b)
+			db := rawDB(b, path)
+			ctx := context.Background()
+			var timed time.Duration
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				ends := seedBatch(b, db, endBatch, time.Now())
+				b.StartTimer()
+				start := time.Now()
+				if err := v.end(ctx, store, db, ends); err != nil {
+					b.Fatal(err)
+				}
+				timed += time.Since(start)
 			}
-			timed += time.Since(start)
-		}
-		b.ReportMetric(float64(timed.Nanoseconds())/float64(b.N*endBatch), "ns/session")
-	})
-	b.Run("prepared", func(b *testing.B) {
-		_, path := openBenchStore(b)
-		db := rawDB(b, path)
-		ctx := context.Background()
-		var timed time.Duration
-		for i := 0; i < b.N; i++ {
-			b.StopTimer()
-			ends := seedBatch(b, db, endBatch, time.Now())
-			b.StartTimer()
-			start := time.Now()
-			if err := endPrepared(ctx, db, ends); err != nil {
-				b.Fatal(err)
-			}
-			timed += time.Since(start)
-		}
-		b.ReportMetric(float64(timed.Nanoseconds())/float64(b.N*endBatch), "ns/session")
-	})
-	b.Run("set-based", func(b *testing.B) {
-		_, path := openBenchStore(b)
-		db := rawDB(b, path)
-		ctx := context.Background()
-		var timed time.Duration
-		for i := 0; i < b.N; i++ {
-			b.StopTimer()
-			ends := seedBatch(b, db, endBatch, time.Now())
-			b.StartTimer()
-			start := time.Now()
-			if err := endSetBased(ctx, db, ends); err != nil {
-				b.Fatal(err)
-			}
-			timed += time.Since(start)
-		}
-		b.ReportMetric(float64(timed.Nanoseconds())/float64(b.N*endBatch), "ns/session")
-	})
+			b.ReportMetric(float64(timed.Nanoseconds())/float64(b.N*endBatch), "ns/session")
+		})
+	}
 }
 
 // endPrepared is EndMany with its five statements prepared once per batch
