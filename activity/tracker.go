@@ -95,6 +95,8 @@ type Tracker struct {
 	// and leave a stored deadline later than the true one.
 	writeMu sync.Mutex
 
+	stats stats
+
 	closeOnce sync.Once
 	stop      chan struct{}
 	done      sync.WaitGroup
@@ -443,7 +445,7 @@ func (t *Tracker) Touch(ctx context.Context, appSessionID string, src Source, at
 		return Status{}, fmt.Errorf("app session %s: %w", appSessionID, session.ErrNotFound)
 	}
 	if src != 0 && a.policy.Sources&src != 0 && t.appValid(e, a, now) {
-		t.record(e, a, at, now)
+		t.record(e, a, src, at, now)
 	}
 	return t.status(e, a, now), nil
 }
@@ -460,7 +462,8 @@ func clamp(at, lo, hi time.Time) time.Time {
 
 // record moves the shared timer and the app's own. Callers hold the lock and
 // have checked validity.
-func (t *Tracker) record(e *entry, a *appState, at, now time.Time) {
+func (t *Tracker) record(e *entry, a *appState, src Source, at, now time.Time) {
+	t.stats.activity(src)
 	if t.authValid(e, now) {
 		e.auth.LastActiveAt = clamp(at, e.auth.LastActiveAt, now)
 	}
@@ -488,7 +491,7 @@ func (t *Tracker) TouchSession(ctx context.Context, sid, clientID string, src So
 			if a != nil && !t.appValid(e, a, now) {
 				a = nil
 			}
-			t.record(e, a, time.Time{}, now)
+			t.record(e, a, src, time.Time{}, now)
 		}
 	}
 	return t.status(e, nil, now), nil
@@ -734,7 +737,7 @@ func (t *Tracker) RotateRefresh(ctx context.Context, appSessionID, chain string,
 	}
 	a.RefreshChains[chain] = gen + 1
 	if a.policy.Sources&Refresh != 0 {
-		t.record(e, a, time.Time{}, now)
+		t.record(e, a, Refresh, time.Time{}, now)
 	}
 	e.lastUsed = now
 	return t.status(e, a, now), gen + 1, nil
@@ -826,6 +829,9 @@ func (t *Tracker) commit(ctx context.Context, ends []session.End) error {
 			}
 		}
 		return fmt.Errorf("end sessions: %w", err)
+	}
+	for _, e := range ends {
+		t.stats.ended(e.Reason)
 	}
 	if t.cfg.OnEnd != nil {
 		t.cfg.OnEnd()

@@ -19,6 +19,7 @@ import (
 type OutboxStore interface {
 	DueDeliveries(ctx context.Context, now time.Time, limit int) ([]session.OutboxEntry, error)
 	DeliveryDone(ctx context.Context, o session.OutboxEntry, at time.Time, ok bool, next time.Time, errText string) error
+	PendingDeliveries(ctx context.Context) (int, error)
 	Deliveries(ctx context.Context, sid string) ([]session.OutboxEntry, error)
 }
 
@@ -100,10 +101,13 @@ func (p *Provider) deliver(ctx context.Context, o session.OutboxEntry) {
 	}
 	switch {
 	case err == nil:
+		p.counters.delivered.Add(1)
 		p.cfg.Logger.InfoContext(ctx, "back-channel logout delivered", "client", o.ClientID, "sid", o.SID, "reason", o.Reason)
 	case next.IsZero():
+		p.counters.abandoned.Add(1)
 		p.cfg.Logger.WarnContext(ctx, "back-channel logout abandoned", "client", o.ClientID, "sid", o.SID, "error", err)
 	default:
+		p.counters.retrying.Add(1)
 		p.cfg.Logger.InfoContext(ctx, "back-channel logout will be retried", "client", o.ClientID, "sid", o.SID, "at", next, "error", err)
 	}
 }

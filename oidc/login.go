@@ -250,6 +250,7 @@ func (p *Provider) loginSubmit(w http.ResponseWriter, r *http.Request) {
 	}
 	ip := clientIP(r)
 	if wait := p.limiter.wait("u:"+strings.ToLower(username), "a:"+ip); wait > 0 {
+		p.counters.loginSlow.Add(1)
 		w.Header().Set("Retry-After", fmt.Sprint(int(wait.Seconds()+0.999)))
 		p.showLogin(w, r, http.StatusTooManyRequests, req, loginView{Username: username,
 			Error: fmt.Sprintf("Too many failed attempts. Try again in %s.", humanDuration(max(wait.Round(time.Second), time.Second)))})
@@ -266,11 +267,13 @@ func (p *Provider) loginSubmit(w http.ResponseWriter, r *http.Request) {
 	}
 	if !session.VerifyPassword(hash, password) || user == nil {
 		p.limiter.fail("u:"+strings.ToLower(username), "a:"+ip)
+		p.counters.loginFailed.Add(1)
 		p.audit(ctx, session.AuditEvent{At: p.now(), Kind: session.AuditLoginFailed, Detail: "username=" + username + " address=" + ip})
 		p.showLogin(w, r, http.StatusUnauthorized, req, loginView{Error: "Wrong username or password.", Username: username})
 		return
 	}
 	p.limiter.succeed("u:" + strings.ToLower(username))
+	p.counters.loginOK.Add(1)
 
 	st, err := p.signIn(ctx, p.sessionCookie(r), user.ID)
 	if err != nil {

@@ -81,6 +81,7 @@ type Provider struct {
 	revoked   sync.Map // access token id -> struct{}
 	verified  *verifiedCache
 	signers   signerCache
+	counters  counters
 	wake      chan struct{}
 	runCancel context.CancelFunc
 	running   sync.WaitGroup
@@ -249,6 +250,7 @@ func (p *Provider) routes() http.Handler {
 	mux.HandleFunc("POST /admin/users/{user}/sessions/end", p.admin(p.adminEndUserSessions))
 	mux.HandleFunc("GET /admin/audit", p.admin(p.adminAudit))
 	mux.HandleFunc("GET /admin/deliveries", p.admin(p.adminDeliveries))
+	mux.HandleFunc("GET /metrics", p.admin(p.metricsHandler().ServeHTTP))
 	mux.Handle("GET /static/", http.StripPrefix("/static/", static.Handler()))
 	mux.Handle("GET /authorize", p.authorizeErrorPage(protocol))
 	mux.Handle("POST /oauth/token", invalidClient401(protocol))

@@ -105,3 +105,26 @@ func TestConfidentialClientMustSendTheVerifierItsCodeWasBoundTo(t *testing.T) {
 	_, err := mail.oauth.Exchange(t.Context(), b.code(resp, state)) // no code_verifier
 	requireOAuthError(t, err, "invalid_request")
 }
+
+func TestMetricsNeedTheAdminTokenAndCountEnds(t *testing.T) {
+	e := newEnv(t, withAdmin)
+	tok := e.browser().login(e.rp("bank"), "alice")
+	e.clock.Advance(4 * time.Minute)
+	require.Equal(t, http.StatusOK, e.heartbeat(tok.AccessToken))
+	e.clock.Advance(5 * time.Minute)
+	e.sweep()
+
+	code, _ := e.bearerCall(http.MethodGet, "/metrics", "", "")
+	require.Equal(t, http.StatusUnauthorized, code)
+	req, _ := http.NewRequest(http.MethodGet, e.issuer+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	page := body(t, resp)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Contains(t, page, `idleguard_session_ends_total{reason="idle_timeout"} 1`)
+	require.Contains(t, page, `idleguard_activity_total{source="heartbeat"} 1`)
+	require.Contains(t, page, `idleguard_logins_total{result="success"} 1`)
+	require.Contains(t, page, "idleguard_logout_outbox_pending 0")
+	require.Contains(t, page, "go_goroutines")
+}

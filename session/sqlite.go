@@ -874,6 +874,13 @@ func (s *SQLite) DueDeliveries(ctx context.Context, now time.Time, limit int) ([
 		AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?`, ms(now), limit)
 }
 
+// PendingDeliveries counts deliveries neither delivered nor abandoned.
+func (s *SQLite) PendingDeliveries(ctx context.Context) (int, error) {
+	var n int
+	err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM logout_outbox WHERE delivered_at IS NULL AND abandoned_at IS NULL`).Scan(&n)
+	return n, err
+}
+
 // Deliveries lists every delivery for an authentication session (all when sid
 // is empty), oldest first.
 func (s *SQLite) Deliveries(ctx context.Context, sid string) ([]OutboxEntry, error) {
