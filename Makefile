@@ -32,8 +32,9 @@ test-browser: ## Run the browser tests (Playwright driving /usr/bin/chromium).
 	cd $(BROWSER_TESTS) && npm ci --no-audit --no-fund --loglevel=error && npm test
 
 .PHONY: lint
-lint: ## go vet and gofmt check.
+lint: ## go vet, staticcheck and a gofmt check.
 	$(GO) vet $(PKGS)
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
 .PHONY: fmt

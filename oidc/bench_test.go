@@ -77,7 +77,6 @@ type benchEnv struct {
 // endpoints, with a browser (cookie jar) that holds the SSO session.
 type benchSession struct {
 	browser *http.Client
-	mu      sync.Mutex
 	access  string
 	refresh string
 }

@@ -96,7 +96,7 @@ func (r *receiver) verify(req *http.Request, raw string) (logoutToken, string) {
 	if req.Header.Get("Content-Type") != "application/x-www-form-urlencoded" {
 		return tok, "content type " + req.Header.Get("Content-Type")
 	}
-	jws, err := jose.ParseSigned(raw, []jose.SignatureAlgorithm{jose.RS256, jose.ES256, jose.EdDSA})
+	jws, err := jose.ParseSignedCompact(raw, []jose.SignatureAlgorithm{jose.RS256, jose.ES256, jose.EdDSA})
 	if err != nil {
 		return tok, "parse: " + err.Error()
 	}

@@ -153,7 +153,7 @@ func (p *Provider) accessTokenID(token string) (string, error) {
 		if id, ok := p.verified.get(token); ok {
 			return id, nil
 		}
-		jws, err := jose.ParseSigned(token, []jose.SignatureAlgorithm{jose.RS256, jose.ES256, jose.EdDSA})
+		jws, err := jose.ParseSignedCompact(token, []jose.SignatureAlgorithm{jose.RS256, jose.ES256, jose.EdDSA})
 		if err != nil {
 			return "", errTokenInvalid
 		}

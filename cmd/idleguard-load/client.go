@@ -37,17 +37,16 @@ func (l loopbackOnly) RoundTrip(r *http.Request) (*http.Response, error) {
 // loadClient sends the requests. All clients share one transport with
 // MaxIdleConnsPerHost = concurrency, so that connections are reused.
 type loadClient struct {
-	p         *provider
-	tr        *http.Transport
-	rt        http.RoundTripper
-	plain     *http.Client
-	app, sso  *oauth2.Config
-	appBasic  string
-	apiBasic  string
-	verifier  string // PKCE verifier of the SSO requests (never exchanged)
-	ssoURL    string
-	timeout   time.Duration
-	userCount atomic.Int64
+	p        *provider
+	tr       *http.Transport
+	rt       http.RoundTripper
+	plain    *http.Client
+	app, sso *oauth2.Config
+	appBasic string
+	apiBasic string
+	verifier string // PKCE verifier of the SSO requests (never exchanged)
+	ssoURL   string
+	timeout  time.Duration
 }
 
 // loadSession is one signed-in person: a browser holding the SSO cookie,

@@ -299,14 +299,14 @@ func TestConfigDecodeProblemsNameTheirField(t *testing.T) {
 }
 
 func TestConfigDurations(t *testing.T) {
-	cfg, err := ParseConfig([]byte(minimalConfig + `    idle_timeout: 1h30m
+	_, err := ParseConfig([]byte(minimalConfig + `    idle_timeout: 1h30m
     app_idle_timeout: 0
     access_token_ttl: "45s"
 `))
 	// 1h30m is above session.idle_timeout; check the parse, then the rule.
 	requireProblems(t, err, "clients[0].idle_timeout: 1h30m0s is above session.idle_timeout (15m0s)")
 
-	cfg, err = ParseConfig([]byte(strings.Replace(minimalConfig, "idle_timeout: 15m", "idle_timeout: 2h", 1) + `    idle_timeout: 1h30m
+	cfg, err := ParseConfig([]byte(strings.Replace(minimalConfig, "idle_timeout: 15m", "idle_timeout: 2h", 1) + `    idle_timeout: 1h30m
     app_idle_timeout: 0
     access_token_ttl: "45s"
 `))

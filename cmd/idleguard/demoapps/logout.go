@@ -50,7 +50,7 @@ func (v *LogoutVerifier) Verify(ctx context.Context, raw string) (*LogoutToken, 
 	if raw == "" {
 		return nil, errors.New("no logout_token")
 	}
-	jws, err := jose.ParseSigned(raw, []jose.SignatureAlgorithm{jose.RS256, jose.ES256, jose.EdDSA})
+	jws, err := jose.ParseSignedCompact(raw, []jose.SignatureAlgorithm{jose.RS256, jose.ES256, jose.EdDSA})
 	if err != nil {
 		return nil, fmt.Errorf("logout token: %w", err)
 	}
