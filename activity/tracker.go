@@ -525,20 +525,31 @@ func (t *Tracker) Start(ctx context.Context, userID string, amr []string) (Statu
 	return s, nil
 }
 
-// Reauthenticate records a fresh sign-in into a valid session (prompt=login,
-// max_age): it counts as login activity and sets a new auth_time.
-func (t *Tracker) Reauthenticate(ctx context.Context, sid string, amr []string) (Status, error) {
-	t.writeMu.Lock()
-	defer t.writeMu.Unlock()
+// lockValid returns authentication session sid locked, with the clock
+// reading it was judged by, if it is valid then; otherwise ErrSessionOver
+// (or the load error) and nothing locked.
+func (t *Tracker) lockValid(ctx context.Context, sid string) (*shard, *entry, time.Time, error) {
 	sh, e, err := t.get(ctx, sid)
 	if err != nil {
-		return Status{}, err
+		return nil, nil, time.Time{}, err
 	}
 	now := t.cfg.Now()
 	sh.mu.Lock()
 	if !t.authValid(e, now) {
 		sh.mu.Unlock()
-		return Status{}, ErrSessionOver
+		return nil, nil, time.Time{}, ErrSessionOver
+	}
+	return sh, e, now, nil
+}
+
+// Reauthenticate records a fresh sign-in into a valid session (prompt=login,
+// max_age): it counts as login activity and sets a new auth_time.
+func (t *Tracker) Reauthenticate(ctx context.Context, sid string, amr []string) (Status, error) {
+	t.writeMu.Lock()
+	defer t.writeMu.Unlock()
+	sh, e, now, err := t.lockValid(ctx, sid)
+	if err != nil {
+		return Status{}, err
 	}
 	upd := e.auth
 	upd.AuthTime, upd.AMR, upd.LastActiveAt = now, amr, now
@@ -563,15 +574,9 @@ func (t *Tracker) Join(ctx context.Context, sid, clientID string, scopes []strin
 	t.writeMu.Lock()
 	defer t.writeMu.Unlock()
 	for attempt := 0; attempt < 3; attempt++ {
-		sh, e, err := t.get(ctx, sid)
+		sh, e, now, err := t.lockValid(ctx, sid)
 		if err != nil {
 			return Status{}, err
-		}
-		now := t.cfg.Now()
-		sh.mu.Lock()
-		if !t.authValid(e, now) {
-			sh.mu.Unlock()
-			return Status{}, ErrSessionOver
 		}
 		if a := e.liveApp(clientID); a != nil && t.appValid(e, a, now) {
 			if slices.Equal(a.Scopes, scopes) {

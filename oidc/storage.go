@@ -51,7 +51,6 @@ var (
 	_ op.Storage                        = storage{}
 	_ op.ClientCredentialsStorage       = storage{}
 	_ op.CanSetUserinfoFromRequest      = storage{}
-	_ op.CanGetPrivateClaimsFromRequest = storage{}
 	_ op.CanTerminateSessionFromRequest = storage{}
 )
 
@@ -426,17 +425,6 @@ func (s storage) SetIntrospectionFromToken(ctx context.Context, resp *zoidc.Intr
 }
 
 func (s storage) GetPrivateClaimsFromScopes(context.Context, string, string, []string) (map[string]any, error) {
-	return nil, nil
-}
-
-// GetPrivateClaimsFromRequest adds sid to a person's JWT access tokens (RFC 9068 allows it).
-func (s storage) GetPrivateClaimsFromRequest(_ context.Context, req op.TokenRequest, _ []string) (map[string]any, error) {
-	switch r := req.(type) {
-	case *authRequest:
-		return map[string]any{"sid": r.SID}, nil
-	case *refreshRequest:
-		return map[string]any{"sid": r.sid}, nil
-	}
 	return nil, nil
 }
 

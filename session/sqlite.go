@@ -733,13 +733,6 @@ func (s *SQLite) SessionsOfUser(ctx context.Context, userID string, withEnded bo
 	return out, apps, nil
 }
 
-// CountLiveSessions returns the number of live authentication sessions.
-func (s *SQLite) CountLiveSessions(ctx context.Context) (int, error) {
-	var n int
-	err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM auth_sessions WHERE ended_at IS NULL`).Scan(&n)
-	return n, err
-}
-
 // --- revoked access tokens ---
 
 // RevokeToken records that one access token was revoked (RFC 7009).
