@@ -17,8 +17,6 @@ const maxBody = 64 << 10
 // legitimate one is far smaller, and it is stored until the code exchange.
 const maxAuthorizeQuery = 8 << 10
 
-type requestIDKey struct{}
-
 // edge wraps every route: request id, bounded bodies, baseline security
 // headers, and a recovered panic answers 500 instead of killing the
 // connection (and is logged with its stack).
@@ -26,6 +24,7 @@ func (p *Provider) edge(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := randomB64(9)
 		ctx := context.WithValue(r.Context(), requestIDKey{}, id)
+		ctx = context.WithValue(ctx, clientAddressKey{}, clientAddress(r, p.cfg.TrustedProxies))
 		r = r.WithContext(ctx)
 		h := w.Header()
 		h.Set("X-Request-Id", id)

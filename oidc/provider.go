@@ -8,6 +8,7 @@ import (
 	"html/template"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -40,6 +41,7 @@ type Store interface {
 	SecretStore
 	OutboxStore
 	AdminStore
+	LoginThrottleStore
 	Ping(ctx context.Context) error
 }
 
@@ -57,6 +59,10 @@ type Config struct {
 	AdminTokenHash []byte
 	Backchannel    BackchannelConfig
 	Login          LoginConfig
+	// TrustedProxies are the networks of the reverse proxies whose
+	// X-Forwarded-For or Forwarded header names the client; empty: the
+	// peer's address is the client's. See clientAddress.
+	TrustedProxies []netip.Prefix
 	Logger         *slog.Logger
 	// HTTPClient posts back-channel logouts; default has Backchannel.Timeout.
 	HTTPClient *http.Client
@@ -73,6 +79,7 @@ type Provider struct {
 	refresh   refreshMAC
 	cookies   *securecookie.SecureCookie
 	tickets   *securecookie.SecureCookie
+	devices   *securecookie.SecureCookie
 	secure    bool
 	op        *op.Provider
 	handler   http.Handler
@@ -114,7 +121,7 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		cfg.KeyAlgorithm = "RS256"
 	}
 	cfg.Backchannel.setDefaults()
-	cfg.Login.setDefaults()
+	cfg.Login = cfg.Login.WithDefaults()
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: cfg.Backchannel.Timeout,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
@@ -124,7 +131,7 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		return nil, fmt.Errorf("issuer %q is not an absolute URL", cfg.Issuer)
 	}
 	p := &Provider{cfg: cfg, store: store, clients: make(map[string]*Client), secure: issuer.Scheme == "https",
-		limiter: newLoginLimiter(cfg.Login, cfg.Now), wake: make(chan struct{}, 1), verified: newVerifiedCache(200_000, cfg.Now)}
+		wake: make(chan struct{}, 1), verified: newVerifiedCache(200_000, cfg.Now)}
 	for _, c := range cfg.Clients {
 		if c.IDTokenTTL == 0 {
 			c.IDTokenTTL = cfg.IDTokenTTL
@@ -150,6 +157,14 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 	}
 	p.cookies = securecookie.New(hashKey, blockKey)
 	p.tickets = securecookie.New(hashKey, blockKey).MaxAge(600)
+	if p.devices, err = deviceCodec(ctx, store); err != nil {
+		return nil, err
+	}
+	throttleKey, err := store.Secret(ctx, "login_throttle", randomBytes(32))
+	if err != nil {
+		return nil, err
+	}
+	p.limiter = newLoginLimiter(store, cfg.Login, cfg.Now, throttleKey)
 	cryptoKey, err := store.Secret(ctx, "token_crypto", randomBytes(32))
 	if err != nil {
 		return nil, err
@@ -314,8 +329,7 @@ func (p *Provider) purge(ctx context.Context) error {
 		}
 		return true
 	})
-	p.limiter.purge()
-	return nil
+	return p.limiter.purge(ctx)
 }
 
 func (p *Provider) revokeTokenID(ctx context.Context, id string, exp time.Time) error {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"reflect"
@@ -40,9 +41,15 @@ var demoConfig []byte
 type Config struct {
 	// Issuer is the provider's URL, exactly as it appears in the iss claim:
 	// https, or http for localhost and loopback addresses only.
-	Issuer   string `yaml:"issuer"`
-	Listen   string `yaml:"listen"`   // host:port to serve on
-	Database string `yaml:"database"` // path of the SQLite database file
+	Issuer string `yaml:"issuer"`
+	Listen string `yaml:"listen"` // host:port to serve on
+	// TrustedProxies are the CIDRs (or single addresses) of the reverse
+	// proxies in front of the provider: only a request from one of them has
+	// its X-Forwarded-For or Forwarded header believed, to find the client
+	// address that sign-in throttling and the audit trail use. Empty (the
+	// default): the peer's address is the client's.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+	Database       string   `yaml:"database"` // path of the SQLite database file
 
 	Session     SessionConfig     `yaml:"session"`
 	Keys        KeysConfig        `yaml:"keys"`
@@ -409,6 +416,11 @@ func (c *Config) Validate() error {
 		{lg.LockoutMax < lg.LockoutBase, "login.lockout_max",
 			fmt.Sprintf("%s is shorter than login.lockout_base (%s)", lg.LockoutMax, lg.LockoutBase)},
 	})
+	for i, v := range c.TrustedProxies {
+		if _, msg := parseProxy(v); msg != "" {
+			add(fmt.Sprintf("trusted_proxies[%d]", i), msg)
+		}
+	}
 
 	firstUse := make(map[string]int)
 	for i := range c.Clients {
@@ -579,6 +591,22 @@ func listenProblem(addr string) string {
 	return ""
 }
 
+// parseProxy reads one trusted_proxies entry: a CIDR, or one address.
+func parseProxy(v string) (netip.Prefix, string) {
+	p, err := netip.ParsePrefix(v)
+	if err != nil {
+		a, aerr := netip.ParseAddr(v)
+		if aerr != nil {
+			return netip.Prefix{}, fmt.Sprintf("%q is not a CIDR or an address (write 10.0.0.0/8, 2001:db8::/32 or 192.0.2.1)", v)
+		}
+		p = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())
+	}
+	if p.Bits() == 0 {
+		return netip.Prefix{}, fmt.Sprintf("%q trusts every address: any client could then choose the address it is counted under", v)
+	}
+	return p.Masked(), ""
+}
+
 // ProviderConfig converts the configuration into the provider's. Secrets are
 // hashed; Now, Logger and HTTPClient are left for the caller to set.
 func (c *Config) ProviderConfig() (oidc.Config, error) {
@@ -612,6 +640,10 @@ func (c *Config) ProviderConfig() (oidc.Config, error) {
 	}
 	if c.Admin.Token != "" {
 		pc.AdminTokenHash = oidc.HashSecret(c.Admin.Token)
+	}
+	for _, v := range c.TrustedProxies {
+		p, _ := parseProxy(v) // validated above
+		pc.TrustedProxies = append(pc.TrustedProxies, p)
 	}
 	for i := range c.Clients {
 		cl := &c.Clients[i]
