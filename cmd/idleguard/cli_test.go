@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -150,4 +151,73 @@ func between(s, start, end string) string {
 	}
 	v, _, _ := strings.Cut(rest, end)
 	return v
+}
+
+// Issue 9, finding 9: a newline, NUL or U+202E in a recorded value must not
+// forge or disguise a line of `idleguard audit`.
+func TestAuditOutputCannotBeForged(t *testing.T) {
+	config, issuer, _ := writeConfig(t, "")
+	weird := "eve\u202eevil\x00\ttab"
+	_, err := runCLI(t, "a long password\n", "user", "add", weird, "--config", config)
+	require.NoError(t, err)
+	cfg, _, err := loadConfig(config)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(t.Context())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, cfg, false, &bytes.Buffer{}, &bytes.Buffer{}, ready) }()
+	defer func() { cancel(); require.NoError(t, <-done) }()
+	<-ready
+
+	oc := &oauth2.Config{ClientID: "mail", ClientSecret: "mail-secret-0123456789", RedirectURL: "http://127.0.0.1:1/callback",
+		Endpoint: oauth2.Endpoint{AuthURL: issuer + "/authorize", TokenURL: issuer + "/oauth/token"}, Scopes: []string{"openid"}}
+	forged := "x\n2026-01-01T00:00:00Z  session_end  admin  admin"
+	for _, name := range []string{weird, forged} {
+		_, err := oidctest.Login(t.Context(), oidctest.NewBrowser(issuer, nil), issuer, oc, name, "wrong password")
+		require.ErrorContains(t, err, "401")
+	}
+
+	out, err := runCLI(t, "", "audit", "--config", config)
+	require.NoError(t, err, out)
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	require.Len(t, lines, 3, "a header and one line per failed sign-in:\n%s", out)
+	for _, l := range lines[1:] {
+		require.Regexp(t, `^\d{4}-\d\d-\d\dT\S+\s+login_failed\s`, l)
+	}
+	require.NotContains(t, out, "\u202e")
+	require.NotContains(t, out, "\x00")
+	require.Contains(t, out, `username=eve\u202eevil\x00\ttab address=`, "shown escaped, as recorded")
+	require.NotContains(t, out, "session_end", "nothing typed for an unknown user is kept")
+
+	out, err = runCLI(t, "", "user", "list", "--config", config)
+	require.NoError(t, err)
+	require.Contains(t, out, `eve\u202eevil\x00\ttab`)
+
+	// The admin API's JSON stays truthful: the recorded value, unchanged.
+	api, err := newAdminClient(config)
+	require.NoError(t, err)
+	var events struct {
+		Events []session.AuditEvent `json:"events"`
+	}
+	require.NoError(t, api.call(t.Context(), "GET", "/admin/audit?user="+url.QueryEscape(weird), &events))
+	require.Len(t, events.Events, 1)
+	require.Contains(t, events.Events[0].Detail, "username="+weird+" ")
+}
+
+func TestPrintableEscapesWhatATerminalWouldActOn(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain":             "plain",
+		"a\nb":              `a\nb`,
+		"nul\x00":           `nul\x00`,
+		"rtl\u202eoverride": `rtl\u202eoverride`,
+		"isolate\u2067x":    `isolate\u2067x`,
+		"zero\u200bwidth":   `zero\u200bwidth`,
+		"line\u2028sep":     `line\u2028sep`,
+		"esc\x1b[31m":       `esc\x1b[31m`,
+		`back\slash`:        `back\\slash`,
+		"ünïcödé 名前":        "ünïcödé 名前",
+	} {
+		require.Equal(t, want, printable(in), "%q", in)
+	}
+	require.Equal(t, "a\tb", printable("a", "b"), "fields are tab-separated")
 }
