@@ -39,7 +39,7 @@ func (p *Provider) edge(next http.Handler) http.Handler {
 				if v == http.ErrAbortHandler {
 					panic(v)
 				}
-				p.cfg.Logger.ErrorContext(ctx, "panic", "value", v, "request_id", id, "stack", string(debug.Stack()))
+				p.cfg.Logger.ErrorContext(ctx, "panic", "value", v, "stack", string(debug.Stack()))
 				writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "server_error", "error_description": "internal error, request id " + id})
 			}
 		}()
@@ -47,12 +47,13 @@ func (p *Provider) edge(next http.Handler) http.Handler {
 	})
 }
 
-// serverError logs err with the request id and answers 500 without detail.
+// serverError logs err, the cause (with the request id, as every line of
+// a request), and answers 500 without detail.
 func (p *Provider) serverError(w http.ResponseWriter, r *http.Request, err error) {
-	id, _ := r.Context().Value(requestIDKey{}).(string)
-	p.cfg.Logger.ErrorContext(r.Context(), "server error", slog.String("request_id", id), slog.Any("error", err),
+	p.cfg.Logger.ErrorContext(r.Context(), "server error", slog.Any("error", err), slog.String("method", r.Method),
 		slog.String("path", r.URL.Path))
-	writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "server_error", "error_description": "internal error, request id " + id})
+	writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "server_error",
+		"error_description": "internal error, request id " + requestID(r.Context())})
 }
 
 // authorizeErrorPage turns the JSON error that the protocol layer answers

@@ -63,7 +63,9 @@ type Config struct {
 	// X-Forwarded-For or Forwarded header names the client; empty: the
 	// peer's address is the client's. See clientAddress.
 	TrustedProxies []netip.Prefix
-	Logger         *slog.Logger
+	// Logger gets every log line; records logged with a request's context
+	// carry its request_id (see LogHandler).
+	Logger *slog.Logger
 	// HTTPClient posts back-channel logouts; default has Backchannel.Timeout.
 	HTTPClient *http.Client
 }
@@ -111,6 +113,7 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	cfg.Logger = slog.New(LogHandler(cfg.Logger.Handler()))
 	if cfg.IDTokenTTL <= 0 {
 		cfg.IDTokenTTL = 10 * time.Minute
 	}

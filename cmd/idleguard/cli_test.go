@@ -3,11 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -220,4 +223,55 @@ func TestPrintableEscapesWhatATerminalWouldActOn(t *testing.T) {
 		require.Equal(t, want, printable(in), "%q", in)
 	}
 	require.Equal(t, "a\tb", printable("a", "b"), "fields are tab-separated")
+}
+
+// Every line logged while serving a request carries its request id, in the
+// format the configuration asks for.
+func TestServeLogsCarryTheRequestID(t *testing.T) {
+	config, issuer, _ := writeConfig(t, "log:\n  format: json\n  level: debug\n")
+	cfg, _, err := loadConfig(config)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(t.Context())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	var logs syncBuffer
+	go func() { done <- serve(ctx, cfg, false, &bytes.Buffer{}, &logs, ready) }()
+	<-ready
+
+	// A sign-in request for an unknown client: the protocol layer logs it.
+	resp, err := http.Get(issuer + "/authorize?client_id=nope&redirect_uri=http://127.0.0.1:1/cb&response_type=code&scope=openid")
+	require.NoError(t, err)
+	resp.Body.Close()
+	id := resp.Header.Get("X-Request-Id")
+	require.NotEmpty(t, id)
+	cancel()
+	require.NoError(t, <-done)
+
+	var seen bool
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var rec map[string]any
+		require.NoError(t, json.Unmarshal([]byte(line), &rec), "a JSON log line: %s", line)
+		if rec["request_id"] == id {
+			seen = true
+		}
+	}
+	require.True(t, seen, "no log line of request %s in:\n%s", id, logs.String())
+}
+
+// syncBuffer is a bytes.Buffer that the server's goroutines may write to.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

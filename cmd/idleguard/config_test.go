@@ -328,6 +328,8 @@ func TestConfigDefaults(t *testing.T) {
 	require.Equal(t, BackchannelConfig{Timeout: Duration(5 * time.Second), Concurrency: 8, RetryFor: Duration(24 * time.Hour),
 		InitialBackoff: Duration(time.Second), MaxBackoff: Duration(5 * time.Minute), PollInterval: Duration(time.Second)}, cfg.Backchannel)
 	require.Equal(t, LoginConfig{MaxFailures: 5, LockoutBase: Duration(time.Second), LockoutMax: Duration(15 * time.Minute)}, cfg.Login)
+	require.Equal(t, LogConfig{Format: "text", Level: "info"}, cfg.Log)
+	require.Empty(t, cfg.TrustedProxies, "no proxy is trusted unless configured")
 
 	c := cfg.Clients[0]
 	require.Equal(t, "client_secret_basic", c.AuthMethod)
@@ -389,6 +391,9 @@ func TestConfigValidateRules(t *testing.T) {
 		{"max backoff below initial", func(c *Config, _ *ClientConfig) { c.Backchannel.MaxBackoff = d("500ms") },
 			"backchannel.max_backoff: 500ms is shorter than backchannel.initial_backoff (1s)"},
 		{"no login attempts", func(c *Config, _ *ClientConfig) { c.Login.MaxFailures = -1 }, "login.max_failures: must be positive"},
+		{"json logs", func(c *Config, _ *ClientConfig) { c.Log = LogConfig{Format: "json", Level: "debug"} }, ""},
+		{"unknown log format", func(c *Config, _ *ClientConfig) { c.Log.Format = "xml" }, "log.format: \"xml\" is not supported (want text or json)"},
+		{"unknown log level", func(c *Config, _ *ClientConfig) { c.Log.Level = "verbose" }, "log.level: \"verbose\" is not a level"},
 		{"trusted proxies", func(c *Config, _ *ClientConfig) {
 			c.TrustedProxies = []string{"10.0.0.0/8", "192.0.2.1", "2001:db8::/32"}
 		}, ""},
