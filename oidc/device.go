@@ -1,11 +1,8 @@
 package oidc
 
 import (
-	"context"
 	"net/http"
 	"time"
-
-	"github.com/gorilla/securecookie"
 
 	"github.com/idleguard/idleguard/session"
 )
@@ -25,20 +22,6 @@ const deviceCookieTTL = 180 * 24 * time.Hour
 type device struct {
 	UserID string
 	ID     string
-}
-
-// deviceCodec seals device cookies with keys of their own, kept in the
-// database so that a cookie set at one replica is known at every other.
-func deviceCodec(ctx context.Context, store SecretStore) (*securecookie.SecureCookie, error) {
-	hashKey, err := store.Secret(ctx, "device_cookie_hash", randomBytes(32))
-	if err != nil {
-		return nil, err
-	}
-	blockKey, err := store.Secret(ctx, "device_cookie_block", randomBytes(32))
-	if err != nil {
-		return nil, err
-	}
-	return securecookie.New(hashKey, blockKey).MaxAge(int(deviceCookieTTL / time.Second)), nil
 }
 
 // knownDevice returns the id of the device cookie that r carries for user,

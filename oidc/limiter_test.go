@@ -94,12 +94,7 @@ func TestFailuresCountAtEveryReplica(t *testing.T) {
 	t.Cleanup(srv2.Close)
 
 	b := e.browser()
-	page := loginPage(t, b, e.rp("mail"))
-	for range 3 {
-		resp := b.submitLogin(page, "alice", "guess")
-		require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
-		page = body(t, resp)
-	}
+	page := b.guess(loginPage(t, b, e.rp("mail")), "alice", 3)
 	// The same browser posts the same form to the other replica (cookie
 	// and CSRF keys come from the database, so the form is valid there).
 	resp, err := b.client.PostForm(srv2.URL+"/login", b.loginForm(page, "alice", testPassword))
@@ -120,12 +115,7 @@ func TestAKnownDeviceSignsInWhileGuessesAreSlowed(t *testing.T) {
 	bobs.login(r, "bob")
 
 	attacker := e.browser()
-	page := loginPage(t, attacker, r)
-	for range 3 {
-		resp := attacker.submitLogin(page, "alice", "guess")
-		require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
-		page = body(t, resp)
-	}
+	page := attacker.guess(loginPage(t, attacker, r), "alice", 3)
 	resp := attacker.submitLogin(page, "alice", testPassword)
 	require.Equal(t, http.StatusTooManyRequests, resp.StatusCode, "the attacker is slowed even with the right password")
 	resp.Body.Close()
@@ -141,12 +131,7 @@ func TestAKnownDeviceSignsInWhileGuessesAreSlowed(t *testing.T) {
 
 	// Guesses through a stolen device cookie lock that device alone.
 	resp, _, _ = victim.authorize(r, oauth2.SetAuthURLParam("prompt", "login"))
-	page = body(t, resp)
-	for range 3 {
-		resp := victim.submitLogin(page, "alice", "guess")
-		require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
-		page = body(t, resp)
-	}
+	page = victim.guess(body(t, resp), "alice", 3)
 	resp = victim.submitLogin(page, "alice", testPassword)
 	require.Equal(t, http.StatusTooManyRequests, resp.StatusCode)
 	resp.Body.Close()

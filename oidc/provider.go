@@ -104,6 +104,21 @@ func randomBytes(n int) func() []byte {
 	}
 }
 
+// cookieCodec seals cookies with the keys stored as name_hash and
+// name_block, generated on first use: kept in the database, so that a
+// cookie set at one replica opens at every other.
+func cookieCodec(ctx context.Context, store SecretStore, name string) (*securecookie.SecureCookie, error) {
+	hashKey, err := store.Secret(ctx, name+"_hash", randomBytes(32))
+	if err != nil {
+		return nil, err
+	}
+	blockKey, err := store.Secret(ctx, name+"_block", randomBytes(32))
+	if err != nil {
+		return nil, err
+	}
+	return securecookie.New(hashKey, blockKey), nil
+}
+
 // New builds a provider on store. It loads (or creates) the signing keys and
 // secrets; call Run to start the background work and Handler to serve.
 func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
@@ -150,19 +165,18 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		return nil, err
 	}
 	p.refresh = refreshMAC(mac)
-	hashKey, err := store.Secret(ctx, "cookie_hash", randomBytes(32))
-	if err != nil {
+	if p.cookies, err = cookieCodec(ctx, store, "cookie"); err != nil {
 		return nil, err
 	}
-	blockKey, err := store.Secret(ctx, "cookie_block", randomBytes(32))
-	if err != nil {
+	if p.tickets, err = cookieCodec(ctx, store, "cookie"); err != nil {
 		return nil, err
 	}
-	p.cookies = securecookie.New(hashKey, blockKey)
-	p.tickets = securecookie.New(hashKey, blockKey).MaxAge(600)
-	if p.devices, err = deviceCodec(ctx, store); err != nil {
+	p.tickets.MaxAge(600)
+	// Device cookies have keys of their own (they live for months).
+	if p.devices, err = cookieCodec(ctx, store, "device_cookie"); err != nil {
 		return nil, err
 	}
+	p.devices.MaxAge(int(deviceCookieTTL / time.Second))
 	throttleKey, err := store.Secret(ctx, "login_throttle", randomBytes(32))
 	if err != nil {
 		return nil, err

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -112,14 +113,7 @@ func TestSessionAndAuditCommands(t *testing.T) {
 	config, issuer, _ := writeConfig(t, "")
 	_, err := runCLI(t, "a long password\n", "user", "add", "alice", "--config", config)
 	require.NoError(t, err)
-	cfg, _, err := loadConfig(config)
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(t.Context())
-	ready := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, false, &bytes.Buffer{}, &bytes.Buffer{}, ready) }()
-	defer func() { cancel(); require.NoError(t, <-done) }()
-	<-ready
+	defer serveInProcess(t, config, &bytes.Buffer{})()
 
 	oc := &oauth2.Config{ClientID: "mail", ClientSecret: "mail-secret-0123456789", RedirectURL: "http://127.0.0.1:1/callback",
 		Endpoint: oauth2.Endpoint{AuthURL: issuer + "/authorize", TokenURL: issuer + "/oauth/token"}, Scopes: []string{"openid"}}
@@ -147,6 +141,20 @@ func TestSessionAndAuditCommands(t *testing.T) {
 	require.ErrorContains(t, err, "404")
 }
 
+// serveInProcess runs `idleguard serve` with the configuration file until
+// the returned stop is called; it logs to stderr.
+func serveInProcess(t *testing.T, config string, stderr io.Writer) (stop func()) {
+	t.Helper()
+	cfg, _, err := loadConfig(config)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(t.Context())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, cfg, false, &bytes.Buffer{}, stderr, ready) }()
+	<-ready
+	return func() { cancel(); require.NoError(t, <-done) }
+}
+
 func between(s, start, end string) string {
 	_, rest, ok := strings.Cut(s, start)
 	if !ok {
@@ -163,14 +171,7 @@ func TestAuditOutputCannotBeForged(t *testing.T) {
 	weird := "eve\u202eevil\x00\ttab"
 	_, err := runCLI(t, "a long password\n", "user", "add", weird, "--config", config)
 	require.NoError(t, err)
-	cfg, _, err := loadConfig(config)
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(t.Context())
-	ready := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, false, &bytes.Buffer{}, &bytes.Buffer{}, ready) }()
-	defer func() { cancel(); require.NoError(t, <-done) }()
-	<-ready
+	defer serveInProcess(t, config, &bytes.Buffer{})()
 
 	oc := &oauth2.Config{ClientID: "mail", ClientSecret: "mail-secret-0123456789", RedirectURL: "http://127.0.0.1:1/callback",
 		Endpoint: oauth2.Endpoint{AuthURL: issuer + "/authorize", TokenURL: issuer + "/oauth/token"}, Scopes: []string{"openid"}}
@@ -229,14 +230,8 @@ func TestPrintableEscapesWhatATerminalWouldActOn(t *testing.T) {
 // format the configuration asks for.
 func TestServeLogsCarryTheRequestID(t *testing.T) {
 	config, issuer, _ := writeConfig(t, "log:\n  format: json\n  level: debug\n")
-	cfg, _, err := loadConfig(config)
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(t.Context())
-	ready := make(chan string, 1)
-	done := make(chan error, 1)
 	var logs syncBuffer
-	go func() { done <- serve(ctx, cfg, false, &bytes.Buffer{}, &logs, ready) }()
-	<-ready
+	stop := serveInProcess(t, config, &logs)
 
 	// A sign-in request for an unknown client: the protocol layer logs it.
 	resp, err := http.Get(issuer + "/authorize?client_id=nope&redirect_uri=http://127.0.0.1:1/cb&response_type=code&scope=openid")
@@ -244,8 +239,7 @@ func TestServeLogsCarryTheRequestID(t *testing.T) {
 	resp.Body.Close()
 	id := resp.Header.Get("X-Request-Id")
 	require.NotEmpty(t, id)
-	cancel()
-	require.NoError(t, <-done)
+	stop()
 
 	var seen bool
 	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
