@@ -1,6 +1,10 @@
 package oidc
 
-import "time"
+import (
+	"time"
+
+	"github.com/idleguard/idleguard/session"
+)
 
 // BackchannelConfig tunes back-channel logout delivery.
 type BackchannelConfig struct {
@@ -33,25 +37,6 @@ func (c *BackchannelConfig) setDefaults() {
 	}
 }
 
-// LoginConfig tunes the defence against password guessing.
-type LoginConfig struct {
-	// MaxFailures is how many wrong passwords a username or a client address
-	// may send before each further attempt is delayed; default 5.
-	MaxFailures int
-	// LockoutBase is the first delay after MaxFailures, doubled for every
-	// further failure up to LockoutMax; defaults 1s and 15m.
-	LockoutBase time.Duration
-	LockoutMax  time.Duration
-}
-
-func (c *LoginConfig) setDefaults() {
-	if c.MaxFailures <= 0 {
-		c.MaxFailures = 5
-	}
-	if c.LockoutBase <= 0 {
-		c.LockoutBase = time.Second
-	}
-	if c.LockoutMax <= 0 {
-		c.LockoutMax = 15 * time.Minute
-	}
-}
+// LoginConfig tunes the defence against password guessing (the same rule
+// for every store backend).
+type LoginConfig = session.LoginPolicy

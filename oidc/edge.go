@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/http"
 	"runtime/debug"
 	"strings"
+
+	zoidc "github.com/zitadel/oidc/v3/pkg/oidc"
 )
 
 // maxBody bounds every request body.
@@ -17,8 +20,6 @@ const maxBody = 64 << 10
 // legitimate one is far smaller, and it is stored until the code exchange.
 const maxAuthorizeQuery = 8 << 10
 
-type requestIDKey struct{}
-
 // edge wraps every route: request id, bounded bodies, baseline security
 // headers, and a recovered panic answers 500 instead of killing the
 // connection (and is logged with its stack).
@@ -26,6 +27,7 @@ func (p *Provider) edge(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := randomB64(9)
 		ctx := context.WithValue(r.Context(), requestIDKey{}, id)
+		ctx = context.WithValue(ctx, clientAddressKey{}, clientAddress(r, p.cfg.TrustedProxies))
 		r = r.WithContext(ctx)
 		h := w.Header()
 		h.Set("X-Request-Id", id)
@@ -40,7 +42,7 @@ func (p *Provider) edge(next http.Handler) http.Handler {
 				if v == http.ErrAbortHandler {
 					panic(v)
 				}
-				p.cfg.Logger.ErrorContext(ctx, "panic", "value", v, "request_id", id, "stack", string(debug.Stack()))
+				p.cfg.Logger.ErrorContext(ctx, "panic", "value", v, "stack", string(debug.Stack()))
 				writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "server_error", "error_description": "internal error, request id " + id})
 			}
 		}()
@@ -48,12 +50,55 @@ func (p *Provider) edge(next http.Handler) http.Handler {
 	})
 }
 
-// serverError logs err with the request id and answers 500 without detail.
+// serverError logs err, the cause, with the request id and answers 500
+// without detail. Pages a browser sees turn it into a readable page
+// (browserPage).
 func (p *Provider) serverError(w http.ResponseWriter, r *http.Request, err error) {
-	id, _ := r.Context().Value(requestIDKey{}).(string)
-	p.cfg.Logger.ErrorContext(r.Context(), "server error", slog.String("request_id", id), slog.Any("error", err),
+	p.cfg.Logger.ErrorContext(r.Context(), "server error", slog.Any("error", err), slog.String("method", r.Method),
 		slog.String("path", r.URL.Path))
-	writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "server_error", "error_description": "internal error, request id " + id})
+	writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "server_error",
+		"error_description": "internal error, request id " + requestID(r.Context())})
+}
+
+// hideInternal logs an error that is not an OAuth error (a failed write,
+// say) with its cause, and returns server_error naming only the request id:
+// the protocol layer would otherwise put the internal text in the
+// error_description of the redirect to the application.
+func (p *Provider) hideInternal(ctx context.Context, err error) error {
+	var oe *zoidc.Error
+	if err == nil || errors.As(err, &oe) {
+		return err
+	}
+	p.cfg.Logger.ErrorContext(ctx, "server error", slog.Any("error", err))
+	return zoidc.ErrServerError().WithDescription("internal error, request id %s", requestID(ctx))
+}
+
+// browserPage serves routes that a person's browser opens (sign-in,
+// callback, logout): an error answered in JSON or plain text, by idleguard
+// or by the protocol layer, becomes a readable page, and never shows
+// internal text. The cause has been logged where it happened.
+func (p *Provider) browserPage(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := &errorCatcher{ResponseWriter: w, catch: func(status int, contentType string) bool {
+			return status >= 400 && !strings.HasPrefix(contentType, "text/html")
+		}}
+		next.ServeHTTP(rec, r)
+		if !rec.caught {
+			return
+		}
+		if rec.status >= 500 {
+			p.messagePage(w, r, rec.status, "Something went wrong",
+				"The sign-in service could not complete your request. Please try again in a moment. If it keeps happening, "+
+					"tell your administrator this reference: "+requestID(r.Context())+".")
+			return
+		}
+		msg := "This link is unknown, incomplete or has expired. Go back to the application and try again."
+		var e oauthError
+		if strings.HasPrefix(rec.contentType, "application/json") && json.Unmarshal(rec.body.Bytes(), &e) == nil && e.Error != "" {
+			msg = "The application sent an invalid request. " + e.Description + " (" + e.Error + ")"
+		}
+		p.messagePage(w, r, rec.status, "Request not completed", msg)
+	})
 }
 
 // authorizeErrorPage turns the JSON error that the protocol layer answers
@@ -91,7 +136,9 @@ type oauthError struct {
 // catchError serves r with next, holding back a 4xx JSON error; it returns
 // nil when the response went through untouched.
 func catchError(next http.Handler, w http.ResponseWriter, r *http.Request) (*errorCatcher, oauthError) {
-	rec := &errorCatcher{ResponseWriter: w}
+	rec := &errorCatcher{ResponseWriter: w, catch: func(status int, contentType string) bool {
+		return status >= 400 && status < 500 && strings.HasPrefix(contentType, "application/json")
+	}}
 	next.ServeHTTP(rec, r)
 	var e oauthError
 	if !rec.caught {
@@ -101,18 +148,21 @@ func catchError(next http.Handler, w http.ResponseWriter, r *http.Request) (*err
 	return rec, e
 }
 
-// errorCatcher holds back a 4xx JSON response so that it can be rendered as
-// a page; anything else is written through.
+// errorCatcher holds back a response that catch selects (by status and
+// content type) so that it can be rendered otherwise; anything else is
+// written through.
 type errorCatcher struct {
 	http.ResponseWriter
-	status int
-	caught bool
-	body   bytes.Buffer
+	catch       func(status int, contentType string) bool
+	status      int
+	contentType string
+	caught      bool
+	body        bytes.Buffer
 }
 
 func (c *errorCatcher) WriteHeader(status int) {
-	if status >= 400 && status < 500 && strings.HasPrefix(c.Header().Get("Content-Type"), "application/json") {
-		c.status, c.caught = status, true
+	if ct := c.Header().Get("Content-Type"); c.catch(status, ct) {
+		c.status, c.contentType, c.caught = status, ct, true
 		c.Header().Del("Content-Type")
 		return
 	}

@@ -8,6 +8,7 @@ import (
 	"html/template"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -40,6 +41,7 @@ type Store interface {
 	SecretStore
 	OutboxStore
 	AdminStore
+	LoginThrottleStore
 	Ping(ctx context.Context) error
 }
 
@@ -57,7 +59,13 @@ type Config struct {
 	AdminTokenHash []byte
 	Backchannel    BackchannelConfig
 	Login          LoginConfig
-	Logger         *slog.Logger
+	// TrustedProxies are the networks of the reverse proxies whose
+	// X-Forwarded-For or Forwarded header names the client; empty: the
+	// peer's address is the client's. See clientAddress.
+	TrustedProxies []netip.Prefix
+	// Logger gets every log line; records logged with a request's context
+	// carry its request_id (see LogHandler).
+	Logger *slog.Logger
 	// HTTPClient posts back-channel logouts; default has Backchannel.Timeout.
 	HTTPClient *http.Client
 }
@@ -73,6 +81,7 @@ type Provider struct {
 	refresh   refreshMAC
 	cookies   *securecookie.SecureCookie
 	tickets   *securecookie.SecureCookie
+	devices   *securecookie.SecureCookie
 	secure    bool
 	op        *op.Provider
 	handler   http.Handler
@@ -95,6 +104,21 @@ func randomBytes(n int) func() []byte {
 	}
 }
 
+// cookieCodec seals cookies with the keys stored as name_hash and
+// name_block, generated on first use: kept in the database, so that a
+// cookie set at one replica opens at every other.
+func cookieCodec(ctx context.Context, store SecretStore, name string) (*securecookie.SecureCookie, error) {
+	hashKey, err := store.Secret(ctx, name+"_hash", randomBytes(32))
+	if err != nil {
+		return nil, err
+	}
+	blockKey, err := store.Secret(ctx, name+"_block", randomBytes(32))
+	if err != nil {
+		return nil, err
+	}
+	return securecookie.New(hashKey, blockKey), nil
+}
+
 // New builds a provider on store. It loads (or creates) the signing keys and
 // secrets; call Run to start the background work and Handler to serve.
 func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
@@ -104,6 +128,7 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	cfg.Logger = slog.New(LogHandler(cfg.Logger.Handler()))
 	if cfg.IDTokenTTL <= 0 {
 		cfg.IDTokenTTL = 10 * time.Minute
 	}
@@ -114,7 +139,7 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		cfg.KeyAlgorithm = "RS256"
 	}
 	cfg.Backchannel.setDefaults()
-	cfg.Login.setDefaults()
+	cfg.Login = cfg.Login.WithDefaults()
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: cfg.Backchannel.Timeout,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
@@ -124,7 +149,7 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		return nil, fmt.Errorf("issuer %q is not an absolute URL", cfg.Issuer)
 	}
 	p := &Provider{cfg: cfg, store: store, clients: make(map[string]*Client), secure: issuer.Scheme == "https",
-		limiter: newLoginLimiter(cfg.Login, cfg.Now), wake: make(chan struct{}, 1), verified: newVerifiedCache(200_000, cfg.Now)}
+		wake: make(chan struct{}, 1), verified: newVerifiedCache(200_000, cfg.Now)}
 	for _, c := range cfg.Clients {
 		if c.IDTokenTTL == 0 {
 			c.IDTokenTTL = cfg.IDTokenTTL
@@ -140,16 +165,23 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		return nil, err
 	}
 	p.refresh = refreshMAC(mac)
-	hashKey, err := store.Secret(ctx, "cookie_hash", randomBytes(32))
+	if p.cookies, err = cookieCodec(ctx, store, "cookie"); err != nil {
+		return nil, err
+	}
+	if p.tickets, err = cookieCodec(ctx, store, "cookie"); err != nil {
+		return nil, err
+	}
+	p.tickets.MaxAge(600)
+	// Device cookies have keys of their own (they live for months).
+	if p.devices, err = cookieCodec(ctx, store, "device_cookie"); err != nil {
+		return nil, err
+	}
+	p.devices.MaxAge(int(deviceCookieTTL / time.Second))
+	throttleKey, err := store.Secret(ctx, "login_throttle", randomBytes(32))
 	if err != nil {
 		return nil, err
 	}
-	blockKey, err := store.Secret(ctx, "cookie_block", randomBytes(32))
-	if err != nil {
-		return nil, err
-	}
-	p.cookies = securecookie.New(hashKey, blockKey)
-	p.tickets = securecookie.New(hashKey, blockKey).MaxAge(600)
+	p.limiter = newLoginLimiter(store, cfg.Login, cfg.Now, throttleKey)
 	cryptoKey, err := store.Secret(ctx, "token_crypto", randomBytes(32))
 	if err != nil {
 		return nil, err
@@ -236,15 +268,16 @@ func (p *Provider) routes() http.Handler {
 		}))
 
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /login", p.loginPage)
-	mux.HandleFunc("POST /login", p.loginSubmit)
+	page := func(h http.HandlerFunc) http.Handler { return p.browserPage(h) }
+	mux.Handle("GET /login", page(p.loginPage))
+	mux.Handle("POST /login", page(p.loginSubmit))
 	mux.HandleFunc("POST /activity", p.bearerCORS(p.postActivity))
 	mux.HandleFunc("GET /session", p.bearerCORS(p.getSession))
 	mux.HandleFunc("OPTIONS /activity", p.preflight)
 	mux.HandleFunc("OPTIONS /session", p.preflight)
-	mux.HandleFunc("GET /logged-out", p.loggedOut)
-	mux.HandleFunc("GET /logout/confirm", p.logoutConfirm)
-	mux.HandleFunc("POST /logout/confirm", p.logoutConfirmed)
+	mux.Handle("GET /logged-out", page(p.loggedOut))
+	mux.Handle("GET /logout/confirm", page(p.logoutConfirm))
+	mux.Handle("POST /logout/confirm", page(p.logoutConfirmed))
 	mux.HandleFunc("GET /admin/sessions", p.admin(p.adminListSessions))
 	mux.HandleFunc("POST /admin/sessions/{sid}/end", p.admin(p.adminEndSession))
 	mux.HandleFunc("POST /admin/users/{user}/sessions/end", p.admin(p.adminEndUserSessions))
@@ -252,7 +285,9 @@ func (p *Provider) routes() http.Handler {
 	mux.HandleFunc("GET /admin/deliveries", p.admin(p.adminDeliveries))
 	mux.HandleFunc("GET /metrics", p.admin(p.metricsHandler().ServeHTTP))
 	mux.Handle("GET /static/", http.StripPrefix("/static/", static.Handler()))
-	mux.Handle("GET /authorize", p.authorizeErrorPage(protocol))
+	mux.Handle("GET /authorize", p.browserPage(p.authorizeErrorPage(protocol)))
+	mux.Handle("/authorize/callback", p.browserPage(protocol))
+	mux.Handle("/end_session", p.browserPage(protocol))
 	mux.Handle("POST /oauth/token", invalidClient401(protocol))
 	mux.Handle("POST /oauth/introspect", requireClientAuth(invalidClient401(protocol)))
 	mux.Handle("POST /revoke", invalidClient401(protocol))
@@ -314,8 +349,7 @@ func (p *Provider) purge(ctx context.Context) error {
 		}
 		return true
 	})
-	p.limiter.purge()
-	return nil
+	return p.limiter.purge(ctx)
 }
 
 func (p *Provider) revokeTokenID(ctx context.Context, id string, exp time.Time) error {

@@ -130,7 +130,7 @@ func (s *server) EndSession(ctx context.Context, r *op.Request[zoidc.EndSessionR
 	}
 	target, err := s.p.endAndFrontchannel(ctx, sid, req)
 	if err != nil {
-		return nil, err
+		return nil, s.p.hideInternal(ctx, err)
 	}
 	return op.NewRedirect(target), nil
 }

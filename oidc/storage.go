@@ -134,7 +134,8 @@ func (s storage) AuthRequestByCode(ctx context.Context, code string) (op.AuthReq
 // SaveAuthCode is called when the provider issues a code: this is where the
 // client joins the authentication session (its application session is
 // created, tightening the idle limit if it is stricter).
-func (s storage) SaveAuthCode(ctx context.Context, id, code string) error {
+func (s storage) SaveAuthCode(ctx context.Context, id, code string) (err error) {
+	defer func() { err = s.p.hideInternal(ctx, err) }()
 	a, err := s.p.authRequest(ctx, id)
 	if err != nil {
 		return err

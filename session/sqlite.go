@@ -799,6 +799,92 @@ func (s *SQLite) PurgeAuthRequests(ctx context.Context, now time.Time) error {
 	return err
 }
 
+// --- sign-in throttling ---
+
+// ReserveLoginAttempt counts one sign-in attempt against every key before
+// the password is checked, in one transaction, so that concurrent guesses
+// (at this process or any other on the database) cannot all pass the limit.
+// When a key is locked at now, nothing is counted and the longest remaining
+// lock is returned instead.
+func (s *SQLite) ReserveLoginAttempt(ctx context.Context, keys []string, now time.Time, p LoginPolicy) (LoginAttempt, time.Duration, error) {
+	a := LoginAttempt{Keys: keys, Locks: make([]time.Time, len(keys))}
+	var wait time.Duration
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		counts := make([]int, len(keys))
+		for i, k := range keys {
+			var n int
+			var last, until int64
+			err := tx.QueryRowContext(ctx, `SELECT failures, last_at, locked_until FROM login_failures WHERE key = ?`, k).Scan(&n, &last, &until)
+			switch {
+			case errors.Is(err, sql.ErrNoRows):
+			case err != nil:
+				return err
+			case fromMS(until).After(now):
+				wait = max(wait, fromMS(until).Sub(now))
+			case !p.Stale(fromMS(last), fromMS(until), now):
+				counts[i] = n
+			}
+		}
+		if wait > 0 {
+			return nil
+		}
+		for i, k := range keys {
+			a.Locks[i] = p.LockedUntil(counts[i]+1, now)
+			if _, err := tx.ExecContext(ctx, `INSERT INTO login_failures (key, failures, last_at, locked_until) VALUES (?, ?, ?, ?)
+				ON CONFLICT (key) DO UPDATE SET failures = excluded.failures, last_at = excluded.last_at, locked_until = excluded.locked_until`,
+				k, counts[i]+1, ms(now), ms(a.Locks[i])); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return LoginAttempt{}, 0, fmt.Errorf("reserve login attempt: %w", err)
+	}
+	if wait > 0 {
+		return LoginAttempt{}, wait, nil
+	}
+	return a, 0, nil
+}
+
+// RefundLoginAttempt gives back an attempt that was not a wrong guess (the
+// password was right, or it was never checked): one attempt less on each of
+// its keys, and the lock it set lifted unless a later attempt replaced it.
+func (s *SQLite) RefundLoginAttempt(ctx context.Context, a LoginAttempt) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		for i, k := range a.Keys {
+			if _, err := tx.ExecContext(ctx, `UPDATE login_failures SET failures = MAX(failures - 1, 0),
+				locked_until = CASE WHEN locked_until = ? THEN 0 ELSE locked_until END WHERE key = ?`, ms(a.Locks[i]), k); err != nil {
+				return fmt.Errorf("refund login attempt: %w", err)
+			}
+		}
+		return nil
+	})
+}
+
+// ForgetLoginFailures deletes the counts of keys (a successful sign-in's
+// username or device).
+func (s *SQLite) ForgetLoginFailures(ctx context.Context, keys []string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	in, args := placeholders(keys)
+	if _, err := s.w.ExecContext(ctx, `DELETE FROM login_failures WHERE key IN (`+in+`)`, args...); err != nil {
+		return fmt.Errorf("forget login failures: %w", err)
+	}
+	return nil
+}
+
+// PurgeLoginFailures deletes the counts that p forgets at now: their lock
+// is over and their last attempt older than p.LockoutMax.
+func (s *SQLite) PurgeLoginFailures(ctx context.Context, now time.Time, p LoginPolicy) error {
+	_, err := s.w.ExecContext(ctx, `DELETE FROM login_failures WHERE locked_until <= ? AND last_at < ?`, ms(now), ms(now.Add(-p.LockoutMax)))
+	if err != nil {
+		return fmt.Errorf("purge login failures: %w", err)
+	}
+	return nil
+}
+
 // --- keys and secrets ---
 
 // AddSigningKey stores a new current signing key and schedules every other

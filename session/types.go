@@ -163,6 +163,7 @@ const (
 	AuditLogoutRetrying     = "logout_retrying"
 	AuditLogoutAbandoned    = "logout_abandoned"
 	AuditLoginFailed        = "login_failed"
+	AuditLoginSucceeded     = "login_succeeded"
 	AuditSessionReauthented = "session_reauthenticated"
 )
 

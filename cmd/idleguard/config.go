@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"reflect"
@@ -40,9 +42,15 @@ var demoConfig []byte
 type Config struct {
 	// Issuer is the provider's URL, exactly as it appears in the iss claim:
 	// https, or http for localhost and loopback addresses only.
-	Issuer   string `yaml:"issuer"`
-	Listen   string `yaml:"listen"`   // host:port to serve on
-	Database string `yaml:"database"` // path of the SQLite database file
+	Issuer string `yaml:"issuer"`
+	Listen string `yaml:"listen"` // host:port to serve on
+	// TrustedProxies are the CIDRs (or single addresses) of the reverse
+	// proxies in front of the provider: only a request from one of them has
+	// its X-Forwarded-For or Forwarded header believed, to find the client
+	// address that sign-in throttling and the audit trail use. Empty (the
+	// default): the peer's address is the client's.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+	Database       string   `yaml:"database"` // path of the SQLite database file
 
 	Session     SessionConfig     `yaml:"session"`
 	Keys        KeysConfig        `yaml:"keys"`
@@ -50,6 +58,7 @@ type Config struct {
 	Admin       AdminConfig       `yaml:"admin"`
 	Backchannel BackchannelConfig `yaml:"backchannel"`
 	Login       LoginConfig       `yaml:"login"`
+	Log         LogConfig         `yaml:"log"`
 	Clients     []ClientConfig    `yaml:"clients"`
 
 	// problems found while decoding and expanding, reported by Validate
@@ -104,6 +113,16 @@ type LoginConfig struct {
 	LockoutBase Duration `yaml:"lockout_base"` // default 1s
 	LockoutMax  Duration `yaml:"lockout_max"`  // default 15m
 }
+
+// LogConfig chooses how the provider logs. Every line logged while serving
+// a request carries its request_id (the X-Request-Id response header).
+type LogConfig struct {
+	Format string `yaml:"format"` // text (default, logfmt) or json
+	Level  string `yaml:"level"`  // debug, info (default), warn or error
+}
+
+// logLevels are the accepted log.level values.
+var logLevels = map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}
 
 // ClientConfig registers one relying party.
 type ClientConfig struct {
@@ -298,6 +317,12 @@ func (c *Config) setDefaults() {
 	}
 	setDuration(&c.Login.LockoutBase, time.Second)
 	setDuration(&c.Login.LockoutMax, 15*time.Minute)
+	if c.Log.Format == "" {
+		c.Log.Format = "text"
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
 
 	for i := range c.Clients {
 		cl := &c.Clients[i]
@@ -374,6 +399,7 @@ func (c *Config) Validate() error {
 	s, bc, lg := c.Session, c.Backchannel, c.Login
 	issuerMsg := ifSet(c.Issuer, func(v string) string { return urlProblem(v, issuerURL) })
 	listenMsg := ifSet(c.Listen, listenProblem)
+	_, knownLevel := logLevels[c.Log.Level]
 	run([]check{
 		{c.Issuer == "", "issuer", "is required: the provider's public URL, as in the iss claim"},
 		{issuerMsg != "", "issuer", issuerMsg},
@@ -408,7 +434,16 @@ func (c *Config) Validate() error {
 		{lg.LockoutBase <= 0, "login.lockout_base", "must be positive"},
 		{lg.LockoutMax < lg.LockoutBase, "login.lockout_max",
 			fmt.Sprintf("%s is shorter than login.lockout_base (%s)", lg.LockoutMax, lg.LockoutBase)},
+
+		{c.Log.Format != "text" && c.Log.Format != "json", "log.format", fmt.Sprintf("%q is not supported (want text or json)", c.Log.Format)},
+		{!knownLevel, "log.level",
+			fmt.Sprintf("%q is not a level (want debug, info, warn or error)", c.Log.Level)},
 	})
+	for i, v := range c.TrustedProxies {
+		if _, msg := parseProxy(v); msg != "" {
+			add(fmt.Sprintf("trusted_proxies[%d]", i), msg)
+		}
+	}
 
 	firstUse := make(map[string]int)
 	for i := range c.Clients {
@@ -579,6 +614,34 @@ func listenProblem(addr string) string {
 	return ""
 }
 
+// parseProxy reads one trusted_proxies entry: a CIDR, or one address.
+func parseProxy(v string) (netip.Prefix, string) {
+	p, err := netip.ParsePrefix(v)
+	if err != nil {
+		a, aerr := netip.ParseAddr(v)
+		if aerr != nil {
+			return netip.Prefix{}, fmt.Sprintf("%q is not a CIDR or an address (write 10.0.0.0/8, 2001:db8::/32 or 192.0.2.1)", v)
+		}
+		p = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())
+	}
+	if p.Bits() == 0 {
+		return netip.Prefix{}, fmt.Sprintf("%q trusts every address: any client could then choose the address it is counted under", v)
+	}
+	return p.Masked(), ""
+}
+
+// Logger builds the provider's logger from log.format and log.level,
+// writing to w; every record logged with a request's context carries its
+// request_id.
+func (c *Config) Logger(w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: logLevels[c.Log.Level]}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
+	if c.Log.Format == "json" {
+		h = slog.NewJSONHandler(w, opts)
+	}
+	return slog.New(oidc.LogHandler(h))
+}
+
 // ProviderConfig converts the configuration into the provider's. Secrets are
 // hashed; Now, Logger and HTTPClient are left for the caller to set.
 func (c *Config) ProviderConfig() (oidc.Config, error) {
@@ -612,6 +675,10 @@ func (c *Config) ProviderConfig() (oidc.Config, error) {
 	}
 	if c.Admin.Token != "" {
 		pc.AdminTokenHash = oidc.HashSecret(c.Admin.Token)
+	}
+	for _, v := range c.TrustedProxies {
+		p, _ := parseProxy(v) // validated above
+		pc.TrustedProxies = append(pc.TrustedProxies, p)
 	}
 	for i := range c.Clients {
 		cl := &c.Clients[i]

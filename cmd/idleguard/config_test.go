@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -327,6 +328,8 @@ func TestConfigDefaults(t *testing.T) {
 	require.Equal(t, BackchannelConfig{Timeout: Duration(5 * time.Second), Concurrency: 8, RetryFor: Duration(24 * time.Hour),
 		InitialBackoff: Duration(time.Second), MaxBackoff: Duration(5 * time.Minute), PollInterval: Duration(time.Second)}, cfg.Backchannel)
 	require.Equal(t, LoginConfig{MaxFailures: 5, LockoutBase: Duration(time.Second), LockoutMax: Duration(15 * time.Minute)}, cfg.Login)
+	require.Equal(t, LogConfig{Format: "text", Level: "info"}, cfg.Log)
+	require.Empty(t, cfg.TrustedProxies, "no proxy is trusted unless configured")
 
 	c := cfg.Clients[0]
 	require.Equal(t, "client_secret_basic", c.AuthMethod)
@@ -388,6 +391,18 @@ func TestConfigValidateRules(t *testing.T) {
 		{"max backoff below initial", func(c *Config, _ *ClientConfig) { c.Backchannel.MaxBackoff = d("500ms") },
 			"backchannel.max_backoff: 500ms is shorter than backchannel.initial_backoff (1s)"},
 		{"no login attempts", func(c *Config, _ *ClientConfig) { c.Login.MaxFailures = -1 }, "login.max_failures: must be positive"},
+		{"json logs", func(c *Config, _ *ClientConfig) { c.Log = LogConfig{Format: "json", Level: "debug"} }, ""},
+		{"unknown log format", func(c *Config, _ *ClientConfig) { c.Log.Format = "xml" }, "log.format: \"xml\" is not supported (want text or json)"},
+		{"unknown log level", func(c *Config, _ *ClientConfig) { c.Log.Level = "verbose" }, "log.level: \"verbose\" is not a level"},
+		{"trusted proxies", func(c *Config, _ *ClientConfig) {
+			c.TrustedProxies = []string{"10.0.0.0/8", "192.0.2.1", "2001:db8::/32"}
+		}, ""},
+		{"trusted proxy not a CIDR", func(c *Config, _ *ClientConfig) { c.TrustedProxies = []string{"10.0.0.0/8", "10.0.0.0/33"} },
+			"trusted_proxies[1]: \"10.0.0.0/33\" is not a CIDR or an address"},
+		{"trusted proxy host name", func(c *Config, _ *ClientConfig) { c.TrustedProxies = []string{"proxy.internal"} },
+			"trusted_proxies[0]: \"proxy.internal\" is not a CIDR"},
+		{"trusting every address", func(c *Config, _ *ClientConfig) { c.TrustedProxies = []string{"0.0.0.0/0"} },
+			"trusted_proxies[0]: \"0.0.0.0/0\" trusts every address"},
 
 		{"empty client id", func(_ *Config, cl *ClientConfig) { cl.ID = "" }, "clients[0].client_id: is required"},
 		{"client id with space", func(_ *Config, cl *ClientConfig) { cl.ID = "my app" }, "clients[0].client_id: must not contain spaces"},
@@ -477,6 +492,7 @@ func TestConfigProviderConfig(t *testing.T) {
 	cfg, err := ParseConfig([]byte(`
 issuer: https://id.example.com/
 listen: 127.0.0.1:8080
+trusted_proxies: [10.1.0.0/16, 192.0.2.7, "2001:db8::1/32"]
 database: idleguard.db
 session:
   idle_timeout: 30m
@@ -531,6 +547,8 @@ clients:
 	require.Equal(t, oidc.BackchannelConfig{Timeout: 4 * time.Second, Concurrency: 3, RetryFor: time.Hour,
 		InitialBackoff: 2 * time.Second, MaxBackoff: time.Minute, PollInterval: time.Second}, pc.Backchannel)
 	require.Equal(t, oidc.LoginConfig{MaxFailures: 9, LockoutBase: 3 * time.Second, LockoutMax: time.Hour}, pc.Login)
+	require.Equal(t, []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16"), netip.MustParsePrefix("192.0.2.7/32"),
+		netip.MustParsePrefix("2001:db8::/32")}, pc.TrustedProxies)
 	require.Nil(t, pc.Now)
 	require.Nil(t, pc.Logger)
 	require.Nil(t, pc.HTTPClient)

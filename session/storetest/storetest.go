@@ -5,6 +5,8 @@ package storetest
 
 import (
 	"context"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -48,6 +50,11 @@ type Store interface {
 	Secret(ctx context.Context, name string, gen func() []byte) ([]byte, error)
 	AddSigningKey(ctx context.Context, k session.SigningKey, retireOthers time.Time) error
 	SigningKeys(ctx context.Context, now time.Time) ([]session.SigningKey, error)
+
+	ReserveLoginAttempt(ctx context.Context, keys []string, now time.Time, p session.LoginPolicy) (session.LoginAttempt, time.Duration, error)
+	RefundLoginAttempt(ctx context.Context, a session.LoginAttempt) error
+	ForgetLoginFailures(ctx context.Context, keys []string) error
+	PurgeLoginFailures(ctx context.Context, now time.Time, p session.LoginPolicy) error
 }
 
 // Run runs every behaviour test against stores made by open (a fresh,
@@ -67,6 +74,10 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"AuthRequestsAndCodes", testAuthRequests},
 		{"RevokedTokensExpire", testRevoked},
 		{"SecretsAndKeys", testSecretsAndKeys},
+		{"LoginAttemptsAreCountedBeforeTheCheck", testLoginReserve},
+		{"LoginAttemptsRaceForTheLastSlot", testLoginReserveRace},
+		{"LoginRefundLiftsOnlyItsOwnLock", testLoginRefund},
+		{"LoginFailuresAreForgottenAndPurged", testLoginForgetPurge},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
 	}
@@ -320,4 +331,94 @@ func testSecretsAndKeys(t *testing.T, s Store) {
 	keys, err = s.SigningKeys(ctx, t0.Add(2*time.Hour))
 	require.NoError(t, err)
 	require.Len(t, keys, 1, "the old key has left the key set")
+}
+
+var loginPolicy = session.LoginPolicy{MaxFailures: 3, LockoutBase: time.Second, LockoutMax: time.Minute}
+
+func reserve(t *testing.T, s Store, at time.Time, keys ...string) (session.LoginAttempt, time.Duration) {
+	t.Helper()
+	a, wait, err := s.ReserveLoginAttempt(t.Context(), keys, at, loginPolicy)
+	require.NoError(t, err)
+	return a, wait
+}
+
+func testLoginReserve(t *testing.T, s Store) {
+	for i := range 3 {
+		a, wait := reserve(t, s, t0, "u:alice", "a:1")
+		require.Zero(t, wait, "attempt %d is free", i+1)
+		require.Equal(t, []string{"u:alice", "a:1"}, a.Keys)
+	}
+	_, wait := reserve(t, s, t0, "u:alice", "a:2")
+	require.Equal(t, time.Second, wait, "the third attempt locked the username")
+	a, wait := reserve(t, s, t0, "u:bob", "a:2")
+	require.Zero(t, wait, "a refused attempt counted nothing on its other keys")
+	require.Equal(t, []time.Time{{}, {}}, a.Locks)
+	_, wait = reserve(t, s, t0.Add(time.Second), "u:alice")
+	require.Zero(t, wait, "the lock is over")
+	_, wait = reserve(t, s, t0.Add(time.Second), "u:alice")
+	require.Equal(t, 2*time.Second, wait, "and the next one doubled")
+	_, wait = reserve(t, s, t0.Add(10*time.Minute), "u:alice")
+	require.Zero(t, wait, "counts older than lockout_max are forgotten")
+	_, wait = reserve(t, s, t0.Add(10*time.Minute), "u:alice")
+	require.Zero(t, wait, "from zero again")
+}
+
+func testLoginReserveRace(t *testing.T, s Store) {
+	const n = 20
+	var wg sync.WaitGroup
+	var passed atomic.Int32
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, wait, err := s.ReserveLoginAttempt(context.Background(), []string{"u:carol"}, t0, loginPolicy)
+			if err == nil && wait == 0 {
+				passed.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	require.Equal(t, int32(loginPolicy.MaxFailures), passed.Load(), "exactly max_failures of %d simultaneous attempts pass", n)
+}
+
+func testLoginRefund(t *testing.T, s Store) {
+	ctx := t.Context()
+	reserve(t, s, t0, "a:1")
+	reserve(t, s, t0, "a:1")
+	last, _ := reserve(t, s, t0, "a:1")
+	require.Equal(t, []time.Time{t0.Add(time.Second)}, last.Locks)
+	require.NoError(t, s.RefundLoginAttempt(ctx, last))
+	_, wait := reserve(t, s, t0, "a:1")
+	require.Zero(t, wait, "the refunded attempt's lock is lifted and its count given back")
+
+	// A lock set by a later attempt stays when an earlier one is refunded.
+	first, _ := reserve(t, s, t0, "a:9")
+	reserve(t, s, t0, "a:9")
+	reserve(t, s, t0, "a:9")
+	require.NoError(t, s.RefundLoginAttempt(ctx, first))
+	_, wait = reserve(t, s, t0, "a:9")
+	require.Equal(t, time.Second, wait)
+}
+
+func testLoginForgetPurge(t *testing.T, s Store) {
+	ctx := t.Context()
+	for range 3 {
+		reserve(t, s, t0, "u:dave", "a:3")
+	}
+	require.NoError(t, s.ForgetLoginFailures(ctx, []string{"u:dave"}))
+	_, wait := reserve(t, s, t0, "u:dave")
+	require.Zero(t, wait, "forgotten")
+	_, wait = reserve(t, s, t0, "a:3")
+	require.Equal(t, time.Second, wait, "other keys keep their counts")
+
+	require.NoError(t, s.PurgeLoginFailures(ctx, t0.Add(30*time.Second), loginPolicy))
+	_, wait = reserve(t, s, t0.Add(30*time.Second), "a:3", "u:erin")
+	require.Zero(t, wait)
+	_, wait = reserve(t, s, t0.Add(30*time.Second), "a:3")
+	require.Equal(t, 2*time.Second, wait, "not purged before lockout_max: its count went on")
+	require.NoError(t, s.PurgeLoginFailures(ctx, t0.Add(2*time.Minute), loginPolicy))
+	_, wait = reserve(t, s, t0.Add(2*time.Minute), "a:3")
+	require.Zero(t, wait)
+	_, wait = reserve(t, s, t0.Add(2*time.Minute), "a:3")
+	require.Zero(t, wait, "purged: counting from zero")
 }
