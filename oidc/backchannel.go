@@ -48,7 +48,7 @@ const (
 )
 
 // checkRejoin refuses a new application session of clientID in sid when that
-// pair has ended rejoinBurst times within rejoinWindow. It reads the stored
+// pair has ended more than rejoinBurst times within rejoinWindow. It reads the stored
 // sessions, which every process shares.
 func (p *Provider) checkRejoin(ctx context.Context, sid, clientID string) error {
 	_, apps, err := p.store.AuthSession(ctx, sid)
@@ -65,7 +65,7 @@ func (p *Provider) checkRejoin(ctx context.Context, sid, clientID string) error 
 			ended++
 		}
 	}
-	if ended >= rejoinBurst {
+	if ended > rejoinBurst {
 		return (&zoidc.Error{ErrorType: "temporarily_unavailable"}).WithDescription(
 			"this app was signed out of this session %d times in %s; try again later", ended, rejoinWindow)
 	}
@@ -89,7 +89,8 @@ func (p *Provider) deliveryLoop(ctx context.Context) {
 	defer p.outbox.wait()
 	others := true
 	for {
-		if _, err := p.outbox.fill(ctx, others); err != nil && ctx.Err() == nil {
+		_, freed, err := p.outbox.fill(ctx, others)
+		if err != nil && ctx.Err() == nil {
 			p.cfg.Logger.ErrorContext(ctx, "back-channel delivery", "error", err)
 		}
 		others = false
@@ -99,7 +100,7 @@ func (p *Provider) deliveryLoop(ctx context.Context) {
 		case <-tick.C:
 			others = true
 		case <-p.wake:
-		case <-p.outbox.freed:
+		case <-freed:
 		}
 	}
 }
@@ -110,18 +111,18 @@ func (p *Provider) deliveryLoop(ctx context.Context) {
 func (p *Provider) DeliverDue(ctx context.Context) (int, error) {
 	total := 0
 	for {
-		n, err := p.outbox.fill(ctx, true)
+		n, freed, err := p.outbox.fill(ctx, true)
 		total += n
 		if err != nil {
 			return total, err
 		}
-		if n == 0 && p.outbox.idle() {
-			return total, nil
+		if freed == nil {
+			return total, nil // nothing claimable, and nothing in flight that could free a slot
 		}
 		select {
 		case <-ctx.Done():
 			return total, ctx.Err()
-		case <-p.outbox.freed:
+		case <-freed:
 		}
 	}
 }
@@ -137,11 +138,11 @@ func (p *Provider) DeliverDue(ctx context.Context) (int, error) {
 // cannot start now is held away from other processes.
 type dispatcher struct {
 	p      *Provider
-	worker string        // claimed_by: this process
-	freed  chan struct{} // a delivery finished (buffered, coalesced)
+	worker string // claimed_by: this process
 
 	mu       sync.Mutex
 	inFlight int
+	freed    chan struct{} // closed (and replaced) whenever a delivery finishes
 	dests    map[string]*destination
 	turn     int // rotates which destination is offered free slots first
 	running  sync.WaitGroup
@@ -156,7 +157,7 @@ type destination struct {
 }
 
 func newDispatcher(p *Provider) *dispatcher {
-	return &dispatcher{p: p, worker: session.NewID(), freed: make(chan struct{}, 1), dests: map[string]*destination{}}
+	return &dispatcher{p: p, worker: session.NewID(), freed: make(chan struct{}), dests: map[string]*destination{}}
 }
 
 // free returns how many more deliveries to uri may start now.
@@ -192,9 +193,21 @@ func (d *dispatcher) destinations() []string {
 // With others, it also looks for rows of URIs that no client has any more
 // (the configuration changed after the end): that query reads every due
 // row, so the loop runs it at the poll interval only.
-func (d *dispatcher) fill(ctx context.Context, others bool) (int, error) {
+//
+// It returns how many it started and a channel that is closed when a
+// delivery in flight finishes (nil when nothing is in flight), taken under
+// the same lock, so that no finish can slip between the two.
+func (d *dispatcher) fill(ctx context.Context, others bool) (int, <-chan struct{}, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	started, err := d.claimAll(ctx, others)
+	if d.inFlight == 0 {
+		return started, nil, err
+	}
+	return started, d.freed, err
+}
+
+func (d *dispatcher) claimAll(ctx context.Context, others bool) (int, error) {
 	started := 0
 	for _, uri := range d.destinations() {
 		n, err := d.claim(ctx, session.DeliveryClaim{URI: uri})
@@ -263,12 +276,7 @@ func (d *dispatcher) start(ctx context.Context, o session.OutboxEntry) {
 	d.running.Add(1)
 	go func() {
 		defer d.running.Done()
-		ok := d.p.deliver(ctx, o)
-		d.finished(o.URI, ok)
-		select {
-		case d.freed <- struct{}{}:
-		default:
-		}
+		d.finished(o.URI, d.p.deliver(ctx, o))
 	}()
 }
 
@@ -277,6 +285,8 @@ func (d *dispatcher) finished(uri string, ok bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.inFlight--
+	close(d.freed)
+	d.freed = make(chan struct{})
 	dst := d.dests[uri]
 	dst.inFlight--
 	if ok {
@@ -294,12 +304,6 @@ func (d *dispatcher) finished(uri string, ok bool) {
 		dst.openUntil = d.p.now().Add(cool)
 		d.p.cfg.Logger.Warn("back-channel destination failing: paused", "uri", uri, "failures", dst.failures, "until", dst.openUntil)
 	}
-}
-
-func (d *dispatcher) idle() bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.inFlight == 0
 }
 
 func (d *dispatcher) wait() { d.running.Wait() }
@@ -322,7 +326,11 @@ func (p *Provider) deliver(ctx context.Context, o session.OutboxEntry) bool {
 			next = now.Add(p.backoff(o.Attempts))
 		}
 	}
-	if derr := p.store.DeliveryDone(ctx, o, now, err == nil, next, errText); derr != nil {
+	// Recorded even when the process is stopping: a POST that was delivered
+	// must not be delivered again for want of a write.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if derr := p.store.DeliveryDone(rctx, o, now, err == nil, next, errText); derr != nil {
 		p.cfg.Logger.ErrorContext(ctx, "record delivery", "jti", o.JTI, "error", derr)
 		return err == nil
 	}
