@@ -624,6 +624,7 @@ func TestHungAppDoesNotDelayOtherApps(t *testing.T) {
 			"end %d did not reach mail", i+1)
 		require.Less(t, time.Since(start), time.Second, "end %d reached mail late", i+1)
 	}
+	require.Eventually(t, func() bool { return hung.maxInFlight() == 2 }, 5*time.Second, 5*time.Millisecond)
 	require.Equal(t, 2, hung.maxInFlight(), "the hung app holds its own two slots, no more")
 	require.Eventually(t, func() bool {
 		pending, err := e.store.PendingDeliveries(t.Context())

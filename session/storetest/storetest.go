@@ -231,15 +231,7 @@ func testEnd(t *testing.T, s Store) {
 	require.NoError(t, s.EndSessions(ctx, session.End{At: t0.Add(2 * time.Minute), Reason: session.ReasonAdmin, AuthSessionID: a.ID}))
 	got, _, _ = s.AuthSession(ctx, a.ID)
 	require.Equal(t, session.ReasonIdleTimeout, got.EndReason)
-	events, err := s.Audit(ctx, session.AuditFilter{SID: a.ID})
-	require.NoError(t, err)
-	ends := 0
-	for _, e := range events {
-		if e.Kind == session.AuditSessionEnd {
-			ends++
-		}
-	}
-	require.Equal(t, 1, ends)
+	require.Equal(t, 1, countEvents(t, s, a.ID, session.AuditSessionEnd))
 }
 
 // claim claims every due row (of uri, or of any destination) for worker.
@@ -378,15 +370,21 @@ func testOutboxClaims(t *testing.T, s Store) {
 	rows, err = s.Deliveries(ctx, a.ID)
 	require.NoError(t, err)
 	require.Equal(t, 1, rows[0].Attempts, "delivered once")
-	events, err := s.Audit(ctx, session.AuditFilter{SID: a.ID})
+	require.Equal(t, 2, countEvents(t, s, a.ID, session.AuditLogoutDelivered), "the duplicate is counted in the audit")
+}
+
+// countEvents counts the audit events of one kind for sid.
+func countEvents(t *testing.T, s Store, sid, kind string) int {
+	t.Helper()
+	events, err := s.Audit(t.Context(), session.AuditFilter{SID: sid})
 	require.NoError(t, err)
-	delivered := 0
+	n := 0
 	for _, e := range events {
-		if e.Kind == session.AuditLogoutDelivered {
-			delivered++
+		if e.Kind == kind {
+			n++
 		}
 	}
-	require.Equal(t, 2, delivered, "the duplicate is counted in the audit")
+	return n
 }
 
 // testOutboxDestinations: a claim takes rows of one destination, up to its
