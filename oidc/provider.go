@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -73,27 +74,31 @@ type Config struct {
 // Provider is the whole OpenID provider: protocol endpoints, login pages,
 // activity endpoints, logout propagation and admin API.
 type Provider struct {
-	cfg       Config
-	store     Store
-	tracker   *activity.Tracker
-	keys      *Keys
-	clients   map[string]*Client
-	refresh   refreshMAC
-	cookies   *securecookie.SecureCookie
-	tickets   *securecookie.SecureCookie
-	devices   *securecookie.SecureCookie
-	secure    bool
-	op        *op.Provider
-	handler   http.Handler
-	pages     *template.Template
-	limiter   *loginLimiter
-	revoked   sync.Map // access token id -> struct{}
-	verified  *verifiedCache
-	signers   signerCache
-	counters  counters
-	wake      chan struct{}
-	runCancel context.CancelFunc
-	running   sync.WaitGroup
+	cfg      Config
+	store    Store
+	tracker  *activity.Tracker
+	keys     *Keys
+	clients  map[string]*Client
+	refresh  refreshMAC
+	cookies  *securecookie.SecureCookie
+	tickets  *securecookie.SecureCookie
+	devices  *securecookie.SecureCookie
+	secure   bool
+	op       *op.Provider
+	handler  http.Handler
+	pages    *template.Template
+	limiter  *loginLimiter
+	revoked  sync.Map // access token id -> struct{}
+	verified *verifiedCache
+	signers  signerCache
+	counters counters
+	wake     chan struct{}
+	outbox   *dispatcher
+	// backchannelURIs are the configured clients' back-channel logout URIs,
+	// sorted: the destinations the dispatcher serves.
+	backchannelURIs []string
+	runCancel       context.CancelFunc
+	running         sync.WaitGroup
 }
 
 func randomBytes(n int) func() []byte {
@@ -155,7 +160,12 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 			c.IDTokenTTL = cfg.IDTokenTTL
 		}
 		p.clients[c.ID] = c
+		if c.BackchannelLogoutURI != "" && !slices.Contains(p.backchannelURIs, c.BackchannelLogoutURI) {
+			p.backchannelURIs = append(p.backchannelURIs, c.BackchannelLogoutURI)
+		}
 	}
+	slices.Sort(p.backchannelURIs)
+	p.outbox = newDispatcher(p)
 
 	if p.keys, err = LoadKeys(ctx, store, cfg.KeyAlgorithm, cfg.Now); err != nil {
 		return nil, err
@@ -336,6 +346,9 @@ type purger interface {
 	PurgeAuthRequests(ctx context.Context, now time.Time) error
 }
 
+// purge drops what can no longer matter: expired authorization requests,
+// revocations of tokens that have expired anyway (memory and database), and
+// finished outbox rows older than Backchannel.Retention.
 func (p *Provider) purge(ctx context.Context) error {
 	if pu, ok := p.store.(purger); ok {
 		if err := pu.PurgeAuthRequests(ctx, p.now()); err != nil {
@@ -349,6 +362,12 @@ func (p *Provider) purge(ctx context.Context) error {
 		}
 		return true
 	})
+	if _, err := p.store.PurgeRevokedTokens(ctx, now); err != nil {
+		return err
+	}
+	if _, err := p.store.PurgeDeliveries(ctx, now.Add(-p.cfg.Backchannel.Retention)); err != nil {
+		return err
+	}
 	return p.limiter.purge(ctx)
 }
 

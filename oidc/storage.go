@@ -38,6 +38,7 @@ type AuthRequestStore interface {
 type RevocationStore interface {
 	RevokeToken(ctx context.Context, tokenID string, expires time.Time) error
 	RevokedTokens(ctx context.Context, now time.Time) ([]string, error)
+	PurgeRevokedTokens(ctx context.Context, now time.Time) (int64, error)
 }
 
 // storage implements op.Storage on top of the stores and the activity
@@ -142,6 +143,9 @@ func (s storage) SaveAuthCode(ctx context.Context, id, code string) (err error) 
 	}
 	if !a.IsDone {
 		return zoidc.ErrLoginRequired()
+	}
+	if err := s.p.checkRejoin(ctx, a.SID, a.ClientID); err != nil {
+		return err
 	}
 	st, err := s.p.tracker.Join(ctx, a.SID, a.ClientID, a.Scopes)
 	if errors.Is(err, activity.ErrSessionOver) {
@@ -261,44 +265,10 @@ func (s storage) TerminateSessionFromRequest(ctx context.Context, req *op.EndSes
 	return s.p.endAndFrontchannel(ctx, sid, req)
 }
 
-// RevokeToken revokes one access token, or a refresh token together with its
-// whole application session (RFC 7009 section 2.1: revoking a refresh token
-// should revoke the access tokens of the same grant). Revocation is never
-// activity.
-func (s storage) RevokeToken(ctx context.Context, tokenOrID, _, clientID string) *zoidc.Error {
-	if rt, err := s.p.refresh.parse(tokenOrID); err == nil {
-		app := rt.app
-		st, err := s.p.tracker.Check(ctx, app)
-		if err != nil {
-			return nil // unknown tokens are answered 200 (RFC 7009 section 2.2)
-		}
-		if st.ClientID != clientID {
-			return zoidc.ErrInvalidClient().WithDescription("token was not issued to this client")
-		}
-		if err := s.p.tracker.EndApp(ctx, app, session.ReasonLogout, clientID); err != nil {
-			return zoidc.ErrServerError().WithParent(err)
-		}
-		return nil
-	}
-	id, err := parseTokenID(tokenOrID)
-	if err != nil {
-		return nil
-	}
-	owner := id.clientID
-	if id.appSessionID != "" {
-		st, err := s.p.tracker.Check(ctx, id.appSessionID)
-		if err != nil {
-			return nil
-		}
-		owner = st.ClientID
-	}
-	if owner != clientID {
-		return zoidc.ErrInvalidClient().WithDescription("token was not issued to this client")
-	}
-	if err := s.p.revokeTokenID(ctx, tokenOrID, id.expires); err != nil {
-		return zoidc.ErrServerError().WithParent(err)
-	}
-	return nil
+// RevokeToken is op.Storage's revocation; Server.Revocation answers the
+// endpoint itself (see revoke), so that nothing unverified reaches here.
+func (s storage) RevokeToken(ctx context.Context, token, _, clientID string) *zoidc.Error {
+	return s.p.revoke(ctx, token, clientID)
 }
 
 func (s storage) GetRefreshTokenInfo(ctx context.Context, clientID, token string) (string, string, error) {

@@ -1,6 +1,7 @@
 package session
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"database/sql"
@@ -9,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -639,8 +641,7 @@ func prepareEnd(ctx context.Context, tx *sql.Tx) (*endStmts, error) {
 	st.auth = prep(`UPDATE auth_sessions SET ended_at = ?, end_reason = ?, ended_by = ?,
 		idle_limit_ms = CASE WHEN ? > 0 THEN ? ELSE idle_limit_ms END WHERE id = ? AND ended_at IS NULL`)
 	st.app = prep(`UPDATE app_sessions SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL`)
-	st.outbox = prep(`INSERT INTO logout_outbox (jti, client_id, uri, sid, subject, reason, created_at, next_attempt_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`)
+	st.outbox = prep(insertOutbox)
 	st.audit = prep(insertAudit)
 	if err != nil {
 		st.close()
@@ -744,10 +745,16 @@ func (s *SQLite) RevokeToken(ctx context.Context, tokenID string, expires time.T
 // RevokedTokens returns the ids of revoked tokens that have not expired by now,
 // deleting the rest.
 func (s *SQLite) RevokedTokens(ctx context.Context, now time.Time) ([]string, error) {
-	if _, err := s.w.ExecContext(ctx, `DELETE FROM revoked_tokens WHERE expires_at < ?`, ms(now)); err != nil {
+	if _, err := s.PurgeRevokedTokens(ctx, now); err != nil {
 		return nil, err
 	}
-	return s.ids(ctx, `SELECT token_id FROM revoked_tokens`)
+	return s.ids(ctx, `SELECT token_id FROM revoked_tokens WHERE expires_at >= ?`, ms(now))
+}
+
+// PurgeRevokedTokens deletes the revocations of tokens that have expired by
+// now (an expired token is refused anyway) and returns how many it deleted.
+func (s *SQLite) PurgeRevokedTokens(ctx context.Context, now time.Time) (int64, error) {
+	return s.purgeBatches(ctx, `DELETE FROM revoked_tokens WHERE token_id IN (SELECT token_id FROM revoked_tokens WHERE expires_at < ? LIMIT 1000)`, ms(now))
 }
 
 // --- authorization requests ---
@@ -933,59 +940,105 @@ func (s *SQLite) Secret(ctx context.Context, name string, gen func() []byte) ([]
 
 // --- outbox ---
 
-const outboxCols = `id, jti, client_id, uri, sid, subject, reason, created_at, next_attempt_at, attempts, last_error, delivered_at, abandoned_at`
+// insertOutbox writes one logout notice. There is at most one pending row per
+// (client, sid): a later end of the same pair supersedes a pending row, with a
+// fresh jti (the app may already have seen, and remembered, the old one for a
+// session it has since rejoined) and the first due time of the two. The pair
+// can therefore hold one pending row however often it ends and rejoins.
+const insertOutbox = `INSERT INTO logout_outbox (jti, client_id, uri, sid, subject, reason, created_at, next_attempt_at)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+	ON CONFLICT (client_id, sid) WHERE delivered_at IS NULL AND abandoned_at IS NULL DO UPDATE SET
+	jti = excluded.jti, uri = excluded.uri, subject = excluded.subject, reason = excluded.reason, created_at = excluded.created_at,
+	next_attempt_at = min(next_attempt_at, excluded.next_attempt_at), attempts = 0, last_error = '', claimed_by = NULL, claimed_until = NULL`
+
+const outboxCols = `id, jti, client_id, uri, sid, subject, reason, created_at, next_attempt_at, attempts, last_error, delivered_at, abandoned_at, claimed_by, claimed_until`
+
+const outboxPending = `delivered_at IS NULL AND abandoned_at IS NULL`
 
 func scanOutbox(row scanner) (OutboxEntry, error) {
 	var o OutboxEntry
 	var created, next int64
-	var delivered, abandoned sql.NullInt64
+	var delivered, abandoned, claimedUntil sql.NullInt64
 	var reason string
-	err := row.Scan(&o.ID, &o.JTI, &o.ClientID, &o.URI, &o.SID, &o.Subject, &reason, &created, &next, &o.Attempts, &o.LastError, &delivered, &abandoned)
+	var claimedBy sql.NullString
+	err := row.Scan(&o.ID, &o.JTI, &o.ClientID, &o.URI, &o.SID, &o.Subject, &reason, &created, &next, &o.Attempts, &o.LastError,
+		&delivered, &abandoned, &claimedBy, &claimedUntil)
 	o.Reason = Reason(reason)
 	o.CreatedAt, o.NextAttemptAt = fromMS(created), fromMS(next)
 	o.DeliveredAt, o.AbandonedAt = fromNullMS(delivered), fromNullMS(abandoned)
+	o.ClaimedBy, o.ClaimedUntil = claimedBy.String, fromNullMS(claimedUntil)
 	return o, err
 }
 
-// DueDeliveries returns pending deliveries whose next attempt is due.
-func (s *SQLite) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]OutboxEntry, error) {
-	return s.outbox(ctx, `SELECT `+outboxCols+` FROM logout_outbox WHERE delivered_at IS NULL AND abandoned_at IS NULL
-		AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?`, ms(now), limit)
+// ClaimDeliveries claims up to c.Limit due rows of one destination for
+// c.Worker in a single UPDATE ... RETURNING, so that two workers (two
+// processes on one database) never hold the same row; rows whose claim has
+// lapsed are claimable again. The rows come back oldest due first.
+func (s *SQLite) ClaimDeliveries(ctx context.Context, c DeliveryClaim) ([]OutboxEntry, error) {
+	where, args := `uri = ?`, []any{c.Worker, ms(c.Until), c.URI}
+	switch {
+	case c.URI != "":
+	case len(c.Except) > 0:
+		in, except := placeholders(c.Except)
+		where, args = `uri NOT IN (`+in+`)`, append(args[:2], except...)
+	default:
+		where, args = `true`, args[:2]
+	}
+	args = append(args, ms(c.Now), ms(c.Now), c.Limit)
+	out, err := queryAll(ctx, s.w, scanOutbox, `UPDATE logout_outbox SET claimed_by = ?, claimed_until = ?
+		WHERE id IN (SELECT id FROM logout_outbox WHERE `+where+` AND `+outboxPending+` AND next_attempt_at <= ?
+			AND (claimed_until IS NULL OR claimed_until <= ?) ORDER BY next_attempt_at, id LIMIT ?)
+		RETURNING `+outboxCols, args...)
+	if err != nil {
+		return nil, fmt.Errorf("claim deliveries: %w", err)
+	}
+	slices.SortFunc(out, func(a, b OutboxEntry) int {
+		return cmp.Or(a.NextAttemptAt.Compare(b.NextAttemptAt), cmp.Compare(a.ID, b.ID))
+	})
+	return out, nil
 }
 
 // PendingDeliveries counts deliveries neither delivered nor abandoned.
 func (s *SQLite) PendingDeliveries(ctx context.Context) (int, error) {
 	var n int
-	err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM logout_outbox WHERE delivered_at IS NULL AND abandoned_at IS NULL`).Scan(&n)
+	err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM logout_outbox WHERE `+outboxPending).Scan(&n)
 	return n, err
 }
 
 // Deliveries lists every delivery for an authentication session (all when sid
 // is empty), oldest first.
 func (s *SQLite) Deliveries(ctx context.Context, sid string) ([]OutboxEntry, error) {
-	return s.outbox(ctx, `SELECT `+outboxCols+` FROM logout_outbox WHERE ? = '' OR sid = ? ORDER BY id`, sid, sid)
+	return queryAll(ctx, s.r, scanOutbox, `SELECT `+outboxCols+` FROM logout_outbox WHERE ? = '' OR sid = ? ORDER BY id`, sid, sid)
 }
 
-func (s *SQLite) outbox(ctx context.Context, q string, args ...any) ([]OutboxEntry, error) {
-	return queryAll(ctx, s.r, scanOutbox, q, args...)
-}
-
-// DeliveryDone records a delivery's fate with its audit event: delivered
-// (ok), a retry at next, or abandoned (next zero and not ok).
+// DeliveryDone records one attempt with its audit event: delivered (ok), a
+// retry at next, or abandoned (next zero and not ok). A delivered row is
+// marked so whoever delivered it; a failure is recorded only by the worker
+// that still holds the row's claim. Either way the row must still carry o's
+// jti: a later end of the same pair has replaced the notice, which stays
+// pending. An attempt that no longer owns its row is audited all the same
+// (a duplicate delivery, with the same jti, is allowed and counted there).
 func (s *SQLite) DeliveryDone(ctx context.Context, o OutboxEntry, at time.Time, ok bool, next time.Time, errText string) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		var kind string
+		var res sql.Result
 		var err error
+		const mine = ` WHERE id = ? AND jti = ? AND ` + outboxPending
+		const claim = ` AND claimed_by = ?`
+		const unclaim = `, claimed_by = NULL, claimed_until = NULL`
 		switch {
 		case ok:
 			kind = AuditLogoutDelivered
-			_, err = tx.ExecContext(ctx, `UPDATE logout_outbox SET delivered_at = ?, attempts = attempts + 1, last_error = '' WHERE id = ?`, ms(at), o.ID)
+			res, err = tx.ExecContext(ctx, `UPDATE logout_outbox SET delivered_at = ?, attempts = attempts + 1, last_error = ''`+unclaim+mine,
+				ms(at), o.ID, o.JTI)
 		case next.IsZero():
 			kind = AuditLogoutAbandoned
-			_, err = tx.ExecContext(ctx, `UPDATE logout_outbox SET abandoned_at = ?, attempts = attempts + 1, last_error = ? WHERE id = ?`, ms(at), errText, o.ID)
+			res, err = tx.ExecContext(ctx, `UPDATE logout_outbox SET abandoned_at = ?, attempts = attempts + 1, last_error = ?`+unclaim+mine+claim,
+				ms(at), errText, o.ID, o.JTI, o.ClaimedBy)
 		default:
 			kind = AuditLogoutRetrying
-			_, err = tx.ExecContext(ctx, `UPDATE logout_outbox SET next_attempt_at = ?, attempts = attempts + 1, last_error = ? WHERE id = ?`, ms(next), errText, o.ID)
+			res, err = tx.ExecContext(ctx, `UPDATE logout_outbox SET next_attempt_at = ?, attempts = attempts + 1, last_error = ?`+unclaim+mine+claim,
+				ms(next), errText, o.ID, o.JTI, o.ClaimedBy)
 		}
 		if err != nil {
 			return fmt.Errorf("outbox %d: %w", o.ID, err)
@@ -994,8 +1047,35 @@ func (s *SQLite) DeliveryDone(ctx context.Context, o OutboxEntry, at time.Time, 
 		if errText != "" {
 			detail += " error=" + errText
 		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			detail += " stale=true" // delivered elsewhere already, or replaced by a later end
+		}
 		return addAudit(ctx, auditVia{tx}, AuditEvent{At: at, Kind: kind, SID: o.SID, UserID: o.Subject, ClientID: o.ClientID, Reason: string(o.Reason), Detail: detail})
 	})
+}
+
+// PurgeDeliveries deletes delivered and abandoned rows that finished before
+// before (the audit keeps their record), in batches so that the writer is
+// never held long, and returns how many it deleted.
+func (s *SQLite) PurgeDeliveries(ctx context.Context, before time.Time) (int64, error) {
+	return s.purgeBatches(ctx, `DELETE FROM logout_outbox WHERE id IN (SELECT id FROM logout_outbox
+		WHERE (delivered_at IS NOT NULL OR abandoned_at IS NOT NULL) AND COALESCE(delivered_at, abandoned_at) < ? LIMIT 1000)`, ms(before))
+}
+
+// purgeBatches runs a DELETE of at most 1000 rows until it deletes none.
+func (s *SQLite) purgeBatches(ctx context.Context, q string, args ...any) (int64, error) {
+	var total int64
+	for {
+		res, err := s.w.ExecContext(ctx, q, args...)
+		if err != nil {
+			return total, fmt.Errorf("purge: %w", err)
+		}
+		n, err := res.RowsAffected()
+		total += n
+		if err != nil || n < 1000 {
+			return total, err
+		}
+	}
 }
 
 // --- audit ---

@@ -138,6 +138,26 @@ type OutboxEntry struct {
 	LastError     string
 	DeliveredAt   time.Time
 	AbandonedAt   time.Time
+	// ClaimedBy and ClaimedUntil name the worker delivering the row and when
+	// its claim lapses (a worker that died mid-delivery leaves a claim that
+	// expires; the row is then delivered again, with the same JTI).
+	ClaimedBy    string
+	ClaimedUntil time.Time
+}
+
+// DeliveryClaim asks for due outbox rows of one destination, for one worker.
+// A claim takes rows that are pending, due at Now, and not claimed (or whose
+// claim has lapsed), oldest due first, and marks them claimed by Worker until
+// Until, atomically, so that several processes can deliver from one outbox.
+type DeliveryClaim struct {
+	Worker string
+	Now    time.Time
+	Until  time.Time
+	// URI is the destination (a backchannel_logout_uri) to claim rows of.
+	// Empty means every destination not listed in Except.
+	URI    string
+	Except []string
+	Limit  int
 }
 
 // AuditEvent is one line of the audit trail.

@@ -99,7 +99,9 @@ type AdminConfig struct {
 // oidc.BackchannelConfig.
 type BackchannelConfig struct {
 	Timeout        Duration `yaml:"timeout"`         // one POST; default 5s
-	Concurrency    int      `yaml:"concurrency"`     // deliveries in flight; default 8
+	Concurrency    int      `yaml:"concurrency"`     // deliveries in flight in one process; default 8
+	PerDestination int      `yaml:"per_destination"` // deliveries in flight to one backchannel_logout_uri; default 2
+	Retention      Duration `yaml:"retention"`       // keep delivered and abandoned rows this long; default 168h
 	RetryFor       Duration `yaml:"retry_for"`       // abandon a delivery after this long; default 24h
 	InitialBackoff Duration `yaml:"initial_backoff"` // first retry delay, then doubled; default 1s
 	MaxBackoff     Duration `yaml:"max_backoff"`     // default 5m
@@ -307,6 +309,10 @@ func (c *Config) setDefaults() {
 	if c.Backchannel.Concurrency == 0 {
 		c.Backchannel.Concurrency = 8
 	}
+	if c.Backchannel.PerDestination == 0 {
+		c.Backchannel.PerDestination = 2
+	}
+	setDuration(&c.Backchannel.Retention, oidc.DefaultRetention)
 	setDuration(&c.Backchannel.RetryFor, 24*time.Hour)
 	setDuration(&c.Backchannel.InitialBackoff, time.Second)
 	setDuration(&c.Backchannel.MaxBackoff, 5*time.Minute)
@@ -424,6 +430,8 @@ func (c *Config) Validate() error {
 
 		{bc.Timeout <= 0, "backchannel.timeout", "must be positive"},
 		{bc.Concurrency <= 0, "backchannel.concurrency", "must be positive"},
+		{bc.PerDestination <= 0, "backchannel.per_destination", "must be positive"},
+		{bc.Retention <= 0, "backchannel.retention", "must be positive"},
 		{bc.RetryFor <= 0, "backchannel.retry_for", "must be positive"},
 		{bc.InitialBackoff <= 0, "backchannel.initial_backoff", "must be positive"},
 		{bc.MaxBackoff < bc.InitialBackoff, "backchannel.max_backoff",
@@ -662,6 +670,8 @@ func (c *Config) ProviderConfig() (oidc.Config, error) {
 		Backchannel: oidc.BackchannelConfig{
 			Timeout:        d(c.Backchannel.Timeout),
 			Concurrency:    c.Backchannel.Concurrency,
+			PerDestination: c.Backchannel.PerDestination,
+			Retention:      d(c.Backchannel.Retention),
 			RetryFor:       d(c.Backchannel.RetryFor),
 			InitialBackoff: d(c.Backchannel.InitialBackoff),
 			MaxBackoff:     d(c.Backchannel.MaxBackoff),

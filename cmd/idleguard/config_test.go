@@ -325,8 +325,9 @@ func TestConfigDefaults(t *testing.T) {
 	require.Equal(t, Duration(time.Second), cfg.Session.FlushInterval)
 	require.Equal(t, "RS256", cfg.Keys.Algorithm)
 	require.Equal(t, Duration(10*time.Minute), cfg.Tokens.IDTokenTTL)
-	require.Equal(t, BackchannelConfig{Timeout: Duration(5 * time.Second), Concurrency: 8, RetryFor: Duration(24 * time.Hour),
-		InitialBackoff: Duration(time.Second), MaxBackoff: Duration(5 * time.Minute), PollInterval: Duration(time.Second)}, cfg.Backchannel)
+	require.Equal(t, BackchannelConfig{Timeout: Duration(5 * time.Second), Concurrency: 8, PerDestination: 2, Retention: Duration(7 * 24 * time.Hour),
+		RetryFor: Duration(24 * time.Hour), InitialBackoff: Duration(time.Second), MaxBackoff: Duration(5 * time.Minute),
+		PollInterval: Duration(time.Second)}, cfg.Backchannel)
 	require.Equal(t, LoginConfig{MaxFailures: 5, LockoutBase: Duration(time.Second), LockoutMax: Duration(15 * time.Minute)}, cfg.Login)
 	require.Equal(t, LogConfig{Format: "text", Level: "info"}, cfg.Log)
 	require.Empty(t, cfg.TrustedProxies, "no proxy is trusted unless configured")
@@ -390,6 +391,10 @@ func TestConfigValidateRules(t *testing.T) {
 		{"short admin token", func(c *Config, _ *ClientConfig) { c.Admin.Token = "admin" }, "admin.token: is too short"},
 		{"max backoff below initial", func(c *Config, _ *ClientConfig) { c.Backchannel.MaxBackoff = d("500ms") },
 			"backchannel.max_backoff: 500ms is shorter than backchannel.initial_backoff (1s)"},
+		{"negative per-destination limit", func(c *Config, _ *ClientConfig) { c.Backchannel.PerDestination = -1 },
+			"backchannel.per_destination: must be positive"},
+		{"negative retention", func(c *Config, _ *ClientConfig) { c.Backchannel.Retention = d("-1h") },
+			"backchannel.retention: must be positive"},
 		{"no login attempts", func(c *Config, _ *ClientConfig) { c.Login.MaxFailures = -1 }, "login.max_failures: must be positive"},
 		{"json logs", func(c *Config, _ *ClientConfig) { c.Log = LogConfig{Format: "json", Level: "debug"} }, ""},
 		{"unknown log format", func(c *Config, _ *ClientConfig) { c.Log.Format = "xml" }, "log.format: \"xml\" is not supported (want text or json)"},
@@ -508,6 +513,8 @@ admin:
 backchannel:
   timeout: 4s
   concurrency: 3
+  per_destination: 1
+  retention: 720h
   retry_for: 1h
   initial_backoff: 2s
   max_backoff: 1m
@@ -544,7 +551,7 @@ clients:
 	require.Equal(t, "ES256", pc.KeyAlgorithm)
 	require.Equal(t, 7*time.Minute, pc.IDTokenTTL)
 	require.Equal(t, oidc.HashSecret("admin-token-0123456789"), pc.AdminTokenHash)
-	require.Equal(t, oidc.BackchannelConfig{Timeout: 4 * time.Second, Concurrency: 3, RetryFor: time.Hour,
+	require.Equal(t, oidc.BackchannelConfig{Timeout: 4 * time.Second, Concurrency: 3, PerDestination: 1, Retention: 720 * time.Hour, RetryFor: time.Hour,
 		InitialBackoff: 2 * time.Second, MaxBackoff: time.Minute, PollInterval: time.Second}, pc.Backchannel)
 	require.Equal(t, oidc.LoginConfig{MaxFailures: 9, LockoutBase: 3 * time.Second, LockoutMax: time.Hour}, pc.Login)
 	require.Equal(t, []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16"), netip.MustParsePrefix("192.0.2.7/32"),

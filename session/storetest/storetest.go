@@ -5,6 +5,8 @@ package storetest
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -35,8 +37,11 @@ type Store interface {
 	EndSessions(ctx context.Context, e session.End) error
 	SessionsOfUser(ctx context.Context, userID string, withEnded bool) ([]*session.AuthSession, map[string][]*session.AppSession, error)
 
-	DueDeliveries(ctx context.Context, now time.Time, limit int) ([]session.OutboxEntry, error)
+	ClaimDeliveries(ctx context.Context, c session.DeliveryClaim) ([]session.OutboxEntry, error)
 	DeliveryDone(ctx context.Context, o session.OutboxEntry, at time.Time, ok bool, next time.Time, errText string) error
+	PendingDeliveries(ctx context.Context) (int, error)
+	Deliveries(ctx context.Context, sid string) ([]session.OutboxEntry, error)
+	PurgeDeliveries(ctx context.Context, before time.Time) (int64, error)
 	Audit(ctx context.Context, f session.AuditFilter) ([]session.AuditEvent, error)
 
 	SaveAuthRequest(ctx context.Context, id string, data []byte, created, expires time.Time) error
@@ -47,6 +52,7 @@ type Store interface {
 
 	RevokeToken(ctx context.Context, tokenID string, expires time.Time) error
 	RevokedTokens(ctx context.Context, now time.Time) ([]string, error)
+	PurgeRevokedTokens(ctx context.Context, now time.Time) (int64, error)
 	Secret(ctx context.Context, name string, gen func() []byte) ([]byte, error)
 	AddSigningKey(ctx context.Context, k session.SigningKey, retireOthers time.Time) error
 	SigningKeys(ctx context.Context, now time.Time) ([]session.SigningKey, error)
@@ -71,6 +77,10 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"DueSessionsAreLiveAndDue", testDue},
 		{"EndIsAtomicAndFirstReasonStands", testEnd},
 		{"Outbox", testOutbox},
+		{"OutboxOnePendingRowPerPair", testOutboxPair},
+		{"OutboxClaimsAreExclusiveAndLapse", testOutboxClaims},
+		{"OutboxClaimPerDestination", testOutboxDestinations},
+		{"OutboxRetention", testOutboxRetention},
 		{"AuthRequestsAndCodes", testAuthRequests},
 		{"RevokedTokensExpire", testRevoked},
 		{"SecretsAndKeys", testSecretsAndKeys},
@@ -225,23 +235,34 @@ func testEnd(t *testing.T, s Store) {
 	require.Equal(t, session.ReasonIdleTimeout, got.EndReason)
 	require.Equal(t, "system", got.EndedBy)
 	require.False(t, apps[0].Live())
-	rows, err := s.DueDeliveries(ctx, t0.Add(time.Minute), 10)
-	require.NoError(t, err)
+	rows := claim(t, s, "w", t0.Add(time.Minute), "")
 	require.Len(t, rows, 1)
 
 	// A second end does not overwrite the first reason.
 	require.NoError(t, s.EndSessions(ctx, session.End{At: t0.Add(2 * time.Minute), Reason: session.ReasonAdmin, AuthSessionID: a.ID}))
 	got, _, _ = s.AuthSession(ctx, a.ID)
 	require.Equal(t, session.ReasonIdleTimeout, got.EndReason)
-	events, err := s.Audit(ctx, session.AuditFilter{SID: a.ID})
+	require.Equal(t, 1, countEvents(t, s, a.ID, session.AuditSessionEnd))
+}
+
+// claim claims every due row (of uri, or of any destination) for worker.
+func claim(t *testing.T, s Store, worker string, now time.Time, uri string) []session.OutboxEntry {
+	t.Helper()
+	rows, err := s.ClaimDeliveries(t.Context(), session.DeliveryClaim{Worker: worker, Now: now, Until: now.Add(time.Minute), URI: uri, Limit: 10})
 	require.NoError(t, err)
-	ends := 0
-	for _, e := range events {
-		if e.Kind == session.AuditSessionEnd {
-			ends++
-		}
+	return rows
+}
+
+// endApps ends the named apps of a and writes one logout notice per app.
+func endApps(t *testing.T, s Store, a *session.AuthSession, at time.Time, reason session.Reason, apps ...*session.AppSession) {
+	t.Helper()
+	end := session.End{At: at, Reason: reason, UserID: a.UserID}
+	for _, app := range apps {
+		end.AppSessions = append(end.AppSessions, session.EndedApp{ID: app.ID, ClientID: app.ClientID})
+		end.Notices = append(end.Notices, session.LogoutNotice{ClientID: app.ClientID, URI: "https://" + app.ClientID + "/bc",
+			SID: a.ID, Subject: a.UserID, Reason: reason})
 	}
-	require.Equal(t, 1, ends)
+	require.NoError(t, s.EndSessions(t.Context(), end))
 }
 
 func testOutbox(t *testing.T, s Store) {
@@ -254,24 +275,30 @@ func testOutbox(t *testing.T, s Store) {
 			{ClientID: "b", URI: "https://b/bc", SID: a.ID, Subject: "u1", Reason: session.ReasonLogout}}}
 	require.NoError(t, s.EndSessions(ctx, end))
 	require.NoError(t, s.EndSessions(ctx, end), "ending twice")
-	rows, err := s.DueDeliveries(ctx, t0, 10)
+	n, err := s.PendingDeliveries(ctx)
 	require.NoError(t, err)
-	require.Len(t, rows, 2, "one logout per app, however often its end is written")
+	require.Equal(t, 2, n, "one logout per app, however often its end is written")
+	rows := claim(t, s, "w", t0, "")
+	require.Len(t, rows, 2)
 	require.NotEqual(t, rows[0].JTI, rows[1].JTI)
+	require.Equal(t, "w", rows[0].ClaimedBy)
+	require.Equal(t, t0.Add(time.Minute), rows[0].ClaimedUntil)
 	require.NoError(t, s.DeliveryDone(ctx, rows[0], t0, true, time.Time{}, ""))
 	require.NoError(t, s.DeliveryDone(ctx, rows[1], t0, false, t0.Add(time.Minute), "503"))
-	rows, err = s.DueDeliveries(ctx, t0.Add(30*time.Second), 10)
-	require.NoError(t, err)
-	require.Empty(t, rows, "the retry is not due yet")
-	rows, err = s.DueDeliveries(ctx, t0.Add(time.Minute), 10)
-	require.NoError(t, err)
+	require.Empty(t, claim(t, s, "w", t0.Add(30*time.Second), ""), "the retry is not due yet")
+	rows = claim(t, s, "w", t0.Add(time.Minute), "")
 	require.Len(t, rows, 1)
 	require.Equal(t, 1, rows[0].Attempts)
 	require.Equal(t, "503", rows[0].LastError)
 	require.NoError(t, s.DeliveryDone(ctx, rows[0], t0.Add(time.Minute), false, time.Time{}, "gone"))
-	rows, err = s.DueDeliveries(ctx, t0.Add(time.Hour), 10)
+	require.Empty(t, claim(t, s, "w", t0.Add(time.Hour), ""), "abandoned")
+	n, err = s.PendingDeliveries(ctx)
 	require.NoError(t, err)
-	require.Empty(t, rows, "abandoned")
+	require.Zero(t, n)
+	all, err := s.Deliveries(ctx, a.ID)
+	require.NoError(t, err)
+	require.Len(t, all, 2)
+	require.Empty(t, all[0].ClaimedBy, "a finished row holds no claim")
 	events, err := s.Audit(ctx, session.AuditFilter{SID: a.ID})
 	require.NoError(t, err)
 	var kinds []string
@@ -281,6 +308,147 @@ func testOutbox(t *testing.T, s Store) {
 	require.Contains(t, kinds, session.AuditLogoutDelivered)
 	require.Contains(t, kinds, session.AuditLogoutRetrying)
 	require.Contains(t, kinds, session.AuditLogoutAbandoned)
+}
+
+// testOutboxPair: ending and rejoining an app again and again leaves one
+// pending row for the pair; a later end replaces the notice with a fresh jti,
+// and an attempt of the replaced notice no longer finishes the row.
+func testOutboxPair(t *testing.T, s Store) {
+	ctx := t.Context()
+	a := newSession(t, s, "u1", t0.Add(time.Hour))
+	var jtis []string
+	for i := range 5 {
+		app := &session.AppSession{ID: a.ID + ".m" + string(rune('a'+i)), AuthSessionID: a.ID, ClientID: "mail", JoinedAt: t0, LastActiveAt: t0}
+		require.NoError(t, s.JoinApp(ctx, app, session.ActivityUpdate{AuthSessionID: a.ID, LastActiveAt: t0, IdleLimit: time.Hour, Deadline: t0.Add(time.Hour)}, "u1"))
+		endApps(t, s, a, t0.Add(time.Duration(i)*time.Second), session.ReasonLogout, app)
+		rows, err := s.Deliveries(ctx, a.ID)
+		require.NoError(t, err)
+		require.Len(t, rows, 1, "one pending row per (client, sid)")
+		jtis = append(jtis, rows[0].JTI)
+		if i == 2 {
+			claimed := claim(t, s, "w", t0.Add(10*time.Second), "")
+			require.Len(t, claimed, 1)
+			// While that attempt is in flight, the pair ends again.
+			app2 := &session.AppSession{ID: a.ID + ".again", AuthSessionID: a.ID, ClientID: "mail", JoinedAt: t0, LastActiveAt: t0}
+			require.NoError(t, s.JoinApp(ctx, app2, session.ActivityUpdate{AuthSessionID: a.ID, LastActiveAt: t0, IdleLimit: time.Hour, Deadline: t0.Add(time.Hour)}, "u1"))
+			endApps(t, s, a, t0.Add(11*time.Second), session.ReasonAdmin, app2)
+			require.NoError(t, s.DeliveryDone(ctx, claimed[0], t0.Add(12*time.Second), true, time.Time{}, ""))
+			rows, err := s.Deliveries(ctx, a.ID)
+			require.NoError(t, err)
+			require.Len(t, rows, 1)
+			require.True(t, rows[0].DeliveredAt.IsZero(), "the later end is still to be told")
+			require.NotEqual(t, claimed[0].JTI, rows[0].JTI)
+			require.Equal(t, session.ReasonAdmin, rows[0].Reason)
+			require.Empty(t, rows[0].ClaimedBy, "claimable at once")
+		}
+	}
+	require.Len(t, jtis, 5)
+	n, err := s.PendingDeliveries(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	events, err := s.Audit(ctx, session.AuditFilter{SID: a.ID})
+	require.NoError(t, err)
+	require.True(t, slices.ContainsFunc(events, func(e session.AuditEvent) bool {
+		return e.Kind == session.AuditLogoutDelivered && strings.Contains(e.Detail, "stale=true")
+	}), "the superseded attempt is audited")
+}
+
+// testOutboxClaims: a claimed row is invisible to other workers until its
+// claim lapses; then another worker takes it, with the same jti; only the
+// holder of the claim records a failure, and a late success of the first
+// worker is still recorded once.
+func testOutboxClaims(t *testing.T, s Store) {
+	ctx := t.Context()
+	a := newSession(t, s, "u1", t0.Add(time.Hour))
+	endApps(t, s, a, t0, session.ReasonLogout, join(t, s, a, "mail", time.Hour))
+	first := claim(t, s, "dead", t0, "")
+	require.Len(t, first, 1)
+	require.Empty(t, claim(t, s, "other", t0.Add(59*time.Second), ""), "claimed")
+	second := claim(t, s, "other", t0.Add(time.Minute), "")
+	require.Len(t, second, 1, "the claim lapsed")
+	require.Equal(t, first[0].JTI, second[0].JTI, "delivered again with the same jti")
+	require.Equal(t, "other", second[0].ClaimedBy)
+
+	// The first worker's failure comes too late to reschedule the row.
+	require.NoError(t, s.DeliveryDone(ctx, first[0], t0.Add(time.Minute), false, t0.Add(time.Hour), "timeout"))
+	rows, err := s.Deliveries(ctx, a.ID)
+	require.NoError(t, err)
+	require.Equal(t, "other", rows[0].ClaimedBy)
+	require.Zero(t, rows[0].Attempts)
+
+	require.NoError(t, s.DeliveryDone(ctx, second[0], t0.Add(time.Minute), true, time.Time{}, ""))
+	require.NoError(t, s.DeliveryDone(ctx, first[0], t0.Add(time.Minute), true, time.Time{}, ""), "a duplicate")
+	rows, err = s.Deliveries(ctx, a.ID)
+	require.NoError(t, err)
+	require.Equal(t, 1, rows[0].Attempts, "delivered once")
+	require.Equal(t, 2, countEvents(t, s, a.ID, session.AuditLogoutDelivered), "the duplicate is counted in the audit")
+}
+
+// countEvents counts the audit events of one kind for sid.
+func countEvents(t *testing.T, s Store, sid, kind string) int {
+	t.Helper()
+	events, err := s.Audit(t.Context(), session.AuditFilter{SID: sid})
+	require.NoError(t, err)
+	n := 0
+	for _, e := range events {
+		if e.Kind == kind {
+			n++
+		}
+	}
+	return n
+}
+
+// testOutboxDestinations: a claim takes rows of one destination, up to its
+// limit, or of every destination but the excepted ones.
+func testOutboxDestinations(t *testing.T, s Store) {
+	for i := range 3 {
+		a := newSession(t, s, "u1", t0.Add(time.Hour))
+		endApps(t, s, a, t0.Add(time.Duration(i)*time.Second), session.ReasonLogout, join(t, s, a, "a", time.Hour), join(t, s, a, "b", time.Hour))
+	}
+	now := t0.Add(time.Minute)
+	rows, err := s.ClaimDeliveries(t.Context(), session.DeliveryClaim{Worker: "w", Now: now, Until: now.Add(time.Minute), URI: "https://a/bc", Limit: 2})
+	require.NoError(t, err)
+	require.Len(t, rows, 2)
+	require.True(t, rows[0].CreatedAt.Before(rows[1].CreatedAt), "oldest first")
+	for _, o := range rows {
+		require.Equal(t, "https://a/bc", o.URI)
+	}
+	rows, err = s.ClaimDeliveries(t.Context(), session.DeliveryClaim{Worker: "w", Now: now, Until: now.Add(time.Minute), Except: []string{"https://a/bc"}, Limit: 10})
+	require.NoError(t, err)
+	require.Len(t, rows, 3)
+	for _, o := range rows {
+		require.Equal(t, "https://b/bc", o.URI)
+	}
+	require.Len(t, claim(t, s, "w", now, ""), 1, "the last row of a")
+}
+
+// testOutboxRetention: finished rows go once older than the retention;
+// pending rows stay whatever their age.
+func testOutboxRetention(t *testing.T, s Store) {
+	ctx := t.Context()
+	a := newSession(t, s, "u1", t0.Add(time.Hour))
+	endApps(t, s, a, t0, session.ReasonLogout, join(t, s, a, "a", time.Hour), join(t, s, a, "b", time.Hour), join(t, s, a, "c", time.Hour))
+	rows := claim(t, s, "w", t0, "")
+	require.Len(t, rows, 3)
+	require.NoError(t, s.DeliveryDone(ctx, rows[0], t0, true, time.Time{}, ""))
+	require.NoError(t, s.DeliveryDone(ctx, rows[1], t0.Add(time.Hour), false, time.Time{}, "gone"))
+	n, err := s.PurgeDeliveries(ctx, t0)
+	require.NoError(t, err)
+	require.Zero(t, n, "not older than the retention yet")
+	n, err = s.PurgeDeliveries(ctx, t0.Add(time.Minute))
+	require.NoError(t, err)
+	require.EqualValues(t, 1, n, "the delivered row")
+	n, err = s.PurgeDeliveries(ctx, t0.Add(100*time.Hour))
+	require.NoError(t, err)
+	require.EqualValues(t, 1, n, "the abandoned row; the pending one stays")
+	left, err := s.Deliveries(ctx, a.ID)
+	require.NoError(t, err)
+	require.Len(t, left, 1)
+	require.Equal(t, rows[2].JTI, left[0].JTI)
+	events, err := s.Audit(ctx, session.AuditFilter{SID: a.ID})
+	require.NoError(t, err)
+	require.True(t, slices.ContainsFunc(events, func(e session.AuditEvent) bool { return e.Kind == session.AuditLogoutDelivered }),
+		"the audit keeps the record")
 }
 
 func testAuthRequests(t *testing.T, s Store) {
@@ -309,9 +477,18 @@ func testRevoked(t *testing.T, s Store) {
 	ids, err := s.RevokedTokens(ctx, t0)
 	require.NoError(t, err)
 	require.ElementsMatch(t, []string{"t1", "t2"}, ids)
+	n, err := s.PurgeRevokedTokens(ctx, t0.Add(time.Minute))
+	require.NoError(t, err)
+	require.Zero(t, n, "t1 is valid up to its expiry")
+	n, err = s.PurgeRevokedTokens(ctx, t0.Add(2*time.Minute))
+	require.NoError(t, err)
+	require.EqualValues(t, 1, n, "t1 has expired anyway")
 	ids, err = s.RevokedTokens(ctx, t0.Add(2*time.Minute))
 	require.NoError(t, err)
 	require.Equal(t, []string{"t2"}, ids)
+	ids, err = s.RevokedTokens(ctx, t0.Add(2*time.Hour))
+	require.NoError(t, err)
+	require.Empty(t, ids)
 }
 
 func testSecretsAndKeys(t *testing.T, s Store) {
