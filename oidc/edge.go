@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"runtime/debug"
@@ -50,10 +51,31 @@ func (p *Provider) edge(next http.Handler) http.Handler {
 
 // serverError logs err with the request id and answers 500 without detail.
 func (p *Provider) serverError(w http.ResponseWriter, r *http.Request, err error) {
+	p.internalError(w, r, http.StatusInternalServerError, err)
+}
+
+// internalError logs err with the request id and answers status with a
+// body that names the request id and nothing else: internal error text
+// (file names, database messages, library errors) never reaches a client.
+func (p *Provider) internalError(w http.ResponseWriter, r *http.Request, status int, err error) {
 	id, _ := r.Context().Value(requestIDKey{}).(string)
 	p.cfg.Logger.ErrorContext(r.Context(), "server error", slog.String("request_id", id), slog.Any("error", err),
 		slog.String("path", r.URL.Path))
-	writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "server_error", "error_description": "internal error, request id " + id})
+	writeJSON(w, status, map[string]string{"error": "server_error", "error_description": "internal error, request id " + id})
+}
+
+// hideInternalErrors stands between the protocol layer and the client. The
+// layer answers an error that is not an OAuth error with its text as
+// error_description (a database message, "securecookie: the value is too
+// long"); every 5xx is logged and replaced by internalError's body.
+func (p *Provider) hideInternalErrors(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := &errorCatcher{ResponseWriter: w, internal: true}
+		next.ServeHTTP(rec, r)
+		if rec.caught {
+			p.internalError(w, r, rec.status, fmt.Errorf("protocol layer: %s", bytes.TrimSpace(rec.body.Bytes())))
+		}
+	})
 }
 
 // authorizeErrorPage turns the JSON error that the protocol layer answers
@@ -61,24 +83,33 @@ func (p *Provider) serverError(w http.ResponseWriter, r *http.Request, err error
 // unregistered redirect_uri) into a readable page for the person whose
 // browser it is. Redirects and successes pass through untouched.
 func (p *Provider) authorizeErrorPage(next http.Handler) http.Handler {
+	page := p.errorPage("Sign-in request refused", "The application sent an invalid sign-in request.", next)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if len(r.URL.RawQuery) > maxAuthorizeQuery {
 			p.messagePage(w, r, http.StatusRequestURITooLong, "Sign-in request refused",
 				"The application sent a sign-in request that is too large.")
 			return
 		}
+		page.ServeHTTP(w, r)
+	})
+}
+
+// errorPage renders the 4xx JSON error of a browser-facing protocol
+// endpoint as a readable page titled title, whose text starts with intro.
+func (p *Provider) errorPage(title, intro string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rec, e := catchError(next, w, r)
 		if rec == nil {
 			return
 		}
-		msg := "The application sent an invalid sign-in request."
+		msg := intro
 		if e.Description != "" {
 			msg += " " + e.Description
 		}
 		if e.Error != "" {
 			msg += " (" + e.Error + ")"
 		}
-		p.messagePage(w, r, rec.status, "Sign-in request refused", msg)
+		p.messagePage(w, r, rec.status, title, msg)
 	})
 }
 
@@ -102,16 +133,25 @@ func catchError(next http.Handler, w http.ResponseWriter, r *http.Request) (*err
 }
 
 // errorCatcher holds back a 4xx JSON response so that it can be rendered as
-// a page; anything else is written through.
+// a page (or, if internal, any 5xx response so that it can be replaced);
+// anything else is written through.
 type errorCatcher struct {
 	http.ResponseWriter
-	status int
-	caught bool
-	body   bytes.Buffer
+	internal bool
+	status   int
+	caught   bool
+	body     bytes.Buffer
+}
+
+func (c *errorCatcher) catches(status int) bool {
+	if c.internal {
+		return status >= 500
+	}
+	return status >= 400 && status < 500 && strings.HasPrefix(c.Header().Get("Content-Type"), "application/json")
 }
 
 func (c *errorCatcher) WriteHeader(status int) {
-	if status >= 400 && status < 500 && strings.HasPrefix(c.Header().Get("Content-Type"), "application/json") {
+	if c.catches(status) {
 		c.status, c.caught = status, true
 		c.Header().Del("Content-Type")
 		return
@@ -157,4 +197,45 @@ func requireClientAuth(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// noStore forbids caching a response that carries tokens, token metadata or
+// personal data, for HTTP/1.1 and HTTP/1.0 caches alike (RFC 6749 section
+// 5.1, RFC 7662 section 2.2, RFC 6750 section 4).
+func noStore(w http.ResponseWriter) {
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Pragma", "no-cache")
+}
+
+// credentialEndpoint guards an endpoint where clients authenticate (token,
+// introspection, revocation). Its answers, errors included, are never
+// cached. Credentials and tokens travel only in the body of a POST (RFC 6749
+// section 3.2): the protocol layer reads the query string too, so a request
+// that has one is refused before anything reads it. A URL ends up in
+// proxy logs and browser history; a secret sent in one is never accepted.
+func credentialEndpoint(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		noStore(w)
+		if r.URL.RawQuery != "" {
+			writeJSON(w, http.StatusBadRequest, oauthError{Error: "invalid_request",
+				Description: "parameters must be sent in the request body, not in the URL"})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// postOnly answers any method but POST on a credential endpoint with 405,
+// except the CORS preflight (OPTIONS), which preflight answers: a browser
+// app asks it before every token request.
+func postOnly(preflight http.Handler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodOptions {
+			preflight.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("Allow", http.MethodPost)
+		writeJSON(w, http.StatusMethodNotAllowed, oauthError{Error: "invalid_request",
+			Description: "this endpoint accepts POST only (RFC 6749 section 3.2)"})
+	}
 }
