@@ -355,3 +355,83 @@ func TestBearerErrorsFollowRFC6750(t *testing.T) {
 	require.Equal(t, http.StatusUnauthorized, code)
 	require.Equal(t, "invalid_token", out["error"])
 }
+
+// Finding 10: client_credentials granted any scope asked for.
+func TestGrantsOnlyTheScopesAClientMayHave(t *testing.T) {
+	e := newEnv(t, func(c *Config) {
+		for _, cl := range c.Clients {
+			if cl.ID == "mail" {
+				cl.Scopes = []string{"openid", "email", "reports:read"}
+			}
+		}
+	})
+	service := func(client, scope string) (int, map[string]any) {
+		return tokenRequest(t, e, url.Values{"grant_type": {"client_credentials"}, "scope": {scope}}, client, client+"-secret")
+	}
+	for _, tc := range []struct {
+		client, scope string
+		status        int
+		granted       string
+	}{
+		{"bank", "openid admin superuser", http.StatusBadRequest, ""},
+		{"bank", "admin", http.StatusBadRequest, ""},
+		{"bank", "reports:read", http.StatusBadRequest, ""}, // mail's, not bank's
+		{"bank", "openid profile", http.StatusOK, ""},       // about a person: none here
+		{"bank", "", http.StatusOK, ""},
+		{"mail", "openid reports:read", http.StatusOK, "reports:read"},
+		{"mail", "reports:read admin", http.StatusBadRequest, ""},
+	} {
+		t.Run(tc.client+" "+tc.scope, func(t *testing.T) {
+			status, out := service(tc.client, tc.scope)
+			require.Equal(t, tc.status, status, "%v", out)
+			if status != http.StatusOK {
+				require.Equal(t, "invalid_scope", out["error"])
+				require.NotContains(t, out, "access_token")
+				return
+			}
+			require.Equal(t, tc.granted, scopeOf(out["scope"]))
+			claims := decodeSegment(t, strings.Split(out["access_token"].(string), ".")[1])
+			require.Equal(t, tc.granted, scopeOf(claims["scope"]))
+		})
+	}
+
+	// A sign-in gets what it asks for and the client may have; the rest is
+	// left out (OpenID Connect Core section 3.1.2.1).
+	for _, tc := range []struct {
+		client  string
+		granted string
+		refresh bool
+		name    bool
+	}{
+		{"mail", "openid email reports:read", false, false},
+		{"bank", "openid profile email offline_access", true, true},
+	} {
+		t.Run("sign-in to "+tc.client, func(t *testing.T) {
+			r := e.rp(tc.client)
+			r.oauth.Scopes = []string{"openid", "profile", "email", "offline_access", "reports:read", "phone", "admin"}
+			tok := e.browser().login(r, "alice")
+			require.Equal(t, tc.granted, scopeOf(tok.Extra("scope")))
+			require.Equal(t, tc.granted, scopeOf(decodeSegment(t, strings.Split(tok.AccessToken, ".")[1])["scope"]))
+			require.Equal(t, tc.refresh, tok.RefreshToken != "", "offline_access only where granted")
+			code, info := e.userinfo(tok.AccessToken)
+			require.Equal(t, http.StatusOK, code)
+			require.Equal(t, tc.name, info["name"] != nil, "profile claims only where granted")
+			require.Equal(t, "alice@example.com", info["email"])
+		})
+	}
+}
+
+// scopeOf reads a scope value (a string, or a list) as a space-separated string.
+func scopeOf(v any) string {
+	switch s := v.(type) {
+	case string:
+		return s
+	case []any:
+		parts := make([]string, len(s))
+		for i, p := range s {
+			parts[i], _ = p.(string)
+		}
+		return strings.Join(parts, " ")
+	}
+	return ""
+}
