@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -24,8 +25,12 @@ type server struct {
 	p *Provider
 }
 
-// Discovery adds the front-channel logout metadata and idleguard's own
-// endpoints to the standard document.
+// Discovery is the standard document (OpenID Connect Discovery 1.0 section
+// 3) corrected to advertise exactly what the provider accepts: the
+// protocol library lists what it could do (implicit and hybrid response
+// types, the JWT bearer grant, claims nobody fills), and a relying party
+// that believes it fails at run time. TestDiscoveryAdvertisesExactlyWhatWorks
+// pins every field against the provider's behaviour.
 func (s *server) Discovery(ctx context.Context, r *op.Request[struct{}]) (*op.Response, error) {
 	resp, err := s.LegacyServer.Discovery(ctx, r)
 	if err != nil {
@@ -39,16 +44,42 @@ func (s *server) Discovery(ctx context.Context, r *op.Request[struct{}]) (*op.Re
 	if err := json.Unmarshal(raw, &doc); err != nil {
 		return nil, err
 	}
-	doc["frontchannel_logout_supported"] = true
-	doc["frontchannel_logout_session_supported"] = true
-	doc["backchannel_logout_supported"] = true
-	doc["backchannel_logout_session_supported"] = true
-	doc["code_challenge_methods_supported"] = []string{"S256"}
-	doc["idleguard_activity_endpoint"] = s.p.issuer() + "/activity"
-	doc["idleguard_session_endpoint"] = s.p.issuer() + "/session"
+	// Signing algorithms of client authentication by JWT, which no endpoint takes.
+	delete(doc, "introspection_endpoint_auth_signing_alg_values_supported")
+	delete(doc, "revocation_endpoint_auth_signing_alg_values_supported")
+	secret := []string{string(zoidc.AuthMethodBasic), string(zoidc.AuthMethodPost)}
+	withPublic := append(slices.Clone(secret), string(zoidc.AuthMethodNone))
+	for k, v := range map[string]any{
+		"response_types_supported":                      []string{string(zoidc.ResponseTypeCode)},
+		"response_modes_supported":                      []string{"query", "fragment", "form_post"},
+		"grant_types_supported":                         []zoidc.GrantType{zoidc.GrantTypeCode, zoidc.GrantTypeRefreshToken, zoidc.GrantTypeClientCredentials},
+		"token_endpoint_auth_methods_supported":         withPublic, // none: public clients, with PKCE
+		"revocation_endpoint_auth_methods_supported":    withPublic, // a public client revokes its own tokens
+		"introspection_endpoint_auth_methods_supported": secret,     // resource servers have a secret
+		"scopes_supported":                              DefaultScopes,
+		"claims_supported":                              issuedClaims,
+		"code_challenge_methods_supported":              []string{string(zoidc.CodeChallengeMethodS256)},
+		"request_parameter_supported":                   false,
+		"request_uri_parameter_supported":               false,
+		"claims_parameter_supported":                    false,
+		"frontchannel_logout_supported":                 true,
+		"frontchannel_logout_session_supported":         true,
+		"backchannel_logout_supported":                  true,
+		"backchannel_logout_session_supported":          true,
+		"idleguard_activity_endpoint":                   s.p.issuer() + "/activity",
+		"idleguard_session_endpoint":                    s.p.issuer() + "/session",
+	} {
+		doc[k] = v
+	}
 	resp.Data = doc
 	return resp, nil
 }
+
+// issuedClaims are the claims the provider puts in ID tokens and userinfo
+// answers (profile: name, preferred_username; email: email,
+// email_verified).
+var issuedClaims = []string{"iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "amr", "azp", "at_hash", "c_hash",
+	"sid", "client_id", "name", "preferred_username", "email", "email_verified"}
 
 // Introspect implements RFC 7662. Resource servers authenticate as clients.
 func (s *server) Introspect(ctx context.Context, r *op.Request[op.IntrospectionRequest]) (*op.Response, error) {
