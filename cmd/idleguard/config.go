@@ -60,7 +60,7 @@ type Config struct {
 }
 
 // SessionConfig is the idle model's provider-wide part (see
-// shared/idle-model.md, "The limit: the strictest app wins").
+// docs/idle-model.md, "The limit: the strictest app wins").
 type SessionConfig struct {
 	IdleTimeout   Duration `yaml:"idle_timeout"`   // ceiling of every session's idle limit; required
 	MaxLifetime   Duration `yaml:"max_lifetime"`   // absolute limit from sign-in; required, >= idle_timeout
