@@ -184,12 +184,12 @@ func (p *Provider) logoutConfirmed(w http.ResponseWriter, r *http.Request) {
 	if t.ClientID != "" {
 		initiator = t.ClientID
 	}
-	if err := p.tracker.End(r.Context(), t.SID, session.ReasonLogout, initiator); err != nil && !errors.Is(err, session.ErrNotFound) {
-		p.serverError(w, r, err)
-		return
-	}
 	target, err := p.logoutURL("/logged-out", logoutTicket{SID: t.SID, Redirect: t.Redirect})
 	if err != nil {
+		p.serverError(w, r, fmt.Errorf("seal logout ticket: %w", err))
+		return
+	}
+	if err := p.tracker.End(r.Context(), t.SID, session.ReasonLogout, initiator); err != nil && !errors.Is(err, session.ErrNotFound) {
 		p.serverError(w, r, err)
 		return
 	}
