@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"runtime/debug"
 	"strings"
 )
@@ -58,24 +59,71 @@ func (p *Provider) serverError(w http.ResponseWriter, r *http.Request, err error
 // body that names the request id and nothing else: internal error text
 // (file names, database messages, library errors) never reaches a client.
 func (p *Provider) internalError(w http.ResponseWriter, r *http.Request, status int, err error) {
-	id, _ := r.Context().Value(requestIDKey{}).(string)
+	id := requestID(r)
 	p.cfg.Logger.ErrorContext(r.Context(), "server error", slog.String("request_id", id), slog.Any("error", err),
 		slog.String("path", r.URL.Path))
 	writeJSON(w, status, map[string]string{"error": "server_error", "error_description": "internal error, request id " + id})
 }
 
 // hideInternalErrors stands between the protocol layer and the client. The
-// layer answers an error that is not an OAuth error with its text as
-// error_description (a database message, "securecookie: the value is too
-// long"); every 5xx is logged and replaced by internalError's body.
+// layer answers an error that is not an OAuth error with its text: as
+// error_description of a JSON 5xx (a database message, "securecookie: the
+// value is too long"), as a plain-text 4xx page (the authorization callback,
+// parent error included), or as error_description of a server_error
+// redirected to the client. Each is logged with the request id and
+// replaced: a 5xx by internalError's body, a plain-text refusal by a
+// readable page, a redirected description by the request id.
 func (p *Provider) hideInternalErrors(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rec := &errorCatcher{ResponseWriter: w, internal: true}
+		rec := &errorCatcher{ResponseWriter: w, internal: true, onRedirect: func(h http.Header) { p.hideRedirectedError(r, h) }}
 		next.ServeHTTP(rec, r)
-		if rec.caught {
+		switch {
+		case !rec.caught:
+		case rec.status >= 500:
 			p.internalError(w, r, rec.status, fmt.Errorf("protocol layer: %s", bytes.TrimSpace(rec.body.Bytes())))
+		default:
+			p.cfg.Logger.InfoContext(r.Context(), "request refused", slog.String("request_id", requestID(r)),
+				slog.String("detail", string(bytes.TrimSpace(rec.body.Bytes()))), slog.String("path", r.URL.Path))
+			p.messagePage(w, r, rec.status, "Request refused",
+				"This request is unknown, has expired or cannot be completed. Go back to the application and try again.")
 		}
 	})
+}
+
+// hideRedirectedError replaces the error_description of a server_error
+// that a redirect in h carries to a client (RFC 6749 section 4.1.2.1), in
+// the query or the fragment, by the request id.
+func (p *Provider) hideRedirectedError(r *http.Request, h http.Header) {
+	loc, err := url.Parse(h.Get("Location"))
+	if err != nil {
+		return
+	}
+	hide := func(raw string) (string, bool) {
+		q, err := url.ParseQuery(raw)
+		if err != nil || q.Get("error") != "server_error" {
+			return raw, false
+		}
+		p.cfg.Logger.ErrorContext(r.Context(), "server error sent to the client", slog.String("request_id", requestID(r)),
+			slog.String("error_description", q.Get("error_description")), slog.String("path", r.URL.Path))
+		q.Set("error_description", "internal error, request id "+requestID(r))
+		return q.Encode(), true
+	}
+	query, inQuery := hide(loc.RawQuery)
+	fragment, inFragment := hide(loc.EscapedFragment())
+	if !inQuery && !inFragment {
+		return
+	}
+	loc.RawQuery = query
+	if inFragment {
+		loc.Fragment, _ = url.PathUnescape(fragment)
+		loc.RawFragment = fragment
+	}
+	h.Set("Location", loc.String())
+}
+
+func requestID(r *http.Request) string {
+	id, _ := r.Context().Value(requestIDKey{}).(string)
+	return id
 }
 
 // authorizeErrorPage turns the JSON error that the protocol layer answers
@@ -137,20 +185,25 @@ func catchError(next http.Handler, w http.ResponseWriter, r *http.Request) (*err
 // anything else is written through.
 type errorCatcher struct {
 	http.ResponseWriter
-	internal bool
-	status   int
-	caught   bool
-	body     bytes.Buffer
+	internal   bool
+	onRedirect func(http.Header) // internal only: sees a redirect's headers first
+	status     int
+	caught     bool
+	body       bytes.Buffer
 }
 
 func (c *errorCatcher) catches(status int) bool {
+	contentType := c.Header().Get("Content-Type")
 	if c.internal {
-		return status >= 500
+		return status >= 500 || (status >= 400 && strings.HasPrefix(contentType, "text/plain"))
 	}
-	return status >= 400 && status < 500 && strings.HasPrefix(c.Header().Get("Content-Type"), "application/json")
+	return status >= 400 && status < 500 && strings.HasPrefix(contentType, "application/json")
 }
 
 func (c *errorCatcher) WriteHeader(status int) {
+	if c.onRedirect != nil && status >= 300 && status < 400 {
+		c.onRedirect(c.Header())
+	}
 	if c.catches(status) {
 		c.status, c.caught = status, true
 		c.Header().Del("Content-Type")

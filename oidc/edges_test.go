@@ -2,8 +2,10 @@ package oidc
 
 import (
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -11,6 +13,8 @@ import (
 
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/stretchr/testify/require"
+	zoidc "github.com/zitadel/oidc/v3/pkg/oidc"
+	"github.com/zitadel/oidc/v3/pkg/op"
 	"golang.org/x/oauth2/clientcredentials"
 )
 
@@ -116,20 +120,71 @@ func TestEndSessionValidatesEveryParameterBeforeActing(t *testing.T) {
 // not an OAuth error with its text as error_description. A failing
 // database must not show a client its messages.
 func TestInternalErrorsNeverReachTheClient(t *testing.T) {
-	e := newEnv(t)
-	b := e.browser()
-	mail := b.login(e.rp("mail"), "alice")
-	require.NoError(t, e.store.Close())
+	t.Run("userinfo and end_session", func(t *testing.T) {
+		e := newEnv(t)
+		b := e.browser()
+		mail := b.login(e.rp("mail"), "alice")
+		require.NoError(t, e.store.Close())
 
-	req, err := http.NewRequest(http.MethodGet, e.issuer+"/userinfo", nil)
-	require.NoError(t, err)
-	req.Header.Set("Authorization", "Bearer "+mail.AccessToken)
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	requireHiddenError(t, resp, body(t, resp))
+		req, err := http.NewRequest(http.MethodGet, e.issuer+"/userinfo", nil)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+mail.AccessToken)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		requireHiddenError(t, resp, body(t, resp))
 
-	resp = b.endSession(mail, "", "")
-	requireHiddenError(t, resp, body(t, resp))
+		resp = b.endSession(mail, "", "")
+		requireHiddenError(t, resp, body(t, resp))
+	})
+
+	// The authorization callback answered the person's browser in plain
+	// text: "... Parent=sql: database is closed".
+	t.Run("authorization callback", func(t *testing.T) {
+		e := newEnv(t)
+		b := e.browser()
+		resp, _, _ := b.authorize(e.rp("mail"))
+		follow := b.client.CheckRedirect
+		b.client.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+			if req.URL.Path == "/authorize/callback" {
+				require.NoError(t, e.store.Close())
+			}
+			return follow(req, via)
+		}
+		resp = b.submitLogin(body(t, resp), "alice", testPassword)
+		page := body(t, resp)
+		require.Equal(t, http.StatusBadRequest, resp.StatusCode, page)
+		require.Contains(t, resp.Header.Get("Content-Type"), "text/html")
+		require.Contains(t, page, "Request refused")
+		require.NotContains(t, page, "sql")
+		require.NotContains(t, page, "Parent")
+	})
+
+	// A server_error that the protocol library redirects to the client
+	// carries the internal error's text as error_description.
+	t.Run("server_error redirected to the client", func(t *testing.T) {
+		e := newEnv(t)
+		for _, mode := range []zoidc.ResponseMode{zoidc.ResponseModeQuery, zoidc.ResponseModeFragment} {
+			a := &authRequest{ClientID: "mail", RedirectURI: "http://127.0.0.1:1/mail/callback", State: "st",
+				ResponseType: zoidc.ResponseTypeCode, ResponseMode: mode}
+			h := e.p.edge(e.p.hideInternalErrors(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				op.AuthRequestError(w, r, a, errors.New("sql: database is closed"), e.p.op)
+			})))
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/authorize/callback?id=x", nil))
+			require.Equal(t, http.StatusFound, rec.Code)
+			loc, err := url.Parse(rec.Header().Get("Location"))
+			require.NoError(t, err)
+			params := loc.Query()
+			if mode == zoidc.ResponseModeFragment {
+				params, err = url.ParseQuery(loc.Fragment)
+				require.NoError(t, err)
+			}
+			require.Equal(t, "server_error", params.Get("error"), loc.String())
+			require.Equal(t, "st", params.Get("state"))
+			require.Equal(t, "internal error, request id "+rec.Header().Get("X-Request-Id"), params.Get("error_description"))
+			require.NotContains(t, loc.String(), "sql")
+		}
+	})
 }
 
 func requireHiddenError(t *testing.T, resp *http.Response, page string) {
