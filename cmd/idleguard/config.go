@@ -473,6 +473,8 @@ func (c *Config) validateClient(i int, firstUse map[string]int, add func(path, m
 			"refresh_token needs authorization_code"},
 		{hasCode && !slices.Contains(cl.Scopes, zoidc.ScopeOpenID), p("scopes"),
 			"must include openid for authorization_code: every sign-in is OpenID Connect"},
+		{slices.Contains(cl.GrantTypes, string(zoidc.GrantTypeRefreshToken)) && !slices.Contains(cl.Scopes, zoidc.ScopeOfflineAccess), p("scopes"),
+			"must include offline_access for the refresh_token grant (refresh tokens are issued only for it), or leave refresh_token out of grant_types"},
 
 		{own < 0, p("idle_timeout"), "must not be negative (0: none of its own)"},
 		{cl.IdleExempt && own == 0, p("idle_timeout"),
