@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"runtime/debug"
 	"strings"
 
@@ -54,10 +56,7 @@ func (p *Provider) edge(next http.Handler) http.Handler {
 // without detail. Pages a browser sees turn it into a readable page
 // (browserPage).
 func (p *Provider) serverError(w http.ResponseWriter, r *http.Request, err error) {
-	p.cfg.Logger.ErrorContext(r.Context(), "server error", slog.Any("error", err), slog.String("method", r.Method),
-		slog.String("path", r.URL.Path))
-	writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "server_error",
-		"error_description": "internal error, request id " + requestID(r.Context())})
+	p.internalError(w, r, http.StatusInternalServerError, err)
 }
 
 // hideInternal logs an error that is not an OAuth error (a failed write,
@@ -101,29 +100,105 @@ func (p *Provider) browserPage(next http.Handler) http.Handler {
 	})
 }
 
+// internalError logs err with the request id and answers status with a
+// body that names the request id and nothing else: internal error text
+// (file names, database messages, library errors) never reaches a client.
+func (p *Provider) internalError(w http.ResponseWriter, r *http.Request, status int, err error) {
+	id := requestID(r.Context())
+	p.cfg.Logger.ErrorContext(r.Context(), "server error", slog.Any("error", err), slog.String("method", r.Method),
+		slog.String("path", r.URL.Path))
+	writeJSON(w, status, map[string]string{"error": "server_error", "error_description": "internal error, request id " + id})
+}
+
+// hideInternalErrors stands between the protocol layer and the client. The
+// layer answers an error that is not an OAuth error with its text: as
+// error_description of a JSON 5xx (a database message, "securecookie: the
+// value is too long"), as a plain-text 4xx page (the authorization callback,
+// parent error included), or as error_description of a server_error
+// redirected to the client. Each is logged with the request id and
+// replaced: a 5xx by internalError's body, a plain-text refusal by a
+// readable page, a redirected description by the request id.
+func (p *Provider) hideInternalErrors(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := &errorCatcher{ResponseWriter: w, onRedirect: func(h http.Header) { p.hideRedirectedError(r, h) },
+			catch: func(status int, contentType string) bool {
+				return status >= 500 || (status >= 400 && strings.HasPrefix(contentType, "text/plain"))
+			}}
+		next.ServeHTTP(rec, r)
+		switch {
+		case !rec.caught:
+		case rec.status >= 500:
+			p.internalError(w, r, rec.status, fmt.Errorf("protocol layer: %s", bytes.TrimSpace(rec.body.Bytes())))
+		default:
+			p.cfg.Logger.InfoContext(r.Context(), "request refused", slog.String("detail", string(bytes.TrimSpace(rec.body.Bytes()))), slog.String("path", r.URL.Path))
+			p.messagePage(w, r, rec.status, "Request refused",
+				"This request is unknown, has expired or cannot be completed. Go back to the application and try again.")
+		}
+	})
+}
+
+// hideRedirectedError replaces the error_description of a server_error
+// that a redirect in h carries to a client (RFC 6749 section 4.1.2.1), in
+// the query or the fragment, by the request id.
+func (p *Provider) hideRedirectedError(r *http.Request, h http.Header) {
+	loc, err := url.Parse(h.Get("Location"))
+	if err != nil {
+		return
+	}
+	hide := func(raw string) (string, bool) {
+		q, err := url.ParseQuery(raw)
+		if err != nil || q.Get("error") != "server_error" {
+			return raw, false
+		}
+		p.cfg.Logger.ErrorContext(r.Context(), "server error sent to the client", slog.String("error_description", q.Get("error_description")), slog.String("path", r.URL.Path))
+		q.Set("error_description", "internal error, request id "+requestID(r.Context()))
+		return q.Encode(), true
+	}
+	query, inQuery := hide(loc.RawQuery)
+	fragment, inFragment := hide(loc.EscapedFragment())
+	if !inQuery && !inFragment {
+		return
+	}
+	loc.RawQuery = query
+	if inFragment {
+		loc.Fragment, _ = url.PathUnescape(fragment)
+		loc.RawFragment = fragment
+	}
+	h.Set("Location", loc.String())
+}
+
 // authorizeErrorPage turns the JSON error that the protocol layer answers
 // for an authorization request it must not redirect (unknown client,
 // unregistered redirect_uri) into a readable page for the person whose
 // browser it is. Redirects and successes pass through untouched.
 func (p *Provider) authorizeErrorPage(next http.Handler) http.Handler {
+	page := p.errorPage("Sign-in request refused", "The application sent an invalid sign-in request.", next)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if len(r.URL.RawQuery) > maxAuthorizeQuery {
 			p.messagePage(w, r, http.StatusRequestURITooLong, "Sign-in request refused",
 				"The application sent a sign-in request that is too large.")
 			return
 		}
+		page.ServeHTTP(w, r)
+	})
+}
+
+// errorPage renders the 4xx JSON error of a browser-facing protocol
+// endpoint as a readable page titled title, whose text starts with intro.
+func (p *Provider) errorPage(title, intro string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rec, e := catchError(next, w, r)
 		if rec == nil {
 			return
 		}
-		msg := "The application sent an invalid sign-in request."
+		msg := intro
 		if e.Description != "" {
 			msg += " " + e.Description
 		}
 		if e.Error != "" {
 			msg += " (" + e.Error + ")"
 		}
-		p.messagePage(w, r, rec.status, "Sign-in request refused", msg)
+		p.messagePage(w, r, rec.status, title, msg)
 	})
 }
 
@@ -150,10 +225,11 @@ func catchError(next http.Handler, w http.ResponseWriter, r *http.Request) (*err
 
 // errorCatcher holds back a response that catch selects (by status and
 // content type) so that it can be rendered otherwise; anything else is
-// written through.
+// written through. onRedirect, if set, sees a redirect's headers first.
 type errorCatcher struct {
 	http.ResponseWriter
 	catch       func(status int, contentType string) bool
+	onRedirect  func(http.Header)
 	status      int
 	contentType string
 	caught      bool
@@ -161,6 +237,9 @@ type errorCatcher struct {
 }
 
 func (c *errorCatcher) WriteHeader(status int) {
+	if c.onRedirect != nil && status >= 300 && status < 400 {
+		c.onRedirect(c.Header())
+	}
 	if ct := c.Header().Get("Content-Type"); c.catch(status, ct) {
 		c.status, c.contentType, c.caught = status, ct, true
 		c.Header().Del("Content-Type")
@@ -207,4 +286,45 @@ func requireClientAuth(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// noStore forbids caching a response that carries tokens, token metadata or
+// personal data, for HTTP/1.1 and HTTP/1.0 caches alike (RFC 6749 section
+// 5.1, RFC 7662 section 2.2, RFC 6750 section 4).
+func noStore(w http.ResponseWriter) {
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Pragma", "no-cache")
+}
+
+// credentialEndpoint guards an endpoint where clients authenticate (token,
+// introspection, revocation). Its answers, errors included, are never
+// cached. Credentials and tokens travel only in the body of a POST (RFC 6749
+// section 3.2): the protocol layer reads the query string too, so a request
+// that has one is refused before anything reads it. A URL ends up in
+// proxy logs and browser history; a secret sent in one is never accepted.
+func credentialEndpoint(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		noStore(w)
+		if r.URL.RawQuery != "" {
+			writeJSON(w, http.StatusBadRequest, oauthError{Error: "invalid_request",
+				Description: "parameters must be sent in the request body, not in the URL"})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// postOnly answers any method but POST on a credential endpoint with 405,
+// except the CORS preflight (OPTIONS), which preflight answers: a browser
+// app asks it before every token request.
+func postOnly(preflight http.Handler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodOptions {
+			preflight.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("Allow", http.MethodPost)
+		writeJSON(w, http.StatusMethodNotAllowed, oauthError{Error: "invalid_request",
+			Description: "this endpoint accepts POST only (RFC 6749 section 3.2)"})
+	}
 }

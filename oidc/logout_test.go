@@ -444,23 +444,6 @@ func findSession(list []any, sid string) map[string]any {
 	return nil
 }
 
-func TestDiscoveryAdvertisesLogoutSupport(t *testing.T) {
-	e := newEnv(t)
-	resp, err := http.Get(e.issuer + "/.well-known/openid-configuration")
-	require.NoError(t, err)
-	var doc map[string]any
-	require.NoError(t, json.NewDecoder(resp.Body).Decode(&doc))
-	resp.Body.Close()
-	for _, k := range []string{"backchannel_logout_supported", "backchannel_logout_session_supported",
-		"frontchannel_logout_supported", "frontchannel_logout_session_supported"} {
-		require.Equal(t, true, doc[k], k)
-	}
-	for _, k := range []string{"introspection_endpoint", "revocation_endpoint", "end_session_endpoint", "userinfo_endpoint", "jwks_uri"} {
-		require.True(t, strings.HasPrefix(doc[k].(string), e.issuer), k)
-	}
-	require.Equal(t, []any{"S256"}, doc["code_challenge_methods_supported"])
-}
-
 func TestEndSessionWithoutHintAsksFirst(t *testing.T) {
 	e := newEnv(t)
 	b := e.browser()

@@ -230,14 +230,14 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		CodeMethodS256:                    true,
 		AuthMethodPost:                    true,
 		GrantTypeRefreshToken:             true,
-		SupportedScopes:                   []string{zoidc.ScopeOpenID, zoidc.ScopeProfile, zoidc.ScopeEmail, zoidc.ScopeOfflineAccess},
+		SupportedScopes:                   DefaultScopes,
 		BackChannelLogoutSupported:        true,
 		BackChannelLogoutSessionSupported: true,
 	}
 	opts := []op.Option{
 		op.WithCrypto(op.NewAES256GCMCrypto([32]byte(cryptoKey), "1")),
 		op.WithAccessTokenKeySet(p.keys),
-		op.WithIDTokenHintKeySet(p.keys),
+		op.WithIDTokenHintKeySet(idTokenKeys{p.keys}),
 	}
 	if issuer.Scheme == "http" {
 		opts = append(opts, op.WithAllowInsecure())
@@ -295,12 +295,19 @@ func (p *Provider) routes() http.Handler {
 	mux.HandleFunc("GET /admin/deliveries", p.admin(p.adminDeliveries))
 	mux.HandleFunc("GET /metrics", p.admin(p.metricsHandler().ServeHTTP))
 	mux.Handle("GET /static/", http.StripPrefix("/static/", static.Handler()))
+	protocol = p.hideInternalErrors(protocol)
 	mux.Handle("GET /authorize", p.browserPage(p.authorizeErrorPage(protocol)))
 	mux.Handle("/authorize/callback", p.browserPage(protocol))
-	mux.Handle("/end_session", p.browserPage(protocol))
-	mux.Handle("POST /oauth/token", invalidClient401(protocol))
-	mux.Handle("POST /oauth/introspect", requireClientAuth(invalidClient401(protocol)))
-	mux.Handle("POST /revoke", invalidClient401(protocol))
+	mux.Handle("POST /oauth/token", credentialEndpoint(invalidClient401(protocol)))
+	mux.Handle("POST /oauth/introspect", credentialEndpoint(requireClientAuth(invalidClient401(protocol))))
+	mux.Handle("POST /revoke", credentialEndpoint(invalidClient401(protocol)))
+	for _, path := range []string{"/oauth/token", "/oauth/introspect", "/revoke"} {
+		mux.Handle(path, postOnly(protocol))
+	}
+	mux.Handle("/userinfo", p.userinfoEdge(protocol))
+	endSession := p.browserPage(p.errorPage("Sign-out request refused", "The application sent an invalid sign-out request.", protocol))
+	mux.Handle("GET /end_session", endSession)
+	mux.Handle("POST /end_session", endSession)
 	mux.Handle("/", protocol)
 	return p.edge(mux)
 }

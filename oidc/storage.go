@@ -77,7 +77,7 @@ func (s storage) CreateAuthRequest(ctx context.Context, req *zoidc.AuthRequest, 
 	now := s.p.now()
 	a := &authRequest{
 		ID: session.NewID(), CreatedAt: now, ClientID: req.ClientID, RedirectURI: req.RedirectURI,
-		State: req.State, Nonce: req.Nonce, Scopes: req.Scopes, ResponseType: req.ResponseType,
+		State: req.State, Nonce: req.Nonce, Scopes: c.CodeScopes(req.Scopes), ResponseType: req.ResponseType,
 		ResponseMode: req.ResponseMode, Prompt: req.Prompt, MaxAge: req.MaxAge, LoginHint: req.LoginHint,
 	}
 	if req.CodeChallenge != "" {
@@ -324,8 +324,18 @@ func (s storage) ClientCredentials(_ context.Context, id, secret string) (op.Cli
 	return opClient{Client: c, loginURL: s.p.loginURL}, nil
 }
 
+// ClientCredentialsTokenRequest grants the authenticated client id the
+// scopes it may have out of those requested (Client.ServiceScopes).
 func (s storage) ClientCredentialsTokenRequest(_ context.Context, id string, scopes []string) (op.TokenRequest, error) {
-	return &clientCredentialsRequest{clientID: id, scopes: scopes}, nil
+	c, ok := s.p.clients[id]
+	if !ok {
+		return nil, zoidc.ErrInvalidClient().WithDescription("unknown client")
+	}
+	granted, err := c.ServiceScopes(scopes)
+	if err != nil {
+		return nil, err
+	}
+	return &clientCredentialsRequest{clientID: id, scopes: granted}, nil
 }
 
 // SetUserinfoFromScopes is deprecated upstream; SetUserinfoFromRequest does the work.

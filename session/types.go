@@ -17,7 +17,7 @@ var ErrConflict = errors.New("conflict")
 // back-channel logout tokens.
 type Reason string
 
-// The reasons a session can end, from ../shared/idle-model.md.
+// The reasons a session can end, from docs/idle-model.md.
 const (
 	ReasonIdleTimeout    Reason = "idle_timeout"
 	ReasonMaxLifetime    Reason = "max_lifetime"

@@ -69,7 +69,7 @@ type Config struct {
 }
 
 // SessionConfig is the idle model's provider-wide part (see
-// shared/idle-model.md, "The limit: the strictest app wins").
+// docs/idle-model.md, "The limit: the strictest app wins").
 type SessionConfig struct {
 	IdleTimeout   Duration `yaml:"idle_timeout"`   // ceiling of every session's idle limit; required
 	MaxLifetime   Duration `yaml:"max_lifetime"`   // absolute limit from sign-in; required, >= idle_timeout
@@ -145,6 +145,11 @@ type ClientConfig struct {
 	// GrantTypes default to authorization_code and refresh_token;
 	// client_credentials is for confidential clients only.
 	GrantTypes []string `yaml:"grant_types"`
+	// Scopes the client may be granted. Default: openid, profile, email,
+	// offline_access. A sign-in gets those it asks for and may have, the
+	// others left out; client_credentials gets the client's own (non-OpenID)
+	// scopes it asks for, and invalid_scope for any it may not have.
+	Scopes []string `yaml:"scopes"`
 
 	// IdleTimeout is this app's tolerance for inactivity; it pulls the
 	// session's shared limit down unless IdleExempt. 0: none of its own.
@@ -341,6 +346,9 @@ func (c *Config) setDefaults() {
 		if len(cl.GrantTypes) == 0 {
 			cl.GrantTypes = []string{string(zoidc.GrantTypeCode), string(zoidc.GrantTypeRefreshToken)}
 		}
+		if cl.Scopes == nil {
+			cl.Scopes = slices.Clone(oidc.DefaultScopes)
+		}
 		if cl.AccessTokenFormat == "" {
 			cl.AccessTokenFormat = defaultAccessFormat
 		}
@@ -506,6 +514,10 @@ func (c *Config) validateClient(i int, firstUse map[string]int, add func(path, m
 			"client_credentials needs a confidential client (a client_secret)"},
 		{slices.Contains(cl.GrantTypes, string(zoidc.GrantTypeRefreshToken)) && !hasCode, p("grant_types"),
 			"refresh_token needs authorization_code"},
+		{hasCode && !slices.Contains(cl.Scopes, zoidc.ScopeOpenID), p("scopes"),
+			"must include openid for authorization_code: every sign-in is OpenID Connect"},
+		{slices.Contains(cl.GrantTypes, string(zoidc.GrantTypeRefreshToken)) && !slices.Contains(cl.Scopes, zoidc.ScopeOfflineAccess), p("scopes"),
+			"must include offline_access for the refresh_token grant (refresh tokens are issued only for it), or leave refresh_token out of grant_types"},
 
 		{own < 0, p("idle_timeout"), "must not be negative (0: none of its own)"},
 		{cl.IdleExempt && own == 0, p("idle_timeout"),
@@ -551,11 +563,32 @@ func (c *Config) validateClient(i int, firstUse map[string]int, add func(path, m
 				fmt.Sprintf("%q is not supported (want authorization_code, refresh_token or client_credentials)", g))
 		}
 	}
+	for j, sc := range cl.Scopes {
+		if msg := scopeProblem(sc, cl.Scopes[:j]); msg != "" {
+			add(fmt.Sprintf("%s[%d]", p("scopes"), j), msg)
+		}
+	}
 	for j, name := range cl.Activity {
 		if _, err := activity.ParseSources([]string{name}); err != nil {
 			add(fmt.Sprintf("%s[%d]", p("activity"), j), err.Error())
 		}
 	}
+}
+
+// scopeProblem returns what is wrong with scope sc of a client whose
+// earlier scopes are before, or "".
+func scopeProblem(sc string, before []string) string {
+	// RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+	bad := func(r rune) bool { return r < 0x21 || r > 0x7e || r == '"' || r == '\\' }
+	switch {
+	case sc == "" || strings.ContainsFunc(sc, bad):
+		return fmt.Sprintf("%q is not a scope: printable ASCII without spaces, quotes or backslashes (RFC 6749 section 3.3)", sc)
+	case slices.Contains(before, sc):
+		return fmt.Sprintf("%q is listed twice", sc)
+	case sc == zoidc.ScopePhone || sc == zoidc.ScopeAddress:
+		return fmt.Sprintf("%q is not supported: the provider issues %s, and scopes of your own", sc, strings.Join(oidc.DefaultScopes, ", "))
+	}
+	return ""
 }
 
 // ifSet returns problem(v), or "" when v is empty (absent is checked apart).
@@ -706,6 +739,7 @@ func (c *Config) ProviderConfig() (oidc.Config, error) {
 			WebOrigins:             slices.Clone(cl.WebOrigins),
 			AccessTokenTTL:         d(cl.AccessTokenTTL),
 			OpaqueAccessTokens:     cl.AccessTokenFormat == "opaque",
+			Scopes:                 slices.Clone(cl.Scopes),
 			Policy: activity.ClientPolicy{
 				IdleTimeout:          d(cl.IdleTimeout),
 				AppIdleTimeout:       d(cl.AppIdleTimeout),

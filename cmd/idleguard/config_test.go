@@ -442,6 +442,27 @@ func TestConfigValidateRules(t *testing.T) {
 		{"refresh without code", func(_ *Config, cl *ClientConfig) { cl.GrantTypes = []string{"refresh_token"} },
 			"clients[0].grant_types: refresh_token needs authorization_code"},
 		{"refresh as activity", func(_ *Config, cl *ClientConfig) { cl.Activity = []string{"sso", "refresh"} }, ""},
+		{"own scopes", func(_ *Config, cl *ClientConfig) {
+			cl.Scopes = []string{"openid", "email", "offline_access", "reports:read"}
+		}, ""},
+		{"scopes without openid for a sign-in", func(_ *Config, cl *ClientConfig) { cl.Scopes = []string{"profile", "offline_access"} },
+			"clients[0].scopes: must include openid for authorization_code"},
+		{"refresh grant without offline_access", func(_ *Config, cl *ClientConfig) { cl.Scopes = []string{"openid", "email"} },
+			"clients[0].scopes: must include offline_access for the refresh_token grant"},
+		{"no refresh, no offline_access", func(_ *Config, cl *ClientConfig) {
+			cl.Scopes, cl.GrantTypes = []string{"openid", "email"}, []string{"authorization_code"}
+		}, ""},
+		{"service scopes without openid", func(_ *Config, cl *ClientConfig) {
+			cl.RedirectURIs, cl.GrantTypes, cl.Scopes = nil, []string{"client_credentials"}, []string{"reports:read"}
+		}, ""},
+		{"scope with a space", func(_ *Config, cl *ClientConfig) { cl.Scopes = []string{"openid", "offline_access", "read write"} },
+			"clients[0].scopes[2]: \"read write\" is not a scope"},
+		{"empty scope", func(_ *Config, cl *ClientConfig) { cl.Scopes = []string{"openid", "offline_access", ""} },
+			"clients[0].scopes[2]: \"\" is not a scope"},
+		{"scope listed twice", func(_ *Config, cl *ClientConfig) { cl.Scopes = []string{"openid", "offline_access", "openid"} },
+			"clients[0].scopes[2]: \"openid\" is listed twice"},
+		{"unsupported OpenID scope", func(_ *Config, cl *ClientConfig) { cl.Scopes = []string{"openid", "offline_access", "phone"} },
+			"clients[0].scopes[2]: \"phone\" is not supported"},
 		{"client idle above the provider's", func(_ *Config, cl *ClientConfig) { cl.IdleTimeout = d("20m") },
 			"clients[0].idle_timeout: 20m0s is above session.idle_timeout (15m0s)"},
 		{"negative client idle", func(_ *Config, cl *ClientConfig) { cl.IdleTimeout = d("-1m") },
@@ -537,6 +558,7 @@ clients:
     access_token_ttl: 2m
     access_token_format: opaque
     activity: [sso, refresh]
+    scopes: [openid, email, offline_access, reports:read]
   - client_id: spa
     token_endpoint_auth_method: none
     redirect_uris: [http://127.0.0.1:9002/cb]
@@ -574,6 +596,7 @@ clients:
 		GrantTypes:             []zoidc.GrantType{zoidc.GrantTypeCode, zoidc.GrantTypeRefreshToken, zoidc.GrantTypeClientCredentials},
 		AccessTokenTTL:         2 * time.Minute,
 		OpaqueAccessTokens:     true,
+		Scopes:                 []string{"openid", "email", "offline_access", "reports:read"},
 		Policy: activity.ClientPolicy{
 			IdleTimeout:          5 * time.Minute,
 			AppIdleTimeout:       4 * time.Minute,
@@ -591,6 +614,7 @@ clients:
 	require.Equal(t, []zoidc.GrantType{zoidc.GrantTypeCode, zoidc.GrantTypeRefreshToken}, spa.GrantTypes)
 	require.Equal(t, 5*time.Minute, spa.AccessTokenTTL)
 	require.Equal(t, activity.DefaultSources, spa.Policy.Sources)
+	require.Equal(t, oidc.DefaultScopes, spa.Scopes)
 	require.Zero(t, spa.Policy.IdleTimeout)
 
 	t.Run("refuses an invalid configuration", func(t *testing.T) {
