@@ -13,8 +13,9 @@ import (
 // maxBody bounds every request body.
 const maxBody = 64 << 10
 
-// maxAuthorizeQuery bounds an authorization request's query string; every
-// legitimate one is far smaller, and it is stored until the code exchange.
+// maxAuthorizeQuery bounds an authorization request, query and body
+// together (boundAuthorize); every legitimate one is far smaller, and it is
+// stored until the code exchange.
 const maxAuthorizeQuery = 8 << 10
 
 type requestIDKey struct{}
@@ -62,11 +63,6 @@ func (p *Provider) serverError(w http.ResponseWriter, r *http.Request, err error
 // browser it is. Redirects and successes pass through untouched.
 func (p *Provider) authorizeErrorPage(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if len(r.URL.RawQuery) > maxAuthorizeQuery {
-			p.messagePage(w, r, http.StatusRequestURITooLong, "Sign-in request refused",
-				"The application sent a sign-in request that is too large.")
-			return
-		}
 		rec, e := catchError(next, w, r)
 		if rec == nil {
 			return

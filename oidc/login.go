@@ -159,6 +159,14 @@ func (p *Provider) loginPage(w http.ResponseWriter, r *http.Request) {
 		p.badLoginLink(w, r)
 		return
 	}
+	if !req.sentBy(r) {
+		if req.hasPrompt(zoidc.PromptNone) { // no page may be shown (OpenID Connect Core 1.0 section 3.1.2.1)
+			op.AuthRequestError(w, r, req, zoidc.ErrLoginRequired(), p.op)
+			return
+		}
+		p.otherBrowser(w, r)
+		return
+	}
 	notice := ""
 	if sid := p.sessionCookie(r); sid != "" {
 		st, err := p.tracker.Session(ctx, sid)
@@ -233,9 +241,17 @@ func (p *Provider) loginSubmit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := r.PostFormValue("authRequestID")
-	req, err := p.authRequest(ctx, id)
-	if id == "" || len(id) > 64 || err != nil {
+	if id == "" || len(id) > 64 {
 		p.badLoginLink(w, r)
+		return
+	}
+	req, err := p.authRequest(ctx, id)
+	if err != nil {
+		p.badLoginLink(w, r)
+		return
+	}
+	if !req.sentBy(r) {
+		p.otherBrowser(w, r)
 		return
 	}
 	if !p.checkCSRF(r) {

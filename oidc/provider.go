@@ -228,7 +228,7 @@ func (p *Provider) routes() http.Handler {
 	endpoints := *op.DefaultEndpoints
 	endpoints.DeviceAuthorization = nil // the device flow is not offered
 	srv := &server{LegacyServer: op.NewLegacyServer(p.op, endpoints), p: p}
-	protocol := op.RegisterLegacyServer(srv, op.AuthorizeCallbackHandler(p.op),
+	protocol := op.RegisterLegacyServer(srv, p.authorizeCallback,
 		op.WithServerCORSOptions(&cors.Options{
 			AllowOriginFunc: func(string) bool { return true },
 			AllowedHeaders:  []string{"Authorization", "Content-Type", "Accept"},
@@ -252,7 +252,7 @@ func (p *Provider) routes() http.Handler {
 	mux.HandleFunc("GET /admin/deliveries", p.admin(p.adminDeliveries))
 	mux.HandleFunc("GET /metrics", p.admin(p.metricsHandler().ServeHTTP))
 	mux.Handle("GET /static/", http.StripPrefix("/static/", static.Handler()))
-	mux.Handle("GET /authorize", p.authorizeErrorPage(protocol))
+	mux.Handle("/authorize", p.boundAuthorize(p.authorizeErrorPage(protocol)))
 	mux.Handle("POST /oauth/token", invalidClient401(protocol))
 	mux.Handle("POST /oauth/introspect", requireClientAuth(invalidClient401(protocol)))
 	mux.Handle("POST /revoke", invalidClient401(protocol))
@@ -297,17 +297,13 @@ func (p *Provider) housekeeping(ctx context.Context) {
 	}
 }
 
-type purger interface {
-	PurgeAuthRequests(ctx context.Context, now time.Time) error
-}
-
+// purge deletes what has expired: authorization requests (with their
+// codes), revocations, login failures.
 func (p *Provider) purge(ctx context.Context) error {
-	if pu, ok := p.store.(purger); ok {
-		if err := pu.PurgeAuthRequests(ctx, p.now()); err != nil {
-			return err
-		}
-	}
 	now := p.now()
+	if err := p.store.PurgeAuthRequests(ctx, now); err != nil {
+		return fmt.Errorf("purge auth requests: %w", err)
+	}
 	p.revoked.Range(func(k, _ any) bool {
 		if id, err := parseTokenID(k.(string)); err != nil || now.After(id.expires) {
 			p.revoked.Delete(k)
