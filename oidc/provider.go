@@ -65,26 +65,29 @@ type Config struct {
 // Provider is the whole OpenID provider: protocol endpoints, login pages,
 // activity endpoints, logout propagation and admin API.
 type Provider struct {
-	cfg       Config
-	store     Store
-	tracker   *activity.Tracker
-	keys      *Keys
-	clients   map[string]*Client
-	refresh   refreshMAC
-	cookies   *securecookie.SecureCookie
-	tickets   *securecookie.SecureCookie
-	secure    bool
-	op        *op.Provider
-	handler   http.Handler
-	pages     *template.Template
-	limiter   *loginLimiter
-	revoked   sync.Map // access token id -> struct{}
-	verified  *verifiedCache
-	signers   signerCache
-	counters  counters
-	wake      chan struct{}
-	runCancel context.CancelFunc
-	running   sync.WaitGroup
+	cfg      Config
+	store    Store
+	tracker  *activity.Tracker
+	keys     *Keys
+	clients  map[string]*Client
+	refresh  refreshMAC
+	cookies  *securecookie.SecureCookie
+	tickets  *securecookie.SecureCookie
+	secure   bool
+	op       *op.Provider
+	handler  http.Handler
+	pages    *template.Template
+	limiter  *loginLimiter
+	revoked  sync.Map // access token id -> struct{}
+	verified *verifiedCache
+	signers  signerCache
+	counters counters
+	wake     chan struct{}
+	// housekeepEvery is how often expired requests, revocations and login
+	// failures are purged and keys reloaded.
+	housekeepEvery time.Duration
+	runCancel      context.CancelFunc
+	running        sync.WaitGroup
 }
 
 func randomBytes(n int) func() []byte {
@@ -124,7 +127,7 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		return nil, fmt.Errorf("issuer %q is not an absolute URL", cfg.Issuer)
 	}
 	p := &Provider{cfg: cfg, store: store, clients: make(map[string]*Client), secure: issuer.Scheme == "https",
-		limiter: newLoginLimiter(cfg.Login, cfg.Now), wake: make(chan struct{}, 1), verified: newVerifiedCache(200_000, cfg.Now)}
+		limiter: newLoginLimiter(cfg.Login, cfg.Now), wake: make(chan struct{}, 1), housekeepEvery: 30 * time.Second, verified: newVerifiedCache(200_000, cfg.Now)}
 	for _, c := range cfg.Clients {
 		if c.IDTokenTTL == 0 {
 			c.IDTokenTTL = cfg.IDTokenTTL
@@ -280,7 +283,7 @@ func (p *Provider) Close(ctx context.Context) error {
 }
 
 func (p *Provider) housekeeping(ctx context.Context) {
-	tick := time.NewTicker(30 * time.Second)
+	tick := time.NewTicker(p.housekeepEvery)
 	defer tick.Stop()
 	for {
 		select {

@@ -56,8 +56,8 @@ func (s *server) Discovery(ctx context.Context, r *op.Request[struct{}]) (*op.Re
 // Errors reach the app through its verified redirect_uri.
 func (s *server) Authorize(ctx context.Context, r *op.ClientRequest[zoidc.AuthRequest]) (*op.Redirect, error) {
 	if err := checkAuthorizeParams(r.Form); err != nil {
-		if len(r.Data.State) > authorizeParamLimits["state"] {
-			r.Data.State = "" // not echoed back
+		if len(r.Form["state"]) > 1 || len(r.Data.State) > authorizeParamLimits["state"] {
+			r.Data.State = "" // ambiguous or oversized: not echoed back
 		}
 		return nil, err
 	}
