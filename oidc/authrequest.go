@@ -162,26 +162,11 @@ func (p *Provider) newAuthRequest(ctx context.Context, req *zoidc.AuthRequest, b
 	if !ok {
 		return nil, zoidc.ErrInvalidClient()
 	}
-	if !slices.Contains(req.Scopes, zoidc.ScopeOpenID) {
-		return nil, zoidc.ErrInvalidScope().WithDescription("the openid scope is required")
+	if err := validateAuthRequest(c, req); err != nil {
+		return nil, err
 	}
-	if req.CodeChallenge != "" && req.CodeChallengeMethod != zoidc.CodeChallengeMethodS256 {
-		return nil, zoidc.ErrInvalidRequest().WithDescription("code_challenge_method must be S256")
-	}
-	if req.CodeChallenge != "" && !isS256Challenge(req.CodeChallenge) {
-		return nil, zoidc.ErrInvalidRequest().WithDescription("code_challenge must be the 43-character base64url SHA-256 of the verifier")
-	}
-	if c.Public() && req.CodeChallenge == "" {
-		return nil, zoidc.ErrInvalidRequest().WithDescription("PKCE (code_challenge with S256) is required for public clients")
-	}
-	switch req.ResponseMode {
-	case "", zoidc.ResponseModeQuery, zoidc.ResponseModeFragment, zoidc.ResponseModeFormPost:
-	default:
-		return nil, zoidc.ErrInvalidRequest().WithDescription("response_mode must be query, fragment or form_post")
-	}
-	now := p.now()
 	a := &authRequest{
-		ID: session.NewID(), CreatedAt: now, ClientID: req.ClientID, RedirectURI: req.RedirectURI,
+		ID: session.NewID(), CreatedAt: p.now(), ClientID: req.ClientID, RedirectURI: req.RedirectURI,
 		State: req.State, Nonce: req.Nonce, Scopes: dedupe(req.Scopes), ResponseType: req.ResponseType,
 		ResponseMode: req.ResponseMode, MaxAge: req.MaxAge, LoginHint: req.LoginHint, Browser: browser,
 		Prompt: dedupe(slices.DeleteFunc(slices.Clone(req.Prompt), func(v string) bool { return !slices.Contains(knownPrompts, v) })),
@@ -194,6 +179,28 @@ func (p *Provider) newAuthRequest(ctx context.Context, req *zoidc.AuthRequest, b
 	}
 	return a, nil
 }
+
+// validateAuthRequest applies idleguard's rules on top of the library's:
+// openid scope, PKCE S256 only (required for public clients), a known
+// response_mode.
+func validateAuthRequest(c *Client, req *zoidc.AuthRequest) error {
+	switch {
+	case !slices.Contains(req.Scopes, zoidc.ScopeOpenID):
+		return zoidc.ErrInvalidScope().WithDescription("the openid scope is required")
+	case req.CodeChallenge != "" && req.CodeChallengeMethod != zoidc.CodeChallengeMethodS256:
+		return zoidc.ErrInvalidRequest().WithDescription("code_challenge_method must be S256")
+	case req.CodeChallenge != "" && !isS256Challenge(req.CodeChallenge):
+		return zoidc.ErrInvalidRequest().WithDescription("code_challenge must be the 43-character base64url SHA-256 of the verifier")
+	case c.Public() && req.CodeChallenge == "":
+		return zoidc.ErrInvalidRequest().WithDescription("PKCE (code_challenge with S256) is required for public clients")
+	case !slices.Contains(responseModes, req.ResponseMode):
+		return zoidc.ErrInvalidRequest().WithDescription("response_mode must be query, fragment or form_post")
+	}
+	return nil
+}
+
+// responseModes are the response modes the code flow answers with ("" is query).
+var responseModes = []zoidc.ResponseMode{"", zoidc.ResponseModeQuery, zoidc.ResponseModeFragment, zoidc.ResponseModeFormPost}
 
 func isS256Challenge(c string) bool {
 	if len(c) != 43 {
