@@ -49,7 +49,12 @@ func (p *Provider) clearCookie(w http.ResponseWriter, name string) {
 }
 
 // csrfToken returns the browser's CSRF token, setting a fresh cookie when it
-// has none (double-submit cookie, the cookie sealed by securecookie).
+// has none (double-submit cookie, the cookie sealed by securecookie). The
+// cookie is SameSite=Lax, not Strict: an app on another site sends the
+// browser to /login by a cross-site navigation, which withholds Strict
+// cookies, so a Strict token would be replaced there and the form open in
+// another tab would fail. A cross-site POST carries no Lax cookie, so the
+// form still cannot be posted from another site.
 func (p *Provider) csrfToken(w http.ResponseWriter, r *http.Request) string {
 	if c, err := r.Cookie(csrfCookieName); err == nil {
 		var tok string
@@ -61,7 +66,7 @@ func (p *Provider) csrfToken(w http.ResponseWriter, r *http.Request) string {
 	enc, err := p.cookies.Encode(csrfCookieName, tok)
 	if err == nil {
 		http.SetCookie(w, &http.Cookie{Name: csrfCookieName, Value: enc, Path: "/",
-			HttpOnly: true, Secure: p.secure, SameSite: http.SameSiteStrictMode})
+			HttpOnly: true, Secure: p.secure, SameSite: http.SameSiteLaxMode})
 	}
 	return tok
 }
