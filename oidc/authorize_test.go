@@ -208,11 +208,16 @@ func TestExpiredAuthorizationRequestsArePurged(t *testing.T) {
 	require.NoError(t, e.p.purge(t.Context()))
 	require.Equal(t, 1, countAuthRequests(t, e), "the two of ten minutes ago are gone")
 
-	// The provider's own housekeeping runs the purge.
+}
+
+func TestHousekeepingPurgesExpiredAuthorizationRequests(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.HousekeepInterval = 5 * time.Millisecond })
+	e.browser().startFlow(e.rp("mail"))
+	require.Equal(t, 1, countAuthRequests(t, e))
 	e.clock.Advance(10 * time.Minute)
-	e.p.housekeepEvery = 5 * time.Millisecond
 	ctx, cancel := context.WithCancel(t.Context())
 	e.p.Run(ctx)
 	t.Cleanup(func() { cancel(); require.NoError(t, e.p.Close(context.Background())) })
+	// Waits for the background loop, not for a timeout: the clock decides expiry.
 	require.Eventually(t, func() bool { return countAuthRequests(t, e) == 0 }, 5*time.Second, 5*time.Millisecond)
 }

@@ -53,6 +53,9 @@ type Config struct {
 	KeyAlgorithm   string          // RS256 (default), ES256 or EdDSA
 	IDTokenTTL     time.Duration   // default 10m
 	AuthRequestTTL time.Duration   // default 10m
+	// HousekeepInterval is how often expired authorization requests,
+	// revocations and login failures are purged and keys reloaded; default 30s.
+	HousekeepInterval time.Duration
 	// AdminTokenHash is the SHA-256 of the admin API bearer token; empty disables the admin API.
 	AdminTokenHash []byte
 	Backchannel    BackchannelConfig
@@ -65,29 +68,26 @@ type Config struct {
 // Provider is the whole OpenID provider: protocol endpoints, login pages,
 // activity endpoints, logout propagation and admin API.
 type Provider struct {
-	cfg      Config
-	store    Store
-	tracker  *activity.Tracker
-	keys     *Keys
-	clients  map[string]*Client
-	refresh  refreshMAC
-	cookies  *securecookie.SecureCookie
-	tickets  *securecookie.SecureCookie
-	secure   bool
-	op       *op.Provider
-	handler  http.Handler
-	pages    *template.Template
-	limiter  *loginLimiter
-	revoked  sync.Map // access token id -> struct{}
-	verified *verifiedCache
-	signers  signerCache
-	counters counters
-	wake     chan struct{}
-	// housekeepEvery is how often expired requests, revocations and login
-	// failures are purged and keys reloaded.
-	housekeepEvery time.Duration
-	runCancel      context.CancelFunc
-	running        sync.WaitGroup
+	cfg       Config
+	store     Store
+	tracker   *activity.Tracker
+	keys      *Keys
+	clients   map[string]*Client
+	refresh   refreshMAC
+	cookies   *securecookie.SecureCookie
+	tickets   *securecookie.SecureCookie
+	secure    bool
+	op        *op.Provider
+	handler   http.Handler
+	pages     *template.Template
+	limiter   *loginLimiter
+	revoked   sync.Map // access token id -> struct{}
+	verified  *verifiedCache
+	signers   signerCache
+	counters  counters
+	wake      chan struct{}
+	runCancel context.CancelFunc
+	running   sync.WaitGroup
 }
 
 func randomBytes(n int) func() []byte {
@@ -113,6 +113,9 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 	if cfg.AuthRequestTTL <= 0 {
 		cfg.AuthRequestTTL = 10 * time.Minute
 	}
+	if cfg.HousekeepInterval <= 0 {
+		cfg.HousekeepInterval = 30 * time.Second
+	}
 	if cfg.KeyAlgorithm == "" {
 		cfg.KeyAlgorithm = "RS256"
 	}
@@ -127,7 +130,7 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		return nil, fmt.Errorf("issuer %q is not an absolute URL", cfg.Issuer)
 	}
 	p := &Provider{cfg: cfg, store: store, clients: make(map[string]*Client), secure: issuer.Scheme == "https",
-		limiter: newLoginLimiter(cfg.Login, cfg.Now), wake: make(chan struct{}, 1), housekeepEvery: 30 * time.Second, verified: newVerifiedCache(200_000, cfg.Now)}
+		limiter: newLoginLimiter(cfg.Login, cfg.Now), wake: make(chan struct{}, 1), verified: newVerifiedCache(200_000, cfg.Now)}
 	for _, c := range cfg.Clients {
 		if c.IDTokenTTL == 0 {
 			c.IDTokenTTL = cfg.IDTokenTTL
@@ -283,7 +286,7 @@ func (p *Provider) Close(ctx context.Context) error {
 }
 
 func (p *Provider) housekeeping(ctx context.Context) {
-	tick := time.NewTicker(p.housekeepEvery)
+	tick := time.NewTicker(p.cfg.HousekeepInterval)
 	defer tick.Stop()
 	for {
 		select {
@@ -300,13 +303,17 @@ func (p *Provider) housekeeping(ctx context.Context) {
 	}
 }
 
-// purge deletes what has expired: authorization requests (with their
-// codes), revocations, login failures.
+type purger interface {
+	PurgeAuthRequests(ctx context.Context, now time.Time) error
+}
+
 func (p *Provider) purge(ctx context.Context) error {
-	now := p.now()
-	if err := p.store.PurgeAuthRequests(ctx, now); err != nil {
-		return fmt.Errorf("purge auth requests: %w", err)
+	if pu, ok := p.store.(purger); ok {
+		if err := pu.PurgeAuthRequests(ctx, p.now()); err != nil {
+			return err
+		}
 	}
+	now := p.now()
 	p.revoked.Range(func(k, _ any) bool {
 		if id, err := parseTokenID(k.(string)); err != nil || now.After(id.expires) {
 			p.revoked.Delete(k)
