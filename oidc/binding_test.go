@@ -284,3 +284,26 @@ func TestBindingCookieIsHttpOnlyLaxAndLongLived(t *testing.T) {
 	require.Greater(t, c.MaxAge, 30*24*3600)
 	require.Len(t, c.Value, browserTokenLen)
 }
+
+func TestTheBrowserThatStartedTheRequestStillSignsIn(t *testing.T) {
+	e := newEnv(t)
+	b := e.browser()
+	fresh := b.login(e.rp("mail"), "alice") // the form
+	sso := b.login(e.rp("spa"), "alice")    // single sign-on, no form
+	require.Equal(t, fresh.sid, sso.sid)
+
+	// Silent renew: prompt=none answered from the session with a code.
+	bank := e.rp("bank")
+	resp, verifier, state := b.authorize(bank, oauth2.SetAuthURLParam("prompt", "none"))
+	silent := b.exchange(bank, b.code(resp, state), verifier)
+	require.Equal(t, fresh.sid, silent.sid)
+
+	// prompt=login shows the form again, and completes in this browser.
+	resp, verifier, state = b.authorize(bank, oauth2.SetAuthURLParam("prompt", "login"))
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	again := b.exchange(bank, b.code(b.submitLogin(body(t, resp), "alice", testPassword), state), verifier)
+	require.Equal(t, fresh.sid, again.sid)
+	for _, tok := range []*tokens{fresh, sso, again} {
+		require.True(t, active(t, e, tok.AccessToken))
+	}
+}
