@@ -18,8 +18,9 @@ import (
 // maxBody bounds every request body.
 const maxBody = 64 << 10
 
-// maxAuthorizeQuery bounds an authorization request's query string; every
-// legitimate one is far smaller, and it is stored until the code exchange.
+// maxAuthorizeQuery bounds an authorization request, query and body
+// together (boundAuthorize); every legitimate one is far smaller, and it is
+// stored until the code exchange.
 const maxAuthorizeQuery = 8 << 10
 
 // edge wraps every route: request id, bounded bodies, baseline security
@@ -172,15 +173,7 @@ func (p *Provider) hideRedirectedError(r *http.Request, h http.Header) {
 // unregistered redirect_uri) into a readable page for the person whose
 // browser it is. Redirects and successes pass through untouched.
 func (p *Provider) authorizeErrorPage(next http.Handler) http.Handler {
-	page := p.errorPage("Sign-in request refused", "The application sent an invalid sign-in request.", next)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if len(r.URL.RawQuery) > maxAuthorizeQuery {
-			p.messagePage(w, r, http.StatusRequestURITooLong, "Sign-in request refused",
-				"The application sent a sign-in request that is too large.")
-			return
-		}
-		page.ServeHTTP(w, r)
-	})
+	return p.errorPage("Sign-in request refused", "The application sent an invalid sign-in request.", next)
 }
 
 // errorPage renders the 4xx JSON error of a browser-facing protocol

@@ -158,9 +158,9 @@ func TestInternalErrorsNeverReachTheClient(t *testing.T) {
 		}
 		resp = b.submitLogin(body(t, resp), "alice", testPassword)
 		page := body(t, resp)
-		require.Equal(t, http.StatusBadRequest, resp.StatusCode, page)
+		require.Equal(t, http.StatusInternalServerError, resp.StatusCode, page)
 		require.Contains(t, resp.Header.Get("Content-Type"), "text/html")
-		require.Contains(t, page, "Request refused")
+		require.Contains(t, page, "Something went wrong", "an outage is not a stale link")
 		require.NotContains(t, page, "sql")
 		require.NotContains(t, page, "Parent")
 	})

@@ -47,7 +47,12 @@ func (p *Provider) clearCookie(w http.ResponseWriter, name string) {
 }
 
 // csrfToken returns the browser's CSRF token, setting a fresh cookie when it
-// has none (double-submit cookie, the cookie sealed by securecookie).
+// has none (double-submit cookie, the cookie sealed by securecookie). The
+// cookie is SameSite=Lax, not Strict: an app on another site sends the
+// browser to /login by a cross-site navigation, which withholds Strict
+// cookies, so a Strict token would be replaced there and the form open in
+// another tab would fail. A cross-site POST carries no Lax cookie, so the
+// form still cannot be posted from another site.
 func (p *Provider) csrfToken(w http.ResponseWriter, r *http.Request) string {
 	if c, err := r.Cookie(csrfCookieName); err == nil {
 		var tok string
@@ -59,7 +64,7 @@ func (p *Provider) csrfToken(w http.ResponseWriter, r *http.Request) string {
 	enc, err := p.cookies.Encode(csrfCookieName, tok)
 	if err == nil {
 		http.SetCookie(w, &http.Cookie{Name: csrfCookieName, Value: enc, Path: "/",
-			HttpOnly: true, Secure: p.secure, SameSite: http.SameSiteStrictMode})
+			HttpOnly: true, Secure: p.secure, SameSite: http.SameSiteLaxMode})
 	}
 	return tok
 }
@@ -148,13 +153,16 @@ func plural(n int, unit string) string {
 func (p *Provider) loginPage(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	id := r.URL.Query().Get("authRequestID")
-	if id == "" || len(id) > 64 {
-		p.badLoginLink(w, r)
+	req, ok := p.browserAuthRequest(w, r, id)
+	if !ok {
 		return
 	}
-	req, err := p.authRequest(ctx, id)
-	if err != nil {
-		p.badLoginLink(w, r)
+	if !req.sentBy(r) {
+		if req.hasPrompt(zoidc.PromptNone) { // no page may be shown (OpenID Connect Core 1.0 section 3.1.2.1)
+			op.AuthRequestError(w, r, req, zoidc.ErrLoginRequired(), p.op)
+			return
+		}
+		p.otherBrowser(w, r)
 		return
 	}
 	notice := ""
@@ -224,9 +232,12 @@ func (p *Provider) loginSubmit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := r.PostFormValue("authRequestID")
-	req, err := p.authRequest(ctx, id)
-	if id == "" || len(id) > 64 || err != nil {
-		p.badLoginLink(w, r)
+	req, ok := p.browserAuthRequest(w, r, id)
+	if !ok {
+		return
+	}
+	if !req.sentBy(r) {
+		p.otherBrowser(w, r)
 		return
 	}
 	if !p.checkCSRF(r) {
@@ -239,6 +250,7 @@ func (p *Provider) loginSubmit(w http.ResponseWriter, r *http.Request) {
 		p.showLogin(w, r, http.StatusBadRequest, req, loginView{Error: "Enter your username and password.", Username: a.username})
 		return
 	}
+	var err error
 	a.user, err = p.store.UserByUsername(ctx, a.username)
 	if err != nil && !errors.Is(err, session.ErrNotFound) {
 		p.serverError(w, r, err)

@@ -56,6 +56,9 @@ type Config struct {
 	KeyAlgorithm   string          // RS256 (default), ES256 or EdDSA
 	IDTokenTTL     time.Duration   // default 10m
 	AuthRequestTTL time.Duration   // default 10m
+	// HousekeepInterval is how often expired authorization requests,
+	// revocations and login failures are purged and keys reloaded; default 30s.
+	HousekeepInterval time.Duration
 	// AdminTokenHash is the SHA-256 of the admin API bearer token; empty disables the admin API.
 	AdminTokenHash []byte
 	Backchannel    BackchannelConfig
@@ -139,6 +142,9 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 	}
 	if cfg.AuthRequestTTL <= 0 {
 		cfg.AuthRequestTTL = 10 * time.Minute
+	}
+	if cfg.HousekeepInterval <= 0 {
+		cfg.HousekeepInterval = 30 * time.Second
 	}
 	if cfg.KeyAlgorithm == "" {
 		cfg.KeyAlgorithm = "RS256"
@@ -270,7 +276,7 @@ func (p *Provider) routes() http.Handler {
 	endpoints := *op.DefaultEndpoints
 	endpoints.DeviceAuthorization = nil // the device flow is not offered
 	srv := &server{LegacyServer: op.NewLegacyServer(p.op, endpoints), p: p}
-	protocol := op.RegisterLegacyServer(srv, op.AuthorizeCallbackHandler(p.op),
+	protocol := op.RegisterLegacyServer(srv, p.authorizeCallback,
 		op.WithServerCORSOptions(&cors.Options{
 			AllowOriginFunc: func(string) bool { return true },
 			AllowedHeaders:  []string{"Authorization", "Content-Type", "Accept"},
@@ -296,7 +302,7 @@ func (p *Provider) routes() http.Handler {
 	mux.HandleFunc("GET /metrics", p.admin(p.metricsHandler().ServeHTTP))
 	mux.Handle("GET /static/", http.StripPrefix("/static/", static.Handler()))
 	protocol = p.hideInternalErrors(protocol)
-	mux.Handle("GET /authorize", p.browserPage(p.authorizeErrorPage(protocol)))
+	mux.Handle("/authorize", p.browserPage(p.boundAuthorize(p.authorizeErrorPage(protocol))))
 	mux.Handle("/authorize/callback", p.browserPage(protocol))
 	mux.Handle("POST /oauth/token", credentialEndpoint(invalidClient401(protocol)))
 	mux.Handle("POST /oauth/introspect", credentialEndpoint(requireClientAuth(invalidClient401(protocol))))
@@ -332,7 +338,7 @@ func (p *Provider) Close(ctx context.Context) error {
 }
 
 func (p *Provider) housekeeping(ctx context.Context) {
-	tick := time.NewTicker(30 * time.Second)
+	tick := time.NewTicker(p.cfg.HousekeepInterval)
 	defer tick.Stop()
 	for {
 		select {

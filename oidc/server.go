@@ -81,6 +81,46 @@ func (s *server) Discovery(ctx context.Context, r *op.Request[struct{}]) (*op.Re
 var issuedClaims = []string{"iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "amr", "azp", "at_hash", "c_hash",
 	"sid", "client_id", "name", "preferred_username", "email", "email_verified"}
 
+// Authorize stores a validated authorization request, bound to the browser
+// that sent it, and sends that browser to the login page. It replaces the
+// library's, which stores requests that any browser may then complete.
+// Errors reach the app through its verified redirect_uri.
+func (s *server) Authorize(ctx context.Context, r *op.ClientRequest[zoidc.AuthRequest]) (*op.Redirect, error) {
+	if err := checkAuthorizeParams(r.Form); err != nil {
+		if len(r.Form["state"]) > 1 || len(r.Data.State) > authorizeParamLimits["state"] {
+			r.Data.State = "" // ambiguous or oversized: not echoed back
+		}
+		return nil, err
+	}
+	if r.Form.Get("request_uri") != "" {
+		// OpenID Connect Core 1.0 section 6.2; dropping it silently would
+		// issue a code without the state and nonce it carries.
+		return nil, errRequestURINotSupported()
+	}
+	if r.Data.RequestParam != "" {
+		return nil, zoidc.ErrRequestNotSupported()
+	}
+	if _, err := op.ValidateAuthReqIDTokenHint(ctx, r.Data.IDTokenHint, s.p.op.IDTokenHintVerifier(ctx)); err != nil {
+		return nil, err
+	}
+	browser, cookie := s.p.bindBrowser(r.Header)
+	req, err := s.p.newAuthRequest(ctx, r.Data, browser)
+	if err != nil {
+		return nil, zoidc.DefaultToServerError(err, "unable to save the authorization request")
+	}
+	redirect := op.NewRedirect(s.p.loginURL(req.ID))
+	if cookie != nil {
+		redirect.Header.Add("Set-Cookie", cookie.String())
+	}
+	return redirect, nil
+}
+
+// errRequestURINotSupported is OpenID Connect Core 1.0 section 3.1.2.6's
+// request_uri_not_supported, which the library does not define.
+func errRequestURINotSupported() *zoidc.Error {
+	return &zoidc.Error{ErrorType: "request_uri_not_supported", Description: "the request_uri parameter is not supported"}
+}
+
 // Introspect implements RFC 7662. Resource servers authenticate as clients.
 func (s *server) Introspect(ctx context.Context, r *op.Request[op.IntrospectionRequest]) (*op.Response, error) {
 	cc := r.Data.ClientCredentials

@@ -759,45 +759,67 @@ func (s *SQLite) PurgeRevokedTokens(ctx context.Context, now time.Time) (int64, 
 
 // --- authorization requests ---
 
-// SaveAuthRequest stores (or replaces) an authorization request's data.
+// SaveAuthRequest stores an authorization request, or replaces the data of
+// one that has no code yet: once a code is issued its request is frozen
+// (ErrConflict).
 func (s *SQLite) SaveAuthRequest(ctx context.Context, id string, data []byte, created, expires time.Time) error {
-	_, err := s.w.ExecContext(ctx, `INSERT INTO auth_requests (id, data, created_at, expires_at) VALUES (?, ?, ?, ?)
-		ON CONFLICT (id) DO UPDATE SET data = excluded.data`, id, string(data), ms(created), ms(expires))
+	res, err := s.w.ExecContext(ctx, `INSERT INTO auth_requests (id, data, created_at, expires_at) VALUES (?, ?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET data = excluded.data WHERE auth_requests.code_hash IS NULL`, id, string(data), ms(created), ms(expires))
+	if err = mustAffect(res, err, "auth request"); errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("auth request %s has a code: %w", id, ErrConflict)
+	}
 	return err
 }
 
-// AuthRequestData returns an unexpired authorization request's data.
+// AuthRequestData returns the data of an unexpired authorization request
+// that has no code yet; a request whose code was issued is not found.
 func (s *SQLite) AuthRequestData(ctx context.Context, id string, now time.Time) ([]byte, error) {
 	var data string
-	err := s.r.QueryRowContext(ctx, `SELECT data FROM auth_requests WHERE id = ? AND expires_at > ?`, id, ms(now)).Scan(&data)
+	err := s.r.QueryRowContext(ctx, `SELECT data FROM auth_requests WHERE id = ? AND expires_at > ? AND code_hash IS NULL`, id, ms(now)).Scan(&data)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("auth request: %w", ErrNotFound)
 	}
 	return []byte(data), err
 }
 
-// SaveAuthCode attaches the hash of an issued code to a request.
+// SaveAuthCode attaches the hash of an issued code to a request, at most
+// once: a request that already has a code answers ErrConflict, so that two
+// racing callbacks cannot both issue one.
 func (s *SQLite) SaveAuthCode(ctx context.Context, id, codeHash string) error {
-	res, err := s.w.ExecContext(ctx, `UPDATE auth_requests SET code_hash = ? WHERE id = ?`, codeHash, id)
-	return mustAffect(res, err, "auth request")
+	res, err := s.w.ExecContext(ctx, `UPDATE auth_requests SET code_hash = ? WHERE id = ? AND code_hash IS NULL`, codeHash, id)
+	if err = mustAffect(res, err, "auth request"); !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	var n int
+	if e := s.w.QueryRowContext(ctx, `SELECT count(*) FROM auth_requests WHERE id = ?`, id).Scan(&n); e != nil {
+		return e
+	}
+	if n > 0 {
+		return fmt.Errorf("auth request %s already has a code: %w", id, ErrConflict)
+	}
+	return err
 }
 
-// AuthRequestByCode returns the request a code was issued for and deletes
-// it in the same statement, so that a code is redeemed once even when two
-// exchanges race (RFC 6749 section 4.1.2).
+// AuthRequestByCode redeems a code: the first call returns the request it
+// was issued for and marks it redeemed in the same statement, so that a code
+// is redeemed once even when two exchanges race (RFC 6749 section 4.1.2).
+// Until the request expires, every later call returns the same id and data
+// with ErrCodeReused, so that the caller can revoke what the code gave.
 func (s *SQLite) AuthRequestByCode(ctx context.Context, codeHash string, now time.Time) (string, []byte, error) {
 	var id, data string
-	err := s.w.QueryRowContext(ctx, `DELETE FROM auth_requests WHERE code_hash = ? AND expires_at > ? RETURNING id, data`, codeHash, ms(now)).Scan(&id, &data)
+	err := s.w.QueryRowContext(ctx, `UPDATE auth_requests SET redeemed_at = ?
+		WHERE code_hash = ? AND expires_at > ? AND redeemed_at IS NULL RETURNING id, data`, ms(now), codeHash, ms(now)).Scan(&id, &data)
+	if !errors.Is(err, sql.ErrNoRows) {
+		return id, []byte(data), err
+	}
+	err = s.w.QueryRowContext(ctx, `SELECT id, data FROM auth_requests WHERE code_hash = ? AND expires_at > ?`, codeHash, ms(now)).Scan(&id, &data)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", nil, fmt.Errorf("auth code: %w", ErrNotFound)
 	}
-	return id, []byte(data), err
-}
-
-// DeleteAuthRequest removes a request; a code can therefore be used once.
-func (s *SQLite) DeleteAuthRequest(ctx context.Context, id string) error {
-	_, err := s.w.ExecContext(ctx, `DELETE FROM auth_requests WHERE id = ?`, id)
-	return err
+	if err != nil {
+		return "", nil, err
+	}
+	return id, []byte(data), fmt.Errorf("auth code of request %s: %w", id, ErrCodeReused)
 }
 
 // PurgeAuthRequests deletes expired requests.

@@ -12,6 +12,10 @@ var ErrNotFound = errors.New("not found")
 // live application session for the same pair, a reused name).
 var ErrConflict = errors.New("conflict")
 
+// ErrCodeReused is returned when an authorization code that was already
+// redeemed is presented again.
+var ErrCodeReused = errors.New("authorization code already redeemed")
+
 // Reason says why a session ended. The values are part of the public surface:
 // they appear in audit events, the admin API and the `reason` claim of
 // back-channel logout tokens.
@@ -25,6 +29,7 @@ const (
 	ReasonAppIdleTimeout Reason = "app_idle_timeout"
 	ReasonAdmin          Reason = "admin"
 	ReasonRefreshReuse   Reason = "refresh_reuse"
+	ReasonCodeReuse      Reason = "code_reuse" // an authorization code was presented again after its exchange
 )
 
 // User is a person who can sign in.

@@ -48,7 +48,7 @@ type Store interface {
 	AuthRequestData(ctx context.Context, id string, now time.Time) ([]byte, error)
 	SaveAuthCode(ctx context.Context, id, codeHash string) error
 	AuthRequestByCode(ctx context.Context, codeHash string, now time.Time) (string, []byte, error)
-	DeleteAuthRequest(ctx context.Context, id string) error
+	PurgeAuthRequests(ctx context.Context, now time.Time) error
 
 	RevokeToken(ctx context.Context, tokenID string, expires time.Time) error
 	RevokedTokens(ctx context.Context, now time.Time) ([]string, error)
@@ -82,6 +82,8 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"OutboxClaimPerDestination", testOutboxDestinations},
 		{"OutboxRetention", testOutboxRetention},
 		{"AuthRequestsAndCodes", testAuthRequests},
+		{"OneCodePerAuthRequest", testOneCodePerRequest},
+		{"ExpiredAuthRequestsArePurged", testPurgeAuthRequests},
 		{"RevokedTokensExpire", testRevoked},
 		{"SecretsAndKeys", testSecretsAndKeys},
 		{"LoginAttemptsAreCountedBeforeTheCheck", testLoginReserve},
@@ -461,12 +463,65 @@ func testAuthRequests(t *testing.T, s Store) {
 	_, err = s.AuthRequestData(ctx, "r1", t0.Add(10*time.Minute))
 	require.ErrorIs(t, err, session.ErrNotFound, "expired")
 	require.NoError(t, s.SaveAuthCode(ctx, "r1", "hash"))
-	id, _, err := s.AuthRequestByCode(ctx, "hash", t0)
+	_, err = s.AuthRequestData(ctx, "r1", t0)
+	require.ErrorIs(t, err, session.ErrNotFound, "a request with a code is no longer pending")
+	require.ErrorIs(t, s.SaveAuthRequest(ctx, "r1", []byte(`{"a":3}`), t0, t0.Add(10*time.Minute)), session.ErrConflict,
+		"a request with a code is frozen")
+
+	id, data, err := s.AuthRequestByCode(ctx, "hash", t0.Add(time.Minute))
 	require.NoError(t, err)
 	require.Equal(t, "r1", id)
-	require.NoError(t, s.DeleteAuthRequest(ctx, "r1"))
-	_, _, err = s.AuthRequestByCode(ctx, "hash", t0)
-	require.ErrorIs(t, err, session.ErrNotFound, "a code works once")
+	require.JSONEq(t, `{"a":2}`, string(data))
+	id, data, err = s.AuthRequestByCode(ctx, "hash", t0.Add(2*time.Minute))
+	require.ErrorIs(t, err, session.ErrCodeReused, "a code works once; a replay is recognised")
+	require.Equal(t, "r1", id)
+	require.JSONEq(t, `{"a":2}`, string(data), "a replay names what the code gave")
+	_, _, err = s.AuthRequestByCode(ctx, "hash", t0.Add(10*time.Minute))
+	require.ErrorIs(t, err, session.ErrNotFound, "expired")
+	_, _, err = s.AuthRequestByCode(ctx, "other", t0)
+	require.ErrorIs(t, err, session.ErrNotFound)
+
+	require.NoError(t, s.SaveAuthRequest(ctx, "r2", []byte(`{}`), t0, t0.Add(10*time.Minute)))
+	require.NoError(t, s.SaveAuthCode(ctx, "r2", "hash2"))
+	_, _, err = s.AuthRequestByCode(ctx, "hash2", t0.Add(10*time.Minute))
+	require.ErrorIs(t, err, session.ErrNotFound, "an expired code is not redeemed")
+}
+
+func testOneCodePerRequest(t *testing.T, s Store) {
+	ctx := t.Context()
+	require.NoError(t, s.SaveAuthRequest(ctx, "r1", []byte(`{}`), t0, t0.Add(10*time.Minute)))
+	errs := make(chan error, 8)
+	for i := range 8 {
+		go func() { errs <- s.SaveAuthCode(ctx, "r1", "hash"+string(rune('a'+i))) }()
+	}
+	ok := 0
+	for range 8 {
+		if err := <-errs; err == nil {
+			ok++
+		} else {
+			require.ErrorIs(t, err, session.ErrConflict)
+		}
+	}
+	require.Equal(t, 1, ok, "exactly one code per request")
+	require.ErrorIs(t, s.SaveAuthCode(ctx, "nobody", "h"), session.ErrNotFound)
+}
+
+func testPurgeAuthRequests(t *testing.T, s Store) {
+	ctx := t.Context()
+	require.NoError(t, s.SaveAuthRequest(ctx, "old", []byte(`{}`), t0, t0.Add(10*time.Minute)))
+	require.NoError(t, s.SaveAuthRequest(ctx, "redeemed", []byte(`{}`), t0, t0.Add(10*time.Minute)))
+	require.NoError(t, s.SaveAuthCode(ctx, "redeemed", "h"))
+	_, _, err := s.AuthRequestByCode(ctx, "h", t0)
+	require.NoError(t, err)
+	require.NoError(t, s.SaveAuthRequest(ctx, "young", []byte(`{}`), t0.Add(5*time.Minute), t0.Add(15*time.Minute)))
+
+	require.NoError(t, s.PurgeAuthRequests(ctx, t0.Add(10*time.Minute)))
+	_, err = s.AuthRequestData(ctx, "old", t0)
+	require.ErrorIs(t, err, session.ErrNotFound, "purged: not found even at a time it was valid")
+	_, _, err = s.AuthRequestByCode(ctx, "h", t0)
+	require.ErrorIs(t, err, session.ErrNotFound, "a redeemed request is purged when it expires")
+	_, err = s.AuthRequestData(ctx, "young", t0.Add(10*time.Minute))
+	require.NoError(t, err, "an unexpired request stays")
 }
 
 func testRevoked(t *testing.T, s Store) {
