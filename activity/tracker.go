@@ -445,7 +445,7 @@ func (t *Tracker) Touch(ctx context.Context, appSessionID string, src Source, at
 		return Status{}, fmt.Errorf("app session %s: %w", appSessionID, session.ErrNotFound)
 	}
 	if src != 0 && a.policy.Sources&src != 0 && t.appValid(e, a, now) {
-		t.record(e, a, src, at, now)
+		t.record(e, a, !a.policy.Exempt, src, at, now)
 	}
 	return t.status(e, a, now), nil
 }
@@ -460,11 +460,13 @@ func clamp(at, lo, hi time.Time) time.Time {
 	return at
 }
 
-// record moves the shared timer and the app's own. Callers hold the lock and
-// have checked validity.
-func (t *Tracker) record(e *entry, a *appState, src Source, at, now time.Time) {
+// record moves the app's own timer and, for activity of a non-exempt app
+// (shared), the session's shared one: an exempt app's traffic (a video
+// fetching segments) keeps itself alive, never the other apps. Callers hold
+// the lock and have checked validity.
+func (t *Tracker) record(e *entry, a *appState, shared bool, src Source, at, now time.Time) {
 	t.stats.activity(src)
-	if t.authValid(e, now) {
+	if shared && t.authValid(e, now) {
 		e.auth.LastActiveAt = clamp(at, e.auth.LastActiveAt, now)
 	}
 	if a != nil {
@@ -491,7 +493,7 @@ func (t *Tracker) TouchSession(ctx context.Context, sid, clientID string, src So
 			if a != nil && !t.appValid(e, a, now) {
 				a = nil
 			}
-			t.record(e, a, src, time.Time{}, now)
+			t.record(e, a, !pol.Exempt, src, time.Time{}, now)
 		}
 	}
 	return t.status(e, nil, now), nil
@@ -742,7 +744,7 @@ func (t *Tracker) RotateRefresh(ctx context.Context, appSessionID, chain string,
 	}
 	a.RefreshChains[chain] = gen + 1
 	if a.policy.Sources&Refresh != 0 {
-		t.record(e, a, Refresh, time.Time{}, now)
+		t.record(e, a, !a.policy.Exempt, Refresh, time.Time{}, now)
 	}
 	e.lastUsed = now
 	return t.status(e, a, now), gen + 1, nil
