@@ -52,6 +52,7 @@ type Store interface {
 	DueAppSessions(ctx context.Context, now time.Time, limit int) ([]string, error)
 	EndSessions(ctx context.Context, e session.End) error
 	EndMany(ctx context.Context, ends []session.End) error
+	ReplicaStore
 }
 
 // Config configures a Tracker.
@@ -71,6 +72,16 @@ type Config struct {
 	// example to wake the back-channel delivery worker.
 	OnEnd  func()
 	Logger *slog.Logger
+
+	// Replicas above 1 turns on what several replicas on one database need
+	// (see replica.go): the change feed, a re-read of the store before a
+	// session is refused, activity written before the stored deadline comes
+	// near, a sweeper lease, refresh rotation by compare-and-swap. With one
+	// replica (the default) none of it runs.
+	Replicas     int
+	SyncInterval time.Duration // how often the change feed is polled; default 250ms
+	LeaseTime    time.Duration // the sweeper lease; default 3 x SweepInterval
+	ReplicaID    string        // this replica's name as a lease holder; default random
 }
 
 // Tracker is the in-memory, authoritative view of session activity, backed by
@@ -96,6 +107,10 @@ type Tracker struct {
 	writeMu sync.Mutex
 
 	stats stats
+
+	syncMu    sync.Mutex // one Sync at a time
+	cursor    int64      // last change feed row applied; under syncMu
+	lastPurge time.Time  // of the change feed; under the sweep loop
 
 	closeOnce sync.Once
 	stop      chan struct{}
@@ -140,6 +155,15 @@ func New(cfg Config, store Store) *Tracker {
 	if cfg.Client == nil {
 		cfg.Client = func(string) (ClientPolicy, bool) { return ClientPolicy{}, false }
 	}
+	if cfg.SyncInterval <= 0 {
+		cfg.SyncInterval = 250 * time.Millisecond
+	}
+	if cfg.LeaseTime <= 0 {
+		cfg.LeaseTime = 3 * cfg.SweepInterval
+	}
+	if cfg.ReplicaID == "" {
+		cfg.ReplicaID = session.NewID()
+	}
 	t := &Tracker{cfg: cfg, store: store, seed: maphash.MakeSeed(), stop: make(chan struct{})}
 	for i := range t.shards {
 		t.shards[i].m = make(map[string]*entry)
@@ -155,15 +179,8 @@ func (t *Tracker) shard(sid string) *shard {
 }
 
 // SessionID returns the authentication session an application session id
-// belongs to. Application session ids are "<sid>.<suffix>".
-func SessionID(appSessionID string) string {
-	for i := 0; i < len(appSessionID); i++ {
-		if appSessionID[i] == '.' {
-			return appSessionID[:i]
-		}
-	}
-	return appSessionID
-}
+// belongs to (see session.SplitAppSessionID).
+func SessionID(appSessionID string) string { return session.SplitAppSessionID(appSessionID) }
 
 // --- policy ---
 
@@ -255,7 +272,26 @@ func (t *Tracker) slack(e *entry) time.Duration {
 
 // --- loading ---
 
+// get returns session sid from memory, loading it if needed. With several
+// replicas, a session that memory shows over is re-read from the store
+// first: another replica may have written activity that keeps it alive.
 func (t *Tracker) get(ctx context.Context, sid string) (*shard, *entry, error) {
+	sh, e, err := t.load(ctx, sid)
+	if err != nil || !t.replicated() {
+		return sh, e, err
+	}
+	sh.mu.Lock()
+	stale := t.overByMemory(e, t.cfg.Now())
+	sh.mu.Unlock()
+	if stale {
+		if e, err = t.reload(ctx, sid); err != nil {
+			return nil, nil, err
+		}
+	}
+	return sh, e, nil
+}
+
+func (t *Tracker) load(ctx context.Context, sid string) (*shard, *entry, error) {
 	sh := t.shard(sid)
 	sh.mu.Lock()
 	e, ok := sh.m[sid]
@@ -280,12 +316,7 @@ func (t *Tracker) get(ctx context.Context, sid string) (*shard, *entry, error) {
 func (t *Tracker) install(auth *session.AuthSession, apps []*session.AppSession) *entry {
 	ne := &entry{auth: *auth, persistedLast: auth.LastActiveAt, persistedLimit: auth.IdleLimit, lastUsed: t.cfg.Now()}
 	for _, a := range apps {
-		pol, _ := t.cfg.Client(a.ClientID)
-		pol.Exempt = a.IdleExempt // the flag the app joined with stays with its session
-		if a.RefreshChains == nil {
-			a.RefreshChains = map[string]uint64{}
-		}
-		ne.apps = append(ne.apps, &appState{AppSession: *a, policy: pol, persistedLast: a.LastActiveAt, persistedChains: maps.Clone(a.RefreshChains)})
+		ne.apps = append(ne.apps, t.loadedApp(a))
 	}
 	sh := t.shard(auth.ID)
 	sh.mu.Lock()
@@ -295,6 +326,16 @@ func (t *Tracker) install(auth *session.AuthSession, apps []*session.AppSession)
 	}
 	sh.m[auth.ID] = ne
 	return ne
+}
+
+// loadedApp is the in-memory state of an application session read from the store.
+func (t *Tracker) loadedApp(a *session.AppSession) *appState {
+	pol, _ := t.cfg.Client(a.ClientID)
+	pol.Exempt = a.IdleExempt // the flag the app joined with stays with its session
+	if a.RefreshChains == nil {
+		a.RefreshChains = map[string]uint64{}
+	}
+	return &appState{AppSession: *a, policy: pol, persistedLast: a.LastActiveAt, persistedChains: maps.Clone(a.RefreshChains)}
 }
 
 // preload loads the sessions among ids that are not in memory, in batches.
@@ -438,16 +479,32 @@ func (t *Tracker) Touch(ctx context.Context, appSessionID string, src Source, at
 	}
 	now := t.cfg.Now()
 	sh.mu.Lock()
-	defer sh.mu.Unlock()
 	e.lastUsed = now
 	a := e.app(appSessionID)
 	if a == nil {
+		sh.mu.Unlock()
 		return Status{}, fmt.Errorf("app session %s: %w", appSessionID, session.ErrNotFound)
 	}
 	if src != 0 && a.policy.Sources&src != 0 && t.appValid(e, a, now) {
 		t.record(e, a, !a.policy.Exempt, src, at, now)
 	}
-	return t.status(e, a, now), nil
+	st, urgent := t.status(e, a, now), t.behindNearDeadline(e, now)
+	sh.mu.Unlock()
+	return st, t.writeIfUrgent(ctx, e.auth.ID, urgent)
+}
+
+// writeIfUrgent writes a session's activity through when recording it left
+// the store behind near its deadline (several replicas only; see
+// behindNearDeadline): the request is acknowledged only once every replica
+// can see the activity.
+func (t *Tracker) writeIfUrgent(ctx context.Context, sid string, urgent bool) error {
+	if !urgent {
+		return nil
+	}
+	if err := t.flushSession(ctx, sid); err != nil {
+		return fmt.Errorf("write activity of %s: %w", sid, err)
+	}
+	return nil
 }
 
 func clamp(at, lo, hi time.Time) time.Time {
@@ -484,7 +541,6 @@ func (t *Tracker) TouchSession(ctx context.Context, sid, clientID string, src So
 	}
 	now := t.cfg.Now()
 	sh.mu.Lock()
-	defer sh.mu.Unlock()
 	e.lastUsed = now
 	if t.authValid(e, now) {
 		pol, _ := t.cfg.Client(clientID)
@@ -496,7 +552,9 @@ func (t *Tracker) TouchSession(ctx context.Context, sid, clientID string, src So
 			t.record(e, a, !pol.Exempt, src, time.Time{}, now)
 		}
 	}
-	return t.status(e, nil, now), nil
+	st, urgent := t.status(e, nil, now), t.behindNearDeadline(e, now)
+	sh.mu.Unlock()
+	return st, t.writeIfUrgent(ctx, sid, urgent)
 }
 
 // --- lifecycle ---
@@ -612,7 +670,7 @@ func (t *Tracker) Join(ctx context.Context, sid, clientID string, scopes []strin
 			return Status{}, fmt.Errorf("join: unknown client %q", clientID)
 		}
 		a := &appState{AppSession: session.AppSession{
-			ID: sid + "." + randomSuffix(), AuthSessionID: sid, ClientID: clientID, Scopes: scopes,
+			ID: session.NewAppSessionID(sid), AuthSessionID: sid, ClientID: clientID, Scopes: scopes,
 			IdleExempt: pol.Exempt, JoinedAt: now, LastActiveAt: now, RefreshChains: map[string]uint64{},
 		}, policy: pol, persistedLast: now, persistedChains: map[string]uint64{}}
 		trial := *e
@@ -690,13 +748,17 @@ func (t *Tracker) CheckRefresh(ctx context.Context, appSessionID, chain string, 
 	if err != nil {
 		return Status{}, err
 	}
-	now := t.cfg.Now()
 	sh.mu.Lock()
 	a := e.app(appSessionID)
+	sh.mu.Unlock()
 	if a == nil {
-		sh.mu.Unlock()
 		return Status{}, session.ErrNotFound
 	}
+	if err := t.storedGeneration(ctx, sh, a, chain); err != nil {
+		return Status{}, err
+	}
+	now := t.cfg.Now()
+	sh.mu.Lock()
 	cur, ok := a.RefreshChains[chain]
 	s := t.status(e, a, now)
 	reuse := a.Live() && ok && gen < cur
@@ -718,8 +780,9 @@ func (t *Tracker) CheckRefresh(ctx context.Context, appSessionID, chain string, 
 
 // RotateRefresh moves a chain from gen to gen+1, counting refresh activity
 // where the client opted in. It fails with ErrStaleRefresh when another
-// request rotated gen first. The new generation is flushed with the next
-// activity flush.
+// request rotated gen first. With one replica the new generation is flushed
+// with the next activity flush; with several it is written at once by a
+// compare-and-swap, so that of two replicas exactly one rotates.
 func (t *Tracker) RotateRefresh(ctx context.Context, appSessionID, chain string, gen uint64) (Status, uint64, error) {
 	sh, e, err := t.get(ctx, SessionID(appSessionID))
 	if err != nil {
@@ -727,27 +790,52 @@ func (t *Tracker) RotateRefresh(ctx context.Context, appSessionID, chain string,
 	}
 	now := t.cfg.Now()
 	sh.mu.Lock()
-	defer sh.mu.Unlock()
 	a := e.app(appSessionID)
-	if a == nil {
-		return Status{}, 0, session.ErrNotFound
+	st, err := t.rotatable(e, a, chain, gen, now)
+	sh.mu.Unlock()
+	if err != nil {
+		return st, 0, err
 	}
-	if !t.appValid(e, a, now) {
-		return t.status(e, a, now), 0, ErrSessionOver
+	if t.replicated() {
+		if err := t.casRefresh(ctx, chain, gen); err != nil {
+			return Status{}, 0, err
+		}
 	}
-	cur, ok := a.RefreshChains[chain]
-	if !ok {
-		return Status{}, 0, session.ErrNotFound
+	sh.mu.Lock()
+	if a.RefreshChains[chain] > gen && !t.replicated() {
+		sh.mu.Unlock()
+		return Status{}, 0, ErrStaleRefresh // a concurrent rotation won meanwhile
 	}
-	if gen < cur {
-		return Status{}, 0, ErrStaleRefresh
+	a.RefreshChains[chain] = max(a.RefreshChains[chain], gen+1)
+	if t.replicated() {
+		a.persistedChains[chain] = max(a.persistedChains[chain], gen+1)
 	}
-	a.RefreshChains[chain] = gen + 1
-	if a.policy.Sources&Refresh != 0 {
+	if a.policy.Sources&Refresh != 0 && t.appValid(e, a, now) {
 		t.record(e, a, !a.policy.Exempt, Refresh, time.Time{}, now)
 	}
 	e.lastUsed = now
-	return t.status(e, a, now), gen + 1, nil
+	st, urgent := t.status(e, a, now), t.behindNearDeadline(e, now)
+	sh.mu.Unlock()
+	return st, gen + 1, t.writeIfUrgent(ctx, e.auth.ID, urgent)
+}
+
+// rotatable checks that chain of app session a may rotate from gen at now.
+// Callers hold the lock.
+func (t *Tracker) rotatable(e *entry, a *appState, chain string, gen uint64, now time.Time) (Status, error) {
+	if a == nil {
+		return Status{}, session.ErrNotFound
+	}
+	if !t.appValid(e, a, now) {
+		return t.status(e, a, now), ErrSessionOver
+	}
+	cur, ok := a.RefreshChains[chain]
+	if !ok {
+		return Status{}, session.ErrNotFound
+	}
+	if gen < cur {
+		return Status{}, ErrStaleRefresh
+	}
+	return Status{}, nil
 }
 
 // End ends an authentication session now with reason, by initiator. An idle

@@ -48,6 +48,16 @@ type Store interface {
 	Secret(ctx context.Context, name string, gen func() []byte) ([]byte, error)
 	AddSigningKey(ctx context.Context, k session.SigningKey, retireOthers time.Time) error
 	SigningKeys(ctx context.Context, now time.Time) ([]session.SigningKey, error)
+
+	Reauthenticate(ctx context.Context, a *session.AuthSession) error
+	EndMany(ctx context.Context, ends []session.End) error
+	SessionChanges(ctx context.Context, after int64, limit int) ([]session.Change, error)
+	LastSessionChange(ctx context.Context) (int64, error)
+	PurgeSessionChanges(ctx context.Context, before time.Time) error
+	AcquireLease(ctx context.Context, name, holder string, now time.Time, ttl time.Duration) (bool, error)
+	ReleaseLease(ctx context.Context, name, holder string) error
+	RefreshGeneration(ctx context.Context, chainID string) (uint64, error)
+	RotateRefreshChain(ctx context.Context, chainID string, from uint64) (bool, error)
 }
 
 // Run runs every behaviour test against stores made by open (a fresh,
@@ -67,6 +77,10 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"AuthRequestsAndCodes", testAuthRequests},
 		{"RevokedTokensExpire", testRevoked},
 		{"SecretsAndKeys", testSecretsAndKeys},
+		{"ChangeFeedRecordsEveryChangeOtherReplicasMustSee", testChangeFeed},
+		{"ConditionalEndLosesToNewerActivity", testConditionalEnd},
+		{"LeaseHasOneHolderUntilItExpires", testLease},
+		{"RefreshRotationIsCompareAndSwap", testRefreshCAS},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
 	}
@@ -320,4 +334,125 @@ func testSecretsAndKeys(t *testing.T, s Store) {
 	keys, err = s.SigningKeys(ctx, t0.Add(2*time.Hour))
 	require.NoError(t, err)
 	require.Len(t, keys, 1, "the old key has left the key set")
+}
+
+func changedSIDs(t *testing.T, s Store, after int64) ([]string, int64) {
+	t.Helper()
+	changes, err := s.SessionChanges(t.Context(), after, 100)
+	require.NoError(t, err)
+	var sids []string
+	last := after
+	for _, c := range changes {
+		require.Greater(t, c.ID, last, "ids increase")
+		sids, last = append(sids, c.SID), c.ID
+	}
+	return sids, last
+}
+
+func testChangeFeed(t *testing.T, s Store) {
+	ctx := t.Context()
+	start, err := s.LastSessionChange(ctx)
+	require.NoError(t, err)
+	a := newSession(t, s, "u1", t0.Add(5*time.Minute))
+	sids, cur := changedSIDs(t, s, start)
+	require.Empty(t, sids, "a new session is nobody else's business yet")
+
+	app := join(t, s, a, "bank", 2*time.Minute)
+	re := *a
+	re.AuthTime, re.LastActiveAt, re.Deadline = t0.Add(time.Minute), t0.Add(time.Minute), t0.Add(3*time.Minute)
+	require.NoError(t, s.Reauthenticate(ctx, &re))
+	require.NoError(t, s.EndSessions(ctx, session.End{At: t0.Add(2 * time.Minute), Reason: session.ReasonLogout, Initiator: "bank",
+		UserID: "u1", AppSessions: []session.EndedApp{{ID: app.ID, ClientID: "bank"}}}))
+	require.NoError(t, s.EndSessions(ctx, session.End{At: t0.Add(2 * time.Minute), Reason: session.ReasonAdmin, Initiator: "admin",
+		UserID: "u1", AuthSessionID: a.ID}))
+	sids, last := changedSIDs(t, s, cur)
+	require.Equal(t, []string{a.ID, a.ID, a.ID, a.ID}, sids, "join, reauthentication, app end, session end")
+	got, err := s.LastSessionChange(ctx)
+	require.NoError(t, err)
+	require.Equal(t, last, got)
+
+	// An end that changes nothing (already ended) writes no row.
+	require.NoError(t, s.EndSessions(ctx, session.End{At: t0.Add(3 * time.Minute), Reason: session.ReasonLogout, UserID: "u1", AuthSessionID: a.ID}))
+	sids, _ = changedSIDs(t, s, last)
+	require.Empty(t, sids)
+
+	require.NoError(t, s.PurgeSessionChanges(ctx, t0.Add(2*time.Minute)))
+	sids, _ = changedSIDs(t, s, start)
+	require.Equal(t, []string{a.ID, a.ID}, sids, "rows before the cut are gone")
+}
+
+func testConditionalEnd(t *testing.T, s Store) {
+	ctx := t.Context()
+	a := newSession(t, s, "u1", t0.Add(5*time.Minute))
+	app := join(t, s, a, "bank", 5*time.Minute)
+	// Another replica wrote activity: the stored deadline moved past the sweep.
+	require.NoError(t, s.FlushActivity(ctx, []session.ActivityUpdate{{AuthSessionID: a.ID, LastActiveAt: t0.Add(time.Minute),
+		IdleLimit: 5 * time.Minute, Deadline: t0.Add(6 * time.Minute)}}))
+	end := session.End{At: t0.Add(5 * time.Minute), Reason: session.ReasonIdleTimeout, Initiator: "system", UserID: "u1",
+		AuthSessionID: a.ID, AppSessions: []session.EndedApp{{ID: app.ID, ClientID: "bank"}},
+		Notices: []session.LogoutNotice{{ClientID: "bank", URI: "https://bank.example/bc", SID: a.ID, Subject: "u1", Reason: session.ReasonIdleTimeout}},
+		IfDue:   t0.Add(5 * time.Minute)}
+	require.NoError(t, s.EndMany(ctx, []session.End{end}))
+	got, apps, err := s.AuthSession(ctx, a.ID)
+	require.NoError(t, err)
+	require.True(t, got.Live(), "the newer activity wins")
+	require.True(t, apps[0].Live())
+	due, err := s.DueDeliveries(ctx, t0.Add(time.Hour), 10)
+	require.NoError(t, err)
+	require.Empty(t, due, "no logout for an end that did not happen")
+
+	end.At, end.IfDue = t0.Add(6*time.Minute), t0.Add(6*time.Minute)
+	require.NoError(t, s.EndMany(ctx, []session.End{end, end}), "the same end twice in one batch")
+	got, apps, err = s.AuthSession(ctx, a.ID)
+	require.NoError(t, err)
+	require.False(t, got.Live())
+	require.False(t, apps[0].Live())
+	due, err = s.DueDeliveries(ctx, t0.Add(time.Hour), 10)
+	require.NoError(t, err)
+	require.Len(t, due, 1, "one outbox row per end, however often it is tried")
+}
+
+func testLease(t *testing.T, s Store) {
+	ctx := t.Context()
+	ok, err := s.AcquireLease(ctx, "sweeper", "a", t0, 3*time.Second)
+	require.NoError(t, err)
+	require.True(t, ok)
+	ok, err = s.AcquireLease(ctx, "sweeper", "b", t0.Add(time.Second), 3*time.Second)
+	require.NoError(t, err)
+	require.False(t, ok, "held by a")
+	ok, err = s.AcquireLease(ctx, "sweeper", "a", t0.Add(2*time.Second), 3*time.Second)
+	require.NoError(t, err)
+	require.True(t, ok, "a renews")
+	ok, err = s.AcquireLease(ctx, "sweeper", "b", t0.Add(4*time.Second), 3*time.Second)
+	require.NoError(t, err)
+	require.False(t, ok, "renewed until 5s")
+	ok, err = s.AcquireLease(ctx, "sweeper", "b", t0.Add(5*time.Second), 3*time.Second)
+	require.NoError(t, err)
+	require.True(t, ok, "expired: b takes over")
+	ok, err = s.AcquireLease(ctx, "sweeper", "a", t0.Add(6*time.Second), 3*time.Second)
+	require.NoError(t, err)
+	require.False(t, ok)
+	require.NoError(t, s.ReleaseLease(ctx, "sweeper", "a"), "releasing a lease one does not hold changes nothing")
+	require.NoError(t, s.ReleaseLease(ctx, "sweeper", "b"))
+	ok, err = s.AcquireLease(ctx, "sweeper", "a", t0.Add(6*time.Second), 3*time.Second)
+	require.NoError(t, err)
+	require.True(t, ok, "released: free at once")
+}
+
+func testRefreshCAS(t *testing.T, s Store) {
+	ctx := t.Context()
+	a := newSession(t, s, "u1", t0.Add(5*time.Minute))
+	app := join(t, s, a, "bank", 5*time.Minute)
+	require.NoError(t, s.AddRefreshChain(ctx, app.ID, "c1", 1, t0))
+	ok, err := s.RotateRefreshChain(ctx, "c1", 1)
+	require.NoError(t, err)
+	require.True(t, ok)
+	ok, err = s.RotateRefreshChain(ctx, "c1", 1)
+	require.NoError(t, err)
+	require.False(t, ok, "generation 1 was rotated already")
+	gen, err := s.RefreshGeneration(ctx, "c1")
+	require.NoError(t, err)
+	require.EqualValues(t, 2, gen)
+	_, err = s.RefreshGeneration(ctx, "nope")
+	require.ErrorIs(t, err, session.ErrNotFound)
 }
