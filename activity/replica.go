@@ -109,6 +109,23 @@ func (t *Tracker) reload(ctx context.Context, sid string) (*entry, error) {
 	return t.mergeLoaded(auth, apps), nil
 }
 
+// reloadHeldOne reloads session sid if memory holds it (several replicas
+// only; a session not in memory is loaded fresh anyway).
+func (t *Tracker) reloadHeldOne(ctx context.Context, sid string) error {
+	if !t.replicated() {
+		return nil
+	}
+	sh := t.shard(sid)
+	sh.mu.Lock()
+	_, ok := sh.m[sid]
+	sh.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	_, err := t.reload(ctx, sid)
+	return err
+}
+
 // mergeLoaded merges a session read from the store into memory (installing
 // it if memory has none) and returns the entry in memory.
 func (t *Tracker) mergeLoaded(auth *session.AuthSession, apps []*session.AppSession) *entry {

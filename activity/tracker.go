@@ -55,6 +55,10 @@ type Store interface {
 	ReplicaStore
 }
 
+// DefaultSyncInterval is how often, with several replicas, each polls the
+// change feed when the store does not notify it.
+const DefaultSyncInterval = 250 * time.Millisecond
+
 // Config configures a Tracker.
 type Config struct {
 	IdleTimeout   time.Duration // provider ceiling for every session's idle limit
@@ -156,7 +160,7 @@ func New(cfg Config, store Store) *Tracker {
 		cfg.Client = func(string) (ClientPolicy, bool) { return ClientPolicy{}, false }
 	}
 	if cfg.SyncInterval <= 0 {
-		cfg.SyncInterval = 250 * time.Millisecond
+		cfg.SyncInterval = DefaultSyncInterval
 	}
 	if cfg.LeaseTime <= 0 {
 		cfg.LeaseTime = 3 * cfg.SweepInterval
@@ -472,7 +476,17 @@ func (t *Tracker) Check(ctx context.Context, appSessionID string) (Status, error
 // status. at is the reported time of the last interaction (zero: now); it is
 // clamped to [previous last_active_at, now], and activity that arrives after
 // the deadline never revives a session.
+//
+// With several replicas, a status read (src 0: GET /session) reads the
+// session from the store first, so that its remaining seconds include the
+// activity written at other replicas: they lag the truth by at most the
+// flush slack, and never run ahead of it.
 func (t *Tracker) Touch(ctx context.Context, appSessionID string, src Source, at time.Time) (Status, error) {
+	if src == 0 {
+		if err := t.reloadHeldOne(ctx, SessionID(appSessionID)); err != nil {
+			return Status{}, err
+		}
+	}
 	sh, e, err := t.get(ctx, SessionID(appSessionID))
 	if err != nil {
 		return Status{}, err
