@@ -313,11 +313,7 @@ func (t *Tracker) planExpiry(ctx context.Context, sid string, now time.Time) ([]
 	var ends []session.End
 	n := 0
 	if e.auth.Live() && !now.Before(t.deadline(e)) {
-		reason := session.ReasonIdleTimeout
-		if !now.Before(e.auth.AbsoluteDeadline) {
-			reason = session.ReasonMaxLifetime
-		}
-		end := t.planEnd(e, reason, "system", now)
+		end := t.planEnd(e, ExpiryReason(now, e.auth.AbsoluteDeadline, false), "system", now)
 		n += 1 + len(end.AppSessions)
 		ends = append(ends, end)
 	}
@@ -341,10 +337,7 @@ func (t *Tracker) planExpiry(ctx context.Context, sid string, now time.Time) ([]
 func (t *Tracker) expireApp(e *entry, a *appState, now time.Time) session.End {
 	reason := session.ReasonAppIdleTimeout
 	if a.policy.Exempt {
-		reason = session.ReasonIdleTimeout
-		if !now.Before(e.auth.AbsoluteDeadline) {
-			reason = session.ReasonMaxLifetime
-		}
+		reason = ExpiryReason(now, e.auth.AbsoluteDeadline, false)
 	}
 	end := session.End{At: now, Reason: reason, Initiator: "system", UserID: e.auth.UserID}
 	t.endApp(e, a, &end, now, reason)

@@ -194,25 +194,11 @@ func (t *Tracker) limit(e *entry) time.Duration {
 	}
 	l := t.cfg.IdleTimeout
 	for _, a := range e.apps {
-		if a.Live() && !a.policy.Exempt && a.policy.IdleTimeout > 0 && a.policy.IdleTimeout < l {
-			l = a.policy.IdleTimeout
+		if a.Live() {
+			l = StricterLimit(l, a.policy)
 		}
 	}
 	return l
-}
-
-func minTime(a, b time.Time) time.Time {
-	if b.Before(a) {
-		return b
-	}
-	return a
-}
-
-func maxTime(a, b time.Time) time.Time {
-	if b.After(a) {
-		return b
-	}
-	return a
 }
 
 // idleDeadline is last_active_at + effective limit.
@@ -220,32 +206,15 @@ func (t *Tracker) idleDeadline(e *entry) time.Time { return e.auth.LastActiveAt.
 
 // deadline is min(idle deadline, absolute deadline).
 func (t *Tracker) deadline(e *entry) time.Time {
-	return minTime(t.idleDeadline(e), e.auth.AbsoluteDeadline)
+	return Deadline(e.auth.LastActiveAt, t.limit(e), e.auth.AbsoluteDeadline)
 }
 
-func (t *Tracker) ownLimit(a *appState) time.Duration {
-	if a.policy.Exempt {
-		if a.policy.IdleTimeout > 0 {
-			return a.policy.IdleTimeout
-		}
-		return t.cfg.IdleTimeout
-	}
-	return a.policy.AppIdleTimeout
-}
+func (t *Tracker) ownLimit(a *appState) time.Duration { return OwnLimit(a.policy, t.cfg.IdleTimeout) }
 
-// appDeadline is the deadline an application session has of its own: exempt
-// apps end by their own idle_timeout or the absolute deadline; apps with
-// app_idle_timeout end after that long unused. Zero for the others.
+// appDeadline is the deadline application session a has of its own (see
+// AppDeadline); zero for apps that end only with their session.
 func (t *Tracker) appDeadline(e *entry, a *appState) time.Time {
-	l := t.ownLimit(a)
-	if l <= 0 {
-		return time.Time{}
-	}
-	d := a.LastActiveAt.Add(l)
-	if a.policy.Exempt {
-		d = minTime(d, e.auth.AbsoluteDeadline)
-	}
-	return d
+	return AppDeadline(a.policy, t.cfg.IdleTimeout, a.LastActiveAt, e.auth.AbsoluteDeadline)
 }
 
 // authValid reports whether the authentication session may be used at now.
@@ -270,9 +239,7 @@ func (t *Tracker) appValid(e *entry, a *appState, now time.Time) bool {
 
 // slack is how far in-memory activity may run ahead of the stored value
 // before it is flushed: a tenth of the effective limit, at most 30s.
-func (t *Tracker) slack(e *entry) time.Duration {
-	return min(t.limit(e)/10, 30*time.Second)
-}
+func (t *Tracker) slack(e *entry) time.Duration { return Slack(t.limit(e)) }
 
 // --- loading ---
 
@@ -432,14 +399,8 @@ func (t *Tracker) status(e *entry, a *appState, now time.Time) Status {
 		s.EndReason = a.EndReason
 	}
 	if !s.Active && s.EndReason == "" {
-		switch {
-		case !now.Before(e.auth.AbsoluteDeadline):
-			s.EndReason = session.ReasonMaxLifetime
-		case a.policy.AppIdleTimeout > 0 && !a.policy.Exempt && !now.Before(t.appDeadline(e, a)):
-			s.EndReason = session.ReasonAppIdleTimeout
-		default:
-			s.EndReason = session.ReasonIdleTimeout
-		}
+		appIdle := a.policy.AppIdleTimeout > 0 && !a.policy.Exempt && !now.Before(t.appDeadline(e, a))
+		s.EndReason = ExpiryReason(now, e.auth.AbsoluteDeadline, appIdle)
 	}
 	return s
 }
@@ -457,10 +418,7 @@ func (t *Tracker) Session(ctx context.Context, sid string) (Status, error) {
 	e.lastUsed = now
 	s := t.status(e, nil, now)
 	if !s.Active && s.EndReason == "" {
-		s.EndReason = session.ReasonIdleTimeout
-		if !now.Before(e.auth.AbsoluteDeadline) {
-			s.EndReason = session.ReasonMaxLifetime
-		}
+		s.EndReason = ExpiryReason(now, e.auth.AbsoluteDeadline, false)
 	}
 	return s, nil
 }
