@@ -19,7 +19,8 @@ import (
 // Errors returned when a credential can no longer be used. Callers map them
 // to protocol errors at the HTTP edge.
 var (
-	// ErrSessionOver means the session's deadline has passed or it was ended.
+	// ErrSessionOver means the session's deadline has passed or it was
+	// ended. The tracker returns it as a *SessionOverError, which says why.
 	ErrSessionOver = errors.New("session is over")
 	// ErrRefreshReuse means a rotated refresh token was presented again; the
 	// application session has been ended.
@@ -27,6 +28,31 @@ var (
 	// ErrStaleRefresh means a concurrent refresh already rotated the token.
 	ErrStaleRefresh = errors.New("refresh token already rotated")
 )
+
+// SessionOverError is returned when a credential's session is over, with
+// the reason it ended (or, not yet swept, would end with), as go-oidc's
+// TokenExpiredError carries its expiry. errors.Is(err, ErrSessionOver)
+// holds for it.
+type SessionOverError struct {
+	Reason session.Reason
+}
+
+func (e *SessionOverError) Error() string { return ErrSessionOver.Error() }
+
+// Is makes errors.Is(err, ErrSessionOver) true.
+func (e *SessionOverError) Is(target error) bool { return target == ErrSessionOver }
+
+// EndReasonOf returns the end reason err carries, or "" when it carries none.
+func EndReasonOf(err error) session.Reason {
+	var over *SessionOverError
+	if errors.As(err, &over) {
+		return over.Reason
+	}
+	return ""
+}
+
+// overError is the error for a credential refused with status st.
+func overError(st Status) error { return &SessionOverError{Reason: st.EndReason} }
 
 // ClientPolicy is what the tracker needs to know about one client.
 type ClientPolicy struct {
@@ -416,11 +442,17 @@ func (t *Tracker) Session(ctx context.Context, sid string) (Status, error) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	e.lastUsed = now
+	return t.sessionStatus(e, now), nil
+}
+
+// sessionStatus is the status of the authentication session itself, with
+// the reason it is over when it is. Callers hold the lock.
+func (t *Tracker) sessionStatus(e *entry, now time.Time) Status {
 	s := t.status(e, nil, now)
 	if !s.Active && s.EndReason == "" {
 		s.EndReason = ExpiryReason(now, e.auth.AbsoluteDeadline, false)
 	}
-	return s, nil
+	return s
 }
 
 // Check returns the status of an application session's credentials at the
@@ -568,8 +600,9 @@ func (t *Tracker) lockValid(ctx context.Context, sid string) (*shard, *entry, ti
 	now := t.cfg.Now()
 	sh.mu.Lock()
 	if !t.authValid(e, now) {
+		st := t.sessionStatus(e, now)
 		sh.mu.Unlock()
-		return nil, nil, time.Time{}, ErrSessionOver
+		return nil, nil, time.Time{}, overError(st)
 	}
 	return sh, e, now, nil
 }
@@ -691,13 +724,16 @@ func (t *Tracker) NewRefreshChain(ctx context.Context, appSessionID string) (str
 	now := t.cfg.Now()
 	sh.mu.Lock()
 	a := e.app(appSessionID)
-	valid := a != nil && t.appValid(e, a, now)
+	var st Status
+	if a != nil {
+		st = t.status(e, a, now)
+	}
 	sh.mu.Unlock()
 	if a == nil {
 		return "", 0, session.ErrNotFound
 	}
-	if !valid { // a code exchanged after the session ended gets nothing
-		return "", 0, ErrSessionOver
+	if !st.Active { // a code exchanged after the session ended gets nothing
+		return "", 0, overError(st)
 	}
 	chain := randomSuffix()
 	if err := t.store.AddRefreshChain(ctx, appSessionID, chain, 1, now); err != nil {
@@ -745,7 +781,7 @@ func (t *Tracker) CheckRefresh(ctx context.Context, appSessionID, chain string, 
 		return Status{}, ErrRefreshReuse
 	}
 	if !s.Active {
-		return s, ErrSessionOver
+		return s, overError(s)
 	}
 	return s, nil
 }
@@ -798,7 +834,8 @@ func (t *Tracker) rotatable(e *entry, a *appState, chain string, gen uint64, now
 		return Status{}, session.ErrNotFound
 	}
 	if !t.appValid(e, a, now) {
-		return t.status(e, a, now), ErrSessionOver
+		st := t.status(e, a, now)
+		return st, overError(st)
 	}
 	cur, ok := a.RefreshChains[chain]
 	if !ok {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"github.com/idleguard/idleguard/session"
 	"io"
 	"math"
 	"net/http"
@@ -61,13 +60,15 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// writeBearerError answers 401 (RFC 6750). When the token is refused because
-// its session is over, reason says why, so that a page can tell the person.
-func writeBearerError(w http.ResponseWriter, desc string, reason ...session.Reason) {
+// writeBearerError answers 401 (RFC 6750) for err. When the token is refused
+// because its session is over (an *activity.SessionOverError), the answer
+// says why, so that a page can tell the person.
+func writeBearerError(w http.ResponseWriter, err error) {
+	desc := err.Error()
 	w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token", error_description="`+desc+`"`)
 	body := map[string]any{"error": "invalid_token", "error_description": desc, "active": false}
-	if len(reason) > 0 && reason[0] != "" {
-		body["reason"] = reason[0]
+	if reason := activity.EndReasonOf(err); reason != "" {
+		body["reason"] = reason
 	}
 	writeJSON(w, http.StatusUnauthorized, body)
 }
@@ -88,7 +89,7 @@ func (p *Provider) getSession(w http.ResponseWriter, r *http.Request, id string)
 	case errors.Is(err, activity.ErrSessionOver):
 		writeJSON(w, http.StatusOK, toStatus(st))
 	case isTokenError(err):
-		writeBearerError(w, err.Error())
+		writeBearerError(w, err)
 	case err != nil:
 		p.serverError(w, r, err)
 	default:
@@ -106,7 +107,7 @@ func (p *Provider) sessionOfExpiredToken(ctx context.Context, id string) (activi
 		return activity.Status{}, errTokenInvalid
 	}
 	if !st.Active {
-		return st, activity.ErrSessionOver
+		return st, &activity.SessionOverError{Reason: st.EndReason}
 	}
 	return st, errTokenExpired // alive: the app must renew its token
 }
@@ -180,10 +181,8 @@ func (p *Provider) postActivity(w http.ResponseWriter, r *http.Request, id strin
 		}
 	}
 	switch {
-	case errors.Is(err, activity.ErrSessionOver):
-		writeBearerError(w, err.Error(), st.EndReason)
-	case isTokenError(err):
-		writeBearerError(w, err.Error())
+	case errors.Is(err, activity.ErrSessionOver) || isTokenError(err):
+		writeBearerError(w, err)
 	case err != nil:
 		p.serverError(w, r, err)
 	default:
@@ -214,7 +213,7 @@ func (p *Provider) bearerCORS(next func(http.ResponseWriter, *http.Request, stri
 			w.Header().Add("Vary", "Origin")
 		}
 		if err != nil {
-			writeBearerError(w, "access token is invalid")
+			writeBearerError(w, errTokenInvalid)
 			return
 		}
 		next(w, r, id)
