@@ -457,9 +457,14 @@ func (s *SQLite) JoinApp(ctx context.Context, app *AppSession, auth ActivityUpda
 	})
 }
 
+// updateAuthActivity writes an ActivityUpdate. The deadline is computed
+// from the stored and the written last activity, whichever is later, so
+// that a replica writing an older view than another's never moves the
+// stored deadline before the activity the store already holds.
 func updateAuthActivity(ctx context.Context, e execer, u ActivityUpdate) error {
-	_, err := e.ExecContext(ctx, `UPDATE auth_sessions SET last_active_at = MAX(last_active_at, ?), idle_limit_ms = ?, deadline = ?
-		WHERE id = ? AND ended_at IS NULL`, ms(u.LastActiveAt), u.IdleLimit.Milliseconds(), ms(u.Deadline), u.AuthSessionID)
+	_, err := e.ExecContext(ctx, `UPDATE auth_sessions SET last_active_at = MAX(last_active_at, ?1), idle_limit_ms = ?2,
+		deadline = MIN(MAX(last_active_at, ?1) + ?2, absolute_deadline, MAX(?3, last_active_at + ?2))
+		WHERE id = ?4 AND ended_at IS NULL`, ms(u.LastActiveAt), u.IdleLimit.Milliseconds(), ms(u.Deadline), u.AuthSessionID)
 	if err != nil {
 		return fmt.Errorf("update auth session %s: %w", u.AuthSessionID, err)
 	}

@@ -190,6 +190,14 @@ func testFlushMonotonic(t *testing.T, s Store) {
 	require.Equal(t, later, got.LastActiveAt)
 	require.Equal(t, later, apps[0].LastActiveAt)
 	require.Equal(t, uint64(4), apps[0].RefreshChains["c1"])
+
+	// Another replica writes its older view, with the deadline that follows
+	// from it: the stored deadline still follows the latest stored activity.
+	require.NoError(t, s.FlushActivity(ctx, []session.ActivityUpdate{{AuthSessionID: a.ID, LastActiveAt: t0.Add(30 * time.Second),
+		IdleLimit: 5 * time.Minute, Deadline: t0.Add(30*time.Second + 5*time.Minute)}}))
+	got, _, err = s.AuthSession(ctx, a.ID)
+	require.NoError(t, err)
+	require.Equal(t, later.Add(5*time.Minute), got.Deadline)
 }
 
 func testDue(t *testing.T, s Store) {
