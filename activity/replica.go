@@ -235,34 +235,6 @@ func (t *Tracker) reloadHeld(ctx context.Context, changes []session.Change) (int
 	return len(auths), nil
 }
 
-// syncLoop runs Sync every SyncInterval and whenever the store notifies.
-func (t *Tracker) syncLoop(ctx context.Context) {
-	defer t.done.Done()
-	var wake <-chan struct{}
-	if n, ok := t.store.(ChangeNotifier); ok {
-		wake = n.Changes(ctx)
-	}
-	tick := time.NewTicker(t.cfg.SyncInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.stop:
-			return
-		case _, ok := <-wake:
-			if !ok {
-				wake = nil
-				continue
-			}
-		case <-tick.C:
-		}
-		if _, err := t.Sync(ctx); err != nil {
-			t.cfg.Logger.ErrorContext(ctx, "sync change feed", "error", err)
-		}
-	}
-}
-
 // startSync reads where the change feed ends, so that a replica starting
 // now applies only what comes after (what came before is in the store it
 // loads sessions from), and starts the sync loop.
@@ -274,8 +246,16 @@ func (t *Tracker) startSync(ctx context.Context) {
 	t.syncMu.Lock()
 	t.cursor = max(t.cursor, last)
 	t.syncMu.Unlock()
+	var wake <-chan struct{}
+	if n, ok := t.store.(ChangeNotifier); ok {
+		wake = n.Changes(ctx)
+	}
 	t.done.Add(1)
-	go t.syncLoop(ctx)
+	go t.loop(ctx, t.cfg.SyncInterval, wake, func(ctx context.Context) {
+		if _, err := t.Sync(ctx); err != nil {
+			t.cfg.Logger.ErrorContext(ctx, "sync change feed", "error", err)
+		}
+	})
 }
 
 // holdsSweeperLease takes or renews the sweeper lease; with one replica

@@ -27,19 +27,21 @@ func (t *Tracker) Run(ctx context.Context) {
 		t.startSync(ctx)
 	}
 	t.done.Add(2)
-	go t.loop(ctx, t.cfg.FlushInterval, func(ctx context.Context) {
+	go t.loop(ctx, t.cfg.FlushInterval, nil, func(ctx context.Context) {
 		if err := t.Flush(ctx, false); err != nil {
 			t.cfg.Logger.ErrorContext(ctx, "flush activity", "error", err)
 		}
 	})
-	go t.loop(ctx, t.cfg.SweepInterval, func(ctx context.Context) {
+	go t.loop(ctx, t.cfg.SweepInterval, nil, func(ctx context.Context) {
 		if _, err := t.Sweep(ctx); err != nil {
 			t.cfg.Logger.ErrorContext(ctx, "sweep", "error", err)
 		}
 	})
 }
 
-func (t *Tracker) loop(ctx context.Context, every time.Duration, fn func(context.Context)) {
+// loop runs fn every interval, and whenever wake (which may be nil)
+// receives, until ctx is done or Close is called.
+func (t *Tracker) loop(ctx context.Context, every time.Duration, wake <-chan struct{}, fn func(context.Context)) {
 	defer t.done.Done()
 	tick := time.NewTicker(every)
 	defer tick.Stop()
@@ -49,9 +51,14 @@ func (t *Tracker) loop(ctx context.Context, every time.Duration, fn func(context
 			return
 		case <-t.stop:
 			return
+		case _, ok := <-wake:
+			if !ok {
+				wake = nil // the notifier is gone: polling alone bounds the delay
+				continue
+			}
 		case <-tick.C:
-			fn(ctx)
 		}
+		fn(ctx)
 	}
 }
 

@@ -422,29 +422,31 @@ func testConditionalEnd(t *testing.T, s Store) {
 
 func testLease(t *testing.T, s Store) {
 	ctx := t.Context()
-	ok, err := s.AcquireLease(ctx, "sweeper", "a", t0, 3*time.Second)
-	require.NoError(t, err)
-	require.True(t, ok)
-	ok, err = s.AcquireLease(ctx, "sweeper", "b", t0.Add(time.Second), 3*time.Second)
-	require.NoError(t, err)
-	require.False(t, ok, "held by a")
-	ok, err = s.AcquireLease(ctx, "sweeper", "a", t0.Add(2*time.Second), 3*time.Second)
-	require.NoError(t, err)
-	require.True(t, ok, "a renews")
-	ok, err = s.AcquireLease(ctx, "sweeper", "b", t0.Add(4*time.Second), 3*time.Second)
-	require.NoError(t, err)
-	require.False(t, ok, "renewed until 5s")
-	ok, err = s.AcquireLease(ctx, "sweeper", "b", t0.Add(5*time.Second), 3*time.Second)
-	require.NoError(t, err)
-	require.True(t, ok, "expired: b takes over")
-	ok, err = s.AcquireLease(ctx, "sweeper", "a", t0.Add(6*time.Second), 3*time.Second)
-	require.NoError(t, err)
-	require.False(t, ok)
-	require.NoError(t, s.ReleaseLease(ctx, "sweeper", "a"), "releasing a lease one does not hold changes nothing")
-	require.NoError(t, s.ReleaseLease(ctx, "sweeper", "b"))
-	ok, err = s.AcquireLease(ctx, "sweeper", "a", t0.Add(6*time.Second), 3*time.Second)
-	require.NoError(t, err)
-	require.True(t, ok, "released: free at once")
+	for _, step := range []struct {
+		holder  string
+		at      time.Duration
+		release bool // else acquire, expecting want
+		want    bool
+		why     string
+	}{
+		{"a", 0, false, true, "free: a takes it until 3s"},
+		{"b", time.Second, false, false, "held by a"},
+		{"a", 2 * time.Second, false, true, "a renews until 5s"},
+		{"b", 4 * time.Second, false, false, "renewed"},
+		{"b", 5 * time.Second, false, true, "expired: b takes over"},
+		{"a", 6 * time.Second, true, false, "a releases a lease it does not hold"},
+		{"a", 6 * time.Second, false, false, "which changed nothing"},
+		{"b", 6 * time.Second, true, false, "b releases it"},
+		{"a", 6 * time.Second, false, true, "free at once"},
+	} {
+		if step.release {
+			require.NoError(t, s.ReleaseLease(ctx, "sweeper", step.holder), step.why)
+			continue
+		}
+		ok, err := s.AcquireLease(ctx, "sweeper", step.holder, t0.Add(step.at), 3*time.Second)
+		require.NoError(t, err)
+		require.Equal(t, step.want, ok, step.why)
+	}
 }
 
 func testRefreshCAS(t *testing.T, s Store) {
