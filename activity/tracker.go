@@ -288,6 +288,27 @@ func (t *Tracker) get(ctx context.Context, sid string) (*shard, *entry, error) {
 	return sh, e, nil
 }
 
+// getApp is get for the session of application session appSessionID. With
+// several replicas, an app joined at another replica since this one loaded
+// the session (one flow's authorize and token requests may land on
+// different replicas) is read from the store.
+func (t *Tracker) getApp(ctx context.Context, appSessionID string) (*shard, *entry, error) {
+	sid := SessionID(appSessionID)
+	sh, e, err := t.get(ctx, sid)
+	if err != nil || !t.replicated() {
+		return sh, e, err
+	}
+	sh.mu.Lock()
+	missing := e.app(appSessionID) == nil
+	sh.mu.Unlock()
+	if missing {
+		if e, err = t.reload(ctx, sid); err != nil {
+			return nil, nil, err
+		}
+	}
+	return sh, e, nil
+}
+
 func (t *Tracker) load(ctx context.Context, sid string) (*shard, *entry, error) {
 	sh := t.shard(sid)
 	sh.mu.Lock()
@@ -477,7 +498,7 @@ func (t *Tracker) Touch(ctx context.Context, appSessionID string, src Source, at
 			return Status{}, err
 		}
 	}
-	sh, e, err := t.get(ctx, SessionID(appSessionID))
+	sh, e, err := t.getApp(ctx, appSessionID)
 	if err != nil {
 		return Status{}, err
 	}
@@ -593,6 +614,9 @@ func (t *Tracker) Start(ctx context.Context, userID string, amr []string) (Statu
 // reading it was judged by, if it is valid then; otherwise ErrSessionOver
 // (or the load error) and nothing locked.
 func (t *Tracker) lockValid(ctx context.Context, sid string) (*shard, *entry, time.Time, error) {
+	if err := t.reloadHeldOne(ctx, sid); err != nil { // joins and reauthentications see the apps joined elsewhere
+		return nil, nil, time.Time{}, err
+	}
 	sh, e, err := t.get(ctx, sid)
 	if err != nil {
 		return nil, nil, time.Time{}, err
@@ -717,7 +741,7 @@ func (t *Tracker) evict(sid string) {
 // invalidate each other's tokens) and returns its id and first generation.
 // The chain is written through.
 func (t *Tracker) NewRefreshChain(ctx context.Context, appSessionID string) (string, uint64, error) {
-	sh, e, err := t.get(ctx, SessionID(appSessionID))
+	sh, e, err := t.getApp(ctx, appSessionID)
 	if err != nil {
 		return "", 0, err
 	}
@@ -752,7 +776,7 @@ func (t *Tracker) NewRefreshChain(ctx context.Context, appSessionID string) (str
 // returned. A newer one can only exist if a crash lost the flush of its
 // rotation (tokens are MAC-protected), and is accepted.
 func (t *Tracker) CheckRefresh(ctx context.Context, appSessionID, chain string, gen uint64) (Status, error) {
-	sh, e, err := t.get(ctx, SessionID(appSessionID))
+	sh, e, err := t.getApp(ctx, appSessionID)
 	if err != nil {
 		return Status{}, err
 	}
@@ -792,7 +816,7 @@ func (t *Tracker) CheckRefresh(ctx context.Context, appSessionID, chain string, 
 // with the next activity flush; with several it is written at once by a
 // compare-and-swap, so that of two replicas exactly one rotates.
 func (t *Tracker) RotateRefresh(ctx context.Context, appSessionID, chain string, gen uint64) (Status, uint64, error) {
-	sh, e, err := t.get(ctx, SessionID(appSessionID))
+	sh, e, err := t.getApp(ctx, appSessionID)
 	if err != nil {
 		return Status{}, 0, err
 	}
@@ -851,6 +875,9 @@ func (t *Tracker) rotatable(e *entry, a *appState, chain string, gen uint64, now
 // end leaves exempt application sessions running; every other reason ends
 // them all.
 func (t *Tracker) End(ctx context.Context, sid string, reason session.Reason, initiator string) error {
+	if err := t.reloadHeldOne(ctx, sid); err != nil { // every app, wherever it joined, ends and is told
+		return err
+	}
 	sh, e, err := t.get(ctx, sid)
 	if err != nil {
 		return err
@@ -866,7 +893,7 @@ func (t *Tracker) End(ctx context.Context, sid string, reason session.Reason, in
 // that app, the authentication session goes on and its effective limit is
 // recomputed without it.
 func (t *Tracker) EndApp(ctx context.Context, appSessionID string, reason session.Reason, initiator string) error {
-	sh, e, err := t.get(ctx, SessionID(appSessionID))
+	sh, e, err := t.getApp(ctx, appSessionID)
 	if err != nil {
 		return err
 	}

@@ -450,3 +450,43 @@ func TestReplicasOneSweeperAtATime(t *testing.T) {
 		require.Len(t, rows, 1, "one outbox row for mail's end")
 	}
 }
+
+// One flow across replicas (no sticky sessions): an app joined at B while A
+// holds the session is found at A for the code exchange, and an end at A
+// takes it too, with its back-channel logout.
+func TestReplicasOneFlowAcrossReplicas(t *testing.T) {
+	withBackchannel := func(cfg *Config) {
+		for _, cl := range cfg.Clients {
+			if cl.ID == "bank" {
+				cl.BackchannelLogoutURI = "http://127.0.0.1:1/bank/backchannel"
+				cl.Policy.BackchannelLogoutURI = cl.BackchannelLogoutURI
+			}
+		}
+	}
+	c := newCluster(t, 2, withBackchannel)
+	b := c.via(0).browser()
+	mail := b.login(c.rp("mail"), "alice")
+	require.True(t, c.introspectAt(0, mail.AccessToken), "A holds the session")
+	c.via(1)
+	resp, verifier, state := b.authorize(c.rp("bank")) // SSO: the bank app joins at B
+	code := b.code(resp, state)
+	c.via(0)
+	bank := b.exchange(c.rp("bank"), code, verifier) // the code exchange lands on A
+	require.True(t, c.introspectAt(0, bank.AccessToken))
+
+
+	// Another person's bank app joins and exchanges at B alone; A, which
+	// knows only their mail app, ends the session: the bank app is told.
+	c.addUser("bob")
+	b2 := c.via(0).browser()
+	mail2 := b2.login(c.rp("mail"), "bob")
+	require.True(t, c.introspectAt(0, mail2.AccessToken))
+	c.via(1)
+	bank2 := b2.login(c.rp("bank"), "bob")
+	require.NoError(t, c.replicas[0].p.tracker.End(t.Context(), mail2.sid, session.ReasonAdmin, "admin"))
+	c.sync()
+	require.False(t, c.introspectAt(1, bank2.AccessToken))
+	rows, err := c.store.Deliveries(t.Context(), mail2.sid)
+	require.NoError(t, err)
+	require.Len(t, rows, 1, "the bank app, joined at B, is told of the end at A")
+}
