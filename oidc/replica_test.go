@@ -474,7 +474,6 @@ func TestReplicasOneFlowAcrossReplicas(t *testing.T) {
 	bank := b.exchange(c.rp("bank"), code, verifier) // the code exchange lands on A
 	require.True(t, c.introspectAt(0, bank.AccessToken))
 
-
 	// Another person's bank app joins and exchanges at B alone; A, which
 	// knows only their mail app, ends the session: the bank app is told.
 	c.addUser("bob")
