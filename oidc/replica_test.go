@@ -26,9 +26,18 @@ import (
 // server, and a load balancer in front that sends each request to the
 // replica the test names. All replicas share one controllable clock.
 
+// replicaStore is what the tests need of a replica's store handle: what the
+// provider uses, and a way to add people.
+type replicaStore interface {
+	Store
+	CreateUser(ctx context.Context, u *session.User) error
+}
+
 // openReplicaStore opens one replica's handle on the shared database. To run
-// these tests on PostgreSQL, swap this constructor (and env.store's type).
-var openReplicaStore = func(t *testing.T, path string) *session.SQLite {
+// these tests on PostgreSQL, swap this constructor (the cluster reads the
+// database through cluster.db; env.addUser needs env.store, set only for
+// SQLite).
+var openReplicaStore = func(t *testing.T, path string) replicaStore {
 	s, err := session.OpenSQLite(t.Context(), path)
 	require.NoError(t, err)
 	t.Cleanup(func() { s.Close() })
@@ -40,16 +49,17 @@ var openReplicaStore = func(t *testing.T, path string) *session.SQLite {
 const replicaHeader = "X-Test-Replica"
 
 type replica struct {
-	store *session.SQLite
+	store replicaStore
 	p     *Provider
 	srv   *httptest.Server
 }
 
 // cluster is n replicas behind a test load balancer. Its env serves as the
 // person's and the apps' view of the provider (issuer = the balancer); its
-// p and store are replica 0's.
+// p is replica 0's, and db is replica 0's store handle.
 type cluster struct {
 	*env
+	db       replicaStore
 	replicas []*replica
 	mu       sync.Mutex
 	target   int
@@ -82,7 +92,8 @@ func newCluster(t *testing.T, n int, opts ...envOption) *cluster {
 			c.cfg = cfg
 		}
 	}
-	c.store, c.p = c.replicas[0].store, c.replicas[0].p
+	c.db, c.p = c.replicas[0].store, c.replicas[0].p
+	c.store, _ = c.db.(*session.SQLite)
 	c.addUser("alice")
 	return c
 }
@@ -193,7 +204,7 @@ func sessionDefaults(replicas int) activity.Config {
 // endedEvents counts the session_end events of sid.
 func (c *cluster) endedEvents(sid string) int {
 	c.t.Helper()
-	events, err := c.store.Audit(c.t.Context(), sessionFilter(sid))
+	events, err := c.db.Audit(c.t.Context(), sessionFilter(sid))
 	require.NoError(c.t, err)
 	n := 0
 	for _, ev := range events {
@@ -361,7 +372,7 @@ func TestReplicasRefreshRotation(t *testing.T) {
 		requireOAuthError(t, err, "invalid_grant")
 		c.sync()
 		require.False(t, c.activeAt(0, next.AccessToken), "the app session ended at once everywhere")
-		events, err := c.store.Audit(t.Context(), sessionFilter(mail.sid))
+		events, err := c.db.Audit(t.Context(), sessionFilter(mail.sid))
 		require.NoError(t, err)
 		require.True(t, hasEvent(events, session.AuditAppEnd, string(session.ReasonRefreshReuse)))
 	})
@@ -445,7 +456,7 @@ func TestReplicasOneSweeperAtATime(t *testing.T) {
 	wg.Wait()
 	for _, sid := range []string{first.sid, second.sid, third.sid} {
 		require.Equal(t, 1, c.endedEvents(sid), sid)
-		rows, err := c.store.Deliveries(t.Context(), sid)
+		rows, err := c.db.Deliveries(t.Context(), sid)
 		require.NoError(t, err)
 		require.Len(t, rows, 1, "one outbox row for mail's end")
 	}
@@ -485,7 +496,7 @@ func TestReplicasOneFlowAcrossReplicas(t *testing.T) {
 	require.NoError(t, c.replicas[0].p.tracker.End(t.Context(), mail2.sid, session.ReasonAdmin, "admin"))
 	c.sync()
 	require.False(t, c.introspectAt(1, bank2.AccessToken))
-	rows, err := c.store.Deliveries(t.Context(), mail2.sid)
+	rows, err := c.db.Deliveries(t.Context(), mail2.sid)
 	require.NoError(t, err)
 	require.Len(t, rows, 1, "the bank app, joined at B, is told of the end at A")
 }
