@@ -196,6 +196,19 @@ func (c *cluster) refreshAt(i int, tk *tokens) error {
 	return err
 }
 
+// withBackchannel gives a client a back-channel logout URI (nobody listens:
+// the tests count the outbox rows).
+func withBackchannel(clientID string) envOption {
+	return func(cfg *Config) {
+		for _, cl := range cfg.Clients {
+			if cl.ID == clientID {
+				cl.BackchannelLogoutURI = "http://127.0.0.1:1/" + clientID + "/backchannel"
+				cl.Policy.BackchannelLogoutURI = cl.BackchannelLogoutURI
+			}
+		}
+	}
+}
+
 func sessionDefaults(replicas int) activity.Config {
 	return activity.Config{IdleTimeout: time.Hour, MaxLifetime: 12 * time.Hour, SweepInterval: time.Second,
 		FlushInterval: time.Second, Replicas: replicas}
@@ -416,16 +429,8 @@ func TestReplicasRefreshRotation(t *testing.T) {
 // Rule 4: one sweeper at a time, by a lease; another takes over when its
 // holder dies; no session ends twice and no logout is queued twice.
 func TestReplicasOneSweeperAtATime(t *testing.T) {
-	withBackchannel := func(cfg *Config) {
-		for _, cl := range cfg.Clients {
-			if cl.ID == "mail" {
-				cl.BackchannelLogoutURI = "http://127.0.0.1:1/mail/backchannel"
-				cl.Policy.BackchannelLogoutURI = cl.BackchannelLogoutURI
-			}
-		}
-	}
 	const lease = 2 * time.Minute
-	c := newCluster(t, 3, withBackchannel, func(cfg *Config) { cfg.Session.IdleTimeout, cfg.Session.LeaseTime = time.Minute, lease })
+	c := newCluster(t, 3, withBackchannel("mail"), func(cfg *Config) { cfg.Session.IdleTimeout, cfg.Session.LeaseTime = time.Minute, lease })
 	b := c.via(0).browser()
 	first := b.login(c.rp("mail"), "alice")
 	for i := range 3 {
@@ -466,15 +471,7 @@ func TestReplicasOneSweeperAtATime(t *testing.T) {
 // holds the session is found at A for the code exchange, and an end at A
 // takes it too, with its back-channel logout.
 func TestReplicasOneFlowAcrossReplicas(t *testing.T) {
-	withBackchannel := func(cfg *Config) {
-		for _, cl := range cfg.Clients {
-			if cl.ID == "bank" {
-				cl.BackchannelLogoutURI = "http://127.0.0.1:1/bank/backchannel"
-				cl.Policy.BackchannelLogoutURI = cl.BackchannelLogoutURI
-			}
-		}
-	}
-	c := newCluster(t, 2, withBackchannel)
+	c := newCluster(t, 2, withBackchannel("bank"))
 	b := c.via(0).browser()
 	mail := b.login(c.rp("mail"), "alice")
 	require.True(t, c.introspectAt(0, mail.AccessToken), "A holds the session")
