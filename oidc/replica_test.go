@@ -497,3 +497,23 @@ func TestReplicasOneFlowAcrossReplicas(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, rows, 1, "the bank app, joined at B, is told of the end at A")
 }
+
+// The crash bound across replicas: a replica that dies loses only the
+// activity it had not written, within the flush slack, and the session then
+// ends earlier than that activity would have kept it, never later.
+func TestReplicasCrashLosesOnlyUnwrittenActivityAndOnlyEarlier(t *testing.T) {
+	c := newCluster(t, 2)
+	bank := c.via(0).browser().login(c.rp("bank"), "alice") // 5m; slack 30s
+	start := c.clock.Now()
+	require.Zero(t, c.tick(), "A takes the lease")
+	c.clock.Advance(20 * time.Second)
+	require.Equal(t, http.StatusOK, c.via(1).heartbeat(bank.AccessToken), "activity at B, inside the slack: not written")
+	c.replicas = c.replicas[:1] // B dies: no flush, no close
+	for c.clock.Now().Add(10 * time.Second).Before(start.Add(5 * time.Minute)) {
+		c.clock.Advance(10 * time.Second)
+		require.Zero(t, c.tick(), "nothing ends before the written activity's deadline")
+	}
+	c.clock.Advance(start.Add(5 * time.Minute).Sub(c.clock.Now()))
+	require.False(t, c.activeAt(0, bank.AccessToken), "the lost 20s end the session earlier, by less than slack + flush interval")
+	require.Equal(t, 2, c.tick())
+}
