@@ -137,9 +137,13 @@ func (k idTokenKeys) VerifySignature(ctx context.Context, jws *jose.JSONWebSigna
 }
 
 // validRedirect is the post-logout redirect that zitadel validated against
-// the client's registration, or "" for none.
+// the client's registration, or "" for none. Without a registered one,
+// zitadel answers its default (the signed-out page itself), with the state
+// appended when one was sent: that is none too, or the signed-out page
+// would send the browser on to a ticketless copy of itself.
 func (p *Provider) validRedirect(req *op.EndSessionRequest) string {
-	if req.RedirectURI == p.op.DefaultLogoutRedirectURI() {
+	def := p.op.DefaultLogoutRedirectURI()
+	if req.RedirectURI == def || strings.HasPrefix(req.RedirectURI, def+"?") {
 		return ""
 	}
 	return req.RedirectURI

@@ -150,3 +150,21 @@ func TestAdminViewShowsLiveActivityWithoutWriting(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, stored.LastActiveAt, after.LastActiveAt, "looking wrote nothing")
 }
+
+// A state sent to end_session without a post_logout_redirect_uri has
+// nowhere to go back to (RP-Initiated Logout 1.0 section 2: it is passed
+// back only to a redirect URI). It was appended to the signed-out page's
+// own path, so the page that had just signed the person out sent them on
+// to a ticketless copy of itself: "This browser's sign-in was not changed".
+func TestStateWithoutRedirectLeavesThePersonOnTheSignedOutPage(t *testing.T) {
+	e := newEnv(t)
+	b := e.browser()
+	mail := b.login(e.rp("mail"), "alice")
+	resp := b.endSession(mail, "", "xyz")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	page := body(t, resp)
+	require.Contains(t, page, "You have been signed out")
+	require.NotContains(t, page, "/logged-out", "the signed-out page sends the browser nowhere")
+	require.NotContains(t, page, "location.replace")
+	require.False(t, active(t, e, mail.AccessToken))
+}
