@@ -307,10 +307,12 @@ func (p *Provider) loggedOut(w http.ResponseWriter, r *http.Request) {
 // session other than ended, the one a logout ticket names.
 func (p *Provider) browserSessionGoesOn(r *http.Request, ended string) bool {
 	sid := p.sessionCookie(r)
-	if sid == "" || sid == ended {
-		return false
-	}
-	st, err := p.tracker.Session(r.Context(), sid)
+	return sid != "" && sid != ended && p.liveSession(r.Context(), sid)
+}
+
+// liveSession reports whether session sid is known and not over.
+func (p *Provider) liveSession(ctx context.Context, sid string) bool {
+	st, err := p.tracker.Session(ctx, sid)
 	return err == nil && st.Active
 }
 

@@ -1,7 +1,9 @@
 package oidc
 
 import (
+	"html"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -166,5 +168,46 @@ func TestStateWithoutRedirectLeavesThePersonOnTheSignedOutPage(t *testing.T) {
 	require.Contains(t, page, "You have been signed out")
 	require.NotContains(t, page, "/logged-out", "the signed-out page sends the browser nowhere")
 	require.NotContains(t, page, "location.replace")
+	require.False(t, active(t, e, mail.AccessToken))
+}
+
+// An app that still holds the ID token of an earlier session (it missed the
+// idle end: no back-channel logout) sends the browser to end_session with
+// it, after the person signed in again. The hint's session was over, so
+// nothing ended, and the signed-out page refused to speak for the
+// browser's live session: the person who pressed "Sign out" on a shared
+// computer stayed signed in to every app, told only that a link had
+// expired. RP-Initiated Logout 1.0 section 2: when the hint is not the
+// browser's current session, ask the person.
+func TestStaleHintAsksAboutTheBrowsersOwnSession(t *testing.T) {
+	e := newEnv(t)
+	b := e.browser()
+	stale := b.login(e.rp("bank"), "alice")
+	e.clock.Advance(6 * time.Minute) // bank's 5m limit: the session is over
+	mail := b.login(e.rp("mail"), "alice")
+	require.NotEqual(t, stale.sid, mail.sid, "a new session")
+
+	resp := b.endSession(stale, "http://127.0.0.1:1/bank/", "")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	page := body(t, resp)
+	require.Contains(t, page, "Sign out everywhere", "the person is asked about this browser's session")
+	require.True(t, active(t, e, mail.AccessToken), "nothing of the live session ends before the person confirms")
+
+	resp, err := b.client.PostForm(e.issuer+"/logout/confirm", url.Values{
+		"t": {html.UnescapeString(between(page, `name="t" value="`, `"`))}, "csrf": {between(page, `name="csrf" value="`, `"`)}})
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Contains(t, body(t, resp), `href="http://127.0.0.1:1/bank/"`)
+	require.False(t, active(t, e, mail.AccessToken), "confirmed: the browser's session is over")
+}
+
+// A hint for the browser's own live session signs out at once, as before.
+func TestHintOfTheBrowsersSessionSignsOutAtOnce(t *testing.T) {
+	e := newEnv(t)
+	b := e.browser()
+	mail := b.login(e.rp("mail"), "alice")
+	resp := b.endSession(mail, "", "")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Contains(t, body(t, resp), "You have been signed out")
 	require.False(t, active(t, e, mail.AccessToken))
 }
