@@ -211,3 +211,29 @@ func TestHintOfTheBrowsersSessionSignsOutAtOnce(t *testing.T) {
 	require.Contains(t, body(t, resp), "You have been signed out")
 	require.False(t, active(t, e, mail.AccessToken))
 }
+
+// The confirmation page's ticket and the signed-out page's ticket were
+// sealed alike, so the ticket of "Sign out?" (a session not yet ended)
+// opened the signed-out page: it cleared the browser's cookie and said
+// "signed out of every application" while the session and every app went
+// on. A ticket opens only the page it was made for.
+func TestConfirmationTicketDoesNotOpenTheSignedOutPage(t *testing.T) {
+	e := newEnv(t)
+	b := e.browser()
+	mail := b.login(e.rp("mail"), "alice")
+	resp, err := b.client.Get(e.issuer + "/end_session?client_id=mail")
+	require.NoError(t, err)
+	page := body(t, resp)
+	require.Contains(t, page, "Sign out everywhere")
+	ticket := html.UnescapeString(between(page, `name="t" value="`, `"`))
+	require.NotEmpty(t, ticket)
+
+	resp, err = b.client.Get(e.issuer + "/logged-out?t=" + url.QueryEscape(ticket))
+	require.NoError(t, err)
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	require.NotContains(t, body(t, resp), "You have been signed out")
+	for _, c := range resp.Cookies() {
+		require.NotEqual(t, sessionCookieName, c.Name, "the browser's sign-in is not touched")
+	}
+	require.True(t, active(t, e, mail.AccessToken))
+}
