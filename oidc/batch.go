@@ -1,0 +1,172 @@
+package oidc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+
+	"github.com/idleguard/idleguard/activity"
+)
+
+// Bounds of POST /activity/batch: a resource server that reports once a
+// second never needs more, and the body is read only after the client
+// has authenticated.
+const (
+	maxBatchEvents = 1000
+	maxBatchBody   = 4 << 20
+)
+
+// Reasons of a batch event refused on its own, besides the end reasons of
+// sessions and invalid_token.
+const (
+	reasonMalformed = "malformed"
+	reasonForeign   = "foreign"
+)
+
+// batchEvent is one event of POST /activity/batch: an access token as the
+// API received it, or, for an API that keeps only the claims of the JWTs it
+// validated, the token's jti with its sid and client_id. At is the time of
+// the call (Unix seconds or RFC 3339; absent: now), clamped to [previous
+// activity, now] like /activity's last_interaction.
+type batchEvent struct {
+	Token    string          `json:"token"`
+	JTI      string          `json:"jti"`
+	SID      string          `json:"sid"`
+	ClientID string          `json:"client_id"`
+	At       json.RawMessage `json:"at"`
+}
+
+// batchResult is the answer for one event: whether it counted and its
+// session is live; if not, why.
+type batchResult struct {
+	Live   bool   `json:"live"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// activityBatch is POST /activity/batch: activity of source api reported
+// after the fact by an API that validates JWT access tokens itself. The
+// caller authenticates with client_secret_basic as a client configured with
+// resource_server: true, and may report only for the apps it serves. Each
+// event is checked like a heartbeat and answered on its own, in order; a
+// bad body or missing authentication fails the whole call.
+//
+// A jti event is believed as the resource server states it (the jti names
+// its application session and expiry, so it costs no database read): the
+// resource server saw the token, and only its own apps' sessions can be
+// touched.
+func (p *Provider) activityBatch(w http.ResponseWriter, r *http.Request) {
+	noStore(w)
+	rs, ok := p.resourceServer(w, r)
+	if !ok {
+		return
+	}
+	var req struct {
+		Events []json.RawMessage `json:"events"`
+	}
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBatchBody))
+	if err == nil {
+		err = json.Unmarshal(data, &req)
+	}
+	switch {
+	case err != nil:
+		err = fmt.Errorf("the body must be JSON {\"events\": [...]} of at most %d bytes", maxBatchBody)
+	case req.Events == nil:
+		err = errors.New("events is required")
+	case len(req.Events) > maxBatchEvents:
+		err = fmt.Errorf("at most %d events per batch", maxBatchEvents)
+	}
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, oauthError{Error: "invalid_request", Description: err.Error()})
+		return
+	}
+	results := make([]batchResult, len(req.Events))
+	for i, raw := range req.Events {
+		if results[i], err = p.batchEvent(r.Context(), rs, raw); err != nil {
+			p.serverError(w, r, fmt.Errorf("activity batch event %d: %w", i, err))
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"results": results})
+}
+
+// resourceServer authenticates the caller of a resource server endpoint by
+// client_secret_basic (RFC 6749 section 2.3.1) and requires a client with
+// resource_server: true; otherwise it answers and returns false.
+func (p *Provider) resourceServer(w http.ResponseWriter, r *http.Request) (*Client, bool) {
+	user, pass, ok := r.BasicAuth()
+	id, uerr := url.QueryUnescape(user)
+	secret, perr := url.QueryUnescape(pass)
+	c, known := p.clients[id]
+	if !ok || uerr != nil || perr != nil || !known || !c.CheckSecret(secret) {
+		w.Header().Set("WWW-Authenticate", `Basic realm="idleguard"`)
+		writeJSON(w, http.StatusUnauthorized, oauthError{Error: "invalid_client", Description: "client authentication failed (client_secret_basic)"})
+		return nil, false
+	}
+	if !c.ResourceServer {
+		writeJSON(w, http.StatusForbidden, oauthError{Error: "unauthorized_client", Description: "the client is not configured with resource_server: true"})
+		return nil, false
+	}
+	return c, true
+}
+
+// batchEvent checks and records one event for resource server rs. Only a
+// failing store is an error; anything the event itself gets wrong is its
+// result.
+func (p *Provider) batchEvent(ctx context.Context, rs *Client, raw json.RawMessage) (batchResult, error) {
+	var ev batchEvent
+	if json.Unmarshal(raw, &ev) != nil {
+		return batchResult{Reason: reasonMalformed}, nil
+	}
+	at, err := parseInteraction(ev.At)
+	if err != nil {
+		return batchResult{Reason: reasonMalformed}, nil
+	}
+	id, reason := p.eventTokenID(ev)
+	if reason != "" {
+		return batchResult{Reason: reason}, nil
+	}
+	accept := func(clientID string) bool {
+		return rs.ServesApp(clientID) && (ev.ClientID == "" || ev.ClientID == clientID)
+	}
+	st, err := p.useTokenFor(ctx, id, activity.API, at, accept)
+	st, err = p.whyExpired(ctx, id, st, err)
+	switch {
+	case st.ClientID != "" && !accept(st.ClientID):
+		// Checked first: a foreign resource server learns nothing of a
+		// session it does not serve, not even how it ended.
+		return batchResult{Reason: reasonForeign}, nil
+	case isTokenError(err):
+		if end := activity.EndReasonOf(err); end != "" {
+			return batchResult{Reason: string(end)}, nil
+		}
+		return batchResult{Reason: "invalid_token"}, nil
+	case err != nil:
+		return batchResult{}, err
+	}
+	return batchResult{Live: true}, nil
+}
+
+// eventTokenID returns the access token id an event names, or the reason
+// it is refused: a token must be one this provider issued; a jti event must
+// name its sid and client_id, and its jti that sid.
+func (p *Provider) eventTokenID(ev batchEvent) (string, string) {
+	switch {
+	case ev.Token != "" && ev.JTI == "":
+		id, err := p.accessTokenID(ev.Token)
+		if err != nil {
+			return "", "invalid_token"
+		}
+		return id, ""
+	case ev.Token == "" && ev.JTI != "" && ev.SID != "" && ev.ClientID != "" && len(ev.JTI) <= 512:
+		tid, err := parseTokenID(ev.JTI)
+		if err != nil || tid.appSessionID == "" || activity.SessionID(tid.appSessionID) != ev.SID {
+			return "", reasonMalformed
+		}
+		return ev.JTI, ""
+	}
+	return "", reasonMalformed
+}
