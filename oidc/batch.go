@@ -67,7 +67,7 @@ func (p *Provider) activityBatch(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		Events []json.RawMessage `json:"events"`
 	}
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBatchBody))
+	data, err := io.ReadAll(r.Body) // bounded by bodyLimit
 	if err == nil {
 		err = json.Unmarshal(data, &req)
 	}

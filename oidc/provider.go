@@ -290,7 +290,8 @@ func (p *Provider) routes() http.Handler {
 	mux.HandleFunc("POST /activity", p.bearerCORS(p.postActivity))
 	mux.HandleFunc("GET /session", p.bearerCORS(p.getSession))
 	mux.HandleFunc("POST /activity/batch", p.activityBatch)
-	mux.HandleFunc("/forward-auth", p.forwardAuth) // any method: gateways forward the API call's
+	mux.Handle("/activity/batch", postOnly(http.NotFoundHandler())) // no browser calls it: no preflight
+	mux.HandleFunc("/forward-auth", p.forwardAuth)                  // any method: gateways forward the API call's
 	mux.HandleFunc("OPTIONS /activity", p.preflight)
 	mux.HandleFunc("OPTIONS /session", p.preflight)
 	mux.Handle("GET /logged-out", page(p.loggedOut))
