@@ -38,6 +38,8 @@ type batchEvent struct {
 	SID      string          `json:"sid"`
 	ClientID string          `json:"client_id"`
 	At       json.RawMessage `json:"at"`
+
+	malformed bool // not an event object
 }
 
 // batchResult is the answer for one event: whether it counted and its
@@ -64,33 +66,67 @@ func (p *Provider) activityBatch(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var req struct {
-		Events []json.RawMessage `json:"events"`
-	}
-	data, err := io.ReadAll(r.Body) // bounded by bodyLimit
-	if err == nil {
-		err = json.Unmarshal(data, &req)
-	}
-	switch {
-	case err != nil:
-		err = fmt.Errorf("the body must be JSON {\"events\": [...]} of at most %d bytes", maxBatchBody)
-	case req.Events == nil:
-		err = errors.New("events is required")
-	case len(req.Events) > maxBatchEvents:
-		err = fmt.Errorf("at most %d events per batch", maxBatchEvents)
-	}
+	evs, err := readBatch(r.Body)
 	if err != nil {
 		writeJSON(w, http.StatusBadRequest, oauthError{Error: "invalid_request", Description: err.Error()})
 		return
 	}
-	results := make([]batchResult, len(req.Events))
-	for i, raw := range req.Events {
-		if results[i], err = p.batchEvent(r.Context(), rs, raw); err != nil {
+	results := make([]batchResult, len(evs))
+	for i, ev := range evs {
+		if results[i], err = p.batchEvent(r.Context(), rs, ev); err != nil {
 			p.serverError(w, r, fmt.Errorf("activity batch event %d: %w", i, err))
 			return
 		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"results": results})
+}
+
+// readBatch decodes the body of a batch (bounded by bodyLimit). An event
+// that is not an event object (a number, a field of the wrong type) comes
+// back marked malformed, on its own; a body that is not a batch is an
+// error. The whole batch is decoded at once, and only a batch with a
+// malformed event event by event.
+func readBatch(body io.Reader) ([]batchEvent, error) {
+	data, err := io.ReadAll(body)
+	var fast struct {
+		Events []batchEvent `json:"events"`
+	}
+	if err == nil {
+		err = json.Unmarshal(data, &fast)
+	}
+	var syntax *json.SyntaxError
+	switch {
+	case err == nil:
+		return fast.Events, checkBatchLen(len(fast.Events), fast.Events == nil)
+	case errors.As(err, &syntax) || !json.Valid(data):
+		return nil, fmt.Errorf("the body must be JSON {\"events\": [...]} of at most %d bytes", maxBatchBody)
+	}
+	var slow struct {
+		Events []json.RawMessage `json:"events"`
+	}
+	if err := json.Unmarshal(data, &slow); err != nil {
+		return nil, errors.New(`events must be a list: {"events": [...]}`)
+	}
+	if err := checkBatchLen(len(slow.Events), slow.Events == nil); err != nil {
+		return nil, err
+	}
+	evs := make([]batchEvent, len(slow.Events))
+	for i, raw := range slow.Events {
+		if json.Unmarshal(raw, &evs[i]) != nil {
+			evs[i] = batchEvent{malformed: true}
+		}
+	}
+	return evs, nil
+}
+
+func checkBatchLen(n int, missing bool) error {
+	switch {
+	case missing:
+		return errors.New("events is required")
+	case n > maxBatchEvents:
+		return fmt.Errorf("at most %d events per batch", maxBatchEvents)
+	}
+	return nil
 }
 
 // resourceServer authenticates the caller of a resource server endpoint by
@@ -116,13 +152,9 @@ func (p *Provider) resourceServer(w http.ResponseWriter, r *http.Request) (*Clie
 // batchEvent checks and records one event for resource server rs. Only a
 // failing store is an error; anything the event itself gets wrong is its
 // result.
-func (p *Provider) batchEvent(ctx context.Context, rs *Client, raw json.RawMessage) (batchResult, error) {
-	var ev batchEvent
-	if json.Unmarshal(raw, &ev) != nil {
-		return batchResult{Reason: reasonMalformed}, nil
-	}
+func (p *Provider) batchEvent(ctx context.Context, rs *Client, ev batchEvent) (batchResult, error) {
 	at, err := parseInteraction(ev.At)
-	if err != nil {
+	if err != nil || ev.malformed {
 		return batchResult{Reason: reasonMalformed}, nil
 	}
 	id, reason := p.eventTokenID(ev)
