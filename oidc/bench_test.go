@@ -529,12 +529,14 @@ func BenchmarkForwardAuth(b *testing.B) {
 	defer envs.close()
 	for _, client := range []string{"mail", "opaque"} {
 		format := map[string]string{"mail": "jwt", "opaque": "opaque"}[client]
-		for name, call := range map[string]func(*benchEnv, string) error{
-			"forward-auth": (*benchEnv).forwardAuth, "introspect": (*benchEnv).introspect} {
-			b.Run(name+"-"+format, func(b *testing.B) {
+		for _, kind := range []struct {
+			name string
+			call func(*benchEnv, string) error
+		}{{"introspect", (*benchEnv).introspect}, {"forward-auth", (*benchEnv).forwardAuth}} {
+			b.Run(kind.name+"-"+format, func(b *testing.B) {
 				e := envs.get(b, "RS256")
 				pool := e.pool(b, client, benchPool)
-				runParallel(b, func(g, i int) error { return call(e, pool[(g*7+i)%len(pool)].access) })
+				runParallel(b, func(g, i int) error { return kind.call(e, pool[(g*7+i)%len(pool)].access) })
 			})
 		}
 	}
