@@ -169,5 +169,10 @@ func TestForwardAuthBadRequests(t *testing.T) {
 		resp.Body.Close()
 		require.Equal(t, http.StatusOK, resp.StatusCode, method)
 	}
-	requireForward(t, e.forwardAuth(http.MethodGet, "aud="+url.QueryEscape(" bank , mail "), tk.AccessToken), http.StatusOK, "")
+	for _, query := range []string{
+		"aud=" + url.QueryEscape(" bank , mail "),
+		"aud=mail&path=/inbox/42?page=2;x", // Envoy's path_prefix with the call's path appended
+	} {
+		requireForward(t, e.forwardAuth(http.MethodGet, query, tk.AccessToken), http.StatusOK, "")
+	}
 }

@@ -53,12 +53,14 @@ http {
       auth_request_set $idleguard_session $upstream_http_x_idleguard_session;
       auth_request_set $idleguard_client $upstream_http_x_idleguard_client;
       auth_request_set $idleguard_scope $upstream_http_x_idleguard_scope;
+      auth_request_set $idleguard_expires_in $upstream_http_x_idleguard_expires_in;
       auth_request_set $idleguard_reason $upstream_http_x_idleguard_reason;
       add_header X-Idleguard-Reason $idleguard_reason always;
       proxy_set_header X-Idleguard-Subject $idleguard_subject;
       proxy_set_header X-Idleguard-Session $idleguard_session;
       proxy_set_header X-Idleguard-Client $idleguard_client;
       proxy_set_header X-Idleguard-Scope $idleguard_scope;
+      proxy_set_header X-Idleguard-Expires-In $idleguard_expires_in;
       proxy_pass {{$.API}};
     }
 {{end}}
@@ -216,6 +218,7 @@ func TestNginxGateway(t *testing.T) {
 		require.Equal(t, mail.sid, h.Get("X-Idleguard-Session"))
 		require.Equal(t, "mail", h.Get("X-Idleguard-Client"))
 		require.Contains(t, h.Get("X-Idleguard-Scope"), "openid")
+		require.Equal(t, "1800", h.Get("X-Idleguard-Expires-In"), "30 minutes from this call")
 	}
 	require.EqualValues(t, 0, e.p.tracker.Stats().Activity["heartbeat"])
 
