@@ -306,15 +306,24 @@ func (e *benchEnv) heartbeat(token string) error {
 	return nil
 }
 
-func (e *benchEnv) sessionStatus(token string) error {
-	req, _ := http.NewRequest(http.MethodGet, e.issuer+"/session", nil)
+// bearerGet GETs path with a bearer token and reads the whole answer.
+func (e *benchEnv) bearerGet(path, token string) (*http.Response, []byte, error) {
+	req, _ := http.NewRequest(http.MethodGet, e.issuer+path, nil)
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := e.client.Do(req)
 	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	return resp, data, err
+}
+
+func (e *benchEnv) sessionStatus(token string) error {
+	resp, data, err := e.bearerGet("/session", token)
+	if err != nil {
 		return err
 	}
-	data, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK || !bytes.Contains(data, []byte(`"active":true`)) {
 		return fmt.Errorf("session: %d %s", resp.StatusCode, data)
 	}
@@ -506,14 +515,10 @@ func BenchmarkHTTPFloor(b *testing.B) {
 // forwardAuth is the gateway check of a person's token for mail's or
 // opaque's API, as nginx's auth_request asks it.
 func (e *benchEnv) forwardAuth(token string) error {
-	req, _ := http.NewRequest(http.MethodGet, e.issuer+"/forward-auth?aud=mail,opaque", nil)
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := e.client.Do(req)
+	resp, _, err := e.bearerGet("/forward-auth?aud=mail,opaque", token)
 	if err != nil {
 		return err
 	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("X-Idleguard-Subject") == "" {
 		return fmt.Errorf("forward-auth: %d %s", resp.StatusCode, resp.Header.Get("X-Idleguard-Reason"))
 	}
