@@ -265,8 +265,7 @@ func (s *SQLite) CreateAuthSession(ctx context.Context, a *AuthSession) error {
 		if err != nil {
 			return fmt.Errorf("create auth session: %w", err)
 		}
-		return addAudit(ctx, auditVia{tx}, AuditEvent{At: a.AuthTime, Kind: AuditSessionStart, UserID: a.UserID, SID: a.ID,
-			Detail: fmt.Sprintf("idle_limit=%s absolute_deadline=%s", a.IdleLimit, a.AbsoluteDeadline.Format(time.RFC3339))})
+		return addAudit(ctx, auditVia{tx}, sessionStartEvent(a))
 	})
 }
 
@@ -397,12 +396,7 @@ func (s *SQLite) loadChains(ctx context.Context, q string, byID map[string]*AppS
 		if err := rows.Scan(&id, &app, &gen); err != nil {
 			return err
 		}
-		if a := byID[app]; a != nil {
-			if a.RefreshChains == nil {
-				a.RefreshChains = map[string]uint64{}
-			}
-			a.RefreshChains[id] = uint64(gen)
-		}
+		attachChain(byID, id, app, gen)
 	}
 	return rows.Err()
 }
@@ -446,8 +440,7 @@ func (s *SQLite) JoinApp(ctx context.Context, app *AppSession, auth ActivityUpda
 		if err := updateAuthActivity(ctx, tx, auth); err != nil {
 			return err
 		}
-		return addAudit(ctx, auditVia{tx}, AuditEvent{At: app.JoinedAt, Kind: AuditAppJoin, UserID: userID, SID: app.AuthSessionID, ClientID: app.ClientID,
-			Detail: fmt.Sprintf("app_session=%s idle_limit=%s exempt=%t", app.ID, auth.IdleLimit, app.IdleExempt)})
+		return addAudit(ctx, auditVia{tx}, appJoinEvent(app, auth, userID))
 	})
 }
 
@@ -657,58 +650,32 @@ func (st *endStmts) close() {
 	}
 }
 
-func (st *endStmts) end(ctx context.Context, e End) error {
-	at := ms(e.At)
-	// The application sessions first: an end of the authentication session
-	// records the apps that ended with it in its own audit event; an app
-	// ending alone gets an event of its own.
-	var endedApps []string
-	endedNow := make(map[string]bool, len(e.AppSessions))
-	for _, app := range e.AppSessions {
-		res, err := st.app.ExecContext(ctx, at, string(e.Reason), app.ID)
-		if err != nil {
-			return fmt.Errorf("end app session %s: %w", app.ID, err)
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			continue // already ended, and its logout already queued
-		}
-		endedNow[app.ClientID] = true
-		if e.AuthSessionID != "" {
-			endedApps = append(endedApps, app.ClientID)
-			continue
-		}
-		sid, _, _ := strings.Cut(app.ID, ".")
-		if err := addAudit(ctx, st.audit, AuditEvent{At: e.At, Kind: AuditAppEnd, UserID: e.UserID, SID: sid, ClientID: app.ClientID,
-			Reason: string(e.Reason), Initiator: e.Initiator, Detail: "app_session=" + app.ID}); err != nil {
-			return err
-		}
+func (st *endStmts) end(ctx context.Context, e End) error { return applyEnd(ctx, st, e) }
+
+func (st *endStmts) endApp(ctx context.Context, at int64, reason Reason, id string) (bool, error) {
+	return affected(st.app.ExecContext(ctx, at, string(reason), id))
+}
+
+func (st *endStmts) endAuth(ctx context.Context, at int64, e End) (bool, error) {
+	limit := e.IdleLimit.Milliseconds()
+	return affected(st.auth.ExecContext(ctx, at, string(e.Reason), e.Initiator, limit, limit, e.AuthSessionID))
+}
+
+func (st *endStmts) addOutbox(ctx context.Context, at int64, n LogoutNotice) error {
+	_, err := st.outbox.ExecContext(ctx, NewID(), n.ClientID, n.URI, n.SID, n.Subject, string(n.Reason), at, at)
+	return err
+}
+
+func (st *endStmts) writeAudit(ctx context.Context, ev AuditEvent) error {
+	return addAudit(ctx, st.audit, ev)
+}
+
+func affected(res sql.Result, err error) (bool, error) {
+	if err != nil {
+		return false, err
 	}
-	if e.AuthSessionID != "" {
-		res, err := st.auth.ExecContext(ctx, at, string(e.Reason), e.Initiator, e.IdleLimit.Milliseconds(), e.IdleLimit.Milliseconds(), e.AuthSessionID)
-		if err != nil {
-			return fmt.Errorf("end auth session %s: %w", e.AuthSessionID, err)
-		}
-		n, _ := res.RowsAffected()
-		if n > 0 || len(endedApps) > 0 {
-			kind := AuditSessionEnd
-			if n == 0 { // an already-ended session whose remaining apps end now
-				kind = AuditAppEnd
-			}
-			if err := addAudit(ctx, st.audit, AuditEvent{At: e.At, Kind: kind, UserID: e.UserID, SID: e.AuthSessionID,
-				Reason: string(e.Reason), Initiator: e.Initiator, Detail: "apps=" + strings.Join(endedApps, ",")}); err != nil {
-				return err
-			}
-		}
-	}
-	for _, n := range e.Notices {
-		if !endedNow[n.ClientID] {
-			continue
-		}
-		if _, err := st.outbox.ExecContext(ctx, NewID(), n.ClientID, n.URI, n.SID, n.Subject, string(n.Reason), at, at); err != nil {
-			return fmt.Errorf("outbox %s: %w", n.ClientID, err)
-		}
-	}
-	return nil
+	n, err := res.RowsAffected()
+	return n > 0, err
 }
 
 // SessionsOfUser lists a user's authentication sessions, newest first, with
@@ -817,15 +784,17 @@ func (s *SQLite) AddSigningKey(ctx context.Context, k SigningKey, retireOthers t
 // SigningKeys returns the keys not yet retired at now, newest first. The
 // first one is the current signing key.
 func (s *SQLite) SigningKeys(ctx context.Context, now time.Time) ([]SigningKey, error) {
-	return queryAll(ctx, s.r, func(row scanner) (SigningKey, error) {
-		var k SigningKey
-		var created int64
-		var retire sql.NullInt64
-		err := row.Scan(&k.ID, &k.Algorithm, &k.PrivateDER, &created, &retire)
-		k.CreatedAt, k.RetireAt = fromMS(created), fromNullMS(retire)
-		return k, err
-	}, `SELECT id, algorithm, private_key, created_at, retire_at FROM signing_keys
+	return queryAll(ctx, s.r, scanSigningKey, `SELECT id, algorithm, private_key, created_at, retire_at FROM signing_keys
 		WHERE retire_at IS NULL OR retire_at > ? ORDER BY created_at DESC, rowid DESC`, ms(now))
+}
+
+func scanSigningKey(row scanner) (SigningKey, error) {
+	var k SigningKey
+	var created int64
+	var retire sql.NullInt64
+	err := row.Scan(&k.ID, &k.Algorithm, &k.PrivateDER, &created, &retire)
+	k.CreatedAt, k.RetireAt = fromMS(created), fromNullMS(retire)
+	return k, err
 }
 
 // Secret returns the named secret, creating it with gen on first use.
@@ -887,28 +856,21 @@ func (s *SQLite) outbox(ctx context.Context, q string, args ...any) ([]OutboxEnt
 // DeliveryDone records a delivery's fate with its audit event: delivered
 // (ok), a retry at next, or abandoned (next zero and not ok).
 func (s *SQLite) DeliveryDone(ctx context.Context, o OutboxEntry, at time.Time, ok bool, next time.Time, errText string) error {
+	ev := deliveryOutcome(o, at, ok, next, errText)
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		var kind string
 		var err error
-		switch {
-		case ok:
-			kind = AuditLogoutDelivered
+		switch ev.Kind {
+		case AuditLogoutDelivered:
 			_, err = tx.ExecContext(ctx, `UPDATE logout_outbox SET delivered_at = ?, attempts = attempts + 1, last_error = '' WHERE id = ?`, ms(at), o.ID)
-		case next.IsZero():
-			kind = AuditLogoutAbandoned
+		case AuditLogoutAbandoned:
 			_, err = tx.ExecContext(ctx, `UPDATE logout_outbox SET abandoned_at = ?, attempts = attempts + 1, last_error = ? WHERE id = ?`, ms(at), errText, o.ID)
 		default:
-			kind = AuditLogoutRetrying
 			_, err = tx.ExecContext(ctx, `UPDATE logout_outbox SET next_attempt_at = ?, attempts = attempts + 1, last_error = ? WHERE id = ?`, ms(next), errText, o.ID)
 		}
 		if err != nil {
 			return fmt.Errorf("outbox %d: %w", o.ID, err)
 		}
-		detail := fmt.Sprintf("jti=%s attempt=%d uri=%s", o.JTI, o.Attempts+1, o.URI)
-		if errText != "" {
-			detail += " error=" + errText
-		}
-		return addAudit(ctx, auditVia{tx}, AuditEvent{At: at, Kind: kind, SID: o.SID, UserID: o.Subject, ClientID: o.ClientID, Reason: string(o.Reason), Detail: detail})
+		return addAudit(ctx, auditVia{tx}, ev)
 	})
 }
 
@@ -921,18 +883,24 @@ func (s *SQLite) AddAudit(ctx context.Context, ev AuditEvent) error {
 
 // Audit returns matching events, oldest first.
 func (s *SQLite) Audit(ctx context.Context, f AuditFilter) ([]AuditEvent, error) {
-	limit := f.Limit
-	if limit <= 0 {
-		limit = 1000
+	return queryAll(ctx, s.r, scanAudit, `SELECT id, at, kind, user_id, sid, client_id, reason, initiator, detail FROM audit_events
+		WHERE (? = '' OR user_id = ?) AND (? = '' OR sid = ?) ORDER BY at, id LIMIT ?`, f.UserID, f.UserID, f.SID, f.SID, auditLimit(f))
+}
+
+// auditLimit is the filter's limit, 1000 when unset.
+func auditLimit(f AuditFilter) int {
+	if f.Limit <= 0 {
+		return 1000
 	}
-	return queryAll(ctx, s.r, func(row scanner) (AuditEvent, error) {
-		var e AuditEvent
-		var at int64
-		err := row.Scan(&e.ID, &at, &e.Kind, &e.UserID, &e.SID, &e.ClientID, &e.Reason, &e.Initiator, &e.Detail)
-		e.At = fromMS(at)
-		return e, err
-	}, `SELECT id, at, kind, user_id, sid, client_id, reason, initiator, detail FROM audit_events
-		WHERE (? = '' OR user_id = ?) AND (? = '' OR sid = ?) ORDER BY at, id LIMIT ?`, f.UserID, f.UserID, f.SID, f.SID, limit)
+	return f.Limit
+}
+
+func scanAudit(row scanner) (AuditEvent, error) {
+	var e AuditEvent
+	var at int64
+	err := row.Scan(&e.ID, &at, &e.Kind, &e.UserID, &e.SID, &e.ClientID, &e.Reason, &e.Initiator, &e.Detail)
+	e.At = fromMS(at)
+	return e, err
 }
 
 // ReaderForTest exposes the read pool for tests that inspect raw rows.

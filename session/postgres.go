@@ -1,0 +1,707 @@
+package session
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/idleguard/idleguard/migrations"
+)
+
+// Postgres stores everything in a PostgreSQL database, through a pgx
+// connection pool, so that several replicas can share it. It behaves as
+// SQLite does, method for method: session/storetest runs on both.
+//
+// Times are Unix milliseconds, as in SQLite. Writes that must be seen
+// together run in one transaction (READ COMMITTED): an end guards on
+// "ended_at IS NULL", which PostgreSQL re-checks after waiting for a
+// concurrent end, so two replicas ending one session write one end, one set
+// of logouts and one audit event.
+type Postgres struct {
+	pool *pgxpool.Pool
+}
+
+// IsPostgresURL reports whether a database setting names a PostgreSQL
+// server (postgres:// or postgresql://) rather than a SQLite file.
+func IsPostgresURL(database string) bool {
+	l := strings.ToLower(database)
+	return strings.HasPrefix(l, "postgres://") || strings.HasPrefix(l, "postgresql://")
+}
+
+// Pool defaults, when the URL sets none (pool_max_conns=N and the like in
+// its query override them). A replica's database work is short statements;
+// ten connections keep a 2-core replica busy and let several replicas share
+// a server's default max_connections (100).
+const (
+	pgMaxConns       = 10
+	pgMinConns       = 1
+	pgMaxConnIdle    = 5 * time.Minute
+	pgConnectTimeout = 5 * time.Second
+)
+
+// PostgresConfig parses a postgres:// URL into a pool configuration with
+// idleguard's defaults. Its errors never repeat the password.
+func PostgresConfig(dsn string) (*pgxpool.Config, error) {
+	u, err := url.Parse(dsn)
+	if err != nil || !IsPostgresURL(dsn) {
+		return nil, errors.New("not a postgres:// or postgresql:// URL")
+	}
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", u.Redacted(), errors.Unwrap(err))
+	}
+	q := u.Query()
+	if !q.Has("pool_max_conns") {
+		cfg.MaxConns = pgMaxConns
+	}
+	if !q.Has("pool_min_conns") {
+		cfg.MinConns = pgMinConns
+	}
+	if !q.Has("pool_max_conn_idle_time") {
+		cfg.MaxConnIdleTime = pgMaxConnIdle
+	}
+	if !q.Has("connect_timeout") {
+		cfg.ConnConfig.ConnectTimeout = pgConnectTimeout
+	}
+	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
+		cfg.ConnConfig.RuntimeParams["application_name"] = "idleguard"
+	}
+	return cfg, nil
+}
+
+// RedactURL returns a database setting fit for a log line: a PostgreSQL
+// URL without its password; a file path as it is.
+func RedactURL(database string) string {
+	if !IsPostgresURL(database) {
+		return database
+	}
+	u, err := url.Parse(database)
+	if err != nil {
+		return "postgres://(unparsable URL)"
+	}
+	return u.Redacted()
+}
+
+// OpenPostgres connects to the database at dsn (a postgres:// URL) and
+// brings its schema up to date, under a lock that replicas starting
+// together wait on.
+func OpenPostgres(ctx context.Context, dsn string) (*Postgres, error) {
+	cfg, err := PostgresConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("database: %w", err)
+	}
+	where := RedactURL(dsn)
+	if err := migrations.ApplyPostgres(ctx, cfg.ConnConfig.Copy()); err != nil {
+		return nil, fmt.Errorf("migrate %s: %w", where, err)
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", where, err)
+	}
+	return &Postgres{pool: pool}, nil
+}
+
+// Close closes the connection pool.
+func (p *Postgres) Close() error {
+	p.pool.Close()
+	return nil
+}
+
+// Ping checks that the database answers.
+func (p *Postgres) Ping(ctx context.Context) error { return p.pool.Ping(ctx) }
+
+// storable reports whether s can be stored in a PostgreSQL text column
+// (valid UTF-8 without NUL; SQLite takes any bytes). A key that cannot be
+// stored names no row: lookups by such a key, which only an attacker sends,
+// find nothing instead of failing.
+func storable(s string) bool { return utf8.ValidString(s) && !strings.ContainsRune(s, 0) }
+
+// storableText makes free text (audit details, error texts, requested
+// scopes) storable, replacing what PostgreSQL refuses with U+FFFD, so that
+// no input can make the write that records it fail.
+func storableText(s string) string {
+	if storable(s) {
+		return s
+	}
+	return strings.ToValidUTF8(strings.ReplaceAll(s, "\x00", "\uFFFD"), "\uFFFD")
+}
+
+func pgUnique(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23505" // unique_violation
+}
+
+// pgQuerier is the pool or a transaction.
+type pgQuerier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// pgQueryAll runs q and scans every row with a scanner shared with SQLite.
+func pgQueryAll[T any](ctx context.Context, db pgQuerier, scan func(scanner) (T, error), q string, args ...any) ([]T, error) {
+	rows, err := db.Query(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (T, error) { return scan(r) })
+}
+
+func pgAffect(tag pgconn.CommandTag, err error, what string) error {
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("%s: %w", what, ErrNotFound)
+	}
+	return nil
+}
+
+func (p *Postgres) tx(ctx context.Context, fn func(pgx.Tx) error) error {
+	return pgx.BeginFunc(ctx, p.pool, fn)
+}
+
+const pgInsertAudit = `INSERT INTO audit_events (at, kind, user_id, sid, client_id, reason, initiator, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`
+
+func pgAudit(ctx context.Context, db pgQuerier, ev AuditEvent) error {
+	_, err := db.Exec(ctx, pgInsertAudit, ms(ev.At), ev.Kind, storableText(ev.UserID), storableText(ev.SID), storableText(ev.ClientID),
+		ev.Reason, storableText(ev.Initiator), storableText(ev.Detail))
+	if err != nil {
+		return fmt.Errorf("audit %s: %w", ev.Kind, err)
+	}
+	return nil
+}
+
+// --- users ---
+
+// CreateUser adds a user; ErrConflict when the username is taken.
+func (p *Postgres) CreateUser(ctx context.Context, u *User) error {
+	if !storable(u.Username) || !storable(u.Name) || !storable(u.Email) {
+		return errors.New("create user: username, name and email must be UTF-8 without NUL characters")
+	}
+	if u.ID == "" {
+		u.ID = NewID()
+	}
+	_, err := p.pool.Exec(ctx, `INSERT INTO users (id, username, password_hash, name, email, email_verified, created_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7)`, u.ID, u.Username, u.PasswordHash, u.Name, u.Email, u.EmailVerified, ms(u.CreatedAt))
+	if pgUnique(err) {
+		return fmt.Errorf("user %q: %w", u.Username, ErrConflict)
+	}
+	return err
+}
+
+// UserByUsername looks a user up by the name they sign in with.
+func (p *Postgres) UserByUsername(ctx context.Context, username string) (*User, error) {
+	if !storable(username) {
+		return nil, ErrNotFound
+	}
+	return scanUser(p.pool.QueryRow(ctx, `SELECT `+userCols+` FROM users WHERE username = $1`, username))
+}
+
+// UserByID looks a user up by subject identifier.
+func (p *Postgres) UserByID(ctx context.Context, id string) (*User, error) {
+	if !storable(id) {
+		return nil, ErrNotFound
+	}
+	return scanUser(p.pool.QueryRow(ctx, `SELECT `+userCols+` FROM users WHERE id = $1`, id))
+}
+
+// ListUsers returns every user ordered by username.
+func (p *Postgres) ListUsers(ctx context.Context) ([]*User, error) {
+	return pgQueryAll(ctx, p.pool, scanUser, `SELECT `+userCols+` FROM users ORDER BY username`)
+}
+
+// SetPassword replaces a user's password hash.
+func (p *Postgres) SetPassword(ctx context.Context, username, hash string) error {
+	if !storable(username) {
+		return fmt.Errorf("user %s: %w", username, ErrNotFound)
+	}
+	tag, err := p.pool.Exec(ctx, `UPDATE users SET password_hash = $1 WHERE username = $2`, hash, username)
+	return pgAffect(tag, err, "user "+username)
+}
+
+// DeleteUser removes a user. Their sessions are left for the caller to end.
+func (p *Postgres) DeleteUser(ctx context.Context, username string) error {
+	if !storable(username) {
+		return fmt.Errorf("user %s: %w", username, ErrNotFound)
+	}
+	tag, err := p.pool.Exec(ctx, `DELETE FROM users WHERE username = $1`, username)
+	return pgAffect(tag, err, "user "+username)
+}
+
+// --- authentication and application sessions ---
+
+// CreateAuthSession stores a new authentication session and its
+// session_start audit event.
+func (p *Postgres) CreateAuthSession(ctx context.Context, a *AuthSession) error {
+	return p.tx(ctx, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO auth_sessions (id, user_id, auth_time, amr, last_active_at, idle_limit_ms, absolute_deadline, deadline)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, a.ID, a.UserID, ms(a.AuthTime), strings.Join(a.AMR, " "), ms(a.LastActiveAt),
+			a.IdleLimit.Milliseconds(), ms(a.AbsoluteDeadline), ms(a.Deadline))
+		if err != nil {
+			return fmt.Errorf("create auth session: %w", err)
+		}
+		return pgAudit(ctx, tx, sessionStartEvent(a))
+	})
+}
+
+// Reauthenticate records a fresh sign-in into a live session (prompt=login,
+// max_age): new auth_time and amr, and the activity of the sign-in.
+func (p *Postgres) Reauthenticate(ctx context.Context, a *AuthSession) error {
+	return p.tx(ctx, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE auth_sessions SET auth_time = $1, amr = $2, last_active_at = $3, deadline = $4
+			WHERE id = $5 AND ended_at IS NULL`, ms(a.AuthTime), strings.Join(a.AMR, " "), ms(a.LastActiveAt), ms(a.Deadline), a.ID)
+		if err := pgAffect(tag, err, "auth session "+a.ID); err != nil {
+			return err
+		}
+		return pgAudit(ctx, tx, AuditEvent{At: a.AuthTime, Kind: AuditSessionReauthented, UserID: a.UserID, SID: a.ID})
+	})
+}
+
+// AuthSession loads one authentication session with all of its application
+// sessions, live and ended, oldest first.
+func (p *Postgres) AuthSession(ctx context.Context, id string) (*AuthSession, []*AppSession, error) {
+	if !storable(id) {
+		return nil, nil, fmt.Errorf("auth session: %w", ErrNotFound)
+	}
+	a, err := scanAuth(p.pool.QueryRow(ctx, `SELECT `+authCols+` FROM auth_sessions WHERE id = $1`, id))
+	if err != nil {
+		return nil, nil, fmt.Errorf("auth session %s: %w", id, err)
+	}
+	apps, err := p.appsOf(ctx, []string{id})
+	if err != nil {
+		return nil, nil, err
+	}
+	return a, apps[id], nil
+}
+
+// AuthSessions loads many authentication sessions with their application
+// sessions in three queries (the sweeper's batch). Missing ids are absent
+// from the result.
+func (p *Postgres) AuthSessions(ctx context.Context, ids []string) ([]*AuthSession, map[string][]*AppSession, error) {
+	keys := make([]string, 0, len(ids))
+	for _, id := range ids {
+		if storable(id) {
+			keys = append(keys, id)
+		}
+	}
+	out, err := pgQueryAll(ctx, p.pool, scanAuth, `SELECT `+authCols+` FROM auth_sessions WHERE id = ANY($1)`, keys)
+	if err != nil {
+		return nil, nil, err
+	}
+	apps, err := p.appsOf(ctx, keys)
+	return out, apps, err
+}
+
+// appsOf loads the application sessions, with their refresh chains, of the
+// given authentication sessions, oldest first.
+func (p *Postgres) appsOf(ctx context.Context, sids []string) (map[string][]*AppSession, error) {
+	list, err := pgQueryAll(ctx, p.pool, scanApp, `SELECT `+appCols+` FROM app_sessions WHERE auth_session_id = ANY($1) ORDER BY joined_at, id`, sids)
+	if err != nil {
+		return nil, err
+	}
+	apps := make(map[string][]*AppSession, len(sids))
+	byID := make(map[string]*AppSession, len(list))
+	for _, a := range list {
+		apps[a.AuthSessionID] = append(apps[a.AuthSessionID], a)
+		byID[a.ID] = a
+	}
+	if len(byID) == 0 {
+		return apps, nil
+	}
+	rows, err := p.pool.Query(ctx, `SELECT c.id, c.app_session_id, c.gen FROM refresh_chains c
+		JOIN app_sessions a ON a.id = c.app_session_id WHERE a.auth_session_id = ANY($1)`, sids)
+	if err != nil {
+		return nil, err
+	}
+	var id, app string
+	var gen int64
+	_, err = pgx.ForEachRow(rows, []any{&id, &app, &gen}, func() error {
+		attachChain(byID, id, app, gen)
+		return nil
+	})
+	return apps, err
+}
+
+// AddRefreshChain starts a refresh chain for an application session.
+func (p *Postgres) AddRefreshChain(ctx context.Context, appSessionID, chainID string, gen uint64, at time.Time) error {
+	_, err := p.pool.Exec(ctx, `INSERT INTO refresh_chains (id, app_session_id, gen, created_at) VALUES ($1, $2, $3, $4)`,
+		chainID, appSessionID, int64(gen), ms(at))
+	return err
+}
+
+// JoinApp stores a new application session and, in the same transaction,
+// the authentication session's new effective limit and deadline (joining a
+// stricter app tightens it) and an app_join audit event. ErrConflict when a
+// live application session already exists for the pair.
+func (p *Postgres) JoinApp(ctx context.Context, app *AppSession, auth ActivityUpdate, userID string) error {
+	return p.tx(ctx, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO app_sessions (id, auth_session_id, client_id, scopes, idle_exempt, joined_at, last_active_at, deadline)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, app.ID, app.AuthSessionID, app.ClientID, storableText(strings.Join(app.Scopes, " ")),
+			app.IdleExempt, ms(app.JoinedAt), ms(app.LastActiveAt), nullMS(app.Deadline))
+		if pgUnique(err) {
+			return fmt.Errorf("join %s to %s: %w", app.ClientID, app.AuthSessionID, ErrConflict)
+		}
+		if err != nil {
+			return fmt.Errorf("join %s to %s: %w", app.ClientID, app.AuthSessionID, err)
+		}
+		if err := sendActivity(ctx, tx, []ActivityUpdate{auth}); err != nil {
+			return err
+		}
+		return pgAudit(ctx, tx, appJoinEvent(app, auth, userID))
+	})
+}
+
+// sendActivity writes activity updates in one round trip (a pipelined
+// batch). Times and generations only move forward; ended rows are left alone.
+func sendActivity(ctx context.Context, tx pgx.Tx, updates []ActivityUpdate) error {
+	b := &pgx.Batch{}
+	for _, u := range updates {
+		b.Queue(`UPDATE auth_sessions SET last_active_at = GREATEST(last_active_at, $1), idle_limit_ms = $2, deadline = $3
+			WHERE id = $4 AND ended_at IS NULL`, ms(u.LastActiveAt), u.IdleLimit.Milliseconds(), ms(u.Deadline), u.AuthSessionID)
+		for _, a := range u.Apps {
+			b.Queue(`UPDATE app_sessions SET last_active_at = GREATEST(last_active_at, $1), deadline = $2
+				WHERE id = $3 AND ended_at IS NULL`, ms(a.LastActiveAt), nullMS(a.Deadline), a.ID)
+			for chain, gen := range a.RefreshChains {
+				b.Queue(`UPDATE refresh_chains SET gen = GREATEST(gen, $1) WHERE id = $2`, int64(gen), chain)
+			}
+		}
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("update activity: %w", err)
+	}
+	return nil
+}
+
+// SetAppScopes replaces the scopes granted to a live application session
+// (a later authorization of the same app asked for different ones).
+func (p *Postgres) SetAppScopes(ctx context.Context, id string, scopes []string) error {
+	tag, err := p.pool.Exec(ctx, `UPDATE app_sessions SET scopes = $1 WHERE id = $2 AND ended_at IS NULL`,
+		storableText(strings.Join(scopes, " ")), id)
+	return pgAffect(tag, err, "app session "+id)
+}
+
+// FlushActivity writes coalesced activity for many sessions in one
+// transaction and one round trip. Rows that have ended meanwhile are left
+// alone.
+func (p *Postgres) FlushActivity(ctx context.Context, updates []ActivityUpdate) error {
+	if len(updates) == 0 {
+		return nil
+	}
+	return p.tx(ctx, func(tx pgx.Tx) error { return sendActivity(ctx, tx, updates) })
+}
+
+// TightenDeadlines is SQLite.TightenDeadlines: it lowers stored limits and
+// deadlines that a stricter configuration has made too late, never later,
+// and records the policy so that a restart with the same one skips the scan.
+func (p *Postgres) TightenDeadlines(ctx context.Context, l Limits) error {
+	fingerprint, err := json.Marshal(l) // map keys are sorted: stable
+	if err != nil {
+		return err
+	}
+	var last string
+	err = p.pool.QueryRow(ctx, `SELECT value FROM meta WHERE name = 'tightened_to'`).Scan(&last)
+	if err == nil && last == string(fingerprint) {
+		return nil
+	}
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return err
+	}
+	return p.tx(ctx, func(tx pgx.Tx) error {
+		b := &pgx.Batch{}
+		b.Queue(`INSERT INTO meta (name, value) VALUES ('tightened_to', $1) ON CONFLICT (name) DO UPDATE SET value = excluded.value`,
+			string(fingerprint))
+		b.Queue(`UPDATE auth_sessions SET absolute_deadline = LEAST(absolute_deadline, auth_time + $1),
+			deadline = LEAST(deadline, auth_time + $1) WHERE ended_at IS NULL AND absolute_deadline > auth_time + $1`, l.MaxLifetime.Milliseconds())
+		b.Queue(`UPDATE auth_sessions SET idle_limit_ms = $1, deadline = LEAST(deadline, last_active_at + $1)
+			WHERE ended_at IS NULL AND idle_limit_ms > $1`, l.IdleTimeout.Milliseconds())
+		for id, c := range l.Clients {
+			switch {
+			case c.Exempt && c.IdleTimeout > 0:
+				b.Queue(`UPDATE app_sessions SET deadline = LEAST(COALESCE(deadline, last_active_at + $1), last_active_at + $1)
+					WHERE client_id = $2 AND ended_at IS NULL AND idle_exempt`, c.IdleTimeout.Milliseconds(), id)
+			case !c.Exempt && c.IdleTimeout > 0:
+				b.Queue(`UPDATE auth_sessions SET idle_limit_ms = $1, deadline = LEAST(deadline, last_active_at + $1)
+					WHERE ended_at IS NULL AND idle_limit_ms > $1 AND id IN
+					(SELECT auth_session_id FROM app_sessions WHERE client_id = $2 AND ended_at IS NULL AND NOT idle_exempt)`,
+					c.IdleTimeout.Milliseconds(), id)
+			}
+			if !c.Exempt && c.AppIdleTimeout > 0 {
+				b.Queue(`UPDATE app_sessions SET deadline = LEAST(COALESCE(deadline, last_active_at + $1), last_active_at + $1)
+					WHERE client_id = $2 AND ended_at IS NULL AND NOT idle_exempt`, c.AppIdleTimeout.Milliseconds(), id)
+			}
+		}
+		return tx.SendBatch(ctx, b).Close()
+	})
+}
+
+// DueAuthSessions returns up to limit live authentication sessions whose
+// stored deadline is at or before now, from the partial deadline index.
+func (p *Postgres) DueAuthSessions(ctx context.Context, now time.Time, limit int) ([]string, error) {
+	return pgQueryAll(ctx, p.pool, scanString, `SELECT id FROM auth_sessions WHERE ended_at IS NULL AND deadline <= $1
+		ORDER BY deadline LIMIT $2`, ms(now), limit)
+}
+
+// DueAppSessions is DueAuthSessions for application sessions with a deadline
+// of their own; it returns their authentication session ids.
+func (p *Postgres) DueAppSessions(ctx context.Context, now time.Time, limit int) ([]string, error) {
+	return pgQueryAll(ctx, p.pool, scanString, `SELECT DISTINCT auth_session_id FROM (SELECT auth_session_id FROM app_sessions
+		WHERE ended_at IS NULL AND deadline IS NOT NULL AND deadline <= $1 ORDER BY deadline LIMIT $2) AS due`, ms(now), limit)
+}
+
+// EndSessions applies an End in one transaction, as SQLite.EndSessions.
+func (p *Postgres) EndSessions(ctx context.Context, e End) error { return p.EndMany(ctx, []End{e}) }
+
+// EndMany applies several Ends in one transaction (the sweeper's batch).
+func (p *Postgres) EndMany(ctx context.Context, ends []End) error {
+	if len(ends) == 0 {
+		return nil
+	}
+	return p.tx(ctx, func(tx pgx.Tx) error {
+		for _, e := range ends {
+			if err := applyEnd(ctx, pgEnd{tx}, e); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// pgEnd is the endWriter of one transaction.
+type pgEnd struct{ tx pgx.Tx }
+
+func (w pgEnd) endApp(ctx context.Context, at int64, reason Reason, id string) (bool, error) {
+	tag, err := w.tx.Exec(ctx, `UPDATE app_sessions SET ended_at = $1, end_reason = $2 WHERE id = $3 AND ended_at IS NULL`, at, string(reason), id)
+	return tag.RowsAffected() > 0, err
+}
+
+func (w pgEnd) endAuth(ctx context.Context, at int64, e End) (bool, error) {
+	tag, err := w.tx.Exec(ctx, `UPDATE auth_sessions SET ended_at = $1, end_reason = $2, ended_by = $3,
+		idle_limit_ms = CASE WHEN $4::bigint > 0 THEN $4::bigint ELSE idle_limit_ms END WHERE id = $5 AND ended_at IS NULL`,
+		at, string(e.Reason), storableText(e.Initiator), e.IdleLimit.Milliseconds(), e.AuthSessionID)
+	return tag.RowsAffected() > 0, err
+}
+
+func (w pgEnd) addOutbox(ctx context.Context, at int64, n LogoutNotice) error {
+	_, err := w.tx.Exec(ctx, `INSERT INTO logout_outbox (jti, client_id, uri, sid, subject, reason, created_at, next_attempt_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, NewID(), n.ClientID, n.URI, n.SID, n.Subject, string(n.Reason), at, at)
+	return err
+}
+
+func (w pgEnd) writeAudit(ctx context.Context, ev AuditEvent) error { return pgAudit(ctx, w.tx, ev) }
+
+// SessionsOfUser lists a user's authentication sessions, newest first, with
+// their application sessions; without withEnded only those still in force
+// (live, or ended with a live application session).
+func (p *Postgres) SessionsOfUser(ctx context.Context, userID string, withEnded bool) ([]*AuthSession, map[string][]*AppSession, error) {
+	if !storable(userID) {
+		return nil, map[string][]*AppSession{}, nil
+	}
+	q := `SELECT ` + authCols + ` FROM auth_sessions WHERE user_id = $1`
+	if !withEnded {
+		q += ` AND (ended_at IS NULL OR EXISTS (SELECT 1 FROM app_sessions a WHERE a.auth_session_id = auth_sessions.id AND a.ended_at IS NULL))`
+	}
+	out, err := pgQueryAll(ctx, p.pool, scanAuth, q+` ORDER BY auth_time DESC`, userID)
+	if err != nil {
+		return nil, nil, err
+	}
+	ids := make([]string, len(out))
+	for i, a := range out {
+		ids[i] = a.ID
+	}
+	apps, err := p.appsOf(ctx, ids)
+	return out, apps, err
+}
+
+// --- revoked access tokens ---
+
+// RevokeToken records that one access token was revoked (RFC 7009).
+func (p *Postgres) RevokeToken(ctx context.Context, tokenID string, expires time.Time) error {
+	if !storable(tokenID) {
+		return errors.New("revoke token: the token id is not UTF-8 text")
+	}
+	_, err := p.pool.Exec(ctx, `INSERT INTO revoked_tokens (token_id, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING`, tokenID, ms(expires))
+	return err
+}
+
+// RevokedTokens returns the ids of revoked tokens that have not expired by
+// now, deleting the rest.
+func (p *Postgres) RevokedTokens(ctx context.Context, now time.Time) ([]string, error) {
+	if _, err := p.pool.Exec(ctx, `DELETE FROM revoked_tokens WHERE expires_at < $1`, ms(now)); err != nil {
+		return nil, err
+	}
+	return pgQueryAll(ctx, p.pool, scanString, `SELECT token_id FROM revoked_tokens`)
+}
+
+// --- authorization requests ---
+
+// SaveAuthRequest stores (or replaces) an authorization request's data.
+func (p *Postgres) SaveAuthRequest(ctx context.Context, id string, data []byte, created, expires time.Time) error {
+	_, err := p.pool.Exec(ctx, `INSERT INTO auth_requests (id, data, created_at, expires_at) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (id) DO UPDATE SET data = excluded.data`, id, storableText(string(data)), ms(created), ms(expires))
+	return err
+}
+
+// AuthRequestData returns an unexpired authorization request's data.
+func (p *Postgres) AuthRequestData(ctx context.Context, id string, now time.Time) ([]byte, error) {
+	var data string
+	err := pgx.ErrNoRows
+	if storable(id) {
+		err = p.pool.QueryRow(ctx, `SELECT data FROM auth_requests WHERE id = $1 AND expires_at > $2`, id, ms(now)).Scan(&data)
+	}
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("auth request: %w", ErrNotFound)
+	}
+	return []byte(data), err
+}
+
+// SaveAuthCode attaches the hash of an issued code to a request.
+func (p *Postgres) SaveAuthCode(ctx context.Context, id, codeHash string) error {
+	if !storable(id) {
+		return fmt.Errorf("auth request: %w", ErrNotFound)
+	}
+	tag, err := p.pool.Exec(ctx, `UPDATE auth_requests SET code_hash = $1 WHERE id = $2`, codeHash, id)
+	return pgAffect(tag, err, "auth request")
+}
+
+// AuthRequestByCode returns the request a code was issued for and deletes
+// it in the same statement, so that a code is redeemed once even when two
+// exchanges race at two replicas (RFC 6749 section 4.1.2).
+func (p *Postgres) AuthRequestByCode(ctx context.Context, codeHash string, now time.Time) (string, []byte, error) {
+	var id, data string
+	err := pgx.ErrNoRows
+	if storable(codeHash) {
+		err = p.pool.QueryRow(ctx, `DELETE FROM auth_requests WHERE code_hash = $1 AND expires_at > $2 RETURNING id, data`,
+			codeHash, ms(now)).Scan(&id, &data)
+	}
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", nil, fmt.Errorf("auth code: %w", ErrNotFound)
+	}
+	return id, []byte(data), err
+}
+
+// DeleteAuthRequest removes a request; a code can therefore be used once.
+func (p *Postgres) DeleteAuthRequest(ctx context.Context, id string) error {
+	if !storable(id) {
+		return nil
+	}
+	_, err := p.pool.Exec(ctx, `DELETE FROM auth_requests WHERE id = $1`, id)
+	return err
+}
+
+// PurgeAuthRequests deletes expired requests.
+func (p *Postgres) PurgeAuthRequests(ctx context.Context, now time.Time) error {
+	_, err := p.pool.Exec(ctx, `DELETE FROM auth_requests WHERE expires_at <= $1`, ms(now))
+	return err
+}
+
+// --- keys and secrets ---
+
+// AddSigningKey stores a new current signing key and schedules every other
+// unscheduled key to leave the key set at retireOthers.
+func (p *Postgres) AddSigningKey(ctx context.Context, k SigningKey, retireOthers time.Time) error {
+	return p.tx(ctx, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `UPDATE signing_keys SET retire_at = $1 WHERE retire_at IS NULL`, ms(retireOthers)); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO signing_keys (id, algorithm, private_key, created_at) VALUES ($1, $2, $3, $4)`,
+			k.ID, k.Algorithm, k.PrivateDER, ms(k.CreatedAt))
+		return err
+	})
+}
+
+// SigningKeys returns the keys not yet retired at now, newest first. The
+// first one is the current signing key.
+func (p *Postgres) SigningKeys(ctx context.Context, now time.Time) ([]SigningKey, error) {
+	return pgQueryAll(ctx, p.pool, scanSigningKey, `SELECT id, algorithm, private_key, created_at, retire_at FROM signing_keys
+		WHERE retire_at IS NULL OR retire_at > $1 ORDER BY created_at DESC, seq DESC`, ms(now))
+}
+
+// Secret returns the named secret, creating it with gen on first use. Two
+// replicas starting together agree on one value: the first insert wins.
+func (p *Postgres) Secret(ctx context.Context, name string, gen func() []byte) ([]byte, error) {
+	var v []byte
+	err := p.pool.QueryRow(ctx, `SELECT value FROM secrets WHERE name = $1`, name).Scan(&v)
+	if err == nil {
+		return v, nil
+	}
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return nil, err
+	}
+	if _, err := p.pool.Exec(ctx, `INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING`, name, gen()); err != nil {
+		return nil, err
+	}
+	err = p.pool.QueryRow(ctx, `SELECT value FROM secrets WHERE name = $1`, name).Scan(&v)
+	return v, err
+}
+
+// --- outbox ---
+
+// DueDeliveries returns pending deliveries whose next attempt is due.
+func (p *Postgres) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]OutboxEntry, error) {
+	return pgQueryAll(ctx, p.pool, scanOutbox, `SELECT `+outboxCols+` FROM logout_outbox WHERE delivered_at IS NULL AND abandoned_at IS NULL
+		AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2`, ms(now), limit)
+}
+
+// PendingDeliveries counts deliveries neither delivered nor abandoned.
+func (p *Postgres) PendingDeliveries(ctx context.Context) (int, error) {
+	var n int
+	err := p.pool.QueryRow(ctx, `SELECT COUNT(*) FROM logout_outbox WHERE delivered_at IS NULL AND abandoned_at IS NULL`).Scan(&n)
+	return n, err
+}
+
+// Deliveries lists every delivery for an authentication session (all when
+// sid is empty), oldest first.
+func (p *Postgres) Deliveries(ctx context.Context, sid string) ([]OutboxEntry, error) {
+	if !storable(sid) {
+		return nil, nil
+	}
+	return pgQueryAll(ctx, p.pool, scanOutbox, `SELECT `+outboxCols+` FROM logout_outbox WHERE $1 = '' OR sid = $1 ORDER BY id`, sid)
+}
+
+// DeliveryDone records a delivery's fate with its audit event: delivered
+// (ok), a retry at next, or abandoned (next zero and not ok).
+func (p *Postgres) DeliveryDone(ctx context.Context, o OutboxEntry, at time.Time, ok bool, next time.Time, errText string) error {
+	ev := deliveryOutcome(o, at, ok, next, errText)
+	errText = storableText(errText)
+	return p.tx(ctx, func(tx pgx.Tx) error {
+		var err error
+		switch ev.Kind {
+		case AuditLogoutDelivered:
+			_, err = tx.Exec(ctx, `UPDATE logout_outbox SET delivered_at = $1, attempts = attempts + 1, last_error = '' WHERE id = $2`, ms(at), o.ID)
+		case AuditLogoutAbandoned:
+			_, err = tx.Exec(ctx, `UPDATE logout_outbox SET abandoned_at = $1, attempts = attempts + 1, last_error = $2 WHERE id = $3`, ms(at), errText, o.ID)
+		default:
+			_, err = tx.Exec(ctx, `UPDATE logout_outbox SET next_attempt_at = $1, attempts = attempts + 1, last_error = $2 WHERE id = $3`, ms(next), errText, o.ID)
+		}
+		if err != nil {
+			return fmt.Errorf("outbox %d: %w", o.ID, err)
+		}
+		return pgAudit(ctx, tx, ev)
+	})
+}
+
+// --- audit ---
+
+// AddAudit appends one audit event.
+func (p *Postgres) AddAudit(ctx context.Context, ev AuditEvent) error {
+	return pgAudit(ctx, p.pool, ev)
+}
+
+// Audit returns matching events, oldest first.
+func (p *Postgres) Audit(ctx context.Context, f AuditFilter) ([]AuditEvent, error) {
+	if !storable(f.UserID) || !storable(f.SID) {
+		return nil, nil
+	}
+	return pgQueryAll(ctx, p.pool, scanAudit, `SELECT id, at, kind, user_id, sid, client_id, reason, initiator, detail FROM audit_events
+		WHERE ($1 = '' OR user_id = $1) AND ($2 = '' OR sid = $2) ORDER BY at, id LIMIT $3`, f.UserID, f.SID, auditLimit(f))
+}
