@@ -51,13 +51,23 @@ const (
 // PostgresConfig parses a postgres:// URL into a pool configuration with
 // idleguard's defaults. Its errors never repeat the password.
 func PostgresConfig(dsn string) (*pgxpool.Config, error) {
-	u, err := url.Parse(dsn)
-	if err != nil || !IsPostgresURL(dsn) {
+	if !IsPostgresURL(dsn) {
 		return nil, errors.New("not a postgres:// or postgresql:// URL")
+	}
+	u, err := url.Parse(dsn)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // without the URL, which holds the password
+		}
+		return nil, fmt.Errorf("cannot parse it: %w", err)
 	}
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", u.Redacted(), errors.Unwrap(err))
+		if inner := errors.Unwrap(err); inner != nil {
+			err = inner // pgconn's message repeats the URL (redacted)
+		}
+		return nil, fmt.Errorf("%s: %w", u.Redacted(), err)
 	}
 	q := u.Query()
 	if !q.Has("pool_max_conns") {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/idleguard/idleguard/activity"
 	"github.com/idleguard/idleguard/oidc"
+	"github.com/idleguard/idleguard/session"
 )
 
 // demoConfig is the configuration `serve` uses when it is given no --config:
@@ -40,9 +41,11 @@ var demoConfig []byte
 type Config struct {
 	// Issuer is the provider's URL, exactly as it appears in the iss claim:
 	// https, or http for localhost and loopback addresses only.
-	Issuer   string `yaml:"issuer"`
-	Listen   string `yaml:"listen"`   // host:port to serve on
-	Database string `yaml:"database"` // path of the SQLite database file
+	Issuer string `yaml:"issuer"`
+	Listen string `yaml:"listen"` // host:port to serve on
+	// Database is the path of a SQLite file, or a postgres:// (or
+	// postgresql://) URL of a PostgreSQL database shared by replicas.
+	Database string `yaml:"database"`
 
 	Session     SessionConfig     `yaml:"session"`
 	Keys        KeysConfig        `yaml:"keys"`
@@ -374,12 +377,14 @@ func (c *Config) Validate() error {
 	s, bc, lg := c.Session, c.Backchannel, c.Login
 	issuerMsg := ifSet(c.Issuer, func(v string) string { return urlProblem(v, issuerURL) })
 	listenMsg := ifSet(c.Listen, listenProblem)
+	databaseMsg := ifSet(c.Database, databaseProblem)
 	run([]check{
 		{c.Issuer == "", "issuer", "is required: the provider's public URL, as in the iss claim"},
 		{issuerMsg != "", "issuer", issuerMsg},
 		{c.Listen == "", "listen", "is required: host:port to serve on, e.g. 127.0.0.1:8080"},
 		{listenMsg != "", "listen", listenMsg},
-		{c.Database == "", "database", "is required: path of the SQLite database file"},
+		{c.Database == "", "database", "is required: path of the SQLite database file, or a postgres:// URL"},
+		{databaseMsg != "", "database", databaseMsg},
 
 		{s.IdleTimeout == 0, "session.idle_timeout", "is required: the longest anyone may be inactive before being signed out everywhere"},
 		{s.IdleTimeout < 0, "session.idle_timeout", "must be positive"},
@@ -513,6 +518,18 @@ func (c *Config) validateClient(i int, firstUse map[string]int, add func(path, m
 			add(fmt.Sprintf("%s[%d]", p("activity"), j), err.Error())
 		}
 	}
+}
+
+// databaseProblem checks a PostgreSQL URL (a file path is SQLite's and
+// needs no check); the message never repeats the password.
+func databaseProblem(v string) string {
+	if !session.IsPostgresURL(v) {
+		return ""
+	}
+	if _, err := session.PostgresConfig(v); err != nil {
+		return "is not a usable PostgreSQL URL: " + err.Error()
+	}
+	return ""
 }
 
 // ifSet returns problem(v), or "" when v is empty (absent is checked apart).
