@@ -168,10 +168,19 @@ func ApplyPostgres(ctx context.Context, cfg *pgx.ConnConfig) error {
 
 type postgresTarget struct{ conn *pgx.Conn }
 
+// current creates schema_migrations only when it is missing, so that a
+// replica whose role may only read and write rows starts on a current
+// schema.
 func (t postgresTarget) current(ctx context.Context) (int, error) {
-	if _, err := t.conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+	var exists bool
+	if err := t.conn.QueryRow(ctx, `SELECT to_regclass('schema_migrations') IS NOT NULL`).Scan(&exists); err != nil {
+		return 0, fmt.Errorf("look for schema_migrations: %w", err)
+	}
+	if !exists {
+		if _, err := t.conn.Exec(ctx, `CREATE TABLE schema_migrations (
 		version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())`); err != nil {
-		return 0, fmt.Errorf("create schema_migrations: %w", err)
+			return 0, fmt.Errorf("create schema_migrations: %w", err)
+		}
 	}
 	var v int
 	if err := t.conn.QueryRow(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&v); err != nil {

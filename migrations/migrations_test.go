@@ -1,9 +1,11 @@
 package migrations
 
 import (
+	"context"
 	"database/sql"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -81,4 +83,29 @@ func TestPostgresReplicasMigrateTogether(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, want, n)
 	require.Equal(t, want, latest)
+}
+
+// TestPostgresCurrentSchemaNeedsNoDDL: on a current schema, a replica whose
+// role may only read and write rows starts (no CREATE is attempted).
+func TestPostgresCurrentSchemaNeedsNoDDL(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	cfg, err := pgx.ParseConfig(dsn)
+	require.NoError(t, err)
+	require.NoError(t, ApplyPostgres(t.Context(), cfg))
+	conn := pgtest.Conn(t, dsn)
+	role := "rw_" + strings.ToLower(strings.ReplaceAll(cfg.Database, "idleguard_test_", ""))
+	for _, q := range []string{
+		`CREATE ROLE ` + role + ` LOGIN`,
+		`REVOKE ALL ON SCHEMA public FROM PUBLIC`,
+		`REVOKE CREATE ON SCHEMA public FROM ` + role,
+		`GRANT USAGE ON SCHEMA public TO ` + role,
+		`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO ` + role,
+	} {
+		_, err := conn.Exec(t.Context(), q)
+		require.NoError(t, err, q)
+	}
+	t.Cleanup(func() { _, _ = conn.Exec(context.Background(), `DROP OWNED BY `+role+`; DROP ROLE `+role) })
+	rw := cfg.Copy()
+	rw.User = role
+	require.NoError(t, ApplyPostgres(t.Context(), rw))
 }
