@@ -471,43 +471,150 @@ func (p *Postgres) DueAppSessions(ctx context.Context, now time.Time, limit int)
 // EndSessions applies an End in one transaction, as SQLite.EndSessions.
 func (p *Postgres) EndSessions(ctx context.Context, e End) error { return p.EndMany(ctx, []End{e}) }
 
-// EndMany applies several Ends in one transaction (the sweeper's batch).
+// EndMany applies several Ends in one transaction (the sweeper's batch),
+// in four statements whatever the batch's size: one UPDATE of the
+// application sessions and one of the authentication sessions, each over
+// arrays (the first End that names a row decides its reason), then the
+// audit events and outbox rows that applyEnd derives from which rows those
+// UPDATEs ended, each inserted in one statement.
 func (p *Postgres) EndMany(ctx context.Context, ends []End) error {
 	if len(ends) == 0 {
 		return nil
 	}
 	return p.tx(ctx, func(tx pgx.Tx) error {
+		w, err := endRows(ctx, tx, ends)
+		if err != nil {
+			return err
+		}
 		for _, e := range ends {
-			if err := applyEnd(ctx, pgEnd{tx}, e); err != nil {
+			if err := applyEnd(ctx, w, e); err != nil {
 				return err
 			}
 		}
-		return nil
+		return w.insert(ctx, tx)
 	})
 }
 
-// pgEnd is the endWriter of one transaction.
-type pgEnd struct{ tx pgx.Tx }
-
-func (w pgEnd) endApp(ctx context.Context, at int64, reason Reason, id string) (bool, error) {
-	tag, err := w.tx.Exec(ctx, `UPDATE app_sessions SET ended_at = $1, end_reason = $2 WHERE id = $3 AND ended_at IS NULL`, at, string(reason), id)
-	return tag.RowsAffected() > 0, err
+// pgEnds is the endWriter of a batch: it answers from the rows the set
+// UPDATEs ended (each once, to the first End that names it) and gathers the
+// rows to insert.
+type pgEnds struct {
+	apps, auths map[string]bool // ended by this batch, not yet claimed
+	audit       []AuditEvent
+	outbox      []LogoutNotice
+	outboxAt    []int64
 }
 
-func (w pgEnd) endAuth(ctx context.Context, at int64, e End) (bool, error) {
-	tag, err := w.tx.Exec(ctx, `UPDATE auth_sessions SET ended_at = $1, end_reason = $2, ended_by = $3,
-		idle_limit_ms = CASE WHEN $4::bigint > 0 THEN $4::bigint ELSE idle_limit_ms END WHERE id = $5 AND ended_at IS NULL`,
-		at, string(e.Reason), storableText(e.Initiator), e.IdleLimit.Milliseconds(), e.AuthSessionID)
-	return tag.RowsAffected() > 0, err
+func endRows(ctx context.Context, tx pgx.Tx, ends []End) (*pgEnds, error) {
+	var app, auth struct {
+		ids, reasons, by []string
+		at, limit        []int64
+	}
+	seenApp, seenAuth := map[string]bool{}, map[string]bool{}
+	for _, e := range ends {
+		at := ms(e.At)
+		for _, a := range e.AppSessions {
+			if !seenApp[a.ID] {
+				seenApp[a.ID] = true
+				app.ids, app.at, app.reasons = append(app.ids, a.ID), append(app.at, at), append(app.reasons, string(e.Reason))
+			}
+		}
+		if e.AuthSessionID != "" && !seenAuth[e.AuthSessionID] {
+			seenAuth[e.AuthSessionID] = true
+			auth.ids, auth.at, auth.reasons = append(auth.ids, e.AuthSessionID), append(auth.at, at), append(auth.reasons, string(e.Reason))
+			auth.by, auth.limit = append(auth.by, storableText(e.Initiator)), append(auth.limit, e.IdleLimit.Milliseconds())
+		}
+	}
+	w := &pgEnds{}
+	var err error
+	w.apps, err = endedIDs(ctx, tx, `UPDATE app_sessions a SET ended_at = v.at, end_reason = v.reason
+		FROM unnest($1::text[], $2::bigint[], $3::text[]) AS v(id, at, reason)
+		WHERE a.id = v.id AND a.ended_at IS NULL RETURNING a.id`, app.ids, app.at, app.reasons)
+	if err != nil {
+		return nil, fmt.Errorf("end app sessions: %w", err)
+	}
+	w.auths, err = endedIDs(ctx, tx, `UPDATE auth_sessions s SET ended_at = v.at, end_reason = v.reason, ended_by = v.by,
+		idle_limit_ms = CASE WHEN v.lim > 0 THEN v.lim ELSE s.idle_limit_ms END
+		FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[]) AS v(id, at, reason, by, lim)
+		WHERE s.id = v.id AND s.ended_at IS NULL RETURNING s.id`, auth.ids, auth.at, auth.reasons, auth.by, auth.limit)
+	if err != nil {
+		return nil, fmt.Errorf("end auth sessions: %w", err)
+	}
+	return w, nil
 }
 
-func (w pgEnd) addOutbox(ctx context.Context, at int64, n LogoutNotice) error {
-	_, err := w.tx.Exec(ctx, `INSERT INTO logout_outbox (jti, client_id, uri, sid, subject, reason, created_at, next_attempt_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, NewID(), n.ClientID, n.URI, n.SID, n.Subject, string(n.Reason), at, at)
-	return err
+func endedIDs(ctx context.Context, tx pgx.Tx, q string, args ...any) (map[string]bool, error) {
+	ids, err := pgQueryAll(ctx, tx, scanString, q, args...)
+	set := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		set[id] = true
+	}
+	return set, err
 }
 
-func (w pgEnd) writeAudit(ctx context.Context, ev AuditEvent) error { return pgAudit(ctx, w.tx, ev) }
+func claim(set map[string]bool, id string) bool {
+	if !set[id] {
+		return false
+	}
+	delete(set, id)
+	return true
+}
+
+func (w *pgEnds) endApp(_ context.Context, _ int64, _ Reason, id string) (bool, error) {
+	return claim(w.apps, id), nil
+}
+
+func (w *pgEnds) endAuth(_ context.Context, _ int64, e End) (bool, error) {
+	return claim(w.auths, e.AuthSessionID), nil
+}
+
+func (w *pgEnds) addOutbox(_ context.Context, at int64, n LogoutNotice) error {
+	w.outbox, w.outboxAt = append(w.outbox, n), append(w.outboxAt, at)
+	return nil
+}
+
+func (w *pgEnds) writeAudit(_ context.Context, ev AuditEvent) error {
+	w.audit = append(w.audit, ev)
+	return nil
+}
+
+// insert writes the gathered audit events and outbox rows, in order.
+func (w *pgEnds) insert(ctx context.Context, tx pgx.Tx) error {
+	if len(w.audit) > 0 {
+		cols := make([][]string, 7)
+		at := make([]int64, len(w.audit))
+		for i, ev := range w.audit {
+			at[i] = ms(ev.At)
+			for c, v := range []string{ev.Kind, ev.UserID, ev.SID, ev.ClientID, ev.Reason, ev.Initiator, ev.Detail} {
+				cols[c] = append(cols[c], storableText(v))
+			}
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO audit_events (at, kind, user_id, sid, client_id, reason, initiator, detail)
+			SELECT at, kind, user_id, sid, client_id, reason, initiator, detail
+			FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
+				WITH ORDINALITY AS v(at, kind, user_id, sid, client_id, reason, initiator, detail, n) ORDER BY n`,
+			at, cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6]); err != nil {
+			return fmt.Errorf("audit ends: %w", err)
+		}
+	}
+	if len(w.outbox) == 0 {
+		return nil
+	}
+	cols := make([][]string, 6)
+	for _, n := range w.outbox {
+		for c, v := range []string{NewID(), n.ClientID, n.URI, n.SID, n.Subject, string(n.Reason)} {
+			cols[c] = append(cols[c], v)
+		}
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO logout_outbox (jti, client_id, uri, sid, subject, reason, created_at, next_attempt_at)
+		SELECT jti, client_id, uri, sid, subject, reason, at, at
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])
+			WITH ORDINALITY AS v(jti, client_id, uri, sid, subject, reason, at, n) ORDER BY n`,
+		cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], w.outboxAt); err != nil {
+		return fmt.Errorf("outbox: %w", err)
+	}
+	return nil
+}
 
 // SessionsOfUser lists a user's authentication sessions, newest first, with
 // their application sessions; without withEnded only those still in force
