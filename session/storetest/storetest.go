@@ -62,7 +62,7 @@ type Store interface {
 }
 
 // Run runs every behaviour test against stores made by open (a fresh,
-// empty store each time).
+// empty store each time), in parallel.
 func Run(t *testing.T, open func(t *testing.T) Store) {
 	for _, tc := range []struct {
 		name string
@@ -89,7 +89,10 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"ConcurrentEndsWriteOnce", testEndRace},
 		{"HostileKeysFindNothing", testHostileKeys},
 	} {
-		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel() // each case has a store of its own
+			tc.fn(t, open(t))
+		})
 	}
 }
 
