@@ -13,6 +13,7 @@
 //
 // Without the binaries the tests are skipped, unless
 // IDLEGUARD_REQUIRE_POSTGRES=1 (CI), which makes them fail instead.
+// IDLEGUARD_POSTGRES_BIN names another directory of server binaries.
 package pgtest
 
 import (
@@ -41,6 +42,7 @@ import (
 const (
 	EnvServer  = "IDLEGUARD_TEST_POSTGRES"    // URL of a server to use instead of starting one
 	EnvRequire = "IDLEGUARD_REQUIRE_POSTGRES" // "1": fail, never skip, when PostgreSQL is unavailable
+	EnvBin     = "IDLEGUARD_POSTGRES_BIN"     // directory of initdb and postgres (default: Debian's newest)
 )
 
 var (
@@ -121,6 +123,12 @@ func start() (*server, error, error) {
 }
 
 func findBinaries() (string, error) {
+	if dir := os.Getenv(EnvBin); dir != "" {
+		if _, err := os.Stat(filepath.Join(dir, "initdb")); err != nil {
+			return "", fmt.Errorf("%s=%s: %w", EnvBin, dir, err)
+		}
+		return dir, nil
+	}
 	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
 	var usable []string
 	for _, d := range dirs {
