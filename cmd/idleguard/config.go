@@ -522,14 +522,28 @@ func (c *Config) validateClient(i int, firstUse map[string]int, add func(path, m
 
 // databaseProblem checks a PostgreSQL URL (a file path is SQLite's and
 // needs no check); the message never repeats the password.
+//
+// A server beyond this host must be given an explicit sslmode: libpq's
+// default, prefer, falls back to plaintext and never verifies the server,
+// so an attacker on the path could read every session and key.
 func databaseProblem(v string) string {
 	if !session.IsPostgresURL(v) {
 		return ""
 	}
-	if _, err := session.PostgresConfig(v); err != nil {
+	cfg, err := session.PostgresConfig(v)
+	if err != nil {
 		return "is not a usable PostgreSQL URL: " + err.Error()
 	}
-	return ""
+	u, _ := url.Parse(v) // PostgresConfig parsed it
+	if u.Query().Has("sslmode") {
+		return ""
+	}
+	host := cfg.ConnConfig.Host
+	if strings.HasPrefix(host, "/") || isLoopback(host) {
+		return ""
+	}
+	return fmt.Sprintf("names the server %q without sslmode: add ?sslmode=verify-full (with sslrootcert if your CA is private), "+
+		"or sslmode=disable only on a network you trust", host)
 }
 
 // ifSet returns problem(v), or "" when v is empty (absent is checked apart).

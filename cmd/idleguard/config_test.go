@@ -380,7 +380,11 @@ func TestConfigValidateRules(t *testing.T) {
 		{"postgres database", func(c *Config, _ *ClientConfig) {
 			c.Database = "postgres://idleguard:pw@db.internal:5432/idleguard?sslmode=verify-full"
 		}, ""},
-		{"postgresql scheme", func(c *Config, _ *ClientConfig) { c.Database = "postgresql://db.internal/idleguard" }, ""},
+		{"postgresql scheme", func(c *Config, _ *ClientConfig) { c.Database = "postgresql://db.internal/idleguard?sslmode=require" }, ""},
+		{"postgres on loopback without sslmode", func(c *Config, _ *ClientConfig) { c.Database = "postgres://127.0.0.1:5432/idleguard" }, ""},
+		{"postgres on a unix socket without sslmode", func(c *Config, _ *ClientConfig) { c.Database = "postgres:///idleguard?host=/run/postgresql" }, ""},
+		{"remote postgres without sslmode", func(c *Config, _ *ClientConfig) { c.Database = "postgres://idleguard:pw@db.internal:5432/idleguard" },
+			"database: names the server \"db.internal\" without sslmode"},
 		{"postgres url with a bad port", func(c *Config, _ *ClientConfig) {
 			c.Database = "postgres://idleguard:s3cret@db.internal:port/idleguard"
 		},
@@ -607,9 +611,9 @@ func TestConfigLoad(t *testing.T) {
 // comes from the environment and appears in no error.
 func TestConfigPostgresPasswordStaysSecret(t *testing.T) {
 	t.Setenv("IG_TEST_PGPASS", "s3cret-pass")
-	cfg, err := ParseConfig([]byte(strings.Replace(minimalConfig, "database: ", "database: postgres://idleguard:${IG_TEST_PGPASS}@db.internal:5432/idleguard\n# was: ", 1)))
+	cfg, err := ParseConfig([]byte(strings.Replace(minimalConfig, "database: ", "database: postgres://idleguard:${IG_TEST_PGPASS}@db.internal:5432/idleguard?sslmode=verify-full\n# was: ", 1)))
 	require.NoError(t, err)
-	require.Equal(t, "postgres://idleguard:s3cret-pass@db.internal:5432/idleguard", cfg.Database)
+	require.Equal(t, "postgres://idleguard:s3cret-pass@db.internal:5432/idleguard?sslmode=verify-full", cfg.Database)
 
 	cfg.Database = "postgres://idleguard:s3cret-pass@db.internal:port/idleguard"
 	err = cfg.Validate()
