@@ -46,6 +46,7 @@ const (
 )
 
 var (
+	inMain  bool // Main runs the tests, and will stop the server
 	once    sync.Once
 	current *server
 	errSkip error // why the tests are skipped (no server binaries)
@@ -66,6 +67,7 @@ type server struct {
 
 // Main runs the tests, then stops the server they started (if any).
 func Main(m *testing.M) int {
+	inMain = true
 	code := m.Run()
 	if current != nil {
 		current.stop()
@@ -78,6 +80,9 @@ func Main(m *testing.M) int {
 // a store opened on it).
 func NewDatabase(t testing.TB) string {
 	t.Helper()
+	if !inMain {
+		t.Fatal("pgtest: call pgtest.Main from the package's TestMain, so that the server stops after the tests")
+	}
 	once.Do(func() { current, errSkip, errFail = start() })
 	switch {
 	case errFail != nil:
