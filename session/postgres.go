@@ -176,8 +176,27 @@ func pgAffect(tag pgconn.CommandTag, err error, what string) error {
 	return nil
 }
 
+// txAttempts bounds how often a transaction that PostgreSQL aborted to break
+// a deadlock is run again.
+const txAttempts = 3
+
+// tx runs fn in a transaction. Replicas that end overlapping sessions at
+// once may lock rows in opposite orders; PostgreSQL then aborts one of them
+// (deadlock_detected), and since every fn here only writes the database,
+// it is simply run again.
 func (p *Postgres) tx(ctx context.Context, fn func(pgx.Tx) error) error {
-	return pgx.BeginFunc(ctx, p.pool, fn)
+	var err error
+	for range txAttempts {
+		if err = pgx.BeginFunc(ctx, p.pool, fn); !retryable(err) {
+			return err
+		}
+	}
+	return err
+}
+
+func retryable(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "40P01" || pe.Code == "40001") // deadlock_detected, serialization_failure
 }
 
 const pgInsertAudit = `INSERT INTO audit_events (at, kind, user_id, sid, client_id, reason, initiator, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`
