@@ -228,3 +228,12 @@ func TestSessionIDsMayStartWithADash(t *testing.T) {
 	_, err = parseFlags(fs, []string{"end", "--config"})
 	require.Error(t, err, "a flag without its value is still an error")
 }
+
+// TestUnreachablePostgresIsAClearError: a database that does not answer
+// stops the command with an error that names it, without its password.
+func TestUnreachablePostgresIsAClearError(t *testing.T) {
+	config, _, _ := writeConfigOn(t, "postgres://idleguard:pw-0123456789@"+freePort(t)+"/idleguard?connect_timeout=2", "")
+	_, err := runCLI(t, "", "migrate", "--config", config)
+	require.ErrorContains(t, err, "migrate postgres://idleguard:xxxxx@127.0.0.1:")
+	require.NotContains(t, err.Error(), "pw-0123456789")
+}
