@@ -801,7 +801,10 @@ func (p *Postgres) Deliveries(ctx context.Context, sid string) ([]OutboxEntry, e
 	if !storable(sid) {
 		return nil, nil
 	}
-	return pgQueryAll(ctx, p.pool, scanOutbox, `SELECT `+outboxCols+` FROM logout_outbox WHERE $1 = '' OR sid = $1 ORDER BY id`, sid)
+	if sid == "" {
+		return pgQueryAll(ctx, p.pool, scanOutbox, `SELECT `+outboxCols+` FROM logout_outbox ORDER BY id`)
+	}
+	return pgQueryAll(ctx, p.pool, scanOutbox, `SELECT `+outboxCols+` FROM logout_outbox WHERE sid = $1 ORDER BY id`, sid)
 }
 
 // DeliveryDone records a delivery's fate with its audit event: delivered
@@ -838,6 +841,15 @@ func (p *Postgres) Audit(ctx context.Context, f AuditFilter) ([]AuditEvent, erro
 	if !storable(f.UserID) || !storable(f.SID) {
 		return nil, nil
 	}
+	// Only the filters in use are written into the query, so that a cached
+	// (generic) plan still reads the (user_id, at) or (sid, at) index.
+	where, args := []string{"true"}, []any{auditLimit(f)}
+	for _, c := range []struct{ col, v string }{{"user_id", f.UserID}, {"sid", f.SID}} {
+		if c.v != "" {
+			args = append(args, c.v)
+			where = append(where, fmt.Sprintf("%s = $%d", c.col, len(args)))
+		}
+	}
 	return pgQueryAll(ctx, p.pool, scanAudit, `SELECT id, at, kind, user_id, sid, client_id, reason, initiator, detail FROM audit_events
-		WHERE ($1 = '' OR user_id = $1) AND ($2 = '' OR sid = $2) ORDER BY at, id LIMIT $3`, f.UserID, f.SID, auditLimit(f))
+		WHERE `+strings.Join(where, " AND ")+` ORDER BY at, id LIMIT $1`, args...)
 }
