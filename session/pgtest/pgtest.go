@@ -186,7 +186,7 @@ func launch(bin string) (*server, error) {
 	defer logFile.Close()
 	s.proc = exec.Command(filepath.Join(bin, "postgres"), "-D", data, "-p", strconv.Itoa(port), "-k", dir,
 		"-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
-		"-c", "full_page_writes=off", "-c", "max_connections=300", "-c", "log_min_messages=warning")
+		"-c", "full_page_writes=off", "-c", "max_connections=300", "-c", "shared_buffers=32MB", "-c", "log_min_messages=warning")
 	s.proc.Dir, s.proc.SysProcAttr = dir, sysProcAttr(cred)
 	s.proc.Stdout, s.proc.Stderr = logFile, logFile
 	if err := s.proc.Start(); err != nil {
