@@ -2,5 +2,5 @@
 // was last active: it records activity from every source, applies the idle
 // policy (the strictest live app wins), decides at request time whether a
 // session is still valid, and runs the sweeper that ends sessions whose
-// deadline has passed. See ../shared/idle-model.md.
+// deadline has passed. See docs/idle-model.md.
 package activity

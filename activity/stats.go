@@ -9,7 +9,7 @@ import (
 
 // reasons are the end reasons counted by Stats, in a fixed order.
 var reasons = []session.Reason{session.ReasonIdleTimeout, session.ReasonMaxLifetime, session.ReasonLogout,
-	session.ReasonAppIdleTimeout, session.ReasonAdmin, session.ReasonRefreshReuse}
+	session.ReasonAppIdleTimeout, session.ReasonAdmin, session.ReasonRefreshReuse, session.ReasonCodeReuse}
 
 // stats are lock-free counters for monitoring; the hot paths only add.
 type stats struct {

@@ -6,21 +6,25 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/go-jose/go-jose/v4/jwt"
+	zoidc "github.com/zitadel/oidc/v3/pkg/oidc"
 
 	"github.com/idleguard/idleguard/session"
 )
 
-// OutboxStore is the durable back-channel logout outbox.
+// OutboxStore is the durable back-channel logout outbox, shared by every
+// process that delivers from it.
 type OutboxStore interface {
-	DueDeliveries(ctx context.Context, now time.Time, limit int) ([]session.OutboxEntry, error)
+	ClaimDeliveries(ctx context.Context, c session.DeliveryClaim) ([]session.OutboxEntry, error)
 	DeliveryDone(ctx context.Context, o session.OutboxEntry, at time.Time, ok bool, next time.Time, errText string) error
 	PendingDeliveries(ctx context.Context) (int, error)
 	Deliveries(ctx context.Context, sid string) ([]session.OutboxEntry, error)
+	PurgeDeliveries(ctx context.Context, before time.Time) (int64, error)
 }
 
 // backchannelEvent is the events member of a logout token.
@@ -29,6 +33,45 @@ const backchannelEvent = "http://schemas.openid.net/event/backchannel-logout"
 // logoutTokenTTL is how long a logout token is valid after it is signed.
 const logoutTokenTTL = 2 * time.Minute
 
+// breakerFailures consecutive failures open a destination's circuit.
+const breakerFailures = 3
+
+// An authentication session may end and rejoin one app at most rejoinBurst
+// times per rejoinWindow. Every end of an app writes a logout notice and
+// audit events, and a person can end an app at will (revoking its refresh
+// token, replaying one) and rejoin it by SSO; without a limit one signed-in
+// person could fill the database. A person who signs out of an app and back
+// in a few times is not affected.
+const (
+	rejoinBurst  = 5
+	rejoinWindow = 10 * time.Minute
+)
+
+// checkRejoin refuses a new application session of clientID in sid when that
+// pair has ended more than rejoinBurst times within rejoinWindow. It reads the stored
+// sessions, which every process shares.
+func (p *Provider) checkRejoin(ctx context.Context, sid, clientID string) error {
+	_, apps, err := p.store.AuthSession(ctx, sid)
+	if err != nil {
+		return nil // the join decides (an unknown or ended session is refused there)
+	}
+	since, ended := p.now().Add(-rejoinWindow), 0
+	for _, a := range apps {
+		switch {
+		case a.ClientID != clientID:
+		case a.Live():
+			return nil // SSO into the live app session: nothing new is created
+		case a.EndedAt.After(since):
+			ended++
+		}
+	}
+	if ended > rejoinBurst {
+		return (&zoidc.Error{ErrorType: "temporarily_unavailable"}).WithDescription(
+			"this app was signed out of this session %d times in %s; try again later", ended, rejoinWindow)
+	}
+	return nil
+}
+
 func (p *Provider) wakeDelivery() {
 	select {
 	case p.wake <- struct{}{}:
@@ -36,55 +79,243 @@ func (p *Provider) wakeDelivery() {
 	}
 }
 
-// deliveryLoop delivers due outbox rows whenever a session ends and at every
-// poll interval (for retries and rows left by a previous process).
+// deliveryLoop keeps the outbox moving: it claims due rows whenever a session
+// ends, whenever a delivery finishes (its slot is free at once: no delivery
+// waits for another) and at every poll interval (retries, and rows left by a
+// process that died).
 func (p *Provider) deliveryLoop(ctx context.Context) {
 	tick := time.NewTicker(p.cfg.Backchannel.PollInterval)
 	defer tick.Stop()
+	defer p.outbox.wait()
+	others := true
 	for {
-		if _, err := p.DeliverDue(ctx); err != nil && ctx.Err() == nil {
+		_, freed, err := p.outbox.fill(ctx, others)
+		if err != nil && ctx.Err() == nil {
 			p.cfg.Logger.ErrorContext(ctx, "back-channel delivery", "error", err)
 		}
+		others = false
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+			others = true
 		case <-p.wake:
+		case <-freed:
 		}
 	}
 }
 
-// DeliverDue makes one attempt at every due delivery, at most
-// Backchannel.Concurrency at a time, and returns how many it attempted.
+// DeliverDue delivers every due row it can claim and waits for those
+// deliveries (and any already in flight) to finish; it returns how many it
+// started. The background loop does the same without waiting.
 func (p *Provider) DeliverDue(ctx context.Context) (int, error) {
 	total := 0
 	for {
-		due, err := p.store.DueDeliveries(ctx, p.now(), 256)
+		n, freed, err := p.outbox.fill(ctx, true)
+		total += n
 		if err != nil {
 			return total, err
 		}
-		if len(due) == 0 {
-			return total, nil
+		if freed == nil {
+			return total, nil // nothing claimable, and nothing in flight that could free a slot
 		}
-		sem := make(chan struct{}, p.cfg.Backchannel.Concurrency)
-		var wg sync.WaitGroup
-		for _, o := range due {
-			sem <- struct{}{}
-			wg.Add(1)
-			go func() {
-				defer func() { <-sem; wg.Done() }()
-				p.deliver(ctx, o)
-			}()
-		}
-		wg.Wait()
-		total += len(due)
-		if len(due) < 256 || ctx.Err() != nil {
+		select {
+		case <-ctx.Done():
 			return total, ctx.Err()
+		case <-freed:
 		}
 	}
 }
 
-func (p *Provider) deliver(ctx context.Context, o session.OutboxEntry) {
+// dispatcher runs one process's back-channel deliveries. At most
+// Backchannel.Concurrency POSTs are in flight in all, and at most
+// Backchannel.PerDestination to one backchannel_logout_uri, so an app that
+// never answers holds only its own slots. A destination that fails
+// breakerFailures times in a row is not tried again until a cooldown has
+// passed (InitialBackoff, doubled for every further opening, up to
+// MaxBackoff), and then by one probe at a time. Rows are claimed from the
+// shared outbox only when a slot is free for them, so nothing this process
+// cannot start now is held away from other processes.
+type dispatcher struct {
+	p      *Provider
+	worker string // claimed_by: this process
+
+	mu       sync.Mutex
+	inFlight int
+	freed    chan struct{} // closed (and replaced) whenever a delivery finishes
+	dests    map[string]*destination
+	turn     int // rotates which destination is offered free slots first
+	running  sync.WaitGroup
+}
+
+// destination is the circuit breaker and in-flight count of one URI.
+type destination struct {
+	inFlight  int
+	failures  int       // consecutive
+	trips     int       // consecutive openings: the cooldown doubles
+	openUntil time.Time // no new attempt before this
+}
+
+func newDispatcher(p *Provider) *dispatcher {
+	return &dispatcher{p: p, worker: session.NewID(), freed: make(chan struct{}), dests: map[string]*destination{}}
+}
+
+// free returns how many more deliveries to uri may start now.
+func (d *dispatcher) free(uri string, now time.Time) int {
+	cfg := d.p.cfg.Backchannel
+	dst := d.dests[uri]
+	if dst == nil {
+		dst = &destination{}
+		d.dests[uri] = dst
+	}
+	limit := cfg.PerDestination
+	switch {
+	case now.Before(dst.openUntil):
+		return 0
+	case dst.failures >= breakerFailures:
+		limit = 1 // half-open: one probe
+	}
+	return max(0, min(limit-dst.inFlight, cfg.Concurrency-d.inFlight))
+}
+
+// destinations lists the URIs of the configured clients, rotated so that
+// each round offers the free slots to a different one first.
+func (d *dispatcher) destinations() []string {
+	uris := d.p.backchannelURIs
+	if len(uris) == 0 {
+		return nil
+	}
+	d.turn = (d.turn + 1) % len(uris)
+	return append(slices.Clone(uris[d.turn:]), uris[:d.turn]...)
+}
+
+// fill claims and starts as many due deliveries as there are free slots.
+// With others, it also looks for rows of URIs that no client has any more
+// (the configuration changed after the end): that query reads every due
+// row, so the loop runs it at the poll interval only.
+//
+// It returns how many it started and a channel that is closed when a
+// delivery in flight finishes (nil when nothing is in flight), taken under
+// the same lock, so that no finish can slip between the two.
+func (d *dispatcher) fill(ctx context.Context, others bool) (int, <-chan struct{}, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	started, err := d.claimAll(ctx, others)
+	if d.inFlight == 0 {
+		return started, nil, err
+	}
+	return started, d.freed, err
+}
+
+func (d *dispatcher) claimAll(ctx context.Context, others bool) (int, error) {
+	started := 0
+	for _, uri := range d.destinations() {
+		n, err := d.claim(ctx, session.DeliveryClaim{URI: uri})
+		started += n
+		if err != nil {
+			return started, err
+		}
+	}
+	if !others {
+		return started, nil
+	}
+	n, err := d.claimOthers(ctx)
+	return started + n, err
+}
+
+// claimOthers claims rows of unconfigured destinations one at a time, each
+// within its own destination's limit.
+func (d *dispatcher) claimOthers(ctx context.Context) (int, error) {
+	except := slices.Clone(d.p.backchannelURIs)
+	for uri := range d.dests {
+		if !slices.Contains(except, uri) && d.free(uri, d.p.now()) == 0 {
+			except = append(except, uri)
+		}
+	}
+	started := 0
+	for d.inFlight < d.p.cfg.Backchannel.Concurrency {
+		rows, err := d.p.store.ClaimDeliveries(ctx, d.request(session.DeliveryClaim{Except: except}, 1))
+		if err != nil || len(rows) == 0 {
+			return started, err
+		}
+		o := rows[0]
+		if d.free(o.URI, d.p.now()) > 0 {
+			d.start(ctx, o)
+			started++
+		}
+		if d.free(o.URI, d.p.now()) == 0 {
+			except = append(except, o.URI)
+		}
+	}
+	return started, nil
+}
+
+func (d *dispatcher) request(c session.DeliveryClaim, limit int) session.DeliveryClaim {
+	now := d.p.now()
+	c.Worker, c.Now, c.Until, c.Limit = d.worker, now, now.Add(d.p.claimTTL()), limit
+	return c
+}
+
+// claim claims and starts up to the free slots of one destination.
+func (d *dispatcher) claim(ctx context.Context, c session.DeliveryClaim) (int, error) {
+	n := d.free(c.URI, d.p.now())
+	if n == 0 {
+		return 0, nil
+	}
+	rows, err := d.p.store.ClaimDeliveries(ctx, d.request(c, n))
+	for _, o := range rows {
+		d.start(ctx, o)
+	}
+	return len(rows), err
+}
+
+// start runs one delivery in its own goroutine. Callers hold d.mu.
+func (d *dispatcher) start(ctx context.Context, o session.OutboxEntry) {
+	d.inFlight++
+	d.dests[o.URI].inFlight++
+	d.running.Add(1)
+	go func() {
+		defer d.running.Done()
+		d.finished(o.URI, d.p.deliver(ctx, o))
+	}()
+}
+
+// finished frees a slot and moves the destination's circuit breaker.
+func (d *dispatcher) finished(uri string, ok bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.inFlight--
+	close(d.freed)
+	d.freed = make(chan struct{})
+	dst := d.dests[uri]
+	dst.inFlight--
+	if ok {
+		*dst = destination{inFlight: dst.inFlight}
+		return
+	}
+	dst.failures++
+	if dst.failures >= breakerFailures && !d.p.now().Before(dst.openUntil) {
+		cfg := d.p.cfg.Backchannel
+		cool := cfg.InitialBackoff << min(dst.trips, 30)
+		if cool <= 0 || cool > cfg.MaxBackoff {
+			cool = cfg.MaxBackoff
+		}
+		dst.trips++
+		dst.openUntil = d.p.now().Add(cool)
+		d.p.cfg.Logger.Warn("back-channel destination failing: paused", "uri", uri, "failures", dst.failures, "until", dst.openUntil)
+	}
+}
+
+func (d *dispatcher) wait() { d.running.Wait() }
+
+// claimTTL is how long a claim holds a row: longer than any one attempt
+// (the POST's timeout, signing and the write that records it), so that only
+// a worker that died loses its rows to another.
+func (p *Provider) claimTTL() time.Duration { return 2*p.cfg.Backchannel.Timeout + 30*time.Second }
+
+// deliver makes one attempt and records it; it reports whether the app
+// answered 2xx.
+func (p *Provider) deliver(ctx context.Context, o session.OutboxEntry) bool {
 	err := p.post(ctx, o)
 	now := p.now()
 	var next time.Time
@@ -95,9 +326,13 @@ func (p *Provider) deliver(ctx context.Context, o session.OutboxEntry) {
 			next = now.Add(p.backoff(o.Attempts))
 		}
 	}
-	if derr := p.store.DeliveryDone(ctx, o, now, err == nil, next, errText); derr != nil {
+	// Recorded even when the process is stopping: a POST that was delivered
+	// must not be delivered again for want of a write.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if derr := p.store.DeliveryDone(rctx, o, now, err == nil, next, errText); derr != nil {
 		p.cfg.Logger.ErrorContext(ctx, "record delivery", "jti", o.JTI, "error", derr)
-		return
+		return err == nil
 	}
 	switch {
 	case err == nil:
@@ -110,6 +345,7 @@ func (p *Provider) deliver(ctx context.Context, o session.OutboxEntry) {
 		p.counters.retrying.Add(1)
 		p.cfg.Logger.InfoContext(ctx, "back-channel logout will be retried", "client", o.ClientID, "sid", o.SID, "at", next, "error", err)
 	}
+	return err == nil
 }
 
 // backoff is exponential with full jitter: a random delay in

@@ -30,7 +30,57 @@ type Client struct {
 	AccessTokenTTL         time.Duration
 	OpaqueAccessTokens     bool
 	IDTokenTTL             time.Duration
-	Policy                 activity.ClientPolicy
+	// Scopes are the scopes the client may be granted; empty means
+	// DefaultScopes. See CodeScopes and ServiceScopes.
+	Scopes []string
+	Policy activity.ClientPolicy
+}
+
+// DefaultScopes are the OpenID Connect scopes the provider issues: openid,
+// profile and email (the person's claims) and offline_access (a refresh
+// token). A client whose configuration names no scopes may be granted
+// these, and only these.
+var DefaultScopes = []string{zoidc.ScopeOpenID, zoidc.ScopeProfile, zoidc.ScopeEmail, zoidc.ScopeOfflineAccess}
+
+// allowedScopes is what the client may be granted.
+func (c *Client) allowedScopes() []string {
+	if len(c.Scopes) == 0 {
+		return DefaultScopes
+	}
+	return c.Scopes
+}
+
+// CodeScopes are the scopes granted to a person's sign-in out of requested:
+// those the client may be granted, in the order asked. Scopes it may not
+// be granted are left out, as OpenID Connect Core section 3.1.2.1 asks of
+// scopes a provider does not understand; the token response's scope says
+// what was granted (RFC 6749 section 3.3).
+func (c *Client) CodeScopes(requested []string) []string {
+	allowed := c.allowedScopes()
+	return slices.DeleteFunc(slices.Clone(requested), func(s string) bool { return !slices.Contains(allowed, s) })
+}
+
+// ServiceScopes are the scopes granted to the client itself (the client
+// credentials grant, RFC 6749 section 4.4) out of requested: those it may
+// be granted, except the OpenID Connect scopes, which are about a person
+// and there is none. A scope that is neither is refused with
+// invalid_scope (section 5.2) rather than dropped: `scope=openid admin`
+// must not look like a success to a client that expected admin.
+func (c *Client) ServiceScopes(requested []string) ([]string, error) {
+	allowed := c.allowedScopes()
+	granted := make([]string, 0, len(requested))
+	for _, s := range requested {
+		switch {
+		case s == "" || slices.Contains(DefaultScopes, s):
+		case slices.Contains(allowed, s):
+			if !slices.Contains(granted, s) {
+				granted = append(granted, s)
+			}
+		default:
+			return nil, zoidc.ErrInvalidScope().WithDescription("scope %q is not allowed for this client", s)
+		}
+	}
+	return granted, nil
 }
 
 // HashSecret returns the digest stored for a client secret.
@@ -102,6 +152,9 @@ func (c opClient) RestrictAdditionalIdTokenScopes() func([]string) []string {
 func (c opClient) RestrictAdditionalAccessTokenScopes() func([]string) []string {
 	return func(s []string) []string { return s }
 }
-func (c opClient) IsScopeAllowed(string) bool           { return false }
+
+// IsScopeAllowed keeps a client's own (non-OpenID) scopes in its
+// authorization requests; CodeScopes narrows the rest.
+func (c opClient) IsScopeAllowed(s string) bool         { return slices.Contains(c.Scopes, s) }
 func (c opClient) IDTokenUserinfoClaimsAssertion() bool { return false }
 func (c opClient) ClockSkew() time.Duration             { return 0 }

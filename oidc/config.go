@@ -1,16 +1,30 @@
 package oidc
 
-import "time"
+import (
+	"time"
+
+	"github.com/idleguard/idleguard/session"
+)
 
 // BackchannelConfig tunes back-channel logout delivery.
 type BackchannelConfig struct {
-	Timeout        time.Duration // one POST; default 5s
-	Concurrency    int           // deliveries in flight; default 8
+	Timeout     time.Duration // one POST; default 5s
+	Concurrency int           // deliveries in flight in this process; default 8
+	// PerDestination bounds the deliveries in flight to one
+	// backchannel_logout_uri, so that an app that hangs holds only its own
+	// slots; default 2.
+	PerDestination int
+	// Retention is how long delivered and abandoned rows are kept before
+	// they are purged (the audit keeps the record); default 7 days.
+	Retention      time.Duration
 	RetryFor       time.Duration // give up (abandon) after this long since the end; default 24h
 	InitialBackoff time.Duration // first retry delay; default 1s, doubled per attempt with jitter
 	MaxBackoff     time.Duration // default 5m
 	PollInterval   time.Duration // how often the outbox is polled when nothing woke the worker; default 1s
 }
+
+// DefaultRetention is how long finished outbox rows are kept by default.
+const DefaultRetention = 7 * 24 * time.Hour
 
 func (c *BackchannelConfig) setDefaults() {
 	if c.Timeout <= 0 {
@@ -18,6 +32,12 @@ func (c *BackchannelConfig) setDefaults() {
 	}
 	if c.Concurrency <= 0 {
 		c.Concurrency = 8
+	}
+	if c.PerDestination <= 0 {
+		c.PerDestination = 2
+	}
+	if c.Retention <= 0 {
+		c.Retention = DefaultRetention
 	}
 	if c.RetryFor <= 0 {
 		c.RetryFor = 24 * time.Hour
@@ -33,25 +53,6 @@ func (c *BackchannelConfig) setDefaults() {
 	}
 }
 
-// LoginConfig tunes the defence against password guessing.
-type LoginConfig struct {
-	// MaxFailures is how many wrong passwords a username or a client address
-	// may send before each further attempt is delayed; default 5.
-	MaxFailures int
-	// LockoutBase is the first delay after MaxFailures, doubled for every
-	// further failure up to LockoutMax; defaults 1s and 15m.
-	LockoutBase time.Duration
-	LockoutMax  time.Duration
-}
-
-func (c *LoginConfig) setDefaults() {
-	if c.MaxFailures <= 0 {
-		c.MaxFailures = 5
-	}
-	if c.LockoutBase <= 0 {
-		c.LockoutBase = time.Second
-	}
-	if c.LockoutMax <= 0 {
-		c.LockoutMax = 15 * time.Minute
-	}
-}
+// LoginConfig tunes the defence against password guessing (the same rule
+// for every store backend).
+type LoginConfig = session.LoginPolicy

@@ -4,20 +4,24 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"runtime/debug"
 	"strings"
+
+	zoidc "github.com/zitadel/oidc/v3/pkg/oidc"
 )
 
 // maxBody bounds every request body.
 const maxBody = 64 << 10
 
-// maxAuthorizeQuery bounds an authorization request's query string; every
-// legitimate one is far smaller, and it is stored until the code exchange.
+// maxAuthorizeQuery bounds an authorization request, query and body
+// together (boundAuthorize); every legitimate one is far smaller, and it is
+// stored until the code exchange.
 const maxAuthorizeQuery = 8 << 10
-
-type requestIDKey struct{}
 
 // edge wraps every route: request id, bounded bodies, baseline security
 // headers, and a recovered panic answers 500 instead of killing the
@@ -26,6 +30,7 @@ func (p *Provider) edge(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := randomB64(9)
 		ctx := context.WithValue(r.Context(), requestIDKey{}, id)
+		ctx = context.WithValue(ctx, clientAddressKey{}, clientAddress(r, p.cfg.TrustedProxies))
 		r = r.WithContext(ctx)
 		h := w.Header()
 		h.Set("X-Request-Id", id)
@@ -40,7 +45,7 @@ func (p *Provider) edge(next http.Handler) http.Handler {
 				if v == http.ErrAbortHandler {
 					panic(v)
 				}
-				p.cfg.Logger.ErrorContext(ctx, "panic", "value", v, "request_id", id, "stack", string(debug.Stack()))
+				p.cfg.Logger.ErrorContext(ctx, "panic", "value", v, "stack", string(debug.Stack()))
 				writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "server_error", "error_description": "internal error, request id " + id})
 			}
 		}()
@@ -48,12 +53,119 @@ func (p *Provider) edge(next http.Handler) http.Handler {
 	})
 }
 
-// serverError logs err with the request id and answers 500 without detail.
+// serverError logs err, the cause, with the request id and answers 500
+// without detail. Pages a browser sees turn it into a readable page
+// (browserPage).
 func (p *Provider) serverError(w http.ResponseWriter, r *http.Request, err error) {
-	id, _ := r.Context().Value(requestIDKey{}).(string)
-	p.cfg.Logger.ErrorContext(r.Context(), "server error", slog.String("request_id", id), slog.Any("error", err),
+	p.internalError(w, r, http.StatusInternalServerError, err)
+}
+
+// hideInternal logs an error that is not an OAuth error (a failed write,
+// say) with its cause, and returns server_error naming only the request id:
+// the protocol layer would otherwise put the internal text in the
+// error_description of the redirect to the application.
+func (p *Provider) hideInternal(ctx context.Context, err error) error {
+	var oe *zoidc.Error
+	if err == nil || errors.As(err, &oe) {
+		return err
+	}
+	p.cfg.Logger.ErrorContext(ctx, "server error", slog.Any("error", err))
+	return zoidc.ErrServerError().WithDescription("internal error, request id %s", requestID(ctx))
+}
+
+// browserPage serves routes that a person's browser opens (sign-in,
+// callback, logout): an error answered in JSON or plain text, by idleguard
+// or by the protocol layer, becomes a readable page, and never shows
+// internal text. The cause has been logged where it happened.
+func (p *Provider) browserPage(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := &errorCatcher{ResponseWriter: w, catch: func(status int, contentType string) bool {
+			return status >= 400 && !strings.HasPrefix(contentType, "text/html")
+		}}
+		next.ServeHTTP(rec, r)
+		if !rec.caught {
+			return
+		}
+		if rec.status >= 500 {
+			p.messagePage(w, r, rec.status, "Something went wrong",
+				"The sign-in service could not complete your request. Please try again in a moment. If it keeps happening, "+
+					"tell your administrator this reference: "+requestID(r.Context())+".")
+			return
+		}
+		msg := "This link is unknown, incomplete or has expired. Go back to the application and try again."
+		var e oauthError
+		if strings.HasPrefix(rec.contentType, "application/json") && json.Unmarshal(rec.body.Bytes(), &e) == nil && e.Error != "" {
+			msg = "The application sent an invalid request. " + e.Description + " (" + e.Error + ")"
+		}
+		p.messagePage(w, r, rec.status, "Request not completed", msg)
+	})
+}
+
+// internalError logs err with the request id and answers status with a
+// body that names the request id and nothing else: internal error text
+// (file names, database messages, library errors) never reaches a client.
+func (p *Provider) internalError(w http.ResponseWriter, r *http.Request, status int, err error) {
+	id := requestID(r.Context())
+	p.cfg.Logger.ErrorContext(r.Context(), "server error", slog.Any("error", err), slog.String("method", r.Method),
 		slog.String("path", r.URL.Path))
-	writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "server_error", "error_description": "internal error, request id " + id})
+	writeJSON(w, status, map[string]string{"error": "server_error", "error_description": "internal error, request id " + id})
+}
+
+// hideInternalErrors stands between the protocol layer and the client. The
+// layer answers an error that is not an OAuth error with its text: as
+// error_description of a JSON 5xx (a database message, "securecookie: the
+// value is too long"), as a plain-text 4xx page (the authorization callback,
+// parent error included), or as error_description of a server_error
+// redirected to the client. Each is logged with the request id and
+// replaced: a 5xx by internalError's body, a plain-text refusal by a
+// readable page, a redirected description by the request id.
+func (p *Provider) hideInternalErrors(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := &errorCatcher{ResponseWriter: w, onRedirect: func(h http.Header) { p.hideRedirectedError(r, h) },
+			catch: func(status int, contentType string) bool {
+				return status >= 500 || (status >= 400 && strings.HasPrefix(contentType, "text/plain"))
+			}}
+		next.ServeHTTP(rec, r)
+		switch {
+		case !rec.caught:
+		case rec.status >= 500:
+			p.internalError(w, r, rec.status, fmt.Errorf("protocol layer: %s", bytes.TrimSpace(rec.body.Bytes())))
+		default:
+			p.cfg.Logger.InfoContext(r.Context(), "request refused", slog.String("detail", string(bytes.TrimSpace(rec.body.Bytes()))), slog.String("path", r.URL.Path))
+			p.messagePage(w, r, rec.status, "Request refused",
+				"This request is unknown, has expired or cannot be completed. Go back to the application and try again.")
+		}
+	})
+}
+
+// hideRedirectedError replaces the error_description of a server_error
+// that a redirect in h carries to a client (RFC 6749 section 4.1.2.1), in
+// the query or the fragment, by the request id.
+func (p *Provider) hideRedirectedError(r *http.Request, h http.Header) {
+	loc, err := url.Parse(h.Get("Location"))
+	if err != nil {
+		return
+	}
+	hide := func(raw string) (string, bool) {
+		q, err := url.ParseQuery(raw)
+		if err != nil || q.Get("error") != "server_error" {
+			return raw, false
+		}
+		p.cfg.Logger.ErrorContext(r.Context(), "server error sent to the client", slog.String("error_description", q.Get("error_description")), slog.String("path", r.URL.Path))
+		q.Set("error_description", "internal error, request id "+requestID(r.Context()))
+		return q.Encode(), true
+	}
+	query, inQuery := hide(loc.RawQuery)
+	fragment, inFragment := hide(loc.EscapedFragment())
+	if !inQuery && !inFragment {
+		return
+	}
+	loc.RawQuery = query
+	if inFragment {
+		loc.Fragment, _ = url.PathUnescape(fragment)
+		loc.RawFragment = fragment
+	}
+	h.Set("Location", loc.String())
 }
 
 // authorizeErrorPage turns the JSON error that the protocol layer answers
@@ -61,24 +173,25 @@ func (p *Provider) serverError(w http.ResponseWriter, r *http.Request, err error
 // unregistered redirect_uri) into a readable page for the person whose
 // browser it is. Redirects and successes pass through untouched.
 func (p *Provider) authorizeErrorPage(next http.Handler) http.Handler {
+	return p.errorPage("Sign-in request refused", "The application sent an invalid sign-in request.", next)
+}
+
+// errorPage renders the 4xx JSON error of a browser-facing protocol
+// endpoint as a readable page titled title, whose text starts with intro.
+func (p *Provider) errorPage(title, intro string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if len(r.URL.RawQuery) > maxAuthorizeQuery {
-			p.messagePage(w, r, http.StatusRequestURITooLong, "Sign-in request refused",
-				"The application sent a sign-in request that is too large.")
-			return
-		}
 		rec, e := catchError(next, w, r)
 		if rec == nil {
 			return
 		}
-		msg := "The application sent an invalid sign-in request."
+		msg := intro
 		if e.Description != "" {
 			msg += " " + e.Description
 		}
 		if e.Error != "" {
 			msg += " (" + e.Error + ")"
 		}
-		p.messagePage(w, r, rec.status, "Sign-in request refused", msg)
+		p.messagePage(w, r, rec.status, title, msg)
 	})
 }
 
@@ -91,7 +204,9 @@ type oauthError struct {
 // catchError serves r with next, holding back a 4xx JSON error; it returns
 // nil when the response went through untouched.
 func catchError(next http.Handler, w http.ResponseWriter, r *http.Request) (*errorCatcher, oauthError) {
-	rec := &errorCatcher{ResponseWriter: w}
+	rec := &errorCatcher{ResponseWriter: w, catch: func(status int, contentType string) bool {
+		return status >= 400 && status < 500 && strings.HasPrefix(contentType, "application/json")
+	}}
 	next.ServeHTTP(rec, r)
 	var e oauthError
 	if !rec.caught {
@@ -101,18 +216,25 @@ func catchError(next http.Handler, w http.ResponseWriter, r *http.Request) (*err
 	return rec, e
 }
 
-// errorCatcher holds back a 4xx JSON response so that it can be rendered as
-// a page; anything else is written through.
+// errorCatcher holds back a response that catch selects (by status and
+// content type) so that it can be rendered otherwise; anything else is
+// written through. onRedirect, if set, sees a redirect's headers first.
 type errorCatcher struct {
 	http.ResponseWriter
-	status int
-	caught bool
-	body   bytes.Buffer
+	catch       func(status int, contentType string) bool
+	onRedirect  func(http.Header)
+	status      int
+	contentType string
+	caught      bool
+	body        bytes.Buffer
 }
 
 func (c *errorCatcher) WriteHeader(status int) {
-	if status >= 400 && status < 500 && strings.HasPrefix(c.Header().Get("Content-Type"), "application/json") {
-		c.status, c.caught = status, true
+	if c.onRedirect != nil && status >= 300 && status < 400 {
+		c.onRedirect(c.Header())
+	}
+	if ct := c.Header().Get("Content-Type"); c.catch(status, ct) {
+		c.status, c.contentType, c.caught = status, ct, true
 		c.Header().Del("Content-Type")
 		return
 	}
@@ -157,4 +279,45 @@ func requireClientAuth(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// noStore forbids caching a response that carries tokens, token metadata or
+// personal data, for HTTP/1.1 and HTTP/1.0 caches alike (RFC 6749 section
+// 5.1, RFC 7662 section 2.2, RFC 6750 section 4).
+func noStore(w http.ResponseWriter) {
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Pragma", "no-cache")
+}
+
+// credentialEndpoint guards an endpoint where clients authenticate (token,
+// introspection, revocation). Its answers, errors included, are never
+// cached. Credentials and tokens travel only in the body of a POST (RFC 6749
+// section 3.2): the protocol layer reads the query string too, so a request
+// that has one is refused before anything reads it. A URL ends up in
+// proxy logs and browser history; a secret sent in one is never accepted.
+func credentialEndpoint(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		noStore(w)
+		if r.URL.RawQuery != "" {
+			writeJSON(w, http.StatusBadRequest, oauthError{Error: "invalid_request",
+				Description: "parameters must be sent in the request body, not in the URL"})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// postOnly answers any method but POST on a credential endpoint with 405,
+// except the CORS preflight (OPTIONS), which preflight answers: a browser
+// app asks it before every token request.
+func postOnly(preflight http.Handler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodOptions {
+			preflight.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("Allow", http.MethodPost)
+		writeJSON(w, http.StatusMethodNotAllowed, oauthError{Error: "invalid_request",
+			Description: "this endpoint accepts POST only (RFC 6749 section 3.2)"})
+	}
 }

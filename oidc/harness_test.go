@@ -280,16 +280,21 @@ func body(t *testing.T, resp *http.Response) string {
 	return string(data)
 }
 
-// submitLogin posts the login form on page with the given credentials.
-func (b *browser) submitLogin(page, username, password string) *http.Response {
+// loginForm fills in the login form on page with the given credentials.
+func (b *browser) loginForm(page, username, password string) url.Values {
 	b.t.Helper()
 	fields := map[string]string{}
 	for _, m := range hiddenInput.FindAllStringSubmatch(page, -1) {
 		fields[m[1]] = m[2]
 	}
 	require.NotEmpty(b.t, fields["authRequestID"], "no login form in page:\n%s", page)
-	form := url.Values{"authRequestID": {fields["authRequestID"]}, "csrf": {fields["csrf"]}, "username": {username}, "password": {password}}
-	resp, err := b.client.PostForm(b.e.issuer+"/login", form)
+	return url.Values{"authRequestID": {fields["authRequestID"]}, "csrf": {fields["csrf"]}, "username": {username}, "password": {password}}
+}
+
+// submitLogin posts the login form on page with the given credentials.
+func (b *browser) submitLogin(page, username, password string) *http.Response {
+	b.t.Helper()
+	resp, err := b.client.PostForm(b.e.issuer+"/login", b.loginForm(page, username, password))
 	require.NoError(b.t, err)
 	return resp
 }

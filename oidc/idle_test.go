@@ -12,7 +12,7 @@ import (
 	"github.com/idleguard/idleguard/session"
 )
 
-// The tests in this file pin the rules of ../shared/idle-model.md, each
+// The tests in this file pin the rules of docs/idle-model.md, each
 // through the real endpoints, with the provider's clock frozen and advanced.
 
 func active(t *testing.T, e *env, accessToken string) bool {

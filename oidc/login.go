@@ -5,11 +5,9 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
 
 	zoidc "github.com/zitadel/oidc/v3/pkg/oidc"
@@ -49,7 +47,12 @@ func (p *Provider) clearCookie(w http.ResponseWriter, name string) {
 }
 
 // csrfToken returns the browser's CSRF token, setting a fresh cookie when it
-// has none (double-submit cookie, the cookie sealed by securecookie).
+// has none (double-submit cookie, the cookie sealed by securecookie). The
+// cookie is SameSite=Lax, not Strict: an app on another site sends the
+// browser to /login by a cross-site navigation, which withholds Strict
+// cookies, so a Strict token would be replaced there and the form open in
+// another tab would fail. A cross-site POST carries no Lax cookie, so the
+// form still cannot be posted from another site.
 func (p *Provider) csrfToken(w http.ResponseWriter, r *http.Request) string {
 	if c, err := r.Cookie(csrfCookieName); err == nil {
 		var tok string
@@ -61,7 +64,7 @@ func (p *Provider) csrfToken(w http.ResponseWriter, r *http.Request) string {
 	enc, err := p.cookies.Encode(csrfCookieName, tok)
 	if err == nil {
 		http.SetCookie(w, &http.Cookie{Name: csrfCookieName, Value: enc, Path: "/",
-			HttpOnly: true, Secure: p.secure, SameSite: http.SameSiteStrictMode})
+			HttpOnly: true, Secure: p.secure, SameSite: http.SameSiteLaxMode})
 	}
 	return tok
 }
@@ -150,13 +153,16 @@ func plural(n int, unit string) string {
 func (p *Provider) loginPage(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	id := r.URL.Query().Get("authRequestID")
-	if id == "" || len(id) > 64 {
-		p.badLoginLink(w, r)
+	req, ok := p.browserAuthRequest(w, r, id)
+	if !ok {
 		return
 	}
-	req, err := p.authRequest(ctx, id)
-	if err != nil {
-		p.badLoginLink(w, r)
+	if !req.sentBy(r) {
+		if req.hasPrompt(zoidc.PromptNone) { // no page may be shown (OpenID Connect Core 1.0 section 3.1.2.1)
+			op.AuthRequestError(w, r, req, zoidc.ErrLoginRequired(), p.op)
+			return
+		}
+		p.otherBrowser(w, r)
 		return
 	}
 	notice := ""
@@ -217,15 +223,8 @@ func (p *Provider) showLogin(w http.ResponseWriter, r *http.Request, status int,
 	p.render(w, r, status, "login.html", v)
 }
 
-func clientIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
-}
-
-// loginSubmit checks a username and password.
+// loginSubmit checks a username and password through the limiter, and
+// signs the person in.
 func (p *Provider) loginSubmit(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	if err := r.ParseForm(); err != nil {
@@ -233,53 +232,41 @@ func (p *Provider) loginSubmit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := r.PostFormValue("authRequestID")
-	req, err := p.authRequest(ctx, id)
-	if id == "" || len(id) > 64 || err != nil {
-		p.badLoginLink(w, r)
+	req, ok := p.browserAuthRequest(w, r, id)
+	if !ok {
+		return
+	}
+	if !req.sentBy(r) {
+		p.otherBrowser(w, r)
 		return
 	}
 	if !p.checkCSRF(r) {
 		p.showLogin(w, r, http.StatusForbidden, req, loginView{Error: "Your sign-in form expired. Please try again."})
 		return
 	}
-	username := strings.TrimSpace(r.PostFormValue("username"))
-	password := r.PostFormValue("password")
-	if username == "" || password == "" || len(username) > 200 || len(password) > 1024 {
-		p.showLogin(w, r, http.StatusBadRequest, req, loginView{Error: "Enter your username and password.", Username: username})
+	a := &passwordAttempt{username: strings.TrimSpace(r.PostFormValue("username")), password: r.PostFormValue("password"),
+		address: requestAddress(ctx)}
+	if a.username == "" || a.password == "" || len(a.username) > 200 || len(a.password) > 1024 {
+		p.showLogin(w, r, http.StatusBadRequest, req, loginView{Error: "Enter your username and password.", Username: a.username})
 		return
 	}
-	ip := clientIP(r)
-	if wait := p.limiter.wait("u:"+strings.ToLower(username), "a:"+ip); wait > 0 {
-		p.counters.loginSlow.Add(1)
-		w.Header().Set("Retry-After", fmt.Sprint(int(wait.Seconds()+0.999)))
-		p.showLogin(w, r, http.StatusTooManyRequests, req, loginView{Username: username,
-			Error: fmt.Sprintf("Too many failed attempts. Try again in %s.", humanDuration(max(wait.Round(time.Second), time.Second)))})
-		return
-	}
-	user, err := p.store.UserByUsername(ctx, username)
+	var err error
+	a.user, err = p.store.UserByUsername(ctx, a.username)
 	if err != nil && !errors.Is(err, session.ErrNotFound) {
 		p.serverError(w, r, err)
 		return
 	}
-	hash := ""
-	if user != nil {
-		hash = user.PasswordHash
-	}
-	if !session.VerifyPassword(hash, password) || user == nil {
-		p.limiter.fail("u:"+strings.ToLower(username), "a:"+ip)
-		p.counters.loginFailed.Add(1)
-		p.audit(ctx, session.AuditEvent{At: p.now(), Kind: session.AuditLoginFailed, Detail: "username=" + username + " address=" + ip})
-		p.showLogin(w, r, http.StatusUnauthorized, req, loginView{Error: "Wrong username or password.", Username: username})
+	a.device = p.knownDevice(r, a.user)
+	if !p.checkPassword(w, r, req, a) {
 		return
 	}
-	p.limiter.succeed("u:" + strings.ToLower(username))
-	p.counters.loginOK.Add(1)
-
-	st, err := p.signIn(ctx, p.sessionCookie(r), user.ID)
+	st, err := p.signIn(ctx, p.sessionCookie(r), a.user.ID)
 	if err != nil {
 		p.serverError(w, r, err)
 		return
 	}
+	p.rememberDevice(w, a.user)
+	p.audit(ctx, session.AuditEvent{At: p.now(), Kind: session.AuditLoginSucceeded, UserID: a.user.ID, SID: st.SID, Detail: p.loginDetail(ctx, a)})
 	p.completeLogin(w, r, req, st)
 }
 
@@ -322,78 +309,5 @@ func (p *Provider) completeLogin(w http.ResponseWriter, r *http.Request, req *au
 func (p *Provider) audit(ctx context.Context, ev session.AuditEvent) {
 	if err := p.store.AddAudit(ctx, ev); err != nil {
 		p.cfg.Logger.ErrorContext(ctx, "audit", "kind", ev.Kind, "error", err)
-	}
-}
-
-// loginLimiter slows password guessing: after MaxFailures failures for a
-// username or a client address, every further attempt must wait a delay
-// that doubles with each failure, up to LockoutMax.
-type loginLimiter struct {
-	cfg LoginConfig
-	now func() time.Time
-	mu  sync.Mutex
-	m   map[string]*failures
-}
-
-type failures struct {
-	n     int
-	until time.Time
-	last  time.Time
-}
-
-func newLoginLimiter(cfg LoginConfig, now func() time.Time) *loginLimiter {
-	return &loginLimiter{cfg: cfg, now: now, m: make(map[string]*failures)}
-}
-
-func (l *loginLimiter) wait(keys ...string) time.Duration {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := l.now()
-	var wait time.Duration
-	for _, k := range keys {
-		if f, ok := l.m[k]; ok && f.until.After(now) {
-			wait = max(wait, f.until.Sub(now))
-		}
-	}
-	return wait
-}
-
-func (l *loginLimiter) fail(keys ...string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := l.now()
-	for _, k := range keys {
-		f, ok := l.m[k]
-		if !ok {
-			f = &failures{}
-			l.m[k] = f
-		}
-		f.n++
-		f.last = now
-		if over := f.n - l.cfg.MaxFailures; over >= 0 {
-			d := l.cfg.LockoutBase << min(over, 30)
-			if d <= 0 || d > l.cfg.LockoutMax {
-				d = l.cfg.LockoutMax
-			}
-			f.until = now.Add(d)
-		}
-	}
-}
-
-func (l *loginLimiter) succeed(key string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	delete(l.m, key)
-}
-
-// purge forgets failures older than LockoutMax.
-func (l *loginLimiter) purge() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := l.now()
-	for k, f := range l.m {
-		if now.Sub(f.last) > l.cfg.LockoutMax && now.After(f.until) {
-			delete(l.m, k)
-		}
 	}
 }

@@ -51,12 +51,7 @@ func TestLoginNeedsTheCSRFToken(t *testing.T) {
 func TestLoginSlowsDownGuessing(t *testing.T) {
 	e := newEnv(t) // MaxFailures 3
 	b := e.browser()
-	page := loginPage(t, b, e.rp("mail"))
-	for range 3 {
-		resp := b.submitLogin(page, "alice", "guess")
-		require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
-		page = body(t, resp)
-	}
+	page := b.guess(loginPage(t, b, e.rp("mail")), "alice", 3)
 	resp := b.submitLogin(page, "alice", testPassword)
 	require.Equal(t, http.StatusTooManyRequests, resp.StatusCode, "even the right password waits")
 	require.NotEmpty(t, resp.Header.Get("Retry-After"))
@@ -134,4 +129,16 @@ func TestAnotherPersonSigningInReplacesTheSession(t *testing.T) {
 	bob := b.exchange(r, b.code(resp, state), verifier)
 	require.NotEqual(t, alice.sid, bob.sid)
 	require.False(t, active(t, e, alice.AccessToken), "alice's session in this browser ended")
+}
+
+// guess submits n wrong passwords for username, each refused with 401, and
+// returns the last page.
+func (b *browser) guess(page, username string, n int) string {
+	b.t.Helper()
+	for range n {
+		resp := b.submitLogin(page, username, "guess")
+		require.Equal(b.t, http.StatusUnauthorized, resp.StatusCode)
+		page = body(b.t, resp)
+	}
+	return page
 }

@@ -5,11 +5,15 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
+	jose "github.com/go-jose/go-jose/v4"
+	zoidc "github.com/zitadel/oidc/v3/pkg/oidc"
 	"github.com/zitadel/oidc/v3/pkg/op"
 
 	"github.com/idleguard/idleguard/session"
@@ -30,42 +34,106 @@ type logoutTicket struct {
 // endAndFrontchannel ends session sid (RP-initiated logout: the person asked
 // to leave, so every application session ends, exempt ones included) and
 // returns the URL of the signed-out page that runs front-channel logout and
-// then follows the validated post_logout_redirect_uri.
+// then follows the validated post_logout_redirect_uri. The page's ticket is
+// sealed first: nothing ends unless the answer can be given.
 func (p *Provider) endAndFrontchannel(ctx context.Context, sid string, req *op.EndSessionRequest) (string, error) {
+	target, err := p.logoutURL("/logged-out", logoutTicket{SID: sid, Redirect: p.validRedirect(req)})
+	if err != nil {
+		return "", fmt.Errorf("seal logout ticket: %w", err)
+	}
+	return target, p.endForLogout(ctx, sid, req)
+}
+
+// endForLogout is the ending part of endAndFrontchannel.
+func (p *Provider) endForLogout(ctx context.Context, sid string, req *op.EndSessionRequest) error {
 	initiator := "user"
 	if req.ClientID != "" {
 		initiator = req.ClientID
 	}
-	if sid != "" {
-		if st, err := p.tracker.Session(ctx, sid); err == nil && !st.Active {
-			// Already over (the browser library sends the page here after an
-			// idle end): not the person asking to leave, so the end keeps its
-			// reason and exempt apps keep their sessions. An end the sweeper
-			// has not written yet is written now.
-			if err := p.tracker.End(ctx, sid, st.EndReason, "system"); err != nil {
-				return "", err
-			}
-			// An app that outlived the end (exempt) and asks to log out
-			// means it: its own session ends.
-			if err := p.endLiveApp(ctx, sid, req.ClientID); err != nil {
-				return "", err
-			}
-			return p.logoutURL("/logged-out", logoutTicket{SID: sid, Redirect: p.validRedirect(req)})
+	if sid == "" {
+		if req.UserID == "" {
+			return nil
 		}
-		err := p.tracker.End(ctx, sid, session.ReasonLogout, initiator)
-		if err != nil && !errors.Is(err, session.ErrNotFound) {
-			return "", err
-		}
-		if errors.Is(err, session.ErrNotFound) {
-			sid = ""
-		}
-	} else if req.UserID != "" {
 		// An id_token_hint without sid: end that person's sessions.
-		if err := p.endUserSessions(ctx, req.UserID, session.ReasonLogout, initiator); err != nil {
-			return "", err
+		return p.endUserSessions(ctx, req.UserID, session.ReasonLogout, initiator)
+	}
+	if st, err := p.tracker.Session(ctx, sid); err == nil && !st.Active {
+		// Already over (the browser library sends the page here after an
+		// idle end): not the person asking to leave, so the end keeps its
+		// reason and exempt apps keep their sessions. An end the sweeper
+		// has not written yet is written now.
+		if err := p.tracker.End(ctx, sid, st.EndReason, "system"); err != nil {
+			return err
+		}
+		// An app that outlived the end (exempt) and asks to log out
+		// means it: its own session ends.
+		return p.endLiveApp(ctx, sid, req.ClientID)
+	}
+	if err := p.tracker.End(ctx, sid, session.ReasonLogout, initiator); err != nil && !errors.Is(err, session.ErrNotFound) {
+		return err
+	}
+	return nil
+}
+
+// Bounds of the end_session parameters. A hint is one of our ID tokens; the
+// state comes back in the post-logout redirect, which travels sealed in the
+// signed-out page's link and must stay well inside a URL.
+const (
+	maxIDTokenHint = 8192
+	maxLogoutState = 1024
+	maxLogoutParam = 2048 // client_id, post_logout_redirect_uri, logout_hint
+)
+
+var errNotIDToken = errors.New("the token is not an ID token")
+
+// checkEndSession refuses an end-session request whose parameters are out
+// of bounds, before anything acts on it.
+func checkEndSession(d *zoidc.EndSessionRequest) error {
+	for _, f := range []struct {
+		name, value string
+		max         int
+	}{
+		{"id_token_hint", d.IdTokenHint, maxIDTokenHint},
+		{"state", d.State, maxLogoutState},
+		{"client_id", d.ClientID, maxLogoutParam},
+		{"post_logout_redirect_uri", d.PostLogoutRedirectURI, maxLogoutParam},
+		{"logout_hint", d.LogoutHint, maxLogoutParam},
+	} {
+		if len(f.value) > f.max {
+			return zoidc.ErrInvalidRequest().WithDescription("%s is longer than %d bytes", f.name, f.max)
 		}
 	}
-	return p.logoutURL("/logged-out", logoutTicket{SID: sid, Redirect: p.validRedirect(req)})
+	return nil
+}
+
+// checkHintAudience refuses an id_token_hint that was not issued to the
+// client it names: an ID token's aud contains its azp, the client it was
+// issued to (OpenID Connect Core section 2).
+func checkHintAudience(req *op.EndSessionRequest) error {
+	c := req.IDTokenHintClaims
+	if c == nil {
+		return nil
+	}
+	if c.AuthorizedParty == "" || c.AuthorizedParty != req.ClientID || !slices.Contains(c.Audience, c.AuthorizedParty) {
+		return zoidc.ErrInvalidRequest().WithDescription("id_token_hint invalid")
+	}
+	return nil
+}
+
+// idTokenKeys verifies the signature of an id_token_hint, and first refuses
+// every JWT that is not an ID token by its header. Access tokens (typ
+// at+jwt, RFC 9068) and logout tokens (typ logout+jwt) are signed with the
+// same keys; an API that sees a person's access token must not be able to
+// sign the person out everywhere with it. ID tokens carry typ JWT, or none.
+type idTokenKeys struct{ keys *Keys }
+
+func (k idTokenKeys) VerifySignature(ctx context.Context, jws *jose.JSONWebSignature) ([]byte, error) {
+	for _, sig := range jws.Signatures {
+		if typ, ok := sig.Header.ExtraHeaders[jose.HeaderType]; ok && !strings.EqualFold(fmt.Sprint(typ), "JWT") {
+			return nil, errNotIDToken
+		}
+	}
+	return k.keys.VerifySignature(ctx, jws)
 }
 
 // validRedirect is the post-logout redirect that zitadel validated against
@@ -116,12 +184,12 @@ func (p *Provider) logoutConfirmed(w http.ResponseWriter, r *http.Request) {
 	if t.ClientID != "" {
 		initiator = t.ClientID
 	}
-	if err := p.tracker.End(r.Context(), t.SID, session.ReasonLogout, initiator); err != nil && !errors.Is(err, session.ErrNotFound) {
-		p.serverError(w, r, err)
-		return
-	}
 	target, err := p.logoutURL("/logged-out", logoutTicket{SID: t.SID, Redirect: t.Redirect})
 	if err != nil {
+		p.serverError(w, r, fmt.Errorf("seal logout ticket: %w", err))
+		return
+	}
+	if err := p.tracker.End(r.Context(), t.SID, session.ReasonLogout, initiator); err != nil && !errors.Is(err, session.ErrNotFound) {
 		p.serverError(w, r, err)
 		return
 	}
@@ -183,14 +251,20 @@ type loggedOutView struct {
 // loggedOut is the signed-out page: it clears the session cookie, loads every
 // participating client's front-channel logout URI in hidden iframes, waits
 // for them (bounded), then follows the post-logout redirect.
+//
+// Only end_session sends a browser here, with a sealed ticket naming the
+// session it ended. Without a valid ticket, or with a ticket of another
+// session while this browser's own session goes on (a link someone else
+// got from signing out), nothing is changed and nothing is claimed: saying
+// "signed out" over a live session would be a lie the person acts on.
 func (p *Provider) loggedOut(w http.ResponseWriter, r *http.Request) {
-	p.clearCookie(w, sessionCookieName)
 	var t logoutTicket
-	if raw := r.URL.Query().Get("t"); raw != "" {
-		if err := p.tickets.Decode("logout", raw, &t); err != nil {
-			t = logoutTicket{}
-		}
+	if p.tickets.Decode("logout", r.URL.Query().Get("t"), &t) != nil || p.browserSessionGoesOn(r, t.SID) {
+		p.messagePage(w, r, http.StatusBadRequest, "Sign-out link expired",
+			"This sign-out link is unknown, has expired, or belongs to another sign-in. This browser's sign-in was not changed.")
+		return
 	}
+	p.clearCookie(w, sessionCookieName)
 	v := loggedOutView{Title: "Signed out", Message: "You have been signed out of every application.",
 		Redirect: t.Redirect, WaitMillis: frontchannelWait.Milliseconds(), Nonce: nonce()}
 	var frameOrigins []string
@@ -223,6 +297,17 @@ func (p *Provider) loggedOut(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; script-src 'nonce-"+v.Nonce+
 		"'; frame-src "+frameSrc+"; frame-ancestors 'none'; base-uri 'none'")
 	p.render(w, r, http.StatusOK, "logged_out.html", v)
+}
+
+// browserSessionGoesOn reports whether r's session cookie names a live
+// session other than ended, the one a logout ticket names.
+func (p *Provider) browserSessionGoesOn(r *http.Request, ended string) bool {
+	sid := p.sessionCookie(r)
+	if sid == "" || sid == ended {
+		return false
+	}
+	st, err := p.tracker.Session(r.Context(), sid)
+	return err == nil && st.Active
 }
 
 func nonce() string {

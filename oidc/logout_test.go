@@ -1,6 +1,7 @@
 package oidc
 
 import (
+	"context"
 	"encoding/json"
 	"html"
 	"net/http"
@@ -443,23 +444,6 @@ func findSession(list []any, sid string) map[string]any {
 	return nil
 }
 
-func TestDiscoveryAdvertisesLogoutSupport(t *testing.T) {
-	e := newEnv(t)
-	resp, err := http.Get(e.issuer + "/.well-known/openid-configuration")
-	require.NoError(t, err)
-	var doc map[string]any
-	require.NoError(t, json.NewDecoder(resp.Body).Decode(&doc))
-	resp.Body.Close()
-	for _, k := range []string{"backchannel_logout_supported", "backchannel_logout_session_supported",
-		"frontchannel_logout_supported", "frontchannel_logout_session_supported"} {
-		require.Equal(t, true, doc[k], k)
-	}
-	for _, k := range []string{"introspection_endpoint", "revocation_endpoint", "end_session_endpoint", "userinfo_endpoint", "jwks_uri"} {
-		require.True(t, strings.HasPrefix(doc[k].(string), e.issuer), k)
-	}
-	require.Equal(t, []any{"S256"}, doc["code_challenge_methods_supported"])
-}
-
 func TestEndSessionWithoutHintAsksFirst(t *testing.T) {
 	e := newEnv(t)
 	b := e.browser()
@@ -539,4 +523,227 @@ func TestLoginPageAllowsTheFormToReachTheApp(t *testing.T) {
 	resp.Body.Close()
 	require.Contains(t, resp.Header.Get("Content-Security-Policy"), "form-action 'self' http://127.0.0.1:1;",
 		"browsers apply form-action to the redirect that follows the post")
+}
+
+// hungReceiver is a back-channel endpoint that never answers: each POST
+// waits until the provider gives up on it or the test ends.
+type hungReceiver struct {
+	srv     *httptest.Server
+	mu      sync.Mutex
+	now     int // requests in flight
+	maxSeen int
+}
+
+func newHungReceiver(t *testing.T) *hungReceiver {
+	h := &hungReceiver{}
+	release := make(chan struct{})
+	h.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.mu.Lock()
+		h.now++
+		h.maxSeen = max(h.maxSeen, h.now)
+		h.mu.Unlock()
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+		h.mu.Lock()
+		h.now--
+		h.mu.Unlock()
+	}))
+	t.Cleanup(h.srv.Close)
+	t.Cleanup(func() { close(release) }) // runs first: unblocks the handlers
+	return h
+}
+
+func (h *hungReceiver) maxInFlight() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.maxSeen
+}
+
+// signIn signs a fresh browser in to each app and returns the sid.
+func (e *env) signIn(apps ...string) string {
+	e.t.Helper()
+	b := e.browser()
+	var sid string
+	for _, app := range apps {
+		sid = b.login(e.rp(app), "alice").sid
+	}
+	return sid
+}
+
+func (r *receiver) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.got)
+}
+
+// TestHungAppDoesNotDelayOtherApps is issue 9, finding 5: one app that never
+// answered held every other app's logout for the full timeout on every
+// round, because delivery waited for a whole batch. Here "bank" never
+// answers (the POST timeout is a minute) while "mail" answers at once: every
+// end reaches mail within a second, however many of bank's POSTs hang, and
+// bank never holds more than its own slots.
+func TestHungAppDoesNotDelayOtherApps(t *testing.T) {
+	hung := newHungReceiver(t)
+	e, rs := newEnvWithReceivers(t, []string{"mail"}, func(c *Config) {
+		c.Backchannel = BackchannelConfig{Timeout: time.Minute, Concurrency: 4, PerDestination: 2, PollInterval: time.Hour}
+		for _, cl := range c.Clients {
+			if cl.ID == "bank" {
+				cl.BackchannelLogoutURI = hung.srv.URL + "/backchannel-logout"
+				cl.Policy.BackchannelLogoutURI = cl.BackchannelLogoutURI
+			}
+		}
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	e.p.Run(ctx)
+	t.Cleanup(func() { cancel(); require.NoError(t, e.p.Close(context.Background())) })
+
+	var slowest time.Duration
+	for i := range 6 {
+		sid := e.signIn("bank", "mail")
+		start := time.Now()
+		require.NoError(t, e.p.tracker.End(t.Context(), sid, session.ReasonAdmin, "admin"))
+		require.Eventually(t, func() bool { return rs["mail"].count() == i+1 }, 5*time.Second, time.Millisecond,
+			"end %d did not reach mail", i+1)
+		slowest = max(slowest, time.Since(start))
+		require.Less(t, time.Since(start), time.Second, "end %d reached mail late", i+1)
+	}
+	t.Logf("slowest end to reach mail while bank hangs: %s", slowest)
+	require.Eventually(t, func() bool { return hung.maxInFlight() == 2 }, 5*time.Second, 5*time.Millisecond)
+	require.Equal(t, 2, hung.maxInFlight(), "the hung app holds its own two slots, no more")
+	require.Eventually(t, func() bool {
+		pending, err := e.store.PendingDeliveries(t.Context())
+		return err == nil && pending == 6
+	}, 5*time.Second, 5*time.Millisecond, "bank's six logouts wait for bank, not for anyone else")
+}
+
+// TestFailingAppIsPausedByItsCircuitBreaker: an app that keeps failing is
+// tried less often (three failures open its circuit; then one probe per
+// cooldown) while every other app is told at once; once it answers again,
+// the rest of its logouts follow.
+func TestFailingAppIsPausedByItsCircuitBreaker(t *testing.T) {
+	e, rs := newEnvWithReceivers(t, []string{"mail", "bank"}, func(c *Config) {
+		c.Backchannel = BackchannelConfig{InitialBackoff: time.Second, MaxBackoff: time.Minute, PerDestination: 1}
+	})
+	rs["bank"].failures = 1000
+	attempts := func() int { rs["bank"].mu.Lock(); defer rs["bank"].mu.Unlock(); return 1000 - rs["bank"].failures }
+	for range 10 {
+		require.NoError(t, e.p.tracker.End(t.Context(), e.signIn("bank", "mail"), session.ReasonAdmin, "admin"))
+	}
+	e.deliver()
+	require.Len(t, rs["mail"].tokens(), 10, "everyone else is told at once")
+	require.Equal(t, breakerFailures, attempts(), "then bank's circuit opens")
+	e.deliver()
+	require.Equal(t, breakerFailures, attempts(), "and stays open for its cooldown")
+
+	e.clock.Advance(time.Second)
+	e.deliver()
+	require.Equal(t, breakerFailures+1, attempts(), "one probe after the cooldown")
+	e.clock.Advance(time.Second)
+	e.deliver()
+	require.Equal(t, breakerFailures+1, attempts(), "a failed probe doubles the cooldown")
+
+	rs["bank"].mu.Lock()
+	rs["bank"].failures = 0
+	rs["bank"].mu.Unlock()
+	e.clock.Advance(time.Minute) // past the cooldown and every row's backoff
+	e.deliver()
+	require.Len(t, rs["bank"].tokens(), 10, "a successful probe closes the circuit")
+}
+
+// TestOutboxHasOnePendingRowPerAppAndRejoinsAreLimited: a signed-in person
+// who ends an app (revoking its refresh token) and rejoins it by SSO again
+// and again created a logout row each time. The pair keeps one pending row,
+// and after a few rounds the rejoin is refused for a while.
+func TestOutboxHasOnePendingRowPerAppAndRejoinsAreLimited(t *testing.T) {
+	e, _ := newEnvWithReceivers(t, []string{"mail"})
+	b := e.browser()
+	r := e.rp("mail")
+	tok := b.login(r, "alice")
+	for i := range rejoinBurst {
+		revoke(t, e, "mail", tok.RefreshToken, "refresh_token")
+		rows, err := e.store.Deliveries(t.Context(), tok.sid)
+		require.NoError(t, err)
+		require.Len(t, rows, 1, "round %d: one pending row for (mail, sid)", i)
+		require.False(t, active(t, e, tok.AccessToken))
+		tok = b.login(r, "alice")
+	}
+	revoke(t, e, "mail", tok.RefreshToken, "refresh_token")
+	resp, _, _ := b.authorize(r)
+	resp.Body.Close()
+	loc, err := url.Parse(resp.Header.Get("Location"))
+	require.NoError(t, err)
+	require.Equal(t, "temporarily_unavailable", loc.Query().Get("error"), "the sixth rejoin within 10 minutes is refused")
+	require.Contains(t, loc.Query().Get("error_description"), "try again later")
+
+	e.clock.Advance(rejoinWindow)
+	tok = b.login(r, "alice")
+	require.True(t, active(t, e, tok.AccessToken), "a while later the app may join again")
+	pending, err := e.store.PendingDeliveries(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, 1, pending)
+}
+
+// TestDeadWorkersClaimLapsesAndTheSameJTIIsDelivered: a process that died
+// mid-delivery leaves its claim; nobody delivers the row while the claim
+// holds, and once it lapses another process delivers it with the same jti.
+// Two processes delivering from one outbox never deliver a row twice.
+func TestDeadWorkersClaimLapsesAndTheSameJTIIsDelivered(t *testing.T) {
+	e, rs := newEnvWithReceivers(t, []string{"mail"})
+	require.NoError(t, e.p.tracker.End(t.Context(), e.signIn("mail"), session.ReasonAdmin, "admin"))
+	now := e.clock.Now()
+	dead, err := e.store.ClaimDeliveries(t.Context(), session.DeliveryClaim{Worker: "dead", Now: now, Until: now.Add(e.p.claimTTL()), Limit: 10})
+	require.NoError(t, err)
+	require.Len(t, dead, 1)
+	require.Zero(t, e.deliver(), "claimed by a worker that may still be delivering")
+	e.clock.Advance(e.p.claimTTL())
+	require.Equal(t, 1, e.deliver())
+	got := rs["mail"].tokens()
+	require.Len(t, got, 1)
+	require.Equal(t, dead[0].JTI, got[0].JTI, "the same logout, recognisable as such")
+
+	// A second provider process on the same database.
+	other, err := New(t.Context(), e.cfg, e.store)
+	require.NoError(t, err)
+	for range 20 {
+		require.NoError(t, e.p.tracker.End(t.Context(), e.signIn("mail"), session.ReasonAdmin, "admin"))
+	}
+	var wg sync.WaitGroup
+	for _, p := range []*Provider{e.p, other} {
+		wg.Go(func() {
+			_, err := p.DeliverDue(t.Context())
+			require.NoError(t, err)
+		})
+	}
+	wg.Wait()
+	seen := map[string]bool{}
+	for _, tok := range rs["mail"].tokens() {
+		require.False(t, seen[tok.JTI], "delivered twice: %s", tok.JTI)
+		seen[tok.JTI] = true
+	}
+	require.Len(t, seen, 21)
+}
+
+// TestDeliveredRowsArePurgedAfterRetention: finished rows are kept for
+// backchannel.retention, then deleted; the audit keeps the record.
+func TestDeliveredRowsArePurgedAfterRetention(t *testing.T) {
+	e, rs := newEnvWithReceivers(t, []string{"mail"}, func(c *Config) { c.Backchannel.Retention = time.Hour })
+	sid := e.signIn("mail")
+	require.NoError(t, e.p.tracker.End(t.Context(), sid, session.ReasonAdmin, "admin"))
+	e.deliver()
+	require.Len(t, rs["mail"].tokens(), 1)
+	e.clock.Advance(time.Hour - time.Second)
+	require.NoError(t, e.p.purge(t.Context()))
+	rows, err := e.store.Deliveries(t.Context(), sid)
+	require.NoError(t, err)
+	require.Len(t, rows, 1, "kept for the retention")
+	e.clock.Advance(2 * time.Second)
+	require.NoError(t, e.p.purge(t.Context()))
+	rows, err = e.store.Deliveries(t.Context(), sid)
+	require.NoError(t, err)
+	require.Empty(t, rows, "purged after it")
+	events, err := e.store.Audit(t.Context(), sessionFilter(sid))
+	require.NoError(t, err)
+	require.True(t, hasEvent(events, session.AuditLogoutDelivered, "admin"), "the audit keeps the record")
 }

@@ -8,7 +8,9 @@ import (
 	"html/template"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -40,6 +42,7 @@ type Store interface {
 	SecretStore
 	OutboxStore
 	AdminStore
+	LoginThrottleStore
 	Ping(ctx context.Context) error
 }
 
@@ -53,11 +56,20 @@ type Config struct {
 	KeyAlgorithm   string          // RS256 (default), ES256 or EdDSA
 	IDTokenTTL     time.Duration   // default 10m
 	AuthRequestTTL time.Duration   // default 10m
+	// HousekeepInterval is how often expired authorization requests,
+	// revocations and login failures are purged and keys reloaded; default 30s.
+	HousekeepInterval time.Duration
 	// AdminTokenHash is the SHA-256 of the admin API bearer token; empty disables the admin API.
 	AdminTokenHash []byte
 	Backchannel    BackchannelConfig
 	Login          LoginConfig
-	Logger         *slog.Logger
+	// TrustedProxies are the networks of the reverse proxies whose
+	// X-Forwarded-For or Forwarded header names the client; empty: the
+	// peer's address is the client's. See clientAddress.
+	TrustedProxies []netip.Prefix
+	// Logger gets every log line; records logged with a request's context
+	// carry its request_id (see LogHandler).
+	Logger *slog.Logger
 	// HTTPClient posts back-channel logouts; default has Backchannel.Timeout.
 	HTTPClient *http.Client
 }
@@ -65,26 +77,31 @@ type Config struct {
 // Provider is the whole OpenID provider: protocol endpoints, login pages,
 // activity endpoints, logout propagation and admin API.
 type Provider struct {
-	cfg       Config
-	store     Store
-	tracker   *activity.Tracker
-	keys      *Keys
-	clients   map[string]*Client
-	refresh   refreshMAC
-	cookies   *securecookie.SecureCookie
-	tickets   *securecookie.SecureCookie
-	secure    bool
-	op        *op.Provider
-	handler   http.Handler
-	pages     *template.Template
-	limiter   *loginLimiter
-	revoked   sync.Map // access token id -> struct{}
-	verified  *verifiedCache
-	signers   signerCache
-	counters  counters
-	wake      chan struct{}
-	runCancel context.CancelFunc
-	running   sync.WaitGroup
+	cfg      Config
+	store    Store
+	tracker  *activity.Tracker
+	keys     *Keys
+	clients  map[string]*Client
+	refresh  refreshMAC
+	cookies  *securecookie.SecureCookie
+	tickets  *securecookie.SecureCookie
+	devices  *securecookie.SecureCookie
+	secure   bool
+	op       *op.Provider
+	handler  http.Handler
+	pages    *template.Template
+	limiter  *loginLimiter
+	revoked  sync.Map // access token id -> struct{}
+	verified *verifiedCache
+	signers  signerCache
+	counters counters
+	wake     chan struct{}
+	outbox   *dispatcher
+	// backchannelURIs are the configured clients' back-channel logout URIs,
+	// sorted: the destinations the dispatcher serves.
+	backchannelURIs []string
+	runCancel       context.CancelFunc
+	running         sync.WaitGroup
 }
 
 func randomBytes(n int) func() []byte {
@@ -93,6 +110,21 @@ func randomBytes(n int) func() []byte {
 		_, _ = rand.Read(b)
 		return b
 	}
+}
+
+// cookieCodec seals cookies with the keys stored as name_hash and
+// name_block, generated on first use: kept in the database, so that a
+// cookie set at one replica opens at every other.
+func cookieCodec(ctx context.Context, store SecretStore, name string) (*securecookie.SecureCookie, error) {
+	hashKey, err := store.Secret(ctx, name+"_hash", randomBytes(32))
+	if err != nil {
+		return nil, err
+	}
+	blockKey, err := store.Secret(ctx, name+"_block", randomBytes(32))
+	if err != nil {
+		return nil, err
+	}
+	return securecookie.New(hashKey, blockKey), nil
 }
 
 // New builds a provider on store. It loads (or creates) the signing keys and
@@ -104,17 +136,21 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	cfg.Logger = slog.New(LogHandler(cfg.Logger.Handler()))
 	if cfg.IDTokenTTL <= 0 {
 		cfg.IDTokenTTL = 10 * time.Minute
 	}
 	if cfg.AuthRequestTTL <= 0 {
 		cfg.AuthRequestTTL = 10 * time.Minute
 	}
+	if cfg.HousekeepInterval <= 0 {
+		cfg.HousekeepInterval = 30 * time.Second
+	}
 	if cfg.KeyAlgorithm == "" {
 		cfg.KeyAlgorithm = "RS256"
 	}
 	cfg.Backchannel.setDefaults()
-	cfg.Login.setDefaults()
+	cfg.Login = cfg.Login.WithDefaults()
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: cfg.Backchannel.Timeout,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
@@ -124,13 +160,18 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		return nil, fmt.Errorf("issuer %q is not an absolute URL", cfg.Issuer)
 	}
 	p := &Provider{cfg: cfg, store: store, clients: make(map[string]*Client), secure: issuer.Scheme == "https",
-		limiter: newLoginLimiter(cfg.Login, cfg.Now), wake: make(chan struct{}, 1), verified: newVerifiedCache(200_000, cfg.Now)}
+		wake: make(chan struct{}, 1), verified: newVerifiedCache(200_000, cfg.Now)}
 	for _, c := range cfg.Clients {
 		if c.IDTokenTTL == 0 {
 			c.IDTokenTTL = cfg.IDTokenTTL
 		}
 		p.clients[c.ID] = c
+		if c.BackchannelLogoutURI != "" && !slices.Contains(p.backchannelURIs, c.BackchannelLogoutURI) {
+			p.backchannelURIs = append(p.backchannelURIs, c.BackchannelLogoutURI)
+		}
 	}
+	slices.Sort(p.backchannelURIs)
+	p.outbox = newDispatcher(p)
 
 	if p.keys, err = LoadKeys(ctx, store, cfg.KeyAlgorithm, cfg.Now); err != nil {
 		return nil, err
@@ -140,16 +181,23 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		return nil, err
 	}
 	p.refresh = refreshMAC(mac)
-	hashKey, err := store.Secret(ctx, "cookie_hash", randomBytes(32))
+	if p.cookies, err = cookieCodec(ctx, store, "cookie"); err != nil {
+		return nil, err
+	}
+	if p.tickets, err = cookieCodec(ctx, store, "cookie"); err != nil {
+		return nil, err
+	}
+	p.tickets.MaxAge(600)
+	// Device cookies have keys of their own (they live for months).
+	if p.devices, err = cookieCodec(ctx, store, "device_cookie"); err != nil {
+		return nil, err
+	}
+	p.devices.MaxAge(int(deviceCookieTTL / time.Second))
+	throttleKey, err := store.Secret(ctx, "login_throttle", randomBytes(32))
 	if err != nil {
 		return nil, err
 	}
-	blockKey, err := store.Secret(ctx, "cookie_block", randomBytes(32))
-	if err != nil {
-		return nil, err
-	}
-	p.cookies = securecookie.New(hashKey, blockKey)
-	p.tickets = securecookie.New(hashKey, blockKey).MaxAge(600)
+	p.limiter = newLoginLimiter(store, cfg.Login, cfg.Now, throttleKey)
 	cryptoKey, err := store.Secret(ctx, "token_crypto", randomBytes(32))
 	if err != nil {
 		return nil, err
@@ -188,14 +236,14 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		CodeMethodS256:                    true,
 		AuthMethodPost:                    true,
 		GrantTypeRefreshToken:             true,
-		SupportedScopes:                   []string{zoidc.ScopeOpenID, zoidc.ScopeProfile, zoidc.ScopeEmail, zoidc.ScopeOfflineAccess},
+		SupportedScopes:                   DefaultScopes,
 		BackChannelLogoutSupported:        true,
 		BackChannelLogoutSessionSupported: true,
 	}
 	opts := []op.Option{
 		op.WithCrypto(op.NewAES256GCMCrypto([32]byte(cryptoKey), "1")),
 		op.WithAccessTokenKeySet(p.keys),
-		op.WithIDTokenHintKeySet(p.keys),
+		op.WithIDTokenHintKeySet(idTokenKeys{p.keys}),
 	}
 	if issuer.Scheme == "http" {
 		opts = append(opts, op.WithAllowInsecure())
@@ -228,7 +276,7 @@ func (p *Provider) routes() http.Handler {
 	endpoints := *op.DefaultEndpoints
 	endpoints.DeviceAuthorization = nil // the device flow is not offered
 	srv := &server{LegacyServer: op.NewLegacyServer(p.op, endpoints), p: p}
-	protocol := op.RegisterLegacyServer(srv, op.AuthorizeCallbackHandler(p.op),
+	protocol := op.RegisterLegacyServer(srv, p.authorizeCallback,
 		op.WithServerCORSOptions(&cors.Options{
 			AllowOriginFunc: func(string) bool { return true },
 			AllowedHeaders:  []string{"Authorization", "Content-Type", "Accept"},
@@ -236,15 +284,16 @@ func (p *Provider) routes() http.Handler {
 		}))
 
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /login", p.loginPage)
-	mux.HandleFunc("POST /login", p.loginSubmit)
+	page := func(h http.HandlerFunc) http.Handler { return p.browserPage(h) }
+	mux.Handle("GET /login", page(p.loginPage))
+	mux.Handle("POST /login", page(p.loginSubmit))
 	mux.HandleFunc("POST /activity", p.bearerCORS(p.postActivity))
 	mux.HandleFunc("GET /session", p.bearerCORS(p.getSession))
 	mux.HandleFunc("OPTIONS /activity", p.preflight)
 	mux.HandleFunc("OPTIONS /session", p.preflight)
-	mux.HandleFunc("GET /logged-out", p.loggedOut)
-	mux.HandleFunc("GET /logout/confirm", p.logoutConfirm)
-	mux.HandleFunc("POST /logout/confirm", p.logoutConfirmed)
+	mux.Handle("GET /logged-out", page(p.loggedOut))
+	mux.Handle("GET /logout/confirm", page(p.logoutConfirm))
+	mux.Handle("POST /logout/confirm", page(p.logoutConfirmed))
 	mux.HandleFunc("GET /admin/sessions", p.admin(p.adminListSessions))
 	mux.HandleFunc("POST /admin/sessions/{sid}/end", p.admin(p.adminEndSession))
 	mux.HandleFunc("POST /admin/users/{user}/sessions/end", p.admin(p.adminEndUserSessions))
@@ -252,10 +301,19 @@ func (p *Provider) routes() http.Handler {
 	mux.HandleFunc("GET /admin/deliveries", p.admin(p.adminDeliveries))
 	mux.HandleFunc("GET /metrics", p.admin(p.metricsHandler().ServeHTTP))
 	mux.Handle("GET /static/", http.StripPrefix("/static/", static.Handler()))
-	mux.Handle("GET /authorize", p.authorizeErrorPage(protocol))
-	mux.Handle("POST /oauth/token", invalidClient401(protocol))
-	mux.Handle("POST /oauth/introspect", requireClientAuth(invalidClient401(protocol)))
-	mux.Handle("POST /revoke", invalidClient401(protocol))
+	protocol = p.hideInternalErrors(protocol)
+	mux.Handle("/authorize", p.browserPage(p.boundAuthorize(p.authorizeErrorPage(protocol))))
+	mux.Handle("/authorize/callback", p.browserPage(protocol))
+	mux.Handle("POST /oauth/token", credentialEndpoint(invalidClient401(protocol)))
+	mux.Handle("POST /oauth/introspect", credentialEndpoint(requireClientAuth(invalidClient401(protocol))))
+	mux.Handle("POST /revoke", credentialEndpoint(invalidClient401(protocol)))
+	for _, path := range []string{"/oauth/token", "/oauth/introspect", "/revoke"} {
+		mux.Handle(path, postOnly(protocol))
+	}
+	mux.Handle("/userinfo", p.userinfoEdge(protocol))
+	endSession := p.browserPage(p.errorPage("Sign-out request refused", "The application sent an invalid sign-out request.", protocol))
+	mux.Handle("GET /end_session", endSession)
+	mux.Handle("POST /end_session", endSession)
 	mux.Handle("/", protocol)
 	return p.edge(mux)
 }
@@ -280,7 +338,7 @@ func (p *Provider) Close(ctx context.Context) error {
 }
 
 func (p *Provider) housekeeping(ctx context.Context) {
-	tick := time.NewTicker(30 * time.Second)
+	tick := time.NewTicker(p.cfg.HousekeepInterval)
 	defer tick.Stop()
 	for {
 		select {
@@ -301,6 +359,9 @@ type purger interface {
 	PurgeAuthRequests(ctx context.Context, now time.Time) error
 }
 
+// purge drops what can no longer matter: expired authorization requests,
+// revocations of tokens that have expired anyway (memory and database), and
+// finished outbox rows older than Backchannel.Retention.
 func (p *Provider) purge(ctx context.Context) error {
 	if pu, ok := p.store.(purger); ok {
 		if err := pu.PurgeAuthRequests(ctx, p.now()); err != nil {
@@ -314,8 +375,13 @@ func (p *Provider) purge(ctx context.Context) error {
 		}
 		return true
 	})
-	p.limiter.purge()
-	return nil
+	if _, err := p.store.PurgeRevokedTokens(ctx, now); err != nil {
+		return err
+	}
+	if _, err := p.store.PurgeDeliveries(ctx, now.Add(-p.cfg.Backchannel.Retention)); err != nil {
+		return err
+	}
+	return p.limiter.purge(ctx)
 }
 
 func (p *Provider) revokeTokenID(ctx context.Context, id string, exp time.Time) error {

@@ -4,7 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"github.com/idleguard/idleguard/session"
+	"fmt"
 	"io"
 	"math"
 	"net/http"
@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/idleguard/idleguard/activity"
+	"github.com/idleguard/idleguard/session"
 )
 
 var zeroTime time.Time
@@ -56,20 +57,56 @@ func bearer(r *http.Request) string {
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
+	noStore(w)
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// writeBearerError answers 401 (RFC 6750). When the token is refused because
-// its session is over, reason says why, so that a page can tell the person.
+// bearerRealm names the protection space in every bearer challenge.
+const bearerRealm = `Bearer realm="idleguard"`
+
+// writeBearerError answers 401 invalid_token (RFC 6750 section 3.1) for a
+// token that is bad, expired, revoked or whose session is over. When the
+// session is over, reason says why, so that a page can tell the person.
 func writeBearerError(w http.ResponseWriter, desc string, reason ...session.Reason) {
-	w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token", error_description="`+desc+`"`)
-	body := map[string]any{"error": "invalid_token", "error_description": desc, "active": false}
+	body := map[string]any{"active": false}
 	if len(reason) > 0 && reason[0] != "" {
 		body["reason"] = reason[0]
 	}
-	writeJSON(w, http.StatusUnauthorized, body)
+	writeChallenge(w, http.StatusUnauthorized, "invalid_token", desc, body)
+}
+
+// writeNoToken answers a request that carried no bearer token (or one by a
+// scheme other than Bearer): 401 with the bare challenge, which RFC 6750
+// section 3.1 wants without an error code; the body says invalid_request.
+func writeNoToken(w http.ResponseWriter) {
+	w.Header().Set("WWW-Authenticate", bearerRealm)
+	writeJSON(w, http.StatusUnauthorized, oauthError{Error: "invalid_request", Description: "access token missing"})
+}
+
+// writeChallenge answers a refused bearer request with status, an RFC 6750
+// challenge carrying code and desc, and a JSON body with the same plus
+// extra fields.
+func writeChallenge(w http.ResponseWriter, status int, code, desc string, extra map[string]any) {
+	w.Header().Set("WWW-Authenticate", fmt.Sprintf(`%s, error="%s", error_description="%s"`,
+		bearerRealm, challengeText(code), challengeText(desc)))
+	body := map[string]any{"error": code, "error_description": desc}
+	for k, v := range extra {
+		body[k] = v
+	}
+	writeJSON(w, status, body)
+}
+
+// challengeText keeps the characters that RFC 6750 section 3 allows in a
+// challenge's quoted values: printable ASCII but the double quote and the
+// backslash.
+func challengeText(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r > 0x7e || r == '"' || r == '\\' {
+			return -1
+		}
+		return r
+	}, s)
 }
 
 // getSession reports the status of the bearer token's session. It is never
@@ -213,11 +250,14 @@ func (p *Provider) bearerCORS(next func(http.ResponseWriter, *http.Request, stri
 			w.Header().Set("Access-Control-Allow-Origin", origin)
 			w.Header().Add("Vary", "Origin")
 		}
-		if err != nil {
+		switch {
+		case err != nil && bearer(r) == "":
+			writeNoToken(w)
+		case err != nil:
 			writeBearerError(w, "access token is invalid")
-			return
+		default:
+			next(w, r, id)
 		}
-		next(w, r, id)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"time"
@@ -25,19 +26,22 @@ type UserStore interface {
 	UserByID(ctx context.Context, id string) (*session.User, error)
 }
 
-// AuthRequestStore keeps authorization requests and their codes.
+// AuthRequestStore keeps authorization requests and their codes: at most
+// one code per request, redeemed once, a replay recognised (ErrCodeReused)
+// until the request expires, and expired requests purged.
 type AuthRequestStore interface {
 	SaveAuthRequest(ctx context.Context, id string, data []byte, created, expires time.Time) error
 	AuthRequestData(ctx context.Context, id string, now time.Time) ([]byte, error)
 	SaveAuthCode(ctx context.Context, id, codeHash string) error
 	AuthRequestByCode(ctx context.Context, codeHash string, now time.Time) (string, []byte, error)
-	DeleteAuthRequest(ctx context.Context, id string) error
+	PurgeAuthRequests(ctx context.Context, now time.Time) error
 }
 
 // RevocationStore keeps access tokens revoked one by one.
 type RevocationStore interface {
 	RevokeToken(ctx context.Context, tokenID string, expires time.Time) error
 	RevokedTokens(ctx context.Context, now time.Time) ([]string, error)
+	PurgeRevokedTokens(ctx context.Context, now time.Time) (int64, error)
 }
 
 // storage implements op.Storage on top of the stores and the activity
@@ -59,33 +63,10 @@ func hashCode(code string) string {
 	return base64.RawURLEncoding.EncodeToString(sum[:])
 }
 
-func (s storage) CreateAuthRequest(ctx context.Context, req *zoidc.AuthRequest, _ string) (op.AuthRequest, error) {
-	c, ok := s.p.clients[req.ClientID]
-	if !ok {
-		return nil, zoidc.ErrInvalidClient()
-	}
-	if !slices.Contains(req.Scopes, zoidc.ScopeOpenID) {
-		return nil, zoidc.ErrInvalidScope().WithDescription("the openid scope is required")
-	}
-	if req.CodeChallenge != "" && req.CodeChallengeMethod != zoidc.CodeChallengeMethodS256 {
-		return nil, zoidc.ErrInvalidRequest().WithDescription("code_challenge_method must be S256")
-	}
-	if c.Public() && req.CodeChallenge == "" {
-		return nil, zoidc.ErrInvalidRequest().WithDescription("PKCE (code_challenge with S256) is required for public clients")
-	}
-	now := s.p.now()
-	a := &authRequest{
-		ID: session.NewID(), CreatedAt: now, ClientID: req.ClientID, RedirectURI: req.RedirectURI,
-		State: req.State, Nonce: req.Nonce, Scopes: req.Scopes, ResponseType: req.ResponseType,
-		ResponseMode: req.ResponseMode, Prompt: req.Prompt, MaxAge: req.MaxAge, LoginHint: req.LoginHint,
-	}
-	if req.CodeChallenge != "" {
-		a.CodeChallenge = &zoidc.CodeChallenge{Challenge: req.CodeChallenge, Method: req.CodeChallengeMethod}
-	}
-	if err := s.p.saveAuthRequest(ctx, a); err != nil {
-		return nil, err
-	}
-	return a, nil
+// CreateAuthRequest is never reached: server.Authorize creates requests
+// itself, bound to the browser that sent them; an unbound one is refused.
+func (s storage) CreateAuthRequest(context.Context, *zoidc.AuthRequest, string) (op.AuthRequest, error) {
+	return nil, zoidc.ErrServerError().WithDescription("authorization requests are created by the authorization endpoint")
 }
 
 func (p *Provider) saveAuthRequest(ctx context.Context, a *authRequest) error {
@@ -108,6 +89,27 @@ func (p *Provider) authRequest(ctx context.Context, id string) (*authRequest, er
 	return &a, nil
 }
 
+// browserAuthRequest loads the authorization request a browser names by id.
+// An unknown, expired or malformed id gets the "link expired" page; a
+// failing store gets a server error (a readable page on browser routes), so
+// that a database outage is not mistaken for a stale link.
+func (p *Provider) browserAuthRequest(w http.ResponseWriter, r *http.Request, id string) (*authRequest, bool) {
+	if id == "" || len(id) > 64 {
+		p.badLoginLink(w, r)
+		return nil, false
+	}
+	req, err := p.authRequest(r.Context(), id)
+	switch {
+	case errors.Is(err, session.ErrNotFound):
+		p.badLoginLink(w, r)
+		return nil, false
+	case err != nil:
+		p.serverError(w, r, fmt.Errorf("load authorization request: %w", err))
+		return nil, false
+	}
+	return req, true
+}
+
 func (s storage) AuthRequestByID(ctx context.Context, id string) (op.AuthRequest, error) {
 	a, err := s.p.authRequest(ctx, id)
 	if err != nil {
@@ -116,31 +118,57 @@ func (s storage) AuthRequestByID(ctx context.Context, id string) (op.AuthRequest
 	return a, nil
 }
 
+// AuthRequestByCode redeems a code. A code presented again after it was
+// redeemed is refused, and its application session is ended with reason
+// code_reuse, which revokes every token issued from it (RFC 6749 section
+// 4.1.2): someone other than the app had the code.
 func (s storage) AuthRequestByCode(ctx context.Context, code string) (op.AuthRequest, error) {
 	if len(code) > 512 {
 		return nil, zoidc.ErrInvalidGrant().WithDescription("invalid code")
 	}
 	_, data, err := s.p.store.AuthRequestByCode(ctx, hashCode(code), s.p.now())
-	if err != nil {
+	reused := errors.Is(err, session.ErrCodeReused)
+	if err != nil && !reused {
 		return nil, err
 	}
 	var a authRequest
-	if err := json.Unmarshal(data, &a); err != nil {
-		return nil, err
+	if jerr := json.Unmarshal(data, &a); jerr != nil {
+		return nil, fmt.Errorf("auth request of a code: %w", jerr)
+	}
+	if reused {
+		return nil, s.p.codeReused(ctx, &a, err)
 	}
 	return &a, nil
 }
 
+// codeReused ends the application session a replayed code joined, and
+// returns the error for the token endpoint.
+func (p *Provider) codeReused(ctx context.Context, a *authRequest, reuse error) error {
+	p.cfg.Logger.WarnContext(ctx, "authorization code replayed", "client", a.ClientID, "sid", a.SID, "app_session", a.AppSessionID)
+	if a.AppSessionID != "" {
+		err := p.tracker.EndApp(ctx, a.AppSessionID, session.ReasonCodeReuse, "system")
+		if err != nil && !errors.Is(err, session.ErrNotFound) {
+			return fmt.Errorf("end app session of a replayed code: %w", err)
+		}
+	}
+	return zoidc.ErrInvalidGrant().WithDescription("the code was already used; the tokens issued from it are revoked").WithParent(reuse)
+}
+
 // SaveAuthCode is called when the provider issues a code: this is where the
 // client joins the authentication session (its application session is
-// created, tightening the idle limit if it is stricter).
-func (s storage) SaveAuthCode(ctx context.Context, id, code string) error {
+// created, tightening the idle limit if it is stricter). The store issues
+// at most one code per request.
+func (s storage) SaveAuthCode(ctx context.Context, id, code string) (err error) {
+	defer func() { err = s.p.hideInternal(ctx, err) }()
 	a, err := s.p.authRequest(ctx, id)
 	if err != nil {
 		return err
 	}
 	if !a.IsDone {
 		return zoidc.ErrLoginRequired()
+	}
+	if err := s.p.checkRejoin(ctx, a.SID, a.ClientID); err != nil {
+		return err
 	}
 	st, err := s.p.tracker.Join(ctx, a.SID, a.ClientID, a.Scopes)
 	if errors.Is(err, activity.ErrSessionOver) {
@@ -153,12 +181,17 @@ func (s storage) SaveAuthCode(ctx context.Context, id, code string) error {
 	if err := s.p.saveAuthRequest(ctx, a); err != nil {
 		return err
 	}
-	return s.p.store.SaveAuthCode(ctx, id, hashCode(code))
+	err = s.p.store.SaveAuthCode(ctx, id, hashCode(code))
+	if errors.Is(err, session.ErrConflict) {
+		return zoidc.ErrInvalidRequest().WithDescription("a code was already issued for this request")
+	}
+	return err
 }
 
-func (s storage) DeleteAuthRequest(ctx context.Context, id string) error {
-	return s.p.store.DeleteAuthRequest(ctx, id)
-}
+// DeleteAuthRequest is called after a code exchange. The request stays,
+// redeemed, until it expires, so that a replay of its code is recognised;
+// the housekeeping purge removes it.
+func (s storage) DeleteAuthRequest(context.Context, string) error { return nil }
 
 // tokenLifetime is min(client access_token_ttl, idle limit in force, time
 // left until the deadline) at issuance, so that a resource server that only
@@ -260,44 +293,10 @@ func (s storage) TerminateSessionFromRequest(ctx context.Context, req *op.EndSes
 	return s.p.endAndFrontchannel(ctx, sid, req)
 }
 
-// RevokeToken revokes one access token, or a refresh token together with its
-// whole application session (RFC 7009 section 2.1: revoking a refresh token
-// should revoke the access tokens of the same grant). Revocation is never
-// activity.
-func (s storage) RevokeToken(ctx context.Context, tokenOrID, _, clientID string) *zoidc.Error {
-	if rt, err := s.p.refresh.parse(tokenOrID); err == nil {
-		app := rt.app
-		st, err := s.p.tracker.Check(ctx, app)
-		if err != nil {
-			return nil // unknown tokens are answered 200 (RFC 7009 section 2.2)
-		}
-		if st.ClientID != clientID {
-			return zoidc.ErrInvalidClient().WithDescription("token was not issued to this client")
-		}
-		if err := s.p.tracker.EndApp(ctx, app, session.ReasonLogout, clientID); err != nil {
-			return zoidc.ErrServerError().WithParent(err)
-		}
-		return nil
-	}
-	id, err := parseTokenID(tokenOrID)
-	if err != nil {
-		return nil
-	}
-	owner := id.clientID
-	if id.appSessionID != "" {
-		st, err := s.p.tracker.Check(ctx, id.appSessionID)
-		if err != nil {
-			return nil
-		}
-		owner = st.ClientID
-	}
-	if owner != clientID {
-		return zoidc.ErrInvalidClient().WithDescription("token was not issued to this client")
-	}
-	if err := s.p.revokeTokenID(ctx, tokenOrID, id.expires); err != nil {
-		return zoidc.ErrServerError().WithParent(err)
-	}
-	return nil
+// RevokeToken is op.Storage's revocation; Server.Revocation answers the
+// endpoint itself (see revoke), so that nothing unverified reaches here.
+func (s storage) RevokeToken(ctx context.Context, token, _, clientID string) *zoidc.Error {
+	return s.p.revoke(ctx, token, clientID)
 }
 
 func (s storage) GetRefreshTokenInfo(ctx context.Context, clientID, token string) (string, string, error) {
@@ -353,8 +352,18 @@ func (s storage) ClientCredentials(_ context.Context, id, secret string) (op.Cli
 	return opClient{Client: c, loginURL: s.p.loginURL}, nil
 }
 
+// ClientCredentialsTokenRequest grants the authenticated client id the
+// scopes it may have out of those requested (Client.ServiceScopes).
 func (s storage) ClientCredentialsTokenRequest(_ context.Context, id string, scopes []string) (op.TokenRequest, error) {
-	return &clientCredentialsRequest{clientID: id, scopes: scopes}, nil
+	c, ok := s.p.clients[id]
+	if !ok {
+		return nil, zoidc.ErrInvalidClient().WithDescription("unknown client")
+	}
+	granted, err := c.ServiceScopes(scopes)
+	if err != nil {
+		return nil, err
+	}
+	return &clientCredentialsRequest{clientID: id, scopes: granted}, nil
 }
 
 // SetUserinfoFromScopes is deprecated upstream; SetUserinfoFromRequest does the work.

@@ -188,3 +188,10 @@ func (c *signerCache) get(key op.SigningKey, typ jose.ContentType) (jose.Signer,
 	c.m[k] = s
 	return s, nil
 }
+
+// JWTProfile refuses the JWT bearer grant (RFC 7523): the protocol library
+// would verify the assertion first, but no client may use the grant and
+// discovery does not advertise it.
+func (s *server) JWTProfile(context.Context, *op.Request[zoidc.JWTProfileGrantRequest]) (*op.Response, error) {
+	return nil, zoidc.ErrUnsupportedGrantType().WithDescription("the JWT bearer grant is not supported")
+}

@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"runtime"
 	"strings"
 	"sync"
 
@@ -52,20 +51,17 @@ var dummyHash = sync.OnceValue(func() string {
 	return h
 })
 
-// verifySlots bounds concurrent argon2id verifications, each of which holds
-// its memory cost (64 MiB by default): a burst of sign-ins waits instead of
-// multiplying the provider's memory.
-var verifySlots = make(chan struct{}, max(2, runtime.GOMAXPROCS(0)))
-
 // VerifyPassword reports whether password matches an argon2id PHC hash. An
 // empty hash (unknown user) still costs one argon2id computation.
+//
+// Each call holds the hash's memory cost (64 MiB by default) while it runs:
+// a server bounds how many run at once, and how many wait (the provider's
+// login limiter does).
 func VerifyPassword(hash, password string) bool {
 	if hash == "" {
 		hash = dummyHash()
 		password += "\x00never"
 	}
-	verifySlots <- struct{}{}
-	defer func() { <-verifySlots }()
 	parts := strings.Split(hash, "$")
 	if len(parts) != 6 || parts[1] != "argon2id" {
 		return false

@@ -1,6 +1,7 @@
 package session
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"database/sql"
@@ -9,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -632,8 +634,7 @@ func prepareEnd(ctx context.Context, tx *sql.Tx) (*endStmts, error) {
 	st.auth = prep(`UPDATE auth_sessions SET ended_at = ?, end_reason = ?, ended_by = ?,
 		idle_limit_ms = CASE WHEN ? > 0 THEN ? ELSE idle_limit_ms END WHERE id = ? AND ended_at IS NULL`)
 	st.app = prep(`UPDATE app_sessions SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL`)
-	st.outbox = prep(`INSERT INTO logout_outbox (jti, client_id, uri, sid, subject, reason, created_at, next_attempt_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`)
+	st.outbox = prep(insertOutbox)
 	st.audit = prep(insertAudit)
 	if err != nil {
 		st.close()
@@ -711,59 +712,173 @@ func (s *SQLite) RevokeToken(ctx context.Context, tokenID string, expires time.T
 // RevokedTokens returns the ids of revoked tokens that have not expired by now,
 // deleting the rest.
 func (s *SQLite) RevokedTokens(ctx context.Context, now time.Time) ([]string, error) {
-	if _, err := s.w.ExecContext(ctx, `DELETE FROM revoked_tokens WHERE expires_at < ?`, ms(now)); err != nil {
+	if _, err := s.PurgeRevokedTokens(ctx, now); err != nil {
 		return nil, err
 	}
-	return s.ids(ctx, `SELECT token_id FROM revoked_tokens`)
+	return s.ids(ctx, `SELECT token_id FROM revoked_tokens WHERE expires_at >= ?`, ms(now))
+}
+
+// PurgeRevokedTokens deletes the revocations of tokens that have expired by
+// now (an expired token is refused anyway) and returns how many it deleted.
+func (s *SQLite) PurgeRevokedTokens(ctx context.Context, now time.Time) (int64, error) {
+	return s.purgeBatches(ctx, `DELETE FROM revoked_tokens WHERE token_id IN (SELECT token_id FROM revoked_tokens WHERE expires_at < ? LIMIT 1000)`, ms(now))
 }
 
 // --- authorization requests ---
 
-// SaveAuthRequest stores (or replaces) an authorization request's data.
+// SaveAuthRequest stores an authorization request, or replaces the data of
+// one that has no code yet: once a code is issued its request is frozen
+// (ErrConflict).
 func (s *SQLite) SaveAuthRequest(ctx context.Context, id string, data []byte, created, expires time.Time) error {
-	_, err := s.w.ExecContext(ctx, `INSERT INTO auth_requests (id, data, created_at, expires_at) VALUES (?, ?, ?, ?)
-		ON CONFLICT (id) DO UPDATE SET data = excluded.data`, id, string(data), ms(created), ms(expires))
+	res, err := s.w.ExecContext(ctx, `INSERT INTO auth_requests (id, data, created_at, expires_at) VALUES (?, ?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET data = excluded.data WHERE auth_requests.code_hash IS NULL`, id, string(data), ms(created), ms(expires))
+	if err = mustAffect(res, err, "auth request"); errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("auth request %s has a code: %w", id, ErrConflict)
+	}
 	return err
 }
 
-// AuthRequestData returns an unexpired authorization request's data.
+// AuthRequestData returns the data of an unexpired authorization request
+// that has no code yet; a request whose code was issued is not found.
 func (s *SQLite) AuthRequestData(ctx context.Context, id string, now time.Time) ([]byte, error) {
 	var data string
-	err := s.r.QueryRowContext(ctx, `SELECT data FROM auth_requests WHERE id = ? AND expires_at > ?`, id, ms(now)).Scan(&data)
+	err := s.r.QueryRowContext(ctx, `SELECT data FROM auth_requests WHERE id = ? AND expires_at > ? AND code_hash IS NULL`, id, ms(now)).Scan(&data)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("auth request: %w", ErrNotFound)
 	}
 	return []byte(data), err
 }
 
-// SaveAuthCode attaches the hash of an issued code to a request.
+// SaveAuthCode attaches the hash of an issued code to a request, at most
+// once: a request that already has a code answers ErrConflict, so that two
+// racing callbacks cannot both issue one.
 func (s *SQLite) SaveAuthCode(ctx context.Context, id, codeHash string) error {
-	res, err := s.w.ExecContext(ctx, `UPDATE auth_requests SET code_hash = ? WHERE id = ?`, codeHash, id)
-	return mustAffect(res, err, "auth request")
+	res, err := s.w.ExecContext(ctx, `UPDATE auth_requests SET code_hash = ? WHERE id = ? AND code_hash IS NULL`, codeHash, id)
+	if err = mustAffect(res, err, "auth request"); !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	var n int
+	if e := s.w.QueryRowContext(ctx, `SELECT count(*) FROM auth_requests WHERE id = ?`, id).Scan(&n); e != nil {
+		return e
+	}
+	if n > 0 {
+		return fmt.Errorf("auth request %s already has a code: %w", id, ErrConflict)
+	}
+	return err
 }
 
-// AuthRequestByCode returns the request a code was issued for and deletes
-// it in the same statement, so that a code is redeemed once even when two
-// exchanges race (RFC 6749 section 4.1.2).
+// AuthRequestByCode redeems a code: the first call returns the request it
+// was issued for and marks it redeemed in the same statement, so that a code
+// is redeemed once even when two exchanges race (RFC 6749 section 4.1.2).
+// Until the request expires, every later call returns the same id and data
+// with ErrCodeReused, so that the caller can revoke what the code gave.
 func (s *SQLite) AuthRequestByCode(ctx context.Context, codeHash string, now time.Time) (string, []byte, error) {
 	var id, data string
-	err := s.w.QueryRowContext(ctx, `DELETE FROM auth_requests WHERE code_hash = ? AND expires_at > ? RETURNING id, data`, codeHash, ms(now)).Scan(&id, &data)
+	err := s.w.QueryRowContext(ctx, `UPDATE auth_requests SET redeemed_at = ?
+		WHERE code_hash = ? AND expires_at > ? AND redeemed_at IS NULL RETURNING id, data`, ms(now), codeHash, ms(now)).Scan(&id, &data)
+	if !errors.Is(err, sql.ErrNoRows) {
+		return id, []byte(data), err
+	}
+	err = s.w.QueryRowContext(ctx, `SELECT id, data FROM auth_requests WHERE code_hash = ? AND expires_at > ?`, codeHash, ms(now)).Scan(&id, &data)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", nil, fmt.Errorf("auth code: %w", ErrNotFound)
 	}
-	return id, []byte(data), err
-}
-
-// DeleteAuthRequest removes a request; a code can therefore be used once.
-func (s *SQLite) DeleteAuthRequest(ctx context.Context, id string) error {
-	_, err := s.w.ExecContext(ctx, `DELETE FROM auth_requests WHERE id = ?`, id)
-	return err
+	if err != nil {
+		return "", nil, err
+	}
+	return id, []byte(data), fmt.Errorf("auth code of request %s: %w", id, ErrCodeReused)
 }
 
 // PurgeAuthRequests deletes expired requests.
 func (s *SQLite) PurgeAuthRequests(ctx context.Context, now time.Time) error {
 	_, err := s.w.ExecContext(ctx, `DELETE FROM auth_requests WHERE expires_at <= ?`, ms(now))
 	return err
+}
+
+// --- sign-in throttling ---
+
+// ReserveLoginAttempt counts one sign-in attempt against every key before
+// the password is checked, in one transaction, so that concurrent guesses
+// (at this process or any other on the database) cannot all pass the limit.
+// When a key is locked at now, nothing is counted and the longest remaining
+// lock is returned instead.
+func (s *SQLite) ReserveLoginAttempt(ctx context.Context, keys []string, now time.Time, p LoginPolicy) (LoginAttempt, time.Duration, error) {
+	a := LoginAttempt{Keys: keys, Locks: make([]time.Time, len(keys))}
+	var wait time.Duration
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		counts := make([]int, len(keys))
+		for i, k := range keys {
+			var n int
+			var last, until int64
+			err := tx.QueryRowContext(ctx, `SELECT failures, last_at, locked_until FROM login_failures WHERE key = ?`, k).Scan(&n, &last, &until)
+			switch {
+			case errors.Is(err, sql.ErrNoRows):
+			case err != nil:
+				return err
+			case fromMS(until).After(now):
+				wait = max(wait, fromMS(until).Sub(now))
+			case !p.Stale(fromMS(last), fromMS(until), now):
+				counts[i] = n
+			}
+		}
+		if wait > 0 {
+			return nil
+		}
+		for i, k := range keys {
+			a.Locks[i] = p.LockedUntil(counts[i]+1, now)
+			if _, err := tx.ExecContext(ctx, `INSERT INTO login_failures (key, failures, last_at, locked_until) VALUES (?, ?, ?, ?)
+				ON CONFLICT (key) DO UPDATE SET failures = excluded.failures, last_at = excluded.last_at, locked_until = excluded.locked_until`,
+				k, counts[i]+1, ms(now), ms(a.Locks[i])); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return LoginAttempt{}, 0, fmt.Errorf("reserve login attempt: %w", err)
+	}
+	if wait > 0 {
+		return LoginAttempt{}, wait, nil
+	}
+	return a, 0, nil
+}
+
+// RefundLoginAttempt gives back an attempt that was not a wrong guess (the
+// password was right, or it was never checked): one attempt less on each of
+// its keys, and the lock it set lifted unless a later attempt replaced it.
+func (s *SQLite) RefundLoginAttempt(ctx context.Context, a LoginAttempt) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		for i, k := range a.Keys {
+			if _, err := tx.ExecContext(ctx, `UPDATE login_failures SET failures = MAX(failures - 1, 0),
+				locked_until = CASE WHEN locked_until = ? THEN 0 ELSE locked_until END WHERE key = ?`, ms(a.Locks[i]), k); err != nil {
+				return fmt.Errorf("refund login attempt: %w", err)
+			}
+		}
+		return nil
+	})
+}
+
+// ForgetLoginFailures deletes the counts of keys (a successful sign-in's
+// username or device).
+func (s *SQLite) ForgetLoginFailures(ctx context.Context, keys []string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	in, args := placeholders(keys)
+	if _, err := s.w.ExecContext(ctx, `DELETE FROM login_failures WHERE key IN (`+in+`)`, args...); err != nil {
+		return fmt.Errorf("forget login failures: %w", err)
+	}
+	return nil
+}
+
+// PurgeLoginFailures deletes the counts that p forgets at now: their lock
+// is over and their last attempt older than p.LockoutMax.
+func (s *SQLite) PurgeLoginFailures(ctx context.Context, now time.Time, p LoginPolicy) error {
+	_, err := s.w.ExecContext(ctx, `DELETE FROM login_failures WHERE locked_until <= ? AND last_at < ?`, ms(now), ms(now.Add(-p.LockoutMax)))
+	if err != nil {
+		return fmt.Errorf("purge login failures: %w", err)
+	}
+	return nil
 }
 
 // --- keys and secrets ---
@@ -816,62 +931,133 @@ func (s *SQLite) Secret(ctx context.Context, name string, gen func() []byte) ([]
 
 // --- outbox ---
 
-const outboxCols = `id, jti, client_id, uri, sid, subject, reason, created_at, next_attempt_at, attempts, last_error, delivered_at, abandoned_at`
+// insertOutbox writes one logout notice. There is at most one pending row per
+// (client, sid): a later end of the same pair supersedes a pending row, with a
+// fresh jti (the app may already have seen, and remembered, the old one for a
+// session it has since rejoined) and the first due time of the two. The pair
+// can therefore hold one pending row however often it ends and rejoins.
+const insertOutbox = `INSERT INTO logout_outbox (jti, client_id, uri, sid, subject, reason, created_at, next_attempt_at)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+	ON CONFLICT (client_id, sid) WHERE delivered_at IS NULL AND abandoned_at IS NULL DO UPDATE SET
+	jti = excluded.jti, uri = excluded.uri, subject = excluded.subject, reason = excluded.reason, created_at = excluded.created_at,
+	next_attempt_at = min(next_attempt_at, excluded.next_attempt_at), attempts = 0, last_error = '', claimed_by = NULL, claimed_until = NULL`
+
+const outboxCols = `id, jti, client_id, uri, sid, subject, reason, created_at, next_attempt_at, attempts, last_error, delivered_at, abandoned_at, claimed_by, claimed_until`
+
+const outboxPending = `delivered_at IS NULL AND abandoned_at IS NULL`
 
 func scanOutbox(row scanner) (OutboxEntry, error) {
 	var o OutboxEntry
 	var created, next int64
-	var delivered, abandoned sql.NullInt64
+	var delivered, abandoned, claimedUntil sql.NullInt64
 	var reason string
-	err := row.Scan(&o.ID, &o.JTI, &o.ClientID, &o.URI, &o.SID, &o.Subject, &reason, &created, &next, &o.Attempts, &o.LastError, &delivered, &abandoned)
+	var claimedBy sql.NullString
+	err := row.Scan(&o.ID, &o.JTI, &o.ClientID, &o.URI, &o.SID, &o.Subject, &reason, &created, &next, &o.Attempts, &o.LastError,
+		&delivered, &abandoned, &claimedBy, &claimedUntil)
 	o.Reason = Reason(reason)
 	o.CreatedAt, o.NextAttemptAt = fromMS(created), fromMS(next)
 	o.DeliveredAt, o.AbandonedAt = fromNullMS(delivered), fromNullMS(abandoned)
+	o.ClaimedBy, o.ClaimedUntil = claimedBy.String, fromNullMS(claimedUntil)
 	return o, err
 }
 
-// DueDeliveries returns pending deliveries whose next attempt is due.
-func (s *SQLite) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]OutboxEntry, error) {
-	return s.outbox(ctx, `SELECT `+outboxCols+` FROM logout_outbox WHERE delivered_at IS NULL AND abandoned_at IS NULL
-		AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?`, ms(now), limit)
+// ClaimDeliveries claims up to c.Limit due rows of one destination for
+// c.Worker in a single UPDATE ... RETURNING, so that two workers (two
+// processes on one database) never hold the same row; rows whose claim has
+// lapsed are claimable again. The rows come back oldest due first.
+func (s *SQLite) ClaimDeliveries(ctx context.Context, c DeliveryClaim) ([]OutboxEntry, error) {
+	where, args := `uri = ?`, []any{c.Worker, ms(c.Until), c.URI}
+	switch {
+	case c.URI != "":
+	case len(c.Except) > 0:
+		in, except := placeholders(c.Except)
+		where, args = `uri NOT IN (`+in+`)`, append(args[:2], except...)
+	default:
+		where, args = `true`, args[:2]
+	}
+	args = append(args, ms(c.Now), ms(c.Now), c.Limit)
+	out, err := queryAll(ctx, s.w, scanOutbox, `UPDATE logout_outbox SET claimed_by = ?, claimed_until = ?
+		WHERE id IN (SELECT id FROM logout_outbox WHERE `+where+` AND `+outboxPending+` AND next_attempt_at <= ?
+			AND (claimed_until IS NULL OR claimed_until <= ?) ORDER BY next_attempt_at, id LIMIT ?)
+		RETURNING `+outboxCols, args...)
+	if err != nil {
+		return nil, fmt.Errorf("claim deliveries: %w", err)
+	}
+	slices.SortFunc(out, func(a, b OutboxEntry) int {
+		return cmp.Or(a.NextAttemptAt.Compare(b.NextAttemptAt), cmp.Compare(a.ID, b.ID))
+	})
+	return out, nil
 }
 
 // PendingDeliveries counts deliveries neither delivered nor abandoned.
 func (s *SQLite) PendingDeliveries(ctx context.Context) (int, error) {
 	var n int
-	err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM logout_outbox WHERE delivered_at IS NULL AND abandoned_at IS NULL`).Scan(&n)
+	err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM logout_outbox WHERE `+outboxPending).Scan(&n)
 	return n, err
 }
 
 // Deliveries lists every delivery for an authentication session (all when sid
 // is empty), oldest first.
 func (s *SQLite) Deliveries(ctx context.Context, sid string) ([]OutboxEntry, error) {
-	return s.outbox(ctx, `SELECT `+outboxCols+` FROM logout_outbox WHERE ? = '' OR sid = ? ORDER BY id`, sid, sid)
+	return queryAll(ctx, s.r, scanOutbox, `SELECT `+outboxCols+` FROM logout_outbox WHERE ? = '' OR sid = ? ORDER BY id`, sid, sid)
 }
 
-func (s *SQLite) outbox(ctx context.Context, q string, args ...any) ([]OutboxEntry, error) {
-	return queryAll(ctx, s.r, scanOutbox, q, args...)
-}
-
-// DeliveryDone records a delivery's fate with its audit event: delivered
-// (ok), a retry at next, or abandoned (next zero and not ok).
+// DeliveryDone records one attempt with its audit event: delivered (ok), a
+// retry at next, or abandoned (next zero and not ok). A delivered row is
+// marked so whoever delivered it; a failure is recorded only by the worker
+// that still holds the row's claim. Either way the row must still carry o's
+// jti: a later end of the same pair has replaced the notice, which stays
+// pending. An attempt that no longer owns its row is audited all the same
+// (a duplicate delivery, with the same jti, is allowed and counted there).
 func (s *SQLite) DeliveryDone(ctx context.Context, o OutboxEntry, at time.Time, ok bool, next time.Time, errText string) error {
 	ev := deliveryOutcome(o, at, ok, next, errText)
 	return s.tx(ctx, func(tx *sql.Tx) error {
+		var res sql.Result
 		var err error
+		const mine = ` WHERE id = ? AND jti = ? AND ` + outboxPending
+		const claim = ` AND claimed_by = ?`
+		const unclaim = `, claimed_by = NULL, claimed_until = NULL`
 		switch ev.Kind {
 		case AuditLogoutDelivered:
-			_, err = tx.ExecContext(ctx, `UPDATE logout_outbox SET delivered_at = ?, attempts = attempts + 1, last_error = '' WHERE id = ?`, ms(at), o.ID)
+			res, err = tx.ExecContext(ctx, `UPDATE logout_outbox SET delivered_at = ?, attempts = attempts + 1, last_error = ''`+unclaim+mine,
+				ms(at), o.ID, o.JTI)
 		case AuditLogoutAbandoned:
-			_, err = tx.ExecContext(ctx, `UPDATE logout_outbox SET abandoned_at = ?, attempts = attempts + 1, last_error = ? WHERE id = ?`, ms(at), errText, o.ID)
+			res, err = tx.ExecContext(ctx, `UPDATE logout_outbox SET abandoned_at = ?, attempts = attempts + 1, last_error = ?`+unclaim+mine+claim,
+				ms(at), errText, o.ID, o.JTI, o.ClaimedBy)
 		default:
-			_, err = tx.ExecContext(ctx, `UPDATE logout_outbox SET next_attempt_at = ?, attempts = attempts + 1, last_error = ? WHERE id = ?`, ms(next), errText, o.ID)
+			res, err = tx.ExecContext(ctx, `UPDATE logout_outbox SET next_attempt_at = ?, attempts = attempts + 1, last_error = ?`+unclaim+mine+claim,
+				ms(next), errText, o.ID, o.JTI, o.ClaimedBy)
 		}
 		if err != nil {
 			return fmt.Errorf("outbox %d: %w", o.ID, err)
 		}
-		return addAudit(ctx, auditVia{tx}, ev)
+		n, _ := res.RowsAffected()
+		return addAudit(ctx, auditVia{tx}, staleDelivery(ev, n))
 	})
+}
+
+// PurgeDeliveries deletes delivered and abandoned rows that finished before
+// before (the audit keeps their record), in batches so that the writer is
+// never held long, and returns how many it deleted.
+func (s *SQLite) PurgeDeliveries(ctx context.Context, before time.Time) (int64, error) {
+	return s.purgeBatches(ctx, `DELETE FROM logout_outbox WHERE id IN (SELECT id FROM logout_outbox
+		WHERE (delivered_at IS NOT NULL OR abandoned_at IS NOT NULL) AND COALESCE(delivered_at, abandoned_at) < ? LIMIT 1000)`, ms(before))
+}
+
+// purgeBatches runs a DELETE of at most 1000 rows until it deletes none.
+func (s *SQLite) purgeBatches(ctx context.Context, q string, args ...any) (int64, error) {
+	var total int64
+	for {
+		res, err := s.w.ExecContext(ctx, q, args...)
+		if err != nil {
+			return total, fmt.Errorf("purge: %w", err)
+		}
+		n, err := res.RowsAffected()
+		total += n
+		if err != nil || n < 1000 {
+			return total, err
+		}
+	}
 }
 
 // --- audit ---

@@ -21,7 +21,7 @@ func appJoinEvent(app *AppSession, auth ActivityUpdate, userID string) AuditEven
 }
 
 // deliveryOutcome is what DeliveryDone records: the audit event and which
-// of the three updates of the outbox row applies.
+// of the three updates of the outbox row applies (its Kind).
 func deliveryOutcome(o OutboxEntry, at time.Time, ok bool, next time.Time, errText string) AuditEvent {
 	kind := AuditLogoutRetrying
 	switch {
@@ -35,6 +35,16 @@ func deliveryOutcome(o OutboxEntry, at time.Time, ok bool, next time.Time, errTe
 		detail += " error=" + errText
 	}
 	return AuditEvent{At: at, Kind: kind, SID: o.SID, UserID: o.Subject, ClientID: o.ClientID, Reason: string(o.Reason), Detail: detail}
+}
+
+// staleDelivery marks the audit event of an attempt whose UPDATE changed no
+// row (affected 0): the row was delivered elsewhere already, or replaced by a
+// later end of the same pair. The attempt is audited all the same.
+func staleDelivery(ev AuditEvent, affected int64) AuditEvent {
+	if affected == 0 {
+		ev.Detail += " stale=true"
+	}
+	return ev
 }
 
 // attachChain records a refresh chain's generation on its application

@@ -12,12 +12,16 @@ var ErrNotFound = errors.New("not found")
 // live application session for the same pair, a reused name).
 var ErrConflict = errors.New("conflict")
 
+// ErrCodeReused is returned when an authorization code that was already
+// redeemed is presented again.
+var ErrCodeReused = errors.New("authorization code already redeemed")
+
 // Reason says why a session ended. The values are part of the public surface:
 // they appear in audit events, the admin API and the `reason` claim of
 // back-channel logout tokens.
 type Reason string
 
-// The reasons a session can end, from ../shared/idle-model.md.
+// The reasons a session can end, from docs/idle-model.md.
 const (
 	ReasonIdleTimeout    Reason = "idle_timeout"
 	ReasonMaxLifetime    Reason = "max_lifetime"
@@ -25,6 +29,7 @@ const (
 	ReasonAppIdleTimeout Reason = "app_idle_timeout"
 	ReasonAdmin          Reason = "admin"
 	ReasonRefreshReuse   Reason = "refresh_reuse"
+	ReasonCodeReuse      Reason = "code_reuse" // an authorization code was presented again after its exchange
 )
 
 // User is a person who can sign in.
@@ -138,6 +143,26 @@ type OutboxEntry struct {
 	LastError     string
 	DeliveredAt   time.Time
 	AbandonedAt   time.Time
+	// ClaimedBy and ClaimedUntil name the worker delivering the row and when
+	// its claim lapses (a worker that died mid-delivery leaves a claim that
+	// expires; the row is then delivered again, with the same JTI).
+	ClaimedBy    string
+	ClaimedUntil time.Time
+}
+
+// DeliveryClaim asks for due outbox rows of one destination, for one worker.
+// A claim takes rows that are pending, due at Now, and not claimed (or whose
+// claim has lapsed), oldest due first, and marks them claimed by Worker until
+// Until, atomically, so that several processes can deliver from one outbox.
+type DeliveryClaim struct {
+	Worker string
+	Now    time.Time
+	Until  time.Time
+	// URI is the destination (a backchannel_logout_uri) to claim rows of.
+	// Empty means every destination not listed in Except.
+	URI    string
+	Except []string
+	Limit  int
 }
 
 // AuditEvent is one line of the audit trail.
@@ -163,6 +188,7 @@ const (
 	AuditLogoutRetrying     = "logout_retrying"
 	AuditLogoutAbandoned    = "logout_abandoned"
 	AuditLoginFailed        = "login_failed"
+	AuditLoginSucceeded     = "login_succeeded"
 	AuditSessionReauthented = "session_reauthenticated"
 )
 

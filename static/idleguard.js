@@ -6,7 +6,7 @@
  *
  * Plain ES module, no dependencies, no build step. API reference: idleguard.md.
  *
- * Design (the rules are in shared/idle-model.md, "The browser's part"):
+ * Design (the rules are in docs/idle-model.md, "The browser's part"):
  *
  * - Only real interaction is activity. Trusted pointer, key, touch and wheel
  *   events are reported as POST /activity, at most once per heartbeatInterval

@@ -10,9 +10,11 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/idleguard/idleguard/oidc"
 	"github.com/idleguard/idleguard/session"
@@ -101,7 +103,7 @@ func userCmd(ctx context.Context, args []string, stdin io.Reader, stdout io.Writ
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "USERNAME\tNAME\tEMAIL\tSUBJECT")
 		for _, u := range users {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", u.Username, u.Name, u.Email, u.ID)
+			fmt.Fprintln(tw, printable(u.Username, u.Name, u.Email, u.ID))
 		}
 		return tw.Flush()
 	}
@@ -293,7 +295,35 @@ func auditCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TIME\tEVENT\tSID\tCLIENT\tREASON\tBY\tDETAIL")
 	for _, e := range out.Events {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.At.Format(time.RFC3339), e.Kind, e.SID, e.ClientID, e.Reason, e.Initiator, e.Detail)
+		fmt.Fprintln(tw, printable(e.At.Format(time.RFC3339), e.Kind, e.SID, e.ClientID, e.Reason, e.Initiator, e.Detail))
 	}
 	return tw.Flush()
+}
+
+// printable joins fields into one tab-separated line for a terminal,
+// escaping in each what a terminal acts on instead of showing: control
+// characters (a newline or NUL in a recorded username would forge a line of
+// its own), format characters such as the bidirectional overrides (U+202E
+// shows what follows reversed) and line separators, and the backslash that
+// starts an escape. The line shows what was recorded, unambiguously; the
+// admin API's JSON carries the same values unchanged.
+func printable(fields ...string) string {
+	var b strings.Builder
+	for i, f := range fields {
+		if i > 0 {
+			b.WriteByte('\t')
+		}
+		for _, r := range f {
+			switch {
+			case r == '\\':
+				b.WriteString(`\\`)
+			case unicode.IsControl(r) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp):
+				q := strconv.QuoteRune(r)
+				b.WriteString(q[1 : len(q)-1])
+			default:
+				b.WriteRune(r)
+			}
+		}
+	}
+	return b.String()
 }

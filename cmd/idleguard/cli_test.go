@@ -3,12 +3,16 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -172,14 +176,7 @@ func testSessionAndAuditCommands(t *testing.T, db string) {
 	config, issuer, _ := writeConfigOn(t, db, "")
 	_, err := runCLI(t, "a long password\n", "user", "add", "alice", "--config", config)
 	require.NoError(t, err)
-	cfg, _, err := loadConfig(config)
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(t.Context())
-	ready := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, false, &bytes.Buffer{}, &bytes.Buffer{}, ready) }()
-	defer func() { cancel(); require.NoError(t, <-done) }()
-	<-ready
+	defer serveInProcess(t, config, &bytes.Buffer{})()
 
 	oc := &oauth2.Config{ClientID: "mail", ClientSecret: "mail-secret-0123456789", RedirectURL: "http://127.0.0.1:1/callback",
 		Endpoint: oauth2.Endpoint{AuthURL: issuer + "/authorize", TokenURL: issuer + "/oauth/token"}, Scopes: []string{"openid"}}
@@ -205,6 +202,20 @@ func testSessionAndAuditCommands(t *testing.T, db string) {
 
 	_, err = runCLI(t, "", "session", "end", "unknown", "--config", config)
 	require.ErrorContains(t, err, "404")
+}
+
+// serveInProcess runs `idleguard serve` with the configuration file until
+// the returned stop is called; it logs to stderr.
+func serveInProcess(t *testing.T, config string, stderr io.Writer) (stop func()) {
+	t.Helper()
+	cfg, _, err := loadConfig(config)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(t.Context())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, cfg, false, &bytes.Buffer{}, stderr, ready) }()
+	<-ready
+	return func() { cancel(); require.NoError(t, <-done) }
 }
 
 func between(s, start, end string) string {
@@ -236,4 +247,110 @@ func TestUnreachablePostgresIsAClearError(t *testing.T) {
 	_, err := runCLI(t, "", "migrate", "--config", config)
 	require.ErrorContains(t, err, "migrate postgres://idleguard:xxxxx@127.0.0.1:")
 	require.NotContains(t, err.Error(), "pw-0123456789")
+}
+
+// Issue 9, finding 9: a newline, NUL or U+202E in a recorded value must not
+// forge or disguise a line of `idleguard audit`.
+func TestAuditOutputCannotBeForged(t *testing.T) {
+	config, issuer, _ := writeConfig(t, "")
+	weird := "eve\u202eevil\x00\ttab"
+	_, err := runCLI(t, "a long password\n", "user", "add", weird, "--config", config)
+	require.NoError(t, err)
+	defer serveInProcess(t, config, &bytes.Buffer{})()
+
+	oc := &oauth2.Config{ClientID: "mail", ClientSecret: "mail-secret-0123456789", RedirectURL: "http://127.0.0.1:1/callback",
+		Endpoint: oauth2.Endpoint{AuthURL: issuer + "/authorize", TokenURL: issuer + "/oauth/token"}, Scopes: []string{"openid"}}
+	forged := "x\n2026-01-01T00:00:00Z  session_end  admin  admin"
+	for _, name := range []string{weird, forged} {
+		_, err := oidctest.Login(t.Context(), oidctest.NewBrowser(issuer, nil), issuer, oc, name, "wrong password")
+		require.ErrorContains(t, err, "401")
+	}
+
+	out, err := runCLI(t, "", "audit", "--config", config)
+	require.NoError(t, err, out)
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	require.Len(t, lines, 3, "a header and one line per failed sign-in:\n%s", out)
+	for _, l := range lines[1:] {
+		require.Regexp(t, `^\d{4}-\d\d-\d\dT\S+\s+login_failed\s`, l)
+	}
+	require.NotContains(t, out, "\u202e")
+	require.NotContains(t, out, "\x00")
+	require.Contains(t, out, `username=eve\u202eevil\x00\ttab address=`, "shown escaped, as recorded")
+	require.NotContains(t, out, "session_end", "nothing typed for an unknown user is kept")
+
+	out, err = runCLI(t, "", "user", "list", "--config", config)
+	require.NoError(t, err)
+	require.Contains(t, out, `eve\u202eevil\x00\ttab`)
+
+	// The admin API's JSON stays truthful: the recorded value, unchanged.
+	api, err := newAdminClient(config)
+	require.NoError(t, err)
+	var events struct {
+		Events []session.AuditEvent `json:"events"`
+	}
+	require.NoError(t, api.call(t.Context(), "GET", "/admin/audit?user="+url.QueryEscape(weird), &events))
+	require.Len(t, events.Events, 1)
+	require.Contains(t, events.Events[0].Detail, "username="+weird+" ")
+}
+
+func TestPrintableEscapesWhatATerminalWouldActOn(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain":             "plain",
+		"a\nb":              `a\nb`,
+		"nul\x00":           `nul\x00`,
+		"rtl\u202eoverride": `rtl\u202eoverride`,
+		"isolate\u2067x":    `isolate\u2067x`,
+		"zero\u200bwidth":   `zero\u200bwidth`,
+		"line\u2028sep":     `line\u2028sep`,
+		"esc\x1b[31m":       `esc\x1b[31m`,
+		`back\slash`:        `back\\slash`,
+		"ünïcödé 名前":        "ünïcödé 名前",
+	} {
+		require.Equal(t, want, printable(in), "%q", in)
+	}
+	require.Equal(t, "a\tb", printable("a", "b"), "fields are tab-separated")
+}
+
+// Every line logged while serving a request carries its request id, in the
+// format the configuration asks for.
+func TestServeLogsCarryTheRequestID(t *testing.T) {
+	config, issuer, _ := writeConfig(t, "log:\n  format: json\n  level: debug\n")
+	var logs syncBuffer
+	stop := serveInProcess(t, config, &logs)
+
+	// A sign-in request for an unknown client: the protocol layer logs it.
+	resp, err := http.Get(issuer + "/authorize?client_id=nope&redirect_uri=http://127.0.0.1:1/cb&response_type=code&scope=openid")
+	require.NoError(t, err)
+	resp.Body.Close()
+	id := resp.Header.Get("X-Request-Id")
+	require.NotEmpty(t, id)
+	stop()
+
+	var seen bool
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var rec map[string]any
+		require.NoError(t, json.Unmarshal([]byte(line), &rec), "a JSON log line: %s", line)
+		if rec["request_id"] == id {
+			seen = true
+		}
+	}
+	require.True(t, seen, "no log line of request %s in:\n%s", id, logs.String())
+}
+
+// syncBuffer is a bytes.Buffer that the server's goroutines may write to.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

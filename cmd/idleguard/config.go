@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"reflect"
@@ -46,6 +48,12 @@ type Config struct {
 	// Database is the path of a SQLite file, or a postgres:// (or
 	// postgresql://) URL of a PostgreSQL database shared by replicas.
 	Database string `yaml:"database"`
+	// TrustedProxies are the CIDRs (or single addresses) of the reverse
+	// proxies in front of the provider: only a request from one of them has
+	// its X-Forwarded-For or Forwarded header believed, to find the client
+	// address that sign-in throttling and the audit trail use. Empty (the
+	// default): the peer's address is the client's.
+	TrustedProxies []string `yaml:"trusted_proxies"`
 
 	Session     SessionConfig     `yaml:"session"`
 	Keys        KeysConfig        `yaml:"keys"`
@@ -53,6 +61,7 @@ type Config struct {
 	Admin       AdminConfig       `yaml:"admin"`
 	Backchannel BackchannelConfig `yaml:"backchannel"`
 	Login       LoginConfig       `yaml:"login"`
+	Log         LogConfig         `yaml:"log"`
 	Clients     []ClientConfig    `yaml:"clients"`
 
 	// problems found while decoding and expanding, reported by Validate
@@ -63,7 +72,7 @@ type Config struct {
 }
 
 // SessionConfig is the idle model's provider-wide part (see
-// shared/idle-model.md, "The limit: the strictest app wins").
+// docs/idle-model.md, "The limit: the strictest app wins").
 type SessionConfig struct {
 	IdleTimeout   Duration `yaml:"idle_timeout"`   // ceiling of every session's idle limit; required
 	MaxLifetime   Duration `yaml:"max_lifetime"`   // absolute limit from sign-in; required, >= idle_timeout
@@ -93,7 +102,9 @@ type AdminConfig struct {
 // oidc.BackchannelConfig.
 type BackchannelConfig struct {
 	Timeout        Duration `yaml:"timeout"`         // one POST; default 5s
-	Concurrency    int      `yaml:"concurrency"`     // deliveries in flight; default 8
+	Concurrency    int      `yaml:"concurrency"`     // deliveries in flight in one process; default 8
+	PerDestination int      `yaml:"per_destination"` // deliveries in flight to one backchannel_logout_uri; default 2
+	Retention      Duration `yaml:"retention"`       // keep delivered and abandoned rows this long; default 168h
 	RetryFor       Duration `yaml:"retry_for"`       // abandon a delivery after this long; default 24h
 	InitialBackoff Duration `yaml:"initial_backoff"` // first retry delay, then doubled; default 1s
 	MaxBackoff     Duration `yaml:"max_backoff"`     // default 5m
@@ -107,6 +118,16 @@ type LoginConfig struct {
 	LockoutBase Duration `yaml:"lockout_base"` // default 1s
 	LockoutMax  Duration `yaml:"lockout_max"`  // default 15m
 }
+
+// LogConfig chooses how the provider logs. Every line logged while serving
+// a request carries its request_id (the X-Request-Id response header).
+type LogConfig struct {
+	Format string `yaml:"format"` // text (default, logfmt) or json
+	Level  string `yaml:"level"`  // debug, info (default), warn or error
+}
+
+// logLevels are the accepted log.level values.
+var logLevels = map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}
 
 // ClientConfig registers one relying party.
 type ClientConfig struct {
@@ -127,6 +148,11 @@ type ClientConfig struct {
 	// GrantTypes default to authorization_code and refresh_token;
 	// client_credentials is for confidential clients only.
 	GrantTypes []string `yaml:"grant_types"`
+	// Scopes the client may be granted. Default: openid, profile, email,
+	// offline_access. A sign-in gets those it asks for and may have, the
+	// others left out; client_credentials gets the client's own (non-OpenID)
+	// scopes it asks for, and invalid_scope for any it may not have.
+	Scopes []string `yaml:"scopes"`
 
 	// IdleTimeout is this app's tolerance for inactivity; it pulls the
 	// session's shared limit down unless IdleExempt. 0: none of its own.
@@ -291,6 +317,10 @@ func (c *Config) setDefaults() {
 	if c.Backchannel.Concurrency == 0 {
 		c.Backchannel.Concurrency = 8
 	}
+	if c.Backchannel.PerDestination == 0 {
+		c.Backchannel.PerDestination = 2
+	}
+	setDuration(&c.Backchannel.Retention, oidc.DefaultRetention)
 	setDuration(&c.Backchannel.RetryFor, 24*time.Hour)
 	setDuration(&c.Backchannel.InitialBackoff, time.Second)
 	setDuration(&c.Backchannel.MaxBackoff, 5*time.Minute)
@@ -301,6 +331,12 @@ func (c *Config) setDefaults() {
 	}
 	setDuration(&c.Login.LockoutBase, time.Second)
 	setDuration(&c.Login.LockoutMax, 15*time.Minute)
+	if c.Log.Format == "" {
+		c.Log.Format = "text"
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
 
 	for i := range c.Clients {
 		cl := &c.Clients[i]
@@ -312,6 +348,9 @@ func (c *Config) setDefaults() {
 		}
 		if len(cl.GrantTypes) == 0 {
 			cl.GrantTypes = []string{string(zoidc.GrantTypeCode), string(zoidc.GrantTypeRefreshToken)}
+		}
+		if cl.Scopes == nil {
+			cl.Scopes = slices.Clone(oidc.DefaultScopes)
 		}
 		if cl.AccessTokenFormat == "" {
 			cl.AccessTokenFormat = defaultAccessFormat
@@ -378,6 +417,7 @@ func (c *Config) Validate() error {
 	issuerMsg := ifSet(c.Issuer, func(v string) string { return urlProblem(v, issuerURL) })
 	listenMsg := ifSet(c.Listen, listenProblem)
 	databaseMsg := ifSet(c.Database, databaseProblem)
+	_, knownLevel := logLevels[c.Log.Level]
 	run([]check{
 		{c.Issuer == "", "issuer", "is required: the provider's public URL, as in the iss claim"},
 		{issuerMsg != "", "issuer", issuerMsg},
@@ -403,6 +443,8 @@ func (c *Config) Validate() error {
 
 		{bc.Timeout <= 0, "backchannel.timeout", "must be positive"},
 		{bc.Concurrency <= 0, "backchannel.concurrency", "must be positive"},
+		{bc.PerDestination <= 0, "backchannel.per_destination", "must be positive"},
+		{bc.Retention <= 0, "backchannel.retention", "must be positive"},
 		{bc.RetryFor <= 0, "backchannel.retry_for", "must be positive"},
 		{bc.InitialBackoff <= 0, "backchannel.initial_backoff", "must be positive"},
 		{bc.MaxBackoff < bc.InitialBackoff, "backchannel.max_backoff",
@@ -413,7 +455,16 @@ func (c *Config) Validate() error {
 		{lg.LockoutBase <= 0, "login.lockout_base", "must be positive"},
 		{lg.LockoutMax < lg.LockoutBase, "login.lockout_max",
 			fmt.Sprintf("%s is shorter than login.lockout_base (%s)", lg.LockoutMax, lg.LockoutBase)},
+
+		{c.Log.Format != "text" && c.Log.Format != "json", "log.format", fmt.Sprintf("%q is not supported (want text or json)", c.Log.Format)},
+		{!knownLevel, "log.level",
+			fmt.Sprintf("%q is not a level (want debug, info, warn or error)", c.Log.Level)},
 	})
+	for i, v := range c.TrustedProxies {
+		if _, msg := parseProxy(v); msg != "" {
+			add(fmt.Sprintf("trusted_proxies[%d]", i), msg)
+		}
+	}
 
 	firstUse := make(map[string]int)
 	for i := range c.Clients {
@@ -468,6 +519,10 @@ func (c *Config) validateClient(i int, firstUse map[string]int, add func(path, m
 			"client_credentials needs a confidential client (a client_secret)"},
 		{slices.Contains(cl.GrantTypes, string(zoidc.GrantTypeRefreshToken)) && !hasCode, p("grant_types"),
 			"refresh_token needs authorization_code"},
+		{hasCode && !slices.Contains(cl.Scopes, zoidc.ScopeOpenID), p("scopes"),
+			"must include openid for authorization_code: every sign-in is OpenID Connect"},
+		{slices.Contains(cl.GrantTypes, string(zoidc.GrantTypeRefreshToken)) && !slices.Contains(cl.Scopes, zoidc.ScopeOfflineAccess), p("scopes"),
+			"must include offline_access for the refresh_token grant (refresh tokens are issued only for it), or leave refresh_token out of grant_types"},
 
 		{own < 0, p("idle_timeout"), "must not be negative (0: none of its own)"},
 		{cl.IdleExempt && own == 0, p("idle_timeout"),
@@ -513,6 +568,11 @@ func (c *Config) validateClient(i int, firstUse map[string]int, add func(path, m
 				fmt.Sprintf("%q is not supported (want authorization_code, refresh_token or client_credentials)", g))
 		}
 	}
+	for j, sc := range cl.Scopes {
+		if msg := scopeProblem(sc, cl.Scopes[:j]); msg != "" {
+			add(fmt.Sprintf("%s[%d]", p("scopes"), j), msg)
+		}
+	}
 	for j, name := range cl.Activity {
 		if _, err := activity.ParseSources([]string{name}); err != nil {
 			add(fmt.Sprintf("%s[%d]", p("activity"), j), err.Error())
@@ -544,6 +604,22 @@ func databaseProblem(v string) string {
 	}
 	return fmt.Sprintf("names the server %q without sslmode: add ?sslmode=verify-full (with sslrootcert if your CA is private), "+
 		"or sslmode=disable only on a network you trust", host)
+}
+
+// scopeProblem returns what is wrong with scope sc of a client whose
+// earlier scopes are before, or "".
+func scopeProblem(sc string, before []string) string {
+	// RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+	bad := func(r rune) bool { return r < 0x21 || r > 0x7e || r == '"' || r == '\\' }
+	switch {
+	case sc == "" || strings.ContainsFunc(sc, bad):
+		return fmt.Sprintf("%q is not a scope: printable ASCII without spaces, quotes or backslashes (RFC 6749 section 3.3)", sc)
+	case slices.Contains(before, sc):
+		return fmt.Sprintf("%q is listed twice", sc)
+	case sc == zoidc.ScopePhone || sc == zoidc.ScopeAddress:
+		return fmt.Sprintf("%q is not supported: the provider issues %s, and scopes of your own", sc, strings.Join(oidc.DefaultScopes, ", "))
+	}
+	return ""
 }
 
 // ifSet returns problem(v), or "" when v is empty (absent is checked apart).
@@ -610,6 +686,34 @@ func listenProblem(addr string) string {
 	return ""
 }
 
+// parseProxy reads one trusted_proxies entry: a CIDR, or one address.
+func parseProxy(v string) (netip.Prefix, string) {
+	p, err := netip.ParsePrefix(v)
+	if err != nil {
+		a, aerr := netip.ParseAddr(v)
+		if aerr != nil {
+			return netip.Prefix{}, fmt.Sprintf("%q is not a CIDR or an address (write 10.0.0.0/8, 2001:db8::/32 or 192.0.2.1)", v)
+		}
+		p = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())
+	}
+	if p.Bits() == 0 {
+		return netip.Prefix{}, fmt.Sprintf("%q trusts every address: any client could then choose the address it is counted under", v)
+	}
+	return p.Masked(), ""
+}
+
+// Logger builds the provider's logger from log.format and log.level,
+// writing to w; every record logged with a request's context carries its
+// request_id.
+func (c *Config) Logger(w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: logLevels[c.Log.Level]}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
+	if c.Log.Format == "json" {
+		h = slog.NewJSONHandler(w, opts)
+	}
+	return slog.New(oidc.LogHandler(h))
+}
+
 // ProviderConfig converts the configuration into the provider's. Secrets are
 // hashed; Now, Logger and HTTPClient are left for the caller to set.
 func (c *Config) ProviderConfig() (oidc.Config, error) {
@@ -630,6 +734,8 @@ func (c *Config) ProviderConfig() (oidc.Config, error) {
 		Backchannel: oidc.BackchannelConfig{
 			Timeout:        d(c.Backchannel.Timeout),
 			Concurrency:    c.Backchannel.Concurrency,
+			PerDestination: c.Backchannel.PerDestination,
+			Retention:      d(c.Backchannel.Retention),
 			RetryFor:       d(c.Backchannel.RetryFor),
 			InitialBackoff: d(c.Backchannel.InitialBackoff),
 			MaxBackoff:     d(c.Backchannel.MaxBackoff),
@@ -643,6 +749,10 @@ func (c *Config) ProviderConfig() (oidc.Config, error) {
 	}
 	if c.Admin.Token != "" {
 		pc.AdminTokenHash = oidc.HashSecret(c.Admin.Token)
+	}
+	for _, v := range c.TrustedProxies {
+		p, _ := parseProxy(v) // validated above
+		pc.TrustedProxies = append(pc.TrustedProxies, p)
 	}
 	for i := range c.Clients {
 		cl := &c.Clients[i]
@@ -660,6 +770,7 @@ func (c *Config) ProviderConfig() (oidc.Config, error) {
 			WebOrigins:             slices.Clone(cl.WebOrigins),
 			AccessTokenTTL:         d(cl.AccessTokenTTL),
 			OpaqueAccessTokens:     cl.AccessTokenFormat == "opaque",
+			Scopes:                 slices.Clone(cl.Scopes),
 			Policy: activity.ClientPolicy{
 				IdleTimeout:          d(cl.IdleTimeout),
 				AppIdleTimeout:       d(cl.AppIdleTimeout),

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -324,9 +325,12 @@ func TestConfigDefaults(t *testing.T) {
 	require.Equal(t, Duration(time.Second), cfg.Session.FlushInterval)
 	require.Equal(t, "RS256", cfg.Keys.Algorithm)
 	require.Equal(t, Duration(10*time.Minute), cfg.Tokens.IDTokenTTL)
-	require.Equal(t, BackchannelConfig{Timeout: Duration(5 * time.Second), Concurrency: 8, RetryFor: Duration(24 * time.Hour),
-		InitialBackoff: Duration(time.Second), MaxBackoff: Duration(5 * time.Minute), PollInterval: Duration(time.Second)}, cfg.Backchannel)
+	require.Equal(t, BackchannelConfig{Timeout: Duration(5 * time.Second), Concurrency: 8, PerDestination: 2, Retention: Duration(7 * 24 * time.Hour),
+		RetryFor: Duration(24 * time.Hour), InitialBackoff: Duration(time.Second), MaxBackoff: Duration(5 * time.Minute),
+		PollInterval: Duration(time.Second)}, cfg.Backchannel)
 	require.Equal(t, LoginConfig{MaxFailures: 5, LockoutBase: Duration(time.Second), LockoutMax: Duration(15 * time.Minute)}, cfg.Login)
+	require.Equal(t, LogConfig{Format: "text", Level: "info"}, cfg.Log)
+	require.Empty(t, cfg.TrustedProxies, "no proxy is trusted unless configured")
 
 	c := cfg.Clients[0]
 	require.Equal(t, "client_secret_basic", c.AuthMethod)
@@ -401,7 +405,23 @@ func TestConfigValidateRules(t *testing.T) {
 		{"short admin token", func(c *Config, _ *ClientConfig) { c.Admin.Token = "admin" }, "admin.token: is too short"},
 		{"max backoff below initial", func(c *Config, _ *ClientConfig) { c.Backchannel.MaxBackoff = d("500ms") },
 			"backchannel.max_backoff: 500ms is shorter than backchannel.initial_backoff (1s)"},
+		{"negative per-destination limit", func(c *Config, _ *ClientConfig) { c.Backchannel.PerDestination = -1 },
+			"backchannel.per_destination: must be positive"},
+		{"negative retention", func(c *Config, _ *ClientConfig) { c.Backchannel.Retention = d("-1h") },
+			"backchannel.retention: must be positive"},
 		{"no login attempts", func(c *Config, _ *ClientConfig) { c.Login.MaxFailures = -1 }, "login.max_failures: must be positive"},
+		{"json logs", func(c *Config, _ *ClientConfig) { c.Log = LogConfig{Format: "json", Level: "debug"} }, ""},
+		{"unknown log format", func(c *Config, _ *ClientConfig) { c.Log.Format = "xml" }, "log.format: \"xml\" is not supported (want text or json)"},
+		{"unknown log level", func(c *Config, _ *ClientConfig) { c.Log.Level = "verbose" }, "log.level: \"verbose\" is not a level"},
+		{"trusted proxies", func(c *Config, _ *ClientConfig) {
+			c.TrustedProxies = []string{"10.0.0.0/8", "192.0.2.1", "2001:db8::/32"}
+		}, ""},
+		{"trusted proxy not a CIDR", func(c *Config, _ *ClientConfig) { c.TrustedProxies = []string{"10.0.0.0/8", "10.0.0.0/33"} },
+			"trusted_proxies[1]: \"10.0.0.0/33\" is not a CIDR or an address"},
+		{"trusted proxy host name", func(c *Config, _ *ClientConfig) { c.TrustedProxies = []string{"proxy.internal"} },
+			"trusted_proxies[0]: \"proxy.internal\" is not a CIDR"},
+		{"trusting every address", func(c *Config, _ *ClientConfig) { c.TrustedProxies = []string{"0.0.0.0/0"} },
+			"trusted_proxies[0]: \"0.0.0.0/0\" trusts every address"},
 
 		{"empty client id", func(_ *Config, cl *ClientConfig) { cl.ID = "" }, "clients[0].client_id: is required"},
 		{"client id with space", func(_ *Config, cl *ClientConfig) { cl.ID = "my app" }, "clients[0].client_id: must not contain spaces"},
@@ -436,6 +456,27 @@ func TestConfigValidateRules(t *testing.T) {
 		{"refresh without code", func(_ *Config, cl *ClientConfig) { cl.GrantTypes = []string{"refresh_token"} },
 			"clients[0].grant_types: refresh_token needs authorization_code"},
 		{"refresh as activity", func(_ *Config, cl *ClientConfig) { cl.Activity = []string{"sso", "refresh"} }, ""},
+		{"own scopes", func(_ *Config, cl *ClientConfig) {
+			cl.Scopes = []string{"openid", "email", "offline_access", "reports:read"}
+		}, ""},
+		{"scopes without openid for a sign-in", func(_ *Config, cl *ClientConfig) { cl.Scopes = []string{"profile", "offline_access"} },
+			"clients[0].scopes: must include openid for authorization_code"},
+		{"refresh grant without offline_access", func(_ *Config, cl *ClientConfig) { cl.Scopes = []string{"openid", "email"} },
+			"clients[0].scopes: must include offline_access for the refresh_token grant"},
+		{"no refresh, no offline_access", func(_ *Config, cl *ClientConfig) {
+			cl.Scopes, cl.GrantTypes = []string{"openid", "email"}, []string{"authorization_code"}
+		}, ""},
+		{"service scopes without openid", func(_ *Config, cl *ClientConfig) {
+			cl.RedirectURIs, cl.GrantTypes, cl.Scopes = nil, []string{"client_credentials"}, []string{"reports:read"}
+		}, ""},
+		{"scope with a space", func(_ *Config, cl *ClientConfig) { cl.Scopes = []string{"openid", "offline_access", "read write"} },
+			"clients[0].scopes[2]: \"read write\" is not a scope"},
+		{"empty scope", func(_ *Config, cl *ClientConfig) { cl.Scopes = []string{"openid", "offline_access", ""} },
+			"clients[0].scopes[2]: \"\" is not a scope"},
+		{"scope listed twice", func(_ *Config, cl *ClientConfig) { cl.Scopes = []string{"openid", "offline_access", "openid"} },
+			"clients[0].scopes[2]: \"openid\" is listed twice"},
+		{"unsupported OpenID scope", func(_ *Config, cl *ClientConfig) { cl.Scopes = []string{"openid", "offline_access", "phone"} },
+			"clients[0].scopes[2]: \"phone\" is not supported"},
 		{"client idle above the provider's", func(_ *Config, cl *ClientConfig) { cl.IdleTimeout = d("20m") },
 			"clients[0].idle_timeout: 20m0s is above session.idle_timeout (15m0s)"},
 		{"negative client idle", func(_ *Config, cl *ClientConfig) { cl.IdleTimeout = d("-1m") },
@@ -491,6 +532,7 @@ func TestConfigProviderConfig(t *testing.T) {
 	cfg, err := ParseConfig([]byte(`
 issuer: https://id.example.com/
 listen: 127.0.0.1:8080
+trusted_proxies: [10.1.0.0/16, 192.0.2.7, "2001:db8::1/32"]
 database: idleguard.db
 session:
   idle_timeout: 30m
@@ -506,6 +548,8 @@ admin:
 backchannel:
   timeout: 4s
   concurrency: 3
+  per_destination: 1
+  retention: 720h
   retry_for: 1h
   initial_backoff: 2s
   max_backoff: 1m
@@ -528,6 +572,7 @@ clients:
     access_token_ttl: 2m
     access_token_format: opaque
     activity: [sso, refresh]
+    scopes: [openid, email, offline_access, reports:read]
   - client_id: spa
     token_endpoint_auth_method: none
     redirect_uris: [http://127.0.0.1:9002/cb]
@@ -542,9 +587,11 @@ clients:
 	require.Equal(t, "ES256", pc.KeyAlgorithm)
 	require.Equal(t, 7*time.Minute, pc.IDTokenTTL)
 	require.Equal(t, oidc.HashSecret("admin-token-0123456789"), pc.AdminTokenHash)
-	require.Equal(t, oidc.BackchannelConfig{Timeout: 4 * time.Second, Concurrency: 3, RetryFor: time.Hour,
+	require.Equal(t, oidc.BackchannelConfig{Timeout: 4 * time.Second, Concurrency: 3, PerDestination: 1, Retention: 720 * time.Hour, RetryFor: time.Hour,
 		InitialBackoff: 2 * time.Second, MaxBackoff: time.Minute, PollInterval: time.Second}, pc.Backchannel)
 	require.Equal(t, oidc.LoginConfig{MaxFailures: 9, LockoutBase: 3 * time.Second, LockoutMax: time.Hour}, pc.Login)
+	require.Equal(t, []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16"), netip.MustParsePrefix("192.0.2.7/32"),
+		netip.MustParsePrefix("2001:db8::/32")}, pc.TrustedProxies)
 	require.Nil(t, pc.Now)
 	require.Nil(t, pc.Logger)
 	require.Nil(t, pc.HTTPClient)
@@ -563,6 +610,7 @@ clients:
 		GrantTypes:             []zoidc.GrantType{zoidc.GrantTypeCode, zoidc.GrantTypeRefreshToken, zoidc.GrantTypeClientCredentials},
 		AccessTokenTTL:         2 * time.Minute,
 		OpaqueAccessTokens:     true,
+		Scopes:                 []string{"openid", "email", "offline_access", "reports:read"},
 		Policy: activity.ClientPolicy{
 			IdleTimeout:          5 * time.Minute,
 			AppIdleTimeout:       4 * time.Minute,
@@ -580,6 +628,7 @@ clients:
 	require.Equal(t, []zoidc.GrantType{zoidc.GrantTypeCode, zoidc.GrantTypeRefreshToken}, spa.GrantTypes)
 	require.Equal(t, 5*time.Minute, spa.AccessTokenTTL)
 	require.Equal(t, activity.DefaultSources, spa.Policy.Sources)
+	require.Equal(t, oidc.DefaultScopes, spa.Scopes)
 	require.Zero(t, spa.Policy.IdleTimeout)
 
 	t.Run("refuses an invalid configuration", func(t *testing.T) {

@@ -104,7 +104,7 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // serve runs the provider until ctx ends. ready, if set, receives the
 // listening address.
 func serve(ctx context.Context, cfg *Config, demo bool, stdout, stderr io.Writer, ready chan<- string) error {
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	logger := cfg.Logger(stderr)
 	slog.SetDefault(logger) // the protocol library logs through the default
 	store, err := openDatabase(ctx, cfg.Database)
 	if err != nil {

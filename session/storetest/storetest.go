@@ -5,7 +5,10 @@ package storetest
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,26 +42,32 @@ type Store interface {
 	EndSessions(ctx context.Context, e session.End) error
 	SessionsOfUser(ctx context.Context, userID string, withEnded bool) ([]*session.AuthSession, map[string][]*session.AppSession, error)
 
-	DueDeliveries(ctx context.Context, now time.Time, limit int) ([]session.OutboxEntry, error)
+	ClaimDeliveries(ctx context.Context, c session.DeliveryClaim) ([]session.OutboxEntry, error)
 	DeliveryDone(ctx context.Context, o session.OutboxEntry, at time.Time, ok bool, next time.Time, errText string) error
 	PendingDeliveries(ctx context.Context) (int, error)
 	Deliveries(ctx context.Context, sid string) ([]session.OutboxEntry, error)
 	AddAudit(ctx context.Context, ev session.AuditEvent) error
+	PurgeDeliveries(ctx context.Context, before time.Time) (int64, error)
 	Audit(ctx context.Context, f session.AuditFilter) ([]session.AuditEvent, error)
 
 	SaveAuthRequest(ctx context.Context, id string, data []byte, created, expires time.Time) error
 	AuthRequestData(ctx context.Context, id string, now time.Time) ([]byte, error)
 	SaveAuthCode(ctx context.Context, id, codeHash string) error
 	AuthRequestByCode(ctx context.Context, codeHash string, now time.Time) (string, []byte, error)
-	DeleteAuthRequest(ctx context.Context, id string) error
 	PurgeAuthRequests(ctx context.Context, now time.Time) error
 
 	RevokeToken(ctx context.Context, tokenID string, expires time.Time) error
 	RevokedTokens(ctx context.Context, now time.Time) ([]string, error)
+	PurgeRevokedTokens(ctx context.Context, now time.Time) (int64, error)
 	Secret(ctx context.Context, name string, gen func() []byte) ([]byte, error)
 	AddSigningKey(ctx context.Context, k session.SigningKey, retireOthers time.Time) error
 	SigningKeys(ctx context.Context, now time.Time) ([]session.SigningKey, error)
 	Ping(ctx context.Context) error
+
+	ReserveLoginAttempt(ctx context.Context, keys []string, now time.Time, p session.LoginPolicy) (session.LoginAttempt, time.Duration, error)
+	RefundLoginAttempt(ctx context.Context, a session.LoginAttempt) error
+	ForgetLoginFailures(ctx context.Context, keys []string) error
+	PurgeLoginFailures(ctx context.Context, now time.Time, p session.LoginPolicy) error
 }
 
 // Run runs every behaviour test against stores made by open (a fresh,
@@ -75,7 +84,13 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"DueSessionsAreLiveAndDue", testDue},
 		{"EndIsAtomicAndFirstReasonStands", testEnd},
 		{"Outbox", testOutbox},
+		{"OutboxOnePendingRowPerPair", testOutboxPair},
+		{"OutboxClaimsAreExclusiveAndLapse", testOutboxClaims},
+		{"OutboxClaimPerDestination", testOutboxDestinations},
+		{"OutboxRetention", testOutboxRetention},
 		{"AuthRequestsAndCodes", testAuthRequests},
+		{"OneCodePerAuthRequest", testOneCodePerRequest},
+		{"ExpiredAuthRequestsArePurged", testPurgeAuthRequests},
 		{"RevokedTokensExpire", testRevoked},
 		{"SecretsAndKeys", testSecretsAndKeys},
 		{"Reauthenticate", testReauthenticate},
@@ -84,10 +99,13 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"EndManyAndAppEnds", testEndMany},
 		{"SessionsOfUserInForce", testSessionsOfUser},
 		{"AuditFilterAndOrder", testAudit},
-		{"PurgeAuthRequests", testPurgeAuthRequests},
 		{"CodeRedeemedOnceUnderRace", testCodeRace},
 		{"ConcurrentEndsWriteOnce", testEndRace},
 		{"HostileKeysFindNothing", testHostileKeys},
+		{"LoginAttemptsAreCountedBeforeTheCheck", testLoginReserve},
+		{"LoginAttemptsRaceForTheLastSlot", testLoginReserveRace},
+		{"LoginRefundLiftsOnlyItsOwnLock", testLoginRefund},
+		{"LoginFailuresAreForgottenAndPurged", testLoginForgetPurge},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel() // each case has a store of its own
@@ -246,23 +264,34 @@ func testEnd(t *testing.T, s Store) {
 	require.Equal(t, session.ReasonIdleTimeout, got.EndReason)
 	require.Equal(t, "system", got.EndedBy)
 	require.False(t, apps[0].Live())
-	rows, err := s.DueDeliveries(ctx, t0.Add(time.Minute), 10)
-	require.NoError(t, err)
+	rows := claim(t, s, "w", t0.Add(time.Minute), "")
 	require.Len(t, rows, 1)
 
 	// A second end does not overwrite the first reason.
 	require.NoError(t, s.EndSessions(ctx, session.End{At: t0.Add(2 * time.Minute), Reason: session.ReasonAdmin, AuthSessionID: a.ID}))
 	got, _, _ = s.AuthSession(ctx, a.ID)
 	require.Equal(t, session.ReasonIdleTimeout, got.EndReason)
-	events, err := s.Audit(ctx, session.AuditFilter{SID: a.ID})
+	require.Equal(t, 1, countEvents(t, s, a.ID, session.AuditSessionEnd))
+}
+
+// claim claims every due row (of uri, or of any destination) for worker.
+func claim(t *testing.T, s Store, worker string, now time.Time, uri string) []session.OutboxEntry {
+	t.Helper()
+	rows, err := s.ClaimDeliveries(t.Context(), session.DeliveryClaim{Worker: worker, Now: now, Until: now.Add(time.Minute), URI: uri, Limit: 10})
 	require.NoError(t, err)
-	ends := 0
-	for _, e := range events {
-		if e.Kind == session.AuditSessionEnd {
-			ends++
-		}
+	return rows
+}
+
+// endApps ends the named apps of a and writes one logout notice per app.
+func endApps(t *testing.T, s Store, a *session.AuthSession, at time.Time, reason session.Reason, apps ...*session.AppSession) {
+	t.Helper()
+	end := session.End{At: at, Reason: reason, UserID: a.UserID}
+	for _, app := range apps {
+		end.AppSessions = append(end.AppSessions, session.EndedApp{ID: app.ID, ClientID: app.ClientID})
+		end.Notices = append(end.Notices, session.LogoutNotice{ClientID: app.ClientID, URI: "https://" + app.ClientID + "/bc",
+			SID: a.ID, Subject: a.UserID, Reason: reason})
 	}
-	require.Equal(t, 1, ends)
+	require.NoError(t, s.EndSessions(t.Context(), end))
 }
 
 func testOutbox(t *testing.T, s Store) {
@@ -275,17 +304,18 @@ func testOutbox(t *testing.T, s Store) {
 			{ClientID: "b", URI: "https://b/bc", SID: a.ID, Subject: "u1", Reason: session.ReasonLogout}}}
 	require.NoError(t, s.EndSessions(ctx, end))
 	require.NoError(t, s.EndSessions(ctx, end), "ending twice")
-	rows, err := s.DueDeliveries(ctx, t0, 10)
+	n, err := s.PendingDeliveries(ctx)
 	require.NoError(t, err)
-	require.Len(t, rows, 2, "one logout per app, however often its end is written")
+	require.Equal(t, 2, n, "one logout per app, however often its end is written")
+	rows := claim(t, s, "w", t0, "")
+	require.Len(t, rows, 2)
 	require.NotEqual(t, rows[0].JTI, rows[1].JTI)
+	require.Equal(t, "w", rows[0].ClaimedBy)
+	require.Equal(t, t0.Add(time.Minute), rows[0].ClaimedUntil)
 	require.NoError(t, s.DeliveryDone(ctx, rows[0], t0, true, time.Time{}, ""))
 	require.NoError(t, s.DeliveryDone(ctx, rows[1], t0, false, t0.Add(time.Minute), "503"))
-	rows, err = s.DueDeliveries(ctx, t0.Add(30*time.Second), 10)
-	require.NoError(t, err)
-	require.Empty(t, rows, "the retry is not due yet")
-	rows, err = s.DueDeliveries(ctx, t0.Add(time.Minute), 10)
-	require.NoError(t, err)
+	require.Empty(t, claim(t, s, "w", t0.Add(30*time.Second), ""), "the retry is not due yet")
+	rows = claim(t, s, "w", t0.Add(time.Minute), "")
 	require.Len(t, rows, 1)
 	require.Equal(t, 1, rows[0].Attempts)
 	require.Equal(t, "503", rows[0].LastError)
@@ -306,9 +336,14 @@ func testOutbox(t *testing.T, s Store) {
 	require.NoError(t, err)
 	require.Len(t, every, 2, "an empty sid lists every delivery")
 	require.NoError(t, s.DeliveryDone(ctx, rows[0], t0.Add(time.Minute), false, time.Time{}, "gone"))
-	rows, err = s.DueDeliveries(ctx, t0.Add(time.Hour), 10)
+	require.Empty(t, claim(t, s, "w", t0.Add(time.Hour), ""), "abandoned")
+	n, err = s.PendingDeliveries(ctx)
 	require.NoError(t, err)
-	require.Empty(t, rows, "abandoned")
+	require.Zero(t, n)
+	all, err = s.Deliveries(ctx, a.ID)
+	require.NoError(t, err)
+	require.Len(t, all, 2)
+	require.Empty(t, all[0].ClaimedBy, "a finished row holds no claim")
 	events, err := s.Audit(ctx, session.AuditFilter{SID: a.ID})
 	require.NoError(t, err)
 	var kinds []string
@@ -318,9 +353,147 @@ func testOutbox(t *testing.T, s Store) {
 	require.Contains(t, kinds, session.AuditLogoutDelivered)
 	require.Contains(t, kinds, session.AuditLogoutRetrying)
 	require.Contains(t, kinds, session.AuditLogoutAbandoned)
-	pending, err = s.PendingDeliveries(ctx)
+}
+
+// testOutboxPair: ending and rejoining an app again and again leaves one
+// pending row for the pair; a later end replaces the notice with a fresh jti,
+// and an attempt of the replaced notice no longer finishes the row.
+func testOutboxPair(t *testing.T, s Store) {
+	ctx := t.Context()
+	a := newSession(t, s, "u1", t0.Add(time.Hour))
+	var jtis []string
+	for i := range 5 {
+		app := &session.AppSession{ID: a.ID + ".m" + string(rune('a'+i)), AuthSessionID: a.ID, ClientID: "mail", JoinedAt: t0, LastActiveAt: t0}
+		require.NoError(t, s.JoinApp(ctx, app, session.ActivityUpdate{AuthSessionID: a.ID, LastActiveAt: t0, IdleLimit: time.Hour, Deadline: t0.Add(time.Hour)}, "u1"))
+		endApps(t, s, a, t0.Add(time.Duration(i)*time.Second), session.ReasonLogout, app)
+		rows, err := s.Deliveries(ctx, a.ID)
+		require.NoError(t, err)
+		require.Len(t, rows, 1, "one pending row per (client, sid)")
+		jtis = append(jtis, rows[0].JTI)
+		if i == 2 {
+			claimed := claim(t, s, "w", t0.Add(10*time.Second), "")
+			require.Len(t, claimed, 1)
+			// While that attempt is in flight, the pair ends again.
+			app2 := &session.AppSession{ID: a.ID + ".again", AuthSessionID: a.ID, ClientID: "mail", JoinedAt: t0, LastActiveAt: t0}
+			require.NoError(t, s.JoinApp(ctx, app2, session.ActivityUpdate{AuthSessionID: a.ID, LastActiveAt: t0, IdleLimit: time.Hour, Deadline: t0.Add(time.Hour)}, "u1"))
+			endApps(t, s, a, t0.Add(11*time.Second), session.ReasonAdmin, app2)
+			require.NoError(t, s.DeliveryDone(ctx, claimed[0], t0.Add(12*time.Second), true, time.Time{}, ""))
+			rows, err := s.Deliveries(ctx, a.ID)
+			require.NoError(t, err)
+			require.Len(t, rows, 1)
+			require.True(t, rows[0].DeliveredAt.IsZero(), "the later end is still to be told")
+			require.NotEqual(t, claimed[0].JTI, rows[0].JTI)
+			require.Equal(t, session.ReasonAdmin, rows[0].Reason)
+			require.Empty(t, rows[0].ClaimedBy, "claimable at once")
+		}
+	}
+	require.Len(t, jtis, 5)
+	n, err := s.PendingDeliveries(ctx)
 	require.NoError(t, err)
-	require.Zero(t, pending)
+	require.Equal(t, 1, n)
+	events, err := s.Audit(ctx, session.AuditFilter{SID: a.ID})
+	require.NoError(t, err)
+	require.True(t, slices.ContainsFunc(events, func(e session.AuditEvent) bool {
+		return e.Kind == session.AuditLogoutDelivered && strings.Contains(e.Detail, "stale=true")
+	}), "the superseded attempt is audited")
+}
+
+// testOutboxClaims: a claimed row is invisible to other workers until its
+// claim lapses; then another worker takes it, with the same jti; only the
+// holder of the claim records a failure, and a late success of the first
+// worker is still recorded once.
+func testOutboxClaims(t *testing.T, s Store) {
+	ctx := t.Context()
+	a := newSession(t, s, "u1", t0.Add(time.Hour))
+	endApps(t, s, a, t0, session.ReasonLogout, join(t, s, a, "mail", time.Hour))
+	first := claim(t, s, "dead", t0, "")
+	require.Len(t, first, 1)
+	require.Empty(t, claim(t, s, "other", t0.Add(59*time.Second), ""), "claimed")
+	second := claim(t, s, "other", t0.Add(time.Minute), "")
+	require.Len(t, second, 1, "the claim lapsed")
+	require.Equal(t, first[0].JTI, second[0].JTI, "delivered again with the same jti")
+	require.Equal(t, "other", second[0].ClaimedBy)
+
+	// The first worker's failure comes too late to reschedule the row.
+	require.NoError(t, s.DeliveryDone(ctx, first[0], t0.Add(time.Minute), false, t0.Add(time.Hour), "timeout"))
+	rows, err := s.Deliveries(ctx, a.ID)
+	require.NoError(t, err)
+	require.Equal(t, "other", rows[0].ClaimedBy)
+	require.Zero(t, rows[0].Attempts)
+
+	require.NoError(t, s.DeliveryDone(ctx, second[0], t0.Add(time.Minute), true, time.Time{}, ""))
+	require.NoError(t, s.DeliveryDone(ctx, first[0], t0.Add(time.Minute), true, time.Time{}, ""), "a duplicate")
+	rows, err = s.Deliveries(ctx, a.ID)
+	require.NoError(t, err)
+	require.Equal(t, 1, rows[0].Attempts, "delivered once")
+	require.Equal(t, 2, countEvents(t, s, a.ID, session.AuditLogoutDelivered), "the duplicate is counted in the audit")
+}
+
+// countEvents counts the audit events of one kind for sid.
+func countEvents(t *testing.T, s Store, sid, kind string) int {
+	t.Helper()
+	events, err := s.Audit(t.Context(), session.AuditFilter{SID: sid})
+	require.NoError(t, err)
+	n := 0
+	for _, e := range events {
+		if e.Kind == kind {
+			n++
+		}
+	}
+	return n
+}
+
+// testOutboxDestinations: a claim takes rows of one destination, up to its
+// limit, or of every destination but the excepted ones.
+func testOutboxDestinations(t *testing.T, s Store) {
+	for i := range 3 {
+		a := newSession(t, s, "u1", t0.Add(time.Hour))
+		endApps(t, s, a, t0.Add(time.Duration(i)*time.Second), session.ReasonLogout, join(t, s, a, "a", time.Hour), join(t, s, a, "b", time.Hour))
+	}
+	now := t0.Add(time.Minute)
+	rows, err := s.ClaimDeliveries(t.Context(), session.DeliveryClaim{Worker: "w", Now: now, Until: now.Add(time.Minute), URI: "https://a/bc", Limit: 2})
+	require.NoError(t, err)
+	require.Len(t, rows, 2)
+	require.True(t, rows[0].CreatedAt.Before(rows[1].CreatedAt), "oldest first")
+	for _, o := range rows {
+		require.Equal(t, "https://a/bc", o.URI)
+	}
+	rows, err = s.ClaimDeliveries(t.Context(), session.DeliveryClaim{Worker: "w", Now: now, Until: now.Add(time.Minute), Except: []string{"https://a/bc"}, Limit: 10})
+	require.NoError(t, err)
+	require.Len(t, rows, 3)
+	for _, o := range rows {
+		require.Equal(t, "https://b/bc", o.URI)
+	}
+	require.Len(t, claim(t, s, "w", now, ""), 1, "the last row of a")
+}
+
+// testOutboxRetention: finished rows go once older than the retention;
+// pending rows stay whatever their age.
+func testOutboxRetention(t *testing.T, s Store) {
+	ctx := t.Context()
+	a := newSession(t, s, "u1", t0.Add(time.Hour))
+	endApps(t, s, a, t0, session.ReasonLogout, join(t, s, a, "a", time.Hour), join(t, s, a, "b", time.Hour), join(t, s, a, "c", time.Hour))
+	rows := claim(t, s, "w", t0, "")
+	require.Len(t, rows, 3)
+	require.NoError(t, s.DeliveryDone(ctx, rows[0], t0, true, time.Time{}, ""))
+	require.NoError(t, s.DeliveryDone(ctx, rows[1], t0.Add(time.Hour), false, time.Time{}, "gone"))
+	n, err := s.PurgeDeliveries(ctx, t0)
+	require.NoError(t, err)
+	require.Zero(t, n, "not older than the retention yet")
+	n, err = s.PurgeDeliveries(ctx, t0.Add(time.Minute))
+	require.NoError(t, err)
+	require.EqualValues(t, 1, n, "the delivered row")
+	n, err = s.PurgeDeliveries(ctx, t0.Add(100*time.Hour))
+	require.NoError(t, err)
+	require.EqualValues(t, 1, n, "the abandoned row; the pending one stays")
+	left, err := s.Deliveries(ctx, a.ID)
+	require.NoError(t, err)
+	require.Len(t, left, 1)
+	require.Equal(t, rows[2].JTI, left[0].JTI)
+	events, err := s.Audit(ctx, session.AuditFilter{SID: a.ID})
+	require.NoError(t, err)
+	require.True(t, slices.ContainsFunc(events, func(e session.AuditEvent) bool { return e.Kind == session.AuditLogoutDelivered }),
+		"the audit keeps the record")
 }
 
 func testAuthRequests(t *testing.T, s Store) {
@@ -333,12 +506,65 @@ func testAuthRequests(t *testing.T, s Store) {
 	_, err = s.AuthRequestData(ctx, "r1", t0.Add(10*time.Minute))
 	require.ErrorIs(t, err, session.ErrNotFound, "expired")
 	require.NoError(t, s.SaveAuthCode(ctx, "r1", "hash"))
-	id, _, err := s.AuthRequestByCode(ctx, "hash", t0)
+	_, err = s.AuthRequestData(ctx, "r1", t0)
+	require.ErrorIs(t, err, session.ErrNotFound, "a request with a code is no longer pending")
+	require.ErrorIs(t, s.SaveAuthRequest(ctx, "r1", []byte(`{"a":3}`), t0, t0.Add(10*time.Minute)), session.ErrConflict,
+		"a request with a code is frozen")
+
+	id, data, err := s.AuthRequestByCode(ctx, "hash", t0.Add(time.Minute))
 	require.NoError(t, err)
 	require.Equal(t, "r1", id)
-	require.NoError(t, s.DeleteAuthRequest(ctx, "r1"))
-	_, _, err = s.AuthRequestByCode(ctx, "hash", t0)
-	require.ErrorIs(t, err, session.ErrNotFound, "a code works once")
+	require.JSONEq(t, `{"a":2}`, string(data))
+	id, data, err = s.AuthRequestByCode(ctx, "hash", t0.Add(2*time.Minute))
+	require.ErrorIs(t, err, session.ErrCodeReused, "a code works once; a replay is recognised")
+	require.Equal(t, "r1", id)
+	require.JSONEq(t, `{"a":2}`, string(data), "a replay names what the code gave")
+	_, _, err = s.AuthRequestByCode(ctx, "hash", t0.Add(10*time.Minute))
+	require.ErrorIs(t, err, session.ErrNotFound, "expired")
+	_, _, err = s.AuthRequestByCode(ctx, "other", t0)
+	require.ErrorIs(t, err, session.ErrNotFound)
+
+	require.NoError(t, s.SaveAuthRequest(ctx, "r2", []byte(`{}`), t0, t0.Add(10*time.Minute)))
+	require.NoError(t, s.SaveAuthCode(ctx, "r2", "hash2"))
+	_, _, err = s.AuthRequestByCode(ctx, "hash2", t0.Add(10*time.Minute))
+	require.ErrorIs(t, err, session.ErrNotFound, "an expired code is not redeemed")
+}
+
+func testOneCodePerRequest(t *testing.T, s Store) {
+	ctx := t.Context()
+	require.NoError(t, s.SaveAuthRequest(ctx, "r1", []byte(`{}`), t0, t0.Add(10*time.Minute)))
+	errs := make(chan error, 8)
+	for i := range 8 {
+		go func() { errs <- s.SaveAuthCode(ctx, "r1", "hash"+string(rune('a'+i))) }()
+	}
+	ok := 0
+	for range 8 {
+		if err := <-errs; err == nil {
+			ok++
+		} else {
+			require.ErrorIs(t, err, session.ErrConflict)
+		}
+	}
+	require.Equal(t, 1, ok, "exactly one code per request")
+	require.ErrorIs(t, s.SaveAuthCode(ctx, "nobody", "h"), session.ErrNotFound)
+}
+
+func testPurgeAuthRequests(t *testing.T, s Store) {
+	ctx := t.Context()
+	require.NoError(t, s.SaveAuthRequest(ctx, "old", []byte(`{}`), t0, t0.Add(10*time.Minute)))
+	require.NoError(t, s.SaveAuthRequest(ctx, "redeemed", []byte(`{}`), t0, t0.Add(10*time.Minute)))
+	require.NoError(t, s.SaveAuthCode(ctx, "redeemed", "h"))
+	_, _, err := s.AuthRequestByCode(ctx, "h", t0)
+	require.NoError(t, err)
+	require.NoError(t, s.SaveAuthRequest(ctx, "young", []byte(`{}`), t0.Add(5*time.Minute), t0.Add(15*time.Minute)))
+
+	require.NoError(t, s.PurgeAuthRequests(ctx, t0.Add(10*time.Minute)))
+	_, err = s.AuthRequestData(ctx, "old", t0)
+	require.ErrorIs(t, err, session.ErrNotFound, "purged: not found even at a time it was valid")
+	_, _, err = s.AuthRequestByCode(ctx, "h", t0)
+	require.ErrorIs(t, err, session.ErrNotFound, "a redeemed request is purged when it expires")
+	_, err = s.AuthRequestData(ctx, "young", t0.Add(10*time.Minute))
+	require.NoError(t, err, "an unexpired request stays")
 }
 
 func testRevoked(t *testing.T, s Store) {
@@ -349,9 +575,18 @@ func testRevoked(t *testing.T, s Store) {
 	ids, err := s.RevokedTokens(ctx, t0)
 	require.NoError(t, err)
 	require.ElementsMatch(t, []string{"t1", "t2"}, ids)
+	n, err := s.PurgeRevokedTokens(ctx, t0.Add(time.Minute))
+	require.NoError(t, err)
+	require.Zero(t, n, "t1 is valid up to its expiry")
+	n, err = s.PurgeRevokedTokens(ctx, t0.Add(2*time.Minute))
+	require.NoError(t, err)
+	require.EqualValues(t, 1, n, "t1 has expired anyway")
 	ids, err = s.RevokedTokens(ctx, t0.Add(2*time.Minute))
 	require.NoError(t, err)
 	require.Equal(t, []string{"t2"}, ids)
+	ids, err = s.RevokedTokens(ctx, t0.Add(2*time.Hour))
+	require.NoError(t, err)
+	require.Empty(t, ids)
 }
 
 func testSecretsAndKeys(t *testing.T, s Store) {
@@ -582,17 +817,6 @@ func testAudit(t *testing.T, s Store) {
 	require.Len(t, events, 3)
 }
 
-func testPurgeAuthRequests(t *testing.T, s Store) {
-	ctx := t.Context()
-	require.NoError(t, s.SaveAuthRequest(ctx, "old", []byte(`{}`), t0, t0.Add(time.Minute)))
-	require.NoError(t, s.SaveAuthRequest(ctx, "new", []byte(`{}`), t0, t0.Add(time.Hour)))
-	require.NoError(t, s.PurgeAuthRequests(ctx, t0.Add(time.Minute)))
-	_, err := s.AuthRequestData(ctx, "old", t0)
-	require.ErrorIs(t, err, session.ErrNotFound, "purged, even when read as of an earlier time")
-	_, err = s.AuthRequestData(ctx, "new", t0)
-	require.NoError(t, err)
-}
-
 // race runs fn from n goroutines released together.
 func race(n int, fn func(i int)) {
 	var wg sync.WaitGroup
@@ -619,7 +843,7 @@ func testCodeRace(t *testing.T, s Store) {
 			won++
 			continue
 		}
-		require.ErrorIs(t, err, session.ErrNotFound)
+		require.ErrorIs(t, err, session.ErrCodeReused, "every other exchange is a replay")
 	}
 	require.Equal(t, 1, won, "exactly one exchange redeems the code")
 }
@@ -674,7 +898,6 @@ func testHostileKeys(t *testing.T, s Store) {
 		require.ErrorIs(t, s.SaveAuthCode(ctx, k, "h"), session.ErrNotFound, "%q", k)
 		_, _, err = s.AuthRequestByCode(ctx, k, t0)
 		require.ErrorIs(t, err, session.ErrNotFound, "%q", k)
-		require.NoError(t, s.DeleteAuthRequest(ctx, k))
 		require.ErrorIs(t, s.SetPassword(ctx, k, "h"), session.ErrNotFound, "%q", k)
 		list, _, err := s.SessionsOfUser(ctx, k, true)
 		require.NoError(t, err)
@@ -694,4 +917,94 @@ func testHostileKeys(t *testing.T, s Store) {
 	app := &session.AppSession{ID: a.ID + ".mail", AuthSessionID: a.ID, ClientID: "mail", Scopes: []string{"openid", "x\x00\xff"}, JoinedAt: t0, LastActiveAt: t0}
 	require.NoError(t, s.JoinApp(ctx, app, session.ActivityUpdate{AuthSessionID: a.ID, LastActiveAt: t0, IdleLimit: time.Minute, Deadline: t0.Add(time.Minute)}, "u1"))
 	require.NoError(t, s.SetAppScopes(ctx, app.ID, []string{"\x00"}))
+}
+
+var loginPolicy = session.LoginPolicy{MaxFailures: 3, LockoutBase: time.Second, LockoutMax: time.Minute}
+
+func reserve(t *testing.T, s Store, at time.Time, keys ...string) (session.LoginAttempt, time.Duration) {
+	t.Helper()
+	a, wait, err := s.ReserveLoginAttempt(t.Context(), keys, at, loginPolicy)
+	require.NoError(t, err)
+	return a, wait
+}
+
+func testLoginReserve(t *testing.T, s Store) {
+	for i := range 3 {
+		a, wait := reserve(t, s, t0, "u:alice", "a:1")
+		require.Zero(t, wait, "attempt %d is free", i+1)
+		require.Equal(t, []string{"u:alice", "a:1"}, a.Keys)
+	}
+	_, wait := reserve(t, s, t0, "u:alice", "a:2")
+	require.Equal(t, time.Second, wait, "the third attempt locked the username")
+	a, wait := reserve(t, s, t0, "u:bob", "a:2")
+	require.Zero(t, wait, "a refused attempt counted nothing on its other keys")
+	require.Equal(t, []time.Time{{}, {}}, a.Locks)
+	_, wait = reserve(t, s, t0.Add(time.Second), "u:alice")
+	require.Zero(t, wait, "the lock is over")
+	_, wait = reserve(t, s, t0.Add(time.Second), "u:alice")
+	require.Equal(t, 2*time.Second, wait, "and the next one doubled")
+	_, wait = reserve(t, s, t0.Add(10*time.Minute), "u:alice")
+	require.Zero(t, wait, "counts older than lockout_max are forgotten")
+	_, wait = reserve(t, s, t0.Add(10*time.Minute), "u:alice")
+	require.Zero(t, wait, "from zero again")
+}
+
+func testLoginReserveRace(t *testing.T, s Store) {
+	const n = 20
+	var wg sync.WaitGroup
+	var passed atomic.Int32
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, wait, err := s.ReserveLoginAttempt(context.Background(), []string{"u:carol"}, t0, loginPolicy)
+			if err == nil && wait == 0 {
+				passed.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	require.Equal(t, int32(loginPolicy.MaxFailures), passed.Load(), "exactly max_failures of %d simultaneous attempts pass", n)
+}
+
+func testLoginRefund(t *testing.T, s Store) {
+	ctx := t.Context()
+	reserve(t, s, t0, "a:1")
+	reserve(t, s, t0, "a:1")
+	last, _ := reserve(t, s, t0, "a:1")
+	require.Equal(t, []time.Time{t0.Add(time.Second)}, last.Locks)
+	require.NoError(t, s.RefundLoginAttempt(ctx, last))
+	_, wait := reserve(t, s, t0, "a:1")
+	require.Zero(t, wait, "the refunded attempt's lock is lifted and its count given back")
+
+	// A lock set by a later attempt stays when an earlier one is refunded.
+	first, _ := reserve(t, s, t0, "a:9")
+	reserve(t, s, t0, "a:9")
+	reserve(t, s, t0, "a:9")
+	require.NoError(t, s.RefundLoginAttempt(ctx, first))
+	_, wait = reserve(t, s, t0, "a:9")
+	require.Equal(t, time.Second, wait)
+}
+
+func testLoginForgetPurge(t *testing.T, s Store) {
+	ctx := t.Context()
+	for range 3 {
+		reserve(t, s, t0, "u:dave", "a:3")
+	}
+	require.NoError(t, s.ForgetLoginFailures(ctx, []string{"u:dave"}))
+	_, wait := reserve(t, s, t0, "u:dave")
+	require.Zero(t, wait, "forgotten")
+	_, wait = reserve(t, s, t0, "a:3")
+	require.Equal(t, time.Second, wait, "other keys keep their counts")
+
+	require.NoError(t, s.PurgeLoginFailures(ctx, t0.Add(30*time.Second), loginPolicy))
+	_, wait = reserve(t, s, t0.Add(30*time.Second), "a:3", "u:erin")
+	require.Zero(t, wait)
+	_, wait = reserve(t, s, t0.Add(30*time.Second), "a:3")
+	require.Equal(t, 2*time.Second, wait, "not purged before lockout_max: its count went on")
+	require.NoError(t, s.PurgeLoginFailures(ctx, t0.Add(2*time.Minute), loginPolicy))
+	_, wait = reserve(t, s, t0.Add(2*time.Minute), "a:3")
+	require.Zero(t, wait)
+	_, wait = reserve(t, s, t0.Add(2*time.Minute), "a:3")
+	require.Zero(t, wait, "purged: counting from zero")
 }

@@ -4,6 +4,7 @@
 // front-channel logout. Each test has its own browser context, so its own
 // provider session; the tests run concurrently to share the idle waits.
 import { describe, it, before, after } from 'node:test';
+import http from 'node:http';
 import assert from 'node:assert/strict';
 import {
   LIMITS, startDemo, launchBrowser, newPage, signIn, remaining, recordRequests, checkNoPageErrors,
@@ -288,4 +289,42 @@ describe('idleguard demo in Chromium', { concurrency: true }, () => {
     const page = await newPage(ctx);
     await signIn(page, demo.portal, { timeout: 8000 });
   }, { track: false }));
+
+  it('binds a cross-site POST /authorize to the browser\'s existing token, so another tab\'s sign-in still completes', TEST, () => withContext(async (ctx) => {
+    // Tab A starts signing in to the portal and stops at the provider's form.
+    const a = await newPage(ctx);
+    const started = a.waitForRequest((r) => r.url().startsWith(`${demo.issuer}/authorize?`));
+    await a.goto(`${demo.portal}/`);
+    await a.locator('[data-testid=welcome] :is(a.button, button.signin)').click();
+    const params = new URL((await started).url()).searchParams;
+    await a.locator('input[name=password]').waitFor();
+
+    // Tab B: another site (127.0.0.1 is not localhost's site) posts an
+    // authorization request; Chromium withholds the Lax binding cookie.
+    const esc = (v) => v.replace(/[&<>"]/g, (c) => `&#${c.charCodeAt(0)};`);
+    const inputs = [...params].map(([k, v]) => `<input type="hidden" name="${esc(k)}" value="${esc(v)}">`).join('');
+    const site = http.createServer((req, res) => {
+      res.setHeader('Content-Type', 'text/html');
+      res.end(`<form method="post" action="${demo.issuer}/authorize">${inputs}</form><script>document.forms[0].submit()</script>`);
+    });
+    await new Promise((r) => site.listen(0, '127.0.0.1', r));
+    try {
+      const b = await newPage(ctx);
+      await b.goto(`http://127.0.0.1:${site.address().port}/`);
+      await b.locator('input[name=password]').waitFor(); // the form for B's own request, in this browser
+
+      // Tab A signs in: its request still belongs to this browser.
+      await a.fill('input[name=username]', 'demo');
+      await a.fill('input[name=password]', 'demo-password');
+      await a.click('button[type=submit]');
+      await a.locator('[data-testid=signed-in]:visible').waitFor({ timeout: 20_000 });
+      const bindings = (await ctx.cookies(demo.issuer)).filter((c) => c.name === 'idleguard_browser');
+      assert.equal(bindings.length, 1, 'one binding cookie per browser');
+      assert.equal(bindings[0].httpOnly, true);
+      assert.equal(bindings[0].sameSite, 'Lax');
+      checkNoPageErrors(a, b);
+    } finally {
+      site.close();
+    }
+  }));
 });

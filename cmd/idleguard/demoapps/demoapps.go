@@ -239,6 +239,7 @@ var reasonTexts = map[string]string{
 	"app_idle_timeout": "This app was not used for its own idle limit.",
 	"admin":            "An administrator ended the session.",
 	"refresh_reuse":    "A refresh token was used twice, a sign of theft, so the session was ended.",
+	"code_reuse":       "A sign-in code was used twice, a sign of theft, so the session was ended.",
 	"session_ended":    "The provider ended the session.",
 	"invalid_token":    "The provider no longer accepts this app's token.",
 	"expired":          "The session ran out while the provider could not be reached.",

@@ -15,7 +15,7 @@ type LogoutToken struct {
 	JTI, SID, Subject string
 	// Reason is idleguard's extra claim: why the session ended
 	// (idle_timeout, max_lifetime, logout, app_idle_timeout, admin,
-	// refresh_reuse).
+	// refresh_reuse, code_reuse).
 	Reason   string
 	IssuedAt time.Time
 }
