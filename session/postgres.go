@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -616,20 +617,48 @@ func (w *pgEnds) insert(ctx context.Context, tx pgx.Tx) error {
 			return fmt.Errorf("audit ends: %w", err)
 		}
 	}
-	if len(w.outbox) == 0 {
+	return insertNotices(ctx, tx, w.outbox, w.outboxAt)
+}
+
+// insertNotices queues logout notices in one statement, as SQLite's
+// insertOutbox does one by one: at most one pending row per (client, sid),
+// a later notice replacing a pending one with a fresh jti and the earlier
+// due time of the two. PostgreSQL refuses to upsert one row twice in a
+// statement, so the notices of a pair are folded here first, the last one
+// winning with the earliest time.
+func insertNotices(ctx context.Context, tx pgx.Tx, notices []LogoutNotice, at []int64) error {
+	if len(notices) == 0 {
 		return nil
 	}
+	type pair struct{ client, sid string }
+	index := make(map[pair]int, len(notices))
 	cols := make([][]string, 6)
-	for _, n := range w.outbox {
-		for c, v := range []string{NewID(), n.ClientID, n.URI, n.SID, n.Subject, string(n.Reason)} {
-			cols[c] = append(cols[c], v)
+	var created, due []int64
+	for i, n := range notices {
+		row := []string{NewID(), n.ClientID, n.URI, n.SID, n.Subject, string(n.Reason)}
+		k, seen := index[pair{n.ClientID, n.SID}]
+		if !seen {
+			index[pair{n.ClientID, n.SID}] = len(created)
+			for c, v := range row {
+				cols[c] = append(cols[c], v)
+			}
+			created, due = append(created, at[i]), append(due, at[i])
+			continue
 		}
+		for c, v := range row {
+			cols[c][k] = v
+		}
+		created[k], due[k] = at[i], min(due[k], at[i])
 	}
 	if _, err := tx.Exec(ctx, `INSERT INTO logout_outbox (jti, client_id, uri, sid, subject, reason, created_at, next_attempt_at)
-		SELECT jti, client_id, uri, sid, subject, reason, at, at
-		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])
-			WITH ORDINALITY AS v(jti, client_id, uri, sid, subject, reason, at, n) ORDER BY n`,
-		cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], w.outboxAt); err != nil {
+		SELECT jti, client_id, uri, sid, subject, reason, created, due
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[])
+			WITH ORDINALITY AS v(jti, client_id, uri, sid, subject, reason, created, due, n) ORDER BY n
+		ON CONFLICT (client_id, sid) WHERE `+outboxPending+` DO UPDATE SET
+		jti = excluded.jti, uri = excluded.uri, subject = excluded.subject, reason = excluded.reason, created_at = excluded.created_at,
+		next_attempt_at = LEAST(logout_outbox.next_attempt_at, excluded.next_attempt_at), attempts = 0, last_error = '',
+		claimed_by = NULL, claimed_until = NULL`,
+		cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], created, due); err != nil {
 		return fmt.Errorf("outbox: %w", err)
 	}
 	return nil
@@ -672,27 +701,52 @@ func (p *Postgres) RevokeToken(ctx context.Context, tokenID string, expires time
 // RevokedTokens returns the ids of revoked tokens that have not expired by
 // now, deleting the rest.
 func (p *Postgres) RevokedTokens(ctx context.Context, now time.Time) ([]string, error) {
-	if _, err := p.pool.Exec(ctx, `DELETE FROM revoked_tokens WHERE expires_at < $1`, ms(now)); err != nil {
+	if _, err := p.PurgeRevokedTokens(ctx, now); err != nil {
 		return nil, err
 	}
-	return pgQueryAll(ctx, p.pool, scanString, `SELECT token_id FROM revoked_tokens`)
+	return pgQueryAll(ctx, p.pool, scanString, `SELECT token_id FROM revoked_tokens WHERE expires_at >= $1`, ms(now))
+}
+
+// PurgeRevokedTokens deletes the revocations of tokens that have expired by
+// now (an expired token is refused anyway) and returns how many it deleted.
+func (p *Postgres) PurgeRevokedTokens(ctx context.Context, now time.Time) (int64, error) {
+	return p.purgeBatches(ctx, `DELETE FROM revoked_tokens WHERE token_id IN
+		(SELECT token_id FROM revoked_tokens WHERE expires_at < $1 LIMIT 1000)`, ms(now))
+}
+
+// purgeBatches runs q, a DELETE of at most purgeBatch rows, until it
+// deletes fewer. Each batch is a transaction of its own, so that replicas
+// purging at once only wait on one another's batch.
+func (p *Postgres) purgeBatches(ctx context.Context, q string, args ...any) (int64, error) {
+	return purgeLoop(func() (int64, error) {
+		tag, err := p.pool.Exec(ctx, q, args...)
+		return tag.RowsAffected(), err
+	})
 }
 
 // --- authorization requests ---
 
-// SaveAuthRequest stores (or replaces) an authorization request's data.
+// SaveAuthRequest stores an authorization request, or replaces the data of
+// one that has no code yet: once a code is issued its request is frozen
+// (ErrConflict).
 func (p *Postgres) SaveAuthRequest(ctx context.Context, id string, data []byte, created, expires time.Time) error {
-	_, err := p.pool.Exec(ctx, `INSERT INTO auth_requests (id, data, created_at, expires_at) VALUES ($1, $2, $3, $4)
-		ON CONFLICT (id) DO UPDATE SET data = excluded.data`, id, storableText(string(data)), ms(created), ms(expires))
+	tag, err := p.pool.Exec(ctx, `INSERT INTO auth_requests (id, data, created_at, expires_at) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (id) DO UPDATE SET data = excluded.data WHERE auth_requests.code_hash IS NULL`,
+		id, storableText(string(data)), ms(created), ms(expires))
+	if err = pgAffect(tag, err, "auth request"); errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("auth request %s has a code: %w", id, ErrConflict)
+	}
 	return err
 }
 
-// AuthRequestData returns an unexpired authorization request's data.
+// AuthRequestData returns the data of an unexpired authorization request
+// that has no code yet; a request whose code was issued is not found.
 func (p *Postgres) AuthRequestData(ctx context.Context, id string, now time.Time) ([]byte, error) {
 	var data string
 	err := pgx.ErrNoRows
 	if storable(id) {
-		err = p.pool.QueryRow(ctx, `SELECT data FROM auth_requests WHERE id = $1 AND expires_at > $2`, id, ms(now)).Scan(&data)
+		err = p.pool.QueryRow(ctx, `SELECT data FROM auth_requests WHERE id = $1 AND expires_at > $2 AND code_hash IS NULL`,
+			id, ms(now)).Scan(&data)
 	}
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("auth request: %w", ErrNotFound)
@@ -700,44 +754,179 @@ func (p *Postgres) AuthRequestData(ctx context.Context, id string, now time.Time
 	return []byte(data), err
 }
 
-// SaveAuthCode attaches the hash of an issued code to a request.
+// SaveAuthCode attaches the hash of an issued code to a request, at most
+// once: a request that already has a code answers ErrConflict. Two racing
+// callbacks (at two replicas) cannot both issue one: the second UPDATE
+// waits for the first and then finds code_hash set.
 func (p *Postgres) SaveAuthCode(ctx context.Context, id, codeHash string) error {
 	if !storable(id) {
 		return fmt.Errorf("auth request: %w", ErrNotFound)
 	}
-	tag, err := p.pool.Exec(ctx, `UPDATE auth_requests SET code_hash = $1 WHERE id = $2`, codeHash, id)
-	return pgAffect(tag, err, "auth request")
+	tag, err := p.pool.Exec(ctx, `UPDATE auth_requests SET code_hash = $1 WHERE id = $2 AND code_hash IS NULL`, codeHash, id)
+	if err = pgAffect(tag, err, "auth request"); !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	var exists bool
+	if e := p.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM auth_requests WHERE id = $1)`, id).Scan(&exists); e != nil {
+		return e
+	}
+	if exists {
+		return fmt.Errorf("auth request %s already has a code: %w", id, ErrConflict)
+	}
+	return err
 }
 
-// AuthRequestByCode returns the request a code was issued for and deletes
-// it in the same statement, so that a code is redeemed once even when two
-// exchanges race at two replicas (RFC 6749 section 4.1.2).
+// AuthRequestByCode redeems a code: the first call returns the request it
+// was issued for and marks it redeemed in the same statement (an UPDATE
+// guarded by redeemed_at IS NULL, which a concurrent exchange at another
+// replica waits on and then fails), so that a code is redeemed once (RFC
+// 6749 section 4.1.2). Until the request expires, every later call returns
+// the same id and data with ErrCodeReused.
 func (p *Postgres) AuthRequestByCode(ctx context.Context, codeHash string, now time.Time) (string, []byte, error) {
-	var id, data string
-	err := pgx.ErrNoRows
-	if storable(codeHash) {
-		err = p.pool.QueryRow(ctx, `DELETE FROM auth_requests WHERE code_hash = $1 AND expires_at > $2 RETURNING id, data`,
-			codeHash, ms(now)).Scan(&id, &data)
-	}
-	if errors.Is(err, pgx.ErrNoRows) {
+	if !storable(codeHash) {
 		return "", nil, fmt.Errorf("auth code: %w", ErrNotFound)
 	}
-	return id, []byte(data), err
-}
-
-// DeleteAuthRequest removes a request; a code can therefore be used once.
-func (p *Postgres) DeleteAuthRequest(ctx context.Context, id string) error {
-	if !storable(id) {
-		return nil
+	var id, data string
+	err := p.pool.QueryRow(ctx, `UPDATE auth_requests SET redeemed_at = $1
+		WHERE code_hash = $2 AND expires_at > $1 AND redeemed_at IS NULL RETURNING id, data`, ms(now), codeHash).Scan(&id, &data)
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return id, []byte(data), err
 	}
-	_, err := p.pool.Exec(ctx, `DELETE FROM auth_requests WHERE id = $1`, id)
-	return err
+	err = p.pool.QueryRow(ctx, `SELECT id, data FROM auth_requests WHERE code_hash = $1 AND expires_at > $2`, codeHash, ms(now)).Scan(&id, &data)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return "", nil, fmt.Errorf("auth code: %w", ErrNotFound)
+	case err != nil:
+		return "", nil, err
+	}
+	return id, []byte(data), fmt.Errorf("auth code of request %s: %w", id, ErrCodeReused)
 }
 
 // PurgeAuthRequests deletes expired requests.
 func (p *Postgres) PurgeAuthRequests(ctx context.Context, now time.Time) error {
 	_, err := p.pool.Exec(ctx, `DELETE FROM auth_requests WHERE expires_at <= $1`, ms(now))
 	return err
+}
+
+// --- sign-in throttling ---
+
+// ReserveLoginAttempt counts one sign-in attempt against every key before
+// the password is checked, in one transaction, so that concurrent guesses at
+// every replica cannot all pass the limit: each key's row is created if
+// missing, then all are locked (SELECT ... FOR UPDATE, in key order, so
+// that two attempts sharing keys never deadlock), read, and written. When a
+// key is locked at now, nothing is counted and the longest remaining lock is
+// returned instead.
+func (p *Postgres) ReserveLoginAttempt(ctx context.Context, keys []string, now time.Time, pol LoginPolicy) (LoginAttempt, time.Duration, error) {
+	a := LoginAttempt{Keys: keys}
+	var wait time.Duration
+	err := p.tx(ctx, func(tx pgx.Tx) error {
+		stored, err := lockLoginCounts(ctx, tx, keys)
+		if err != nil {
+			return err
+		}
+		var counts []int
+		if counts, a.Locks, wait = pol.reserve(stored, now); wait > 0 {
+			return nil
+		}
+		return writeLoginCounts(ctx, tx, keys, counts, a.Locks, now)
+	})
+	return reserved(a, wait, err)
+}
+
+// lockLoginCounts creates the missing rows of keys (a count of zero, which
+// the policy forgets at once), locks every row in key order and returns
+// their counts in the order of keys.
+func lockLoginCounts(ctx context.Context, tx pgx.Tx, keys []string) ([]loginCount, error) {
+	sorted := slices.Compact(slices.Sorted(slices.Values(keys)))
+	if _, err := tx.Exec(ctx, `INSERT INTO login_failures (key, failures, last_at, locked_until)
+		SELECT k, 0, 0, 0 FROM unnest($1::text[]) AS k ON CONFLICT (key) DO NOTHING`, sorted); err != nil {
+		return nil, err
+	}
+	rows, err := tx.Query(ctx, `SELECT key, failures, last_at, locked_until FROM login_failures
+		WHERE key = ANY($1) ORDER BY key FOR UPDATE`, sorted)
+	if err != nil {
+		return nil, err
+	}
+	byKey := make(map[string]loginCount, len(sorted))
+	var key string
+	var c loginCount
+	var last, until int64
+	_, err = pgx.ForEachRow(rows, []any{&key, &c.failures, &last, &until}, func() error {
+		c.last, c.until = fromMS(last), fromMS(until)
+		byKey[key] = c
+		return nil
+	})
+	stored := make([]loginCount, len(keys))
+	for i, k := range keys {
+		stored[i] = byKey[k]
+	}
+	return stored, err
+}
+
+// writeLoginCounts stores the counts and locks of one attempt, as an upsert
+// in case a row was forgotten since it was locked.
+func writeLoginCounts(ctx context.Context, tx pgx.Tx, keys []string, counts []int, locks []time.Time, now time.Time) error {
+	var ks []string
+	var ns, until []int64
+	for i, k := range keys {
+		if !slices.Contains(ks, k) { // one row per key, even if a caller named one twice
+			ks, ns, until = append(ks, k), append(ns, int64(counts[i])), append(until, ms(locks[i]))
+		}
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO login_failures (key, failures, last_at, locked_until)
+		SELECT key, failures, $3, until FROM unnest($1::text[], $2::bigint[], $4::bigint[]) AS v(key, failures, until)
+		ON CONFLICT (key) DO UPDATE SET failures = excluded.failures, last_at = excluded.last_at, locked_until = excluded.locked_until`,
+		ks, ns, ms(now), until)
+	return err
+}
+
+// RefundLoginAttempt gives back an attempt that was not a wrong guess (the
+// password was right, or it was never checked): one attempt less on each of
+// its keys, and the lock it set lifted unless a later attempt replaced it.
+// The rows are updated in key order, as ReserveLoginAttempt locks them.
+func (p *Postgres) RefundLoginAttempt(ctx context.Context, a LoginAttempt) error {
+	order := make([]int, len(a.Keys))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(i, j int) int { return strings.Compare(a.Keys[i], a.Keys[j]) })
+	b := &pgx.Batch{}
+	for _, i := range order {
+		b.Queue(`UPDATE login_failures SET failures = GREATEST(failures - 1, 0),
+			locked_until = CASE WHEN locked_until = $1 THEN 0 ELSE locked_until END WHERE key = $2`, ms(a.Locks[i]), a.Keys[i])
+	}
+	err := p.tx(ctx, func(tx pgx.Tx) error { return tx.SendBatch(ctx, b).Close() })
+	if err != nil {
+		return fmt.Errorf("refund login attempt: %w", err)
+	}
+	return nil
+}
+
+// ForgetLoginFailures deletes the counts of keys (a successful sign-in's
+// username or device).
+func (p *Postgres) ForgetLoginFailures(ctx context.Context, keys []string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	err := p.tx(ctx, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `DELETE FROM login_failures WHERE key = ANY($1)`, keys)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("forget login failures: %w", err)
+	}
+	return nil
+}
+
+// PurgeLoginFailures deletes the counts that pol forgets at now: their
+// lock is over and their last attempt older than pol.LockoutMax.
+func (p *Postgres) PurgeLoginFailures(ctx context.Context, now time.Time, pol LoginPolicy) error {
+	_, err := p.pool.Exec(ctx, `DELETE FROM login_failures WHERE locked_until <= $1 AND last_at < $2`, ms(now), ms(now.Add(-pol.LockoutMax)))
+	if err != nil {
+		return fmt.Errorf("purge login failures: %w", err)
+	}
+	return nil
 }
 
 // --- keys and secrets ---
@@ -782,16 +971,38 @@ func (p *Postgres) Secret(ctx context.Context, name string, gen func() []byte) (
 
 // --- outbox ---
 
-// DueDeliveries returns pending deliveries whose next attempt is due.
-func (p *Postgres) DueDeliveries(ctx context.Context, now time.Time, limit int) ([]OutboxEntry, error) {
-	return pgQueryAll(ctx, p.pool, scanOutbox, `SELECT `+outboxCols+` FROM logout_outbox WHERE delivered_at IS NULL AND abandoned_at IS NULL
-		AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2`, ms(now), limit)
+// ClaimDeliveries claims up to c.Limit due rows of one destination for
+// c.Worker: the rows are chosen and locked with FOR UPDATE SKIP LOCKED, so
+// that workers at several replicas claiming at once each take other rows
+// instead of waiting on one another, and marked claimed in the same
+// statement. Rows whose claim has lapsed are claimable again. The rows come
+// back oldest due first.
+func (p *Postgres) ClaimDeliveries(ctx context.Context, c DeliveryClaim) ([]OutboxEntry, error) {
+	// Only the destination filter in use is written into the query, so
+	// that a cached plan fits it.
+	where, args := `true`, []any{c.Worker, ms(c.Until), ms(c.Now), c.Limit}
+	switch {
+	case c.URI != "":
+		where, args = `uri = $5`, append(args, c.URI)
+	case len(c.Except) > 0:
+		where, args = `NOT (uri = ANY($5))`, append(args, c.Except)
+	}
+	out, err := pgQueryAll(ctx, p.pool, scanOutbox, `WITH due AS (SELECT id FROM logout_outbox
+			WHERE `+where+` AND `+outboxPending+` AND next_attempt_at <= $3 AND (claimed_until IS NULL OR claimed_until <= $3)
+			ORDER BY next_attempt_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)
+		UPDATE logout_outbox SET claimed_by = $1, claimed_until = $2 WHERE id IN (SELECT id FROM due)
+		RETURNING `+outboxCols, args...)
+	if err != nil {
+		return nil, fmt.Errorf("claim deliveries: %w", err)
+	}
+	sortDue(out)
+	return out, nil
 }
 
 // PendingDeliveries counts deliveries neither delivered nor abandoned.
 func (p *Postgres) PendingDeliveries(ctx context.Context) (int, error) {
 	var n int
-	err := p.pool.QueryRow(ctx, `SELECT COUNT(*) FROM logout_outbox WHERE delivered_at IS NULL AND abandoned_at IS NULL`).Scan(&n)
+	err := p.pool.QueryRow(ctx, `SELECT COUNT(*) FROM logout_outbox WHERE `+outboxPending).Scan(&n)
 	return n, err
 }
 
@@ -807,26 +1018,44 @@ func (p *Postgres) Deliveries(ctx context.Context, sid string) ([]OutboxEntry, e
 	return pgQueryAll(ctx, p.pool, scanOutbox, `SELECT `+outboxCols+` FROM logout_outbox WHERE sid = $1 ORDER BY id`, sid)
 }
 
-// DeliveryDone records a delivery's fate with its audit event: delivered
-// (ok), a retry at next, or abandoned (next zero and not ok).
+// DeliveryDone records one attempt with its audit event, by the rules of
+// SQLite.DeliveryDone: a delivered row is marked so whoever delivered it; a
+// failure is recorded only by the worker that still holds the row's claim;
+// either way the row must still carry o's jti. An attempt that no longer
+// owns its row is audited all the same (stale=true).
 func (p *Postgres) DeliveryDone(ctx context.Context, o OutboxEntry, at time.Time, ok bool, next time.Time, errText string) error {
 	ev := deliveryOutcome(o, at, ok, next, errText)
 	errText = storableText(errText)
 	return p.tx(ctx, func(tx pgx.Tx) error {
+		var tag pgconn.CommandTag
 		var err error
+		const mine = ` WHERE id = $2 AND jti = $3 AND ` + outboxPending
+		const claim = ` AND claimed_by = $5`
+		const unclaim = `, claimed_by = NULL, claimed_until = NULL`
 		switch ev.Kind {
 		case AuditLogoutDelivered:
-			_, err = tx.Exec(ctx, `UPDATE logout_outbox SET delivered_at = $1, attempts = attempts + 1, last_error = '' WHERE id = $2`, ms(at), o.ID)
+			tag, err = tx.Exec(ctx, `UPDATE logout_outbox SET delivered_at = $1, attempts = attempts + 1, last_error = ''`+unclaim+mine,
+				ms(at), o.ID, o.JTI)
 		case AuditLogoutAbandoned:
-			_, err = tx.Exec(ctx, `UPDATE logout_outbox SET abandoned_at = $1, attempts = attempts + 1, last_error = $2 WHERE id = $3`, ms(at), errText, o.ID)
+			tag, err = tx.Exec(ctx, `UPDATE logout_outbox SET abandoned_at = $1, attempts = attempts + 1, last_error = $4`+unclaim+mine+claim,
+				ms(at), o.ID, o.JTI, errText, o.ClaimedBy)
 		default:
-			_, err = tx.Exec(ctx, `UPDATE logout_outbox SET next_attempt_at = $1, attempts = attempts + 1, last_error = $2 WHERE id = $3`, ms(next), errText, o.ID)
+			tag, err = tx.Exec(ctx, `UPDATE logout_outbox SET next_attempt_at = $1, attempts = attempts + 1, last_error = $4`+unclaim+mine+claim,
+				ms(next), o.ID, o.JTI, errText, o.ClaimedBy)
 		}
 		if err != nil {
 			return fmt.Errorf("outbox %d: %w", o.ID, err)
 		}
-		return pgAudit(ctx, tx, ev)
+		return pgAudit(ctx, tx, staleDelivery(ev, tag.RowsAffected()))
 	})
+}
+
+// PurgeDeliveries deletes delivered and abandoned rows that finished before
+// before (the audit keeps their record), in batches, and returns how many it
+// deleted.
+func (p *Postgres) PurgeDeliveries(ctx context.Context, before time.Time) (int64, error) {
+	return p.purgeBatches(ctx, `DELETE FROM logout_outbox WHERE id IN (SELECT id FROM logout_outbox
+		WHERE (delivered_at IS NOT NULL OR abandoned_at IS NOT NULL) AND COALESCE(delivered_at, abandoned_at) < $1 LIMIT 1000)`, ms(before))
 }
 
 // --- audit ---

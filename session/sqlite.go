@@ -1,7 +1,6 @@
 package session
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"database/sql"
@@ -10,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"slices"
 	"strings"
 	"time"
 
@@ -803,41 +801,40 @@ func (s *SQLite) PurgeAuthRequests(ctx context.Context, now time.Time) error {
 // When a key is locked at now, nothing is counted and the longest remaining
 // lock is returned instead.
 func (s *SQLite) ReserveLoginAttempt(ctx context.Context, keys []string, now time.Time, p LoginPolicy) (LoginAttempt, time.Duration, error) {
-	a := LoginAttempt{Keys: keys, Locks: make([]time.Time, len(keys))}
+	a := LoginAttempt{Keys: keys}
 	var wait time.Duration
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		counts := make([]int, len(keys))
+		stored := make([]loginCount, len(keys))
 		for i, k := range keys {
-			var n int
 			var last, until int64
-			err := tx.QueryRowContext(ctx, `SELECT failures, last_at, locked_until FROM login_failures WHERE key = ?`, k).Scan(&n, &last, &until)
-			switch {
-			case errors.Is(err, sql.ErrNoRows):
-			case err != nil:
+			err := tx.QueryRowContext(ctx, `SELECT failures, last_at, locked_until FROM login_failures WHERE key = ?`, k).Scan(&stored[i].failures, &last, &until)
+			if err != nil && !errors.Is(err, sql.ErrNoRows) {
 				return err
-			case fromMS(until).After(now):
-				wait = max(wait, fromMS(until).Sub(now))
-			case !p.Stale(fromMS(last), fromMS(until), now):
-				counts[i] = n
 			}
+			stored[i].last, stored[i].until = fromMS(last), fromMS(until)
 		}
-		if wait > 0 {
+		var counts []int
+		if counts, a.Locks, wait = p.reserve(stored, now); wait > 0 {
 			return nil
 		}
 		for i, k := range keys {
-			a.Locks[i] = p.LockedUntil(counts[i]+1, now)
 			if _, err := tx.ExecContext(ctx, `INSERT INTO login_failures (key, failures, last_at, locked_until) VALUES (?, ?, ?, ?)
 				ON CONFLICT (key) DO UPDATE SET failures = excluded.failures, last_at = excluded.last_at, locked_until = excluded.locked_until`,
-				k, counts[i]+1, ms(now), ms(a.Locks[i])); err != nil {
+				k, counts[i], ms(now), ms(a.Locks[i])); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
-	if err != nil {
+	return reserved(a, wait, err)
+}
+
+// reserved is what ReserveLoginAttempt returns: the attempt, or the wait.
+func reserved(a LoginAttempt, wait time.Duration, err error) (LoginAttempt, time.Duration, error) {
+	switch {
+	case err != nil:
 		return LoginAttempt{}, 0, fmt.Errorf("reserve login attempt: %w", err)
-	}
-	if wait > 0 {
+	case wait > 0:
 		return LoginAttempt{}, wait, nil
 	}
 	return a, 0, nil
@@ -983,9 +980,7 @@ func (s *SQLite) ClaimDeliveries(ctx context.Context, c DeliveryClaim) ([]Outbox
 	if err != nil {
 		return nil, fmt.Errorf("claim deliveries: %w", err)
 	}
-	slices.SortFunc(out, func(a, b OutboxEntry) int {
-		return cmp.Or(a.NextAttemptAt.Compare(b.NextAttemptAt), cmp.Compare(a.ID, b.ID))
-	})
+	sortDue(out)
 	return out, nil
 }
 
@@ -1044,20 +1039,16 @@ func (s *SQLite) PurgeDeliveries(ctx context.Context, before time.Time) (int64, 
 		WHERE (delivered_at IS NOT NULL OR abandoned_at IS NOT NULL) AND COALESCE(delivered_at, abandoned_at) < ? LIMIT 1000)`, ms(before))
 }
 
-// purgeBatches runs a DELETE of at most 1000 rows until it deletes none.
+// purgeBatches runs q, a DELETE of at most purgeBatch rows, until it
+// deletes fewer.
 func (s *SQLite) purgeBatches(ctx context.Context, q string, args ...any) (int64, error) {
-	var total int64
-	for {
+	return purgeLoop(func() (int64, error) {
 		res, err := s.w.ExecContext(ctx, q, args...)
 		if err != nil {
-			return total, fmt.Errorf("purge: %w", err)
+			return 0, err
 		}
-		n, err := res.RowsAffected()
-		total += n
-		if err != nil || n < 1000 {
-			return total, err
-		}
-	}
+		return res.RowsAffected()
+	})
 }
 
 // --- audit ---

@@ -1,8 +1,10 @@
 package session
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -123,4 +125,32 @@ func applyEnd(ctx context.Context, w endWriter, e End) error {
 		}
 	}
 	return nil
+}
+
+// sortDue puts claimed outbox rows in the order they are delivered: oldest
+// due first (an UPDATE ... RETURNING promises no order).
+func sortDue(rows []OutboxEntry) {
+	slices.SortFunc(rows, func(a, b OutboxEntry) int {
+		return cmp.Or(a.NextAttemptAt.Compare(b.NextAttemptAt), cmp.Compare(a.ID, b.ID))
+	})
+}
+
+// purgeBatch bounds the rows one purge statement deletes, so that the
+// writer is never held long.
+const purgeBatch = 1000
+
+// purgeLoop runs del, a DELETE of at most purgeBatch rows that returns how
+// many it deleted, until it deletes fewer, and returns the total.
+func purgeLoop(del func() (int64, error)) (int64, error) {
+	var total int64
+	for {
+		n, err := del()
+		total += n
+		if err != nil {
+			return total, fmt.Errorf("purge: %w", err)
+		}
+		if n < purgeBatch {
+			return total, nil
+		}
+	}
 }
