@@ -1,10 +1,12 @@
 package session_test
 
 import (
+	"context"
 	"os"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/idleguard/idleguard/session"
@@ -71,4 +73,102 @@ func TestPostgresEndSurvivesADeadlock(t *testing.T) {
 	require.Equal(t, session.ReasonLogout, got.EndReason)
 	require.Equal(t, []string{"otp"}, got.AMR)
 	require.False(t, apps[0].Live())
+}
+
+// waitForLock waits until a statement starting with prefix waits on a lock
+// in the database of admin.
+func waitForLock(t *testing.T, admin *pgx.Conn, prefix string) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		var waiting int
+		err := admin.QueryRow(t.Context(), `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+			AND wait_event_type = 'Lock' AND query LIKE $1`, prefix+"%").Scan(&waiting)
+		return err == nil && waiting == 1
+	}, 10*time.Second, 5*time.Millisecond)
+}
+
+// TestPostgresClaimSkipsRowsAnotherReplicaHolds: while another replica's
+// claim holds a row, a claim here takes the other due rows at once instead
+// of waiting for it, and the held row stays for whoever holds it.
+func TestPostgresClaimSkipsRowsAnotherReplicaHolds(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	ctx := t.Context()
+	s, err := session.OpenPostgres(ctx, dsn)
+	require.NoError(t, err)
+	defer s.Close()
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	a := &session.AuthSession{ID: session.NewID(), UserID: "u1", AuthTime: now, LastActiveAt: now, IdleLimit: time.Minute,
+		AbsoluteDeadline: now.Add(time.Hour), Deadline: now.Add(time.Minute)}
+	require.NoError(t, s.CreateAuthSession(ctx, a))
+	end := session.End{At: now, Reason: session.ReasonLogout, UserID: "u1", AuthSessionID: a.ID}
+	for _, client := range []string{"mail", "wiki", "chat"} {
+		app := &session.AppSession{ID: a.ID + "." + client, AuthSessionID: a.ID, ClientID: client, JoinedAt: now, LastActiveAt: now}
+		require.NoError(t, s.JoinApp(ctx, app, session.ActivityUpdate{AuthSessionID: a.ID, LastActiveAt: now, IdleLimit: time.Minute,
+			Deadline: now.Add(time.Minute)}, "u1"))
+		end.AppSessions = append(end.AppSessions, session.EndedApp{ID: app.ID, ClientID: client})
+		end.Notices = append(end.Notices, session.LogoutNotice{ClientID: client, URI: "https://" + client + "/bc", SID: a.ID, Subject: "u1",
+			Reason: session.ReasonLogout})
+	}
+	require.NoError(t, s.EndSessions(ctx, end))
+
+	other := pgtest.Conn(t, dsn)
+	tx, err := other.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(ctx) }()
+	var held int64
+	require.NoError(t, tx.QueryRow(ctx, `SELECT id FROM logout_outbox WHERE client_id = 'mail' FOR UPDATE`).Scan(&held))
+
+	quick, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	claim := session.DeliveryClaim{Worker: "here", Now: now, Until: now.Add(time.Minute), Limit: 10}
+	rows, err := s.ClaimDeliveries(quick, claim)
+	require.NoError(t, err, "the claim does not wait for the row another replica holds")
+	require.Len(t, rows, 2)
+	for _, o := range rows {
+		require.NotEqual(t, held, o.ID)
+	}
+	require.NoError(t, tx.Rollback(ctx))
+	claim.Worker = "later"
+	rows, err = s.ClaimDeliveries(ctx, claim)
+	require.NoError(t, err)
+	require.Len(t, rows, 1)
+	require.Equal(t, held, rows[0].ID, "released, and still unclaimed")
+}
+
+// TestPostgresLoginAttemptsLockInKeyOrder: a sign-in attempt locks its keys'
+// rows in key order whatever order it names them in, so that it never holds
+// one key while waiting for another that a concurrent attempt (at another
+// replica) holds before wanting the first. Here another transaction holds
+// "a" and, once the attempt for ["b", "a"] waits, asks for "b": it gets it
+// at once, where locking in the named order would be a deadlock.
+func TestPostgresLoginAttemptsLockInKeyOrder(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	ctx := t.Context()
+	s, err := session.OpenPostgres(ctx, dsn)
+	require.NoError(t, err)
+	defer s.Close()
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	policy := session.LoginPolicy{}.WithDefaults()
+	_, _, err = s.ReserveLoginAttempt(ctx, []string{"a", "b"}, now, policy) // both rows exist
+	require.NoError(t, err)
+
+	other := pgtest.Conn(t, dsn)
+	_, err = other.Exec(ctx, `SET deadlock_timeout = '20ms'`) // a deadlock would abort this transaction, not the attempt
+	require.NoError(t, err)
+	tx, err := other.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(ctx) }()
+	_, err = tx.Exec(ctx, `SELECT 1 FROM login_failures WHERE key = 'a' FOR UPDATE`)
+	require.NoError(t, err)
+
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := s.ReserveLoginAttempt(ctx, []string{"b", "a"}, now, policy)
+		done <- err
+	}()
+	waitForLock(t, pgtest.Conn(t, dsn), "SELECT key, failures")
+	_, err = tx.Exec(ctx, `SELECT 1 FROM login_failures WHERE key = 'b' FOR UPDATE`)
+	require.NoError(t, err, "the waiting attempt holds no key after a")
+	require.NoError(t, tx.Commit(ctx))
+	require.NoError(t, <-done)
 }

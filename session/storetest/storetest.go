@@ -88,6 +88,8 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"OutboxClaimsAreExclusiveAndLapse", testOutboxClaims},
 		{"OutboxClaimPerDestination", testOutboxDestinations},
 		{"OutboxRetention", testOutboxRetention},
+		{"OutboxWorkersClaimDisjointRows", testOutboxClaimRace},
+		{"OutboxNoticeNamedTwiceInABatch", testOutboxBatchPair},
 		{"AuthRequestsAndCodes", testAuthRequests},
 		{"OneCodePerAuthRequest", testOneCodePerRequest},
 		{"ExpiredAuthRequestsArePurged", testPurgeAuthRequests},
@@ -106,6 +108,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"LoginAttemptsRaceForTheLastSlot", testLoginReserveRace},
 		{"LoginRefundLiftsOnlyItsOwnLock", testLoginRefund},
 		{"LoginFailuresAreForgottenAndPurged", testLoginForgetPurge},
+		{"LoginAttemptsSharingKeysNeverDeadlock", testLoginReserveOrder},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel() // each case has a store of its own
@@ -494,6 +497,51 @@ func testOutboxRetention(t *testing.T, s Store) {
 	require.NoError(t, err)
 	require.True(t, slices.ContainsFunc(events, func(e session.AuditEvent) bool { return e.Kind == session.AuditLogoutDelivered }),
 		"the audit keeps the record")
+}
+
+// testOutboxClaimRace: workers (at several processes) claiming at once
+// each take rows no other worker holds, and between them every due row,
+// without waiting for one another's claims to end.
+func testOutboxClaimRace(t *testing.T, s Store) {
+	const sessions, workers = 10, 4 // two rows a session: 20 rows, 5 a worker
+	for range sessions {
+		a := newSession(t, s, "u1", t0.Add(time.Hour))
+		endApps(t, s, a, t0, session.ReasonLogout, join(t, s, a, "a", time.Hour), join(t, s, a, "b", time.Hour))
+	}
+	got := make([][]session.OutboxEntry, workers)
+	errs := make([]error, workers)
+	race(workers, func(i int) {
+		got[i], errs[i] = s.ClaimDeliveries(context.Background(), session.DeliveryClaim{Worker: "w" + string(rune('0'+i)),
+			Now: t0, Until: t0.Add(time.Minute), Limit: 2 * sessions / workers})
+	})
+	seen := map[int64]string{}
+	for i, rows := range got {
+		require.NoError(t, errs[i])
+		require.Len(t, rows, 2*sessions/workers, "worker %d got a full batch", i)
+		for _, o := range rows {
+			require.NotContains(t, seen, o.ID, "row %d claimed by two workers", o.ID)
+			seen[o.ID] = o.ClaimedBy
+		}
+	}
+	require.Len(t, seen, 2*sessions)
+}
+
+// testOutboxBatchPair: a batch of ends that names one (client, sid) twice
+// queues one pending row, carrying the later notice.
+func testOutboxBatchPair(t *testing.T, s Store) {
+	ctx := t.Context()
+	a := newSession(t, s, "u1", t0.Add(time.Hour))
+	mail := join(t, s, a, "mail", time.Hour)
+	notice := session.LogoutNotice{ClientID: "mail", URI: "https://mail/bc", SID: a.ID, Subject: "u1", Reason: session.ReasonLogout}
+	later := notice
+	later.Reason = session.ReasonAdmin
+	require.NoError(t, s.EndMany(ctx, []session.End{{At: t0, Reason: session.ReasonLogout, UserID: "u1",
+		AppSessions: []session.EndedApp{{ID: mail.ID, ClientID: "mail"}}, Notices: []session.LogoutNotice{notice, later}}}))
+	rows, err := s.Deliveries(ctx, a.ID)
+	require.NoError(t, err)
+	require.Len(t, rows, 1, "one pending row per (client, sid)")
+	require.Equal(t, session.ReasonAdmin, rows[0].Reason, "the later notice wins")
+	require.Equal(t, t0, rows[0].NextAttemptAt)
 }
 
 func testAuthRequests(t *testing.T, s Store) {
@@ -1007,4 +1055,28 @@ func testLoginForgetPurge(t *testing.T, s Store) {
 	require.Zero(t, wait)
 	_, wait = reserve(t, s, t0.Add(2*time.Minute), "a:3")
 	require.Zero(t, wait, "purged: counting from zero")
+}
+
+// testLoginReserveOrder: attempts naming the same keys in opposite orders,
+// at once, all complete (no deadlock, no error), and together pass the
+// limit exactly max_failures times.
+func testLoginReserveOrder(t *testing.T, s Store) {
+	const n = 20
+	errs := make([]error, n)
+	waits := make([]time.Duration, n)
+	race(n, func(i int) {
+		keys := []string{"u:frank", "a:7"}
+		if i%2 == 1 {
+			keys = []string{"a:7", "u:frank"}
+		}
+		_, waits[i], errs[i] = s.ReserveLoginAttempt(context.Background(), keys, t0, loginPolicy)
+	})
+	passed := 0
+	for i := range n {
+		require.NoError(t, errs[i])
+		if waits[i] == 0 {
+			passed++
+		}
+	}
+	require.Equal(t, loginPolicy.MaxFailures, passed)
 }
