@@ -18,9 +18,7 @@ func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
 func TestPostgresStore(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) storetest.Store {
-		s, err := session.OpenPostgres(t.Context(), pgtest.NewDatabase(t))
-		require.NoError(t, err)
-		t.Cleanup(func() { s.Close() })
+		s, _ := openPostgres(t)
 		return s
 	})
 }
@@ -58,12 +56,7 @@ func TestPostgresEndSurvivesADeadlock(t *testing.T) {
 		done <- s.EndSessions(ctx, session.End{At: now, Reason: session.ReasonLogout, UserID: "u1", AuthSessionID: a.ID,
 			AppSessions: []session.EndedApp{{ID: app.ID, ClientID: "mail"}}})
 	}()
-	require.Eventually(t, func() bool { // the end holds the app row and waits for the session's
-		var waiting int
-		err := admin.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-			AND wait_event_type = 'Lock' AND query LIKE 'UPDATE auth_sessions%'`).Scan(&waiting)
-		return err == nil && waiting == 1
-	}, 10*time.Second, 5*time.Millisecond)
+	waitForLock(t, admin, "UPDATE auth_sessions") // the end holds the app row and waits for the session's
 	_, err = tx.Exec(ctx, `UPDATE app_sessions SET scopes = 'openid' WHERE id = $1`, app.ID)
 	require.NoError(t, err, "the deadlock is broken by aborting the end, not this transaction")
 	require.NoError(t, tx.Commit(ctx))
@@ -73,6 +66,16 @@ func TestPostgresEndSurvivesADeadlock(t *testing.T) {
 	require.Equal(t, session.ReasonLogout, got.EndReason)
 	require.Equal(t, []string{"otp"}, got.AMR)
 	require.False(t, apps[0].Live())
+}
+
+// openPostgres opens a store on a fresh database and returns its URL too.
+func openPostgres(t *testing.T) (*session.Postgres, string) {
+	t.Helper()
+	dsn := pgtest.NewDatabase(t)
+	s, err := session.OpenPostgres(t.Context(), dsn)
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	return s, dsn
 }
 
 // waitForLock waits until a statement starting with prefix waits on a lock
@@ -91,11 +94,8 @@ func waitForLock(t *testing.T, admin *pgx.Conn, prefix string) {
 // claim holds a row, a claim here takes the other due rows at once instead
 // of waiting for it, and the held row stays for whoever holds it.
 func TestPostgresClaimSkipsRowsAnotherReplicaHolds(t *testing.T) {
-	dsn := pgtest.NewDatabase(t)
+	s, dsn := openPostgres(t)
 	ctx := t.Context()
-	s, err := session.OpenPostgres(ctx, dsn)
-	require.NoError(t, err)
-	defer s.Close()
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	a := &session.AuthSession{ID: session.NewID(), UserID: "u1", AuthTime: now, LastActiveAt: now, IdleLimit: time.Minute,
 		AbsoluteDeadline: now.Add(time.Hour), Deadline: now.Add(time.Minute)}
@@ -142,14 +142,11 @@ func TestPostgresClaimSkipsRowsAnotherReplicaHolds(t *testing.T) {
 // "a" and, once the attempt for ["b", "a"] waits, asks for "b": it gets it
 // at once, where locking in the named order would be a deadlock.
 func TestPostgresLoginAttemptsLockInKeyOrder(t *testing.T) {
-	dsn := pgtest.NewDatabase(t)
+	s, dsn := openPostgres(t)
 	ctx := t.Context()
-	s, err := session.OpenPostgres(ctx, dsn)
-	require.NoError(t, err)
-	defer s.Close()
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	policy := session.LoginPolicy{}.WithDefaults()
-	_, _, err = s.ReserveLoginAttempt(ctx, []string{"a", "b"}, now, policy) // both rows exist
+	_, _, err := s.ReserveLoginAttempt(ctx, []string{"a", "b"}, now, policy) // both rows exist
 	require.NoError(t, err)
 
 	other := pgtest.Conn(t, dsn)
