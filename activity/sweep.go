@@ -2,6 +2,7 @@ package activity
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/idleguard/idleguard/session"
@@ -22,20 +23,25 @@ func (t *Tracker) Run(ctx context.Context) {
 	if err := t.TightenDeadlines(ctx); err != nil {
 		t.cfg.Logger.ErrorContext(ctx, "tighten stored deadlines", "error", err)
 	}
+	if t.replicated() {
+		t.startSync(ctx)
+	}
 	t.done.Add(2)
-	go t.loop(ctx, t.cfg.FlushInterval, func(ctx context.Context) {
+	go t.loop(ctx, t.cfg.FlushInterval, nil, func(ctx context.Context) {
 		if err := t.Flush(ctx, false); err != nil {
 			t.cfg.Logger.ErrorContext(ctx, "flush activity", "error", err)
 		}
 	})
-	go t.loop(ctx, t.cfg.SweepInterval, func(ctx context.Context) {
+	go t.loop(ctx, t.cfg.SweepInterval, nil, func(ctx context.Context) {
 		if _, err := t.Sweep(ctx); err != nil {
 			t.cfg.Logger.ErrorContext(ctx, "sweep", "error", err)
 		}
 	})
 }
 
-func (t *Tracker) loop(ctx context.Context, every time.Duration, fn func(context.Context)) {
+// loop runs fn every interval, and whenever wake (which may be nil)
+// receives, until ctx is done or Close is called.
+func (t *Tracker) loop(ctx context.Context, every time.Duration, wake <-chan struct{}, fn func(context.Context)) {
 	defer t.done.Done()
 	tick := time.NewTicker(every)
 	defer tick.Stop()
@@ -45,9 +51,14 @@ func (t *Tracker) loop(ctx context.Context, every time.Duration, fn func(context
 			return
 		case <-t.stop:
 			return
+		case _, ok := <-wake:
+			if !ok {
+				wake = nil // the notifier is gone: polling alone bounds the delay
+				continue
+			}
 		case <-tick.C:
-			fn(ctx)
 		}
+		fn(ctx)
 	}
 }
 
@@ -55,7 +66,11 @@ func (t *Tracker) loop(ctx context.Context, every time.Duration, fn func(context
 func (t *Tracker) Close(ctx context.Context) error {
 	t.closeOnce.Do(func() { close(t.stop) })
 	t.done.Wait()
-	return t.Flush(ctx, true)
+	err := t.Flush(ctx, true)
+	if t.replicated() {
+		err = errors.Join(err, t.store.ReleaseLease(ctx, sweeperLease, t.cfg.ReplicaID))
+	}
+	return err
 }
 
 // Flush writes coalesced activity: every session whose in-memory state has
@@ -66,16 +81,12 @@ func (t *Tracker) Flush(ctx context.Context, force bool) error {
 	t.writeMu.Lock()
 	defer t.writeMu.Unlock()
 	now := t.cfg.Now()
-	type pending struct {
-		e   *entry
-		upd session.ActivityUpdate
-	}
 	var batch []pending
 	for i := range t.shards {
 		sh := &t.shards[i]
 		sh.mu.Lock()
 		for sid, e := range sh.m {
-			upd, dirty := t.pendingUpdate(e, force)
+			upd, dirty := t.pendingUpdate(e, force, now)
 			if dirty {
 				batch = append(batch, pending{e, upd})
 				continue
@@ -86,6 +97,37 @@ func (t *Tracker) Flush(ctx context.Context, force bool) error {
 		}
 		sh.mu.Unlock()
 	}
+	return t.write(ctx, batch)
+}
+
+// flushSession writes one session's unwritten activity now.
+func (t *Tracker) flushSession(ctx context.Context, sid string) error {
+	t.writeMu.Lock()
+	defer t.writeMu.Unlock()
+	sh := t.shard(sid)
+	sh.mu.Lock()
+	e, ok := sh.m[sid]
+	var upd session.ActivityUpdate
+	dirty := false
+	if ok {
+		upd, dirty = t.pendingUpdate(e, true, t.cfg.Now())
+	}
+	sh.mu.Unlock()
+	if !dirty {
+		return nil
+	}
+	return t.write(ctx, []pending{{e, upd}})
+}
+
+// pending is one session's write, with the entry it was taken from.
+type pending struct {
+	e   *entry
+	upd session.ActivityUpdate
+}
+
+// write stores a batch of activity updates and records them as persisted.
+// Callers hold writeMu.
+func (t *Tracker) write(ctx context.Context, batch []pending) error {
 	if len(batch) == 0 {
 		return nil
 	}
@@ -117,13 +159,14 @@ func (t *Tracker) Flush(ctx context.Context, force bool) error {
 
 // pendingUpdate returns the write that brings the store up to date with e,
 // and whether one is due. Callers hold the lock.
-func (t *Tracker) pendingUpdate(e *entry, force bool) (session.ActivityUpdate, bool) {
+func (t *Tracker) pendingUpdate(e *entry, force bool, now time.Time) (session.ActivityUpdate, bool) {
 	if !e.auth.Live() && !e.hasLiveApp() {
 		return session.ActivityUpdate{}, false
 	}
 	slack := t.slack(e)
 	limit := t.limit(e)
-	dirty := e.forceFlush || limit != e.persistedLimit || e.auth.LastActiveAt.Sub(e.persistedLast) > slack
+	dirty := e.forceFlush || limit != e.persistedLimit || e.auth.LastActiveAt.Sub(e.persistedLast) > slack ||
+		t.behindNearDeadline(e, now)
 	if force && e.auth.LastActiveAt.After(e.persistedLast) {
 		dirty = true
 	}
@@ -166,7 +209,17 @@ func (e *entry) hasLiveApp() bool {
 // stored deadlines (never later than the true ones) through their partial
 // indexes, re-checks each candidate against memory, and flushes those that
 // turn out to be alive.
+//
+// With several replicas only the holder of the sweeper lease sweeps, it
+// judges each candidate after re-reading it from the store, and each end is
+// conditional on the stored deadline still being due (session.End.IfDue).
 func (t *Tracker) Sweep(ctx context.Context) (int, error) {
+	if ok, err := t.holdsSweeperLease(ctx); !ok || err != nil {
+		return 0, err
+	}
+	if err := t.purgeChanges(ctx); err != nil {
+		t.cfg.Logger.ErrorContext(ctx, "purge change feed", "error", err)
+	}
 	total := 0
 	for {
 		now := t.cfg.Now()
@@ -203,7 +256,7 @@ func (t *Tracker) Sweep(ctx context.Context) (int, error) {
 			total += n
 			ends = append(ends, end...)
 		}
-		if err := t.commit(ctx, ends); err != nil && len(ends) > 0 {
+		if err := t.commitSweep(ctx, ends, now); err != nil {
 			return total, err
 		}
 		if alive > 0 {
@@ -218,6 +271,38 @@ func (t *Tracker) Sweep(ctx context.Context) (int, error) {
 			return total, nil // nothing ended; avoid spinning on stale rows
 		}
 	}
+}
+
+// commitSweep persists the sweeper's ends. With several replicas each end
+// is conditional on the store (IfDue), and the sessions are dropped from
+// memory afterwards, so that one whose end the store refused is read again
+// rather than refused by a memory that marked it ended.
+func (t *Tracker) commitSweep(ctx context.Context, ends []session.End, now time.Time) error {
+	if len(ends) == 0 {
+		return nil
+	}
+	if !t.replicated() {
+		return t.commit(ctx, ends)
+	}
+	for i := range ends {
+		ends[i].IfDue = now
+	}
+	err := t.commit(ctx, ends)
+	for _, e := range ends {
+		t.evict(endedSession(e))
+	}
+	return err
+}
+
+// endedSession is the authentication session an End belongs to.
+func endedSession(e session.End) string {
+	if e.AuthSessionID != "" {
+		return e.AuthSessionID
+	}
+	if len(e.AppSessions) > 0 {
+		return SessionID(e.AppSessions[0].ID)
+	}
+	return ""
 }
 
 // planExpiry decides, for one candidate, what has expired at now: the
@@ -235,11 +320,7 @@ func (t *Tracker) planExpiry(ctx context.Context, sid string, now time.Time) ([]
 	var ends []session.End
 	n := 0
 	if e.auth.Live() && !now.Before(t.deadline(e)) {
-		reason := session.ReasonIdleTimeout
-		if !now.Before(e.auth.AbsoluteDeadline) {
-			reason = session.ReasonMaxLifetime
-		}
-		end := t.planEnd(e, reason, "system", now)
+		end := t.planEnd(e, ExpiryReason(now, e.auth.AbsoluteDeadline, false), "system", now)
 		n += 1 + len(end.AppSessions)
 		ends = append(ends, end)
 	}
@@ -263,10 +344,7 @@ func (t *Tracker) planExpiry(ctx context.Context, sid string, now time.Time) ([]
 func (t *Tracker) expireApp(e *entry, a *appState, now time.Time) session.End {
 	reason := session.ReasonAppIdleTimeout
 	if a.policy.Exempt {
-		reason = session.ReasonIdleTimeout
-		if !now.Before(e.auth.AbsoluteDeadline) {
-			reason = session.ReasonMaxLifetime
-		}
+		reason = ExpiryReason(now, e.auth.AbsoluteDeadline, false)
 	}
 	end := session.End{At: now, Reason: reason, Initiator: "system", UserID: e.auth.UserID}
 	t.endApp(e, a, &end, now, reason)

@@ -19,7 +19,8 @@ import (
 // Errors returned when a credential can no longer be used. Callers map them
 // to protocol errors at the HTTP edge.
 var (
-	// ErrSessionOver means the session's deadline has passed or it was ended.
+	// ErrSessionOver means the session's deadline has passed or it was
+	// ended. The tracker returns it as a *SessionOverError, which says why.
 	ErrSessionOver = errors.New("session is over")
 	// ErrRefreshReuse means a rotated refresh token was presented again; the
 	// application session has been ended.
@@ -27,6 +28,31 @@ var (
 	// ErrStaleRefresh means a concurrent refresh already rotated the token.
 	ErrStaleRefresh = errors.New("refresh token already rotated")
 )
+
+// SessionOverError is returned when a credential's session is over, with
+// the reason it ended (or, not yet swept, would end with), as go-oidc's
+// TokenExpiredError carries its expiry. errors.Is(err, ErrSessionOver)
+// holds for it.
+type SessionOverError struct {
+	Reason session.Reason
+}
+
+func (e *SessionOverError) Error() string { return ErrSessionOver.Error() }
+
+// Is makes errors.Is(err, ErrSessionOver) true.
+func (e *SessionOverError) Is(target error) bool { return target == ErrSessionOver }
+
+// EndReasonOf returns the end reason err carries, or "" when it carries none.
+func EndReasonOf(err error) session.Reason {
+	var over *SessionOverError
+	if errors.As(err, &over) {
+		return over.Reason
+	}
+	return ""
+}
+
+// overError is the error for a credential refused with status st.
+func overError(st Status) error { return &SessionOverError{Reason: st.EndReason} }
 
 // ClientPolicy is what the tracker needs to know about one client.
 type ClientPolicy struct {
@@ -52,7 +78,12 @@ type Store interface {
 	DueAppSessions(ctx context.Context, now time.Time, limit int) ([]string, error)
 	EndSessions(ctx context.Context, e session.End) error
 	EndMany(ctx context.Context, ends []session.End) error
+	ReplicaStore
 }
+
+// DefaultSyncInterval is how often, with several replicas, each polls the
+// change feed when the store does not notify it.
+const DefaultSyncInterval = 250 * time.Millisecond
 
 // Config configures a Tracker.
 type Config struct {
@@ -71,6 +102,16 @@ type Config struct {
 	// example to wake the back-channel delivery worker.
 	OnEnd  func()
 	Logger *slog.Logger
+
+	// Replicas above 1 turns on what several replicas on one database need
+	// (see replica.go): the change feed, a re-read of the store before a
+	// session is refused, activity written before the stored deadline comes
+	// near, a sweeper lease, refresh rotation by compare-and-swap. With one
+	// replica (the default) none of it runs.
+	Replicas     int
+	SyncInterval time.Duration // how often the change feed is polled; default 250ms
+	LeaseTime    time.Duration // the sweeper lease; default 3 x SweepInterval
+	ReplicaID    string        // this replica's name as a lease holder; default random
 }
 
 // Tracker is the in-memory, authoritative view of session activity, backed by
@@ -96,6 +137,10 @@ type Tracker struct {
 	writeMu sync.Mutex
 
 	stats stats
+
+	syncMu    sync.Mutex // one Sync at a time
+	cursor    int64      // last change feed row applied; under syncMu
+	lastPurge time.Time  // of the change feed; under the sweep loop
 
 	closeOnce sync.Once
 	stop      chan struct{}
@@ -140,6 +185,15 @@ func New(cfg Config, store Store) *Tracker {
 	if cfg.Client == nil {
 		cfg.Client = func(string) (ClientPolicy, bool) { return ClientPolicy{}, false }
 	}
+	if cfg.SyncInterval <= 0 {
+		cfg.SyncInterval = DefaultSyncInterval
+	}
+	if cfg.LeaseTime <= 0 {
+		cfg.LeaseTime = 3 * cfg.SweepInterval
+	}
+	if cfg.ReplicaID == "" {
+		cfg.ReplicaID = session.NewID()
+	}
 	t := &Tracker{cfg: cfg, store: store, seed: maphash.MakeSeed(), stop: make(chan struct{})}
 	for i := range t.shards {
 		t.shards[i].m = make(map[string]*entry)
@@ -155,15 +209,8 @@ func (t *Tracker) shard(sid string) *shard {
 }
 
 // SessionID returns the authentication session an application session id
-// belongs to. Application session ids are "<sid>.<suffix>".
-func SessionID(appSessionID string) string {
-	for i := 0; i < len(appSessionID); i++ {
-		if appSessionID[i] == '.' {
-			return appSessionID[:i]
-		}
-	}
-	return appSessionID
-}
+// belongs to (see session.SplitAppSessionID).
+func SessionID(appSessionID string) string { return session.SplitAppSessionID(appSessionID) }
 
 // --- policy ---
 
@@ -173,25 +220,11 @@ func (t *Tracker) limit(e *entry) time.Duration {
 	}
 	l := t.cfg.IdleTimeout
 	for _, a := range e.apps {
-		if a.Live() && !a.policy.Exempt && a.policy.IdleTimeout > 0 && a.policy.IdleTimeout < l {
-			l = a.policy.IdleTimeout
+		if a.Live() {
+			l = StricterLimit(l, a.policy)
 		}
 	}
 	return l
-}
-
-func minTime(a, b time.Time) time.Time {
-	if b.Before(a) {
-		return b
-	}
-	return a
-}
-
-func maxTime(a, b time.Time) time.Time {
-	if b.After(a) {
-		return b
-	}
-	return a
 }
 
 // idleDeadline is last_active_at + effective limit.
@@ -199,32 +232,15 @@ func (t *Tracker) idleDeadline(e *entry) time.Time { return e.auth.LastActiveAt.
 
 // deadline is min(idle deadline, absolute deadline).
 func (t *Tracker) deadline(e *entry) time.Time {
-	return minTime(t.idleDeadline(e), e.auth.AbsoluteDeadline)
+	return Deadline(e.auth.LastActiveAt, t.limit(e), e.auth.AbsoluteDeadline)
 }
 
-func (t *Tracker) ownLimit(a *appState) time.Duration {
-	if a.policy.Exempt {
-		if a.policy.IdleTimeout > 0 {
-			return a.policy.IdleTimeout
-		}
-		return t.cfg.IdleTimeout
-	}
-	return a.policy.AppIdleTimeout
-}
+func (t *Tracker) ownLimit(a *appState) time.Duration { return OwnLimit(a.policy, t.cfg.IdleTimeout) }
 
-// appDeadline is the deadline an application session has of its own: exempt
-// apps end by their own idle_timeout or the absolute deadline; apps with
-// app_idle_timeout end after that long unused. Zero for the others.
+// appDeadline is the deadline application session a has of its own (see
+// AppDeadline); zero for apps that end only with their session.
 func (t *Tracker) appDeadline(e *entry, a *appState) time.Time {
-	l := t.ownLimit(a)
-	if l <= 0 {
-		return time.Time{}
-	}
-	d := a.LastActiveAt.Add(l)
-	if a.policy.Exempt {
-		d = minTime(d, e.auth.AbsoluteDeadline)
-	}
-	return d
+	return AppDeadline(a.policy, t.cfg.IdleTimeout, a.LastActiveAt, e.auth.AbsoluteDeadline)
 }
 
 // authValid reports whether the authentication session may be used at now.
@@ -249,13 +265,51 @@ func (t *Tracker) appValid(e *entry, a *appState, now time.Time) bool {
 
 // slack is how far in-memory activity may run ahead of the stored value
 // before it is flushed: a tenth of the effective limit, at most 30s.
-func (t *Tracker) slack(e *entry) time.Duration {
-	return min(t.limit(e)/10, 30*time.Second)
-}
+func (t *Tracker) slack(e *entry) time.Duration { return Slack(t.limit(e)) }
 
 // --- loading ---
 
+// get returns session sid from memory, loading it if needed. With several
+// replicas, a session that memory shows over is re-read from the store
+// first: another replica may have written activity that keeps it alive.
 func (t *Tracker) get(ctx context.Context, sid string) (*shard, *entry, error) {
+	sh, e, err := t.load(ctx, sid)
+	if err != nil || !t.replicated() {
+		return sh, e, err
+	}
+	sh.mu.Lock()
+	stale := t.overByMemory(e, t.cfg.Now())
+	sh.mu.Unlock()
+	if stale {
+		if e, err = t.reload(ctx, sid); err != nil {
+			return nil, nil, err
+		}
+	}
+	return sh, e, nil
+}
+
+// getApp is get for the session of application session appSessionID. With
+// several replicas, an app joined at another replica since this one loaded
+// the session (one flow's authorize and token requests may land on
+// different replicas) is read from the store.
+func (t *Tracker) getApp(ctx context.Context, appSessionID string) (*shard, *entry, error) {
+	sid := SessionID(appSessionID)
+	sh, e, err := t.get(ctx, sid)
+	if err != nil || !t.replicated() {
+		return sh, e, err
+	}
+	sh.mu.Lock()
+	missing := e.app(appSessionID) == nil
+	sh.mu.Unlock()
+	if missing {
+		if e, err = t.reload(ctx, sid); err != nil {
+			return nil, nil, err
+		}
+	}
+	return sh, e, nil
+}
+
+func (t *Tracker) load(ctx context.Context, sid string) (*shard, *entry, error) {
 	sh := t.shard(sid)
 	sh.mu.Lock()
 	e, ok := sh.m[sid]
@@ -280,12 +334,7 @@ func (t *Tracker) get(ctx context.Context, sid string) (*shard, *entry, error) {
 func (t *Tracker) install(auth *session.AuthSession, apps []*session.AppSession) *entry {
 	ne := &entry{auth: *auth, persistedLast: auth.LastActiveAt, persistedLimit: auth.IdleLimit, lastUsed: t.cfg.Now()}
 	for _, a := range apps {
-		pol, _ := t.cfg.Client(a.ClientID)
-		pol.Exempt = a.IdleExempt // the flag the app joined with stays with its session
-		if a.RefreshChains == nil {
-			a.RefreshChains = map[string]uint64{}
-		}
-		ne.apps = append(ne.apps, &appState{AppSession: *a, policy: pol, persistedLast: a.LastActiveAt, persistedChains: maps.Clone(a.RefreshChains)})
+		ne.apps = append(ne.apps, t.loadedApp(a))
 	}
 	sh := t.shard(auth.ID)
 	sh.mu.Lock()
@@ -295,6 +344,16 @@ func (t *Tracker) install(auth *session.AuthSession, apps []*session.AppSession)
 	}
 	sh.m[auth.ID] = ne
 	return ne
+}
+
+// loadedApp is the in-memory state of an application session read from the store.
+func (t *Tracker) loadedApp(a *session.AppSession) *appState {
+	pol, _ := t.cfg.Client(a.ClientID)
+	pol.Exempt = a.IdleExempt // the flag the app joined with stays with its session
+	if a.RefreshChains == nil {
+		a.RefreshChains = map[string]uint64{}
+	}
+	return &appState{AppSession: *a, policy: pol, persistedLast: a.LastActiveAt, persistedChains: maps.Clone(a.RefreshChains)}
 }
 
 // preload loads the sessions among ids that are not in memory, in batches.
@@ -387,14 +446,8 @@ func (t *Tracker) status(e *entry, a *appState, now time.Time) Status {
 		s.EndReason = a.EndReason
 	}
 	if !s.Active && s.EndReason == "" {
-		switch {
-		case !now.Before(e.auth.AbsoluteDeadline):
-			s.EndReason = session.ReasonMaxLifetime
-		case a.policy.AppIdleTimeout > 0 && !a.policy.Exempt && !now.Before(t.appDeadline(e, a)):
-			s.EndReason = session.ReasonAppIdleTimeout
-		default:
-			s.EndReason = session.ReasonIdleTimeout
-		}
+		appIdle := a.policy.AppIdleTimeout > 0 && !a.policy.Exempt && !now.Before(t.appDeadline(e, a))
+		s.EndReason = ExpiryReason(now, e.auth.AbsoluteDeadline, appIdle)
 	}
 	return s
 }
@@ -410,14 +463,17 @@ func (t *Tracker) Session(ctx context.Context, sid string) (Status, error) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	e.lastUsed = now
+	return t.sessionStatus(e, now), nil
+}
+
+// sessionStatus is the status of the authentication session itself, with
+// the reason it is over when it is. Callers hold the lock.
+func (t *Tracker) sessionStatus(e *entry, now time.Time) Status {
 	s := t.status(e, nil, now)
 	if !s.Active && s.EndReason == "" {
-		s.EndReason = session.ReasonIdleTimeout
-		if !now.Before(e.auth.AbsoluteDeadline) {
-			s.EndReason = session.ReasonMaxLifetime
-		}
+		s.EndReason = ExpiryReason(now, e.auth.AbsoluteDeadline, false)
 	}
-	return s, nil
+	return s
 }
 
 // Check returns the status of an application session's credentials at the
@@ -431,23 +487,49 @@ func (t *Tracker) Check(ctx context.Context, appSessionID string) (Status, error
 // status. at is the reported time of the last interaction (zero: now); it is
 // clamped to [previous last_active_at, now], and activity that arrives after
 // the deadline never revives a session.
+//
+// With several replicas, a status read (src 0: GET /session) reads the
+// session from the store first, so that its remaining seconds include the
+// activity written at other replicas: they lag the truth by at most the
+// flush slack, and never run ahead of it.
 func (t *Tracker) Touch(ctx context.Context, appSessionID string, src Source, at time.Time) (Status, error) {
-	sh, e, err := t.get(ctx, SessionID(appSessionID))
+	if src == 0 {
+		if err := t.reloadHeldOne(ctx, SessionID(appSessionID)); err != nil {
+			return Status{}, err
+		}
+	}
+	sh, e, err := t.getApp(ctx, appSessionID)
 	if err != nil {
 		return Status{}, err
 	}
 	now := t.cfg.Now()
 	sh.mu.Lock()
-	defer sh.mu.Unlock()
 	e.lastUsed = now
 	a := e.app(appSessionID)
 	if a == nil {
+		sh.mu.Unlock()
 		return Status{}, fmt.Errorf("app session %s: %w", appSessionID, session.ErrNotFound)
 	}
 	if src != 0 && a.policy.Sources&src != 0 && t.appValid(e, a, now) {
-		t.record(e, a, src, at, now)
+		t.record(e, a, !a.policy.Exempt, src, at, now)
 	}
-	return t.status(e, a, now), nil
+	st, urgent := t.status(e, a, now), t.behindNearDeadline(e, now)
+	sh.mu.Unlock()
+	return st, t.writeIfUrgent(ctx, e.auth.ID, urgent)
+}
+
+// writeIfUrgent writes a session's activity through when recording it left
+// the store behind near its deadline (several replicas only; see
+// behindNearDeadline): the request is acknowledged only once every replica
+// can see the activity.
+func (t *Tracker) writeIfUrgent(ctx context.Context, sid string, urgent bool) error {
+	if !urgent {
+		return nil
+	}
+	if err := t.flushSession(ctx, sid); err != nil {
+		return fmt.Errorf("write activity of %s: %w", sid, err)
+	}
+	return nil
 }
 
 func clamp(at, lo, hi time.Time) time.Time {
@@ -460,11 +542,13 @@ func clamp(at, lo, hi time.Time) time.Time {
 	return at
 }
 
-// record moves the shared timer and the app's own. Callers hold the lock and
-// have checked validity.
-func (t *Tracker) record(e *entry, a *appState, src Source, at, now time.Time) {
+// record moves the app's own timer and, for activity of a non-exempt app
+// (shared), the session's shared one: an exempt app's traffic (a video
+// fetching segments) keeps itself alive, never the other apps. Callers hold
+// the lock and have checked validity.
+func (t *Tracker) record(e *entry, a *appState, shared bool, src Source, at, now time.Time) {
 	t.stats.activity(src)
-	if t.authValid(e, now) {
+	if shared && t.authValid(e, now) {
 		e.auth.LastActiveAt = clamp(at, e.auth.LastActiveAt, now)
 	}
 	if a != nil {
@@ -482,7 +566,6 @@ func (t *Tracker) TouchSession(ctx context.Context, sid, clientID string, src So
 	}
 	now := t.cfg.Now()
 	sh.mu.Lock()
-	defer sh.mu.Unlock()
 	e.lastUsed = now
 	if t.authValid(e, now) {
 		pol, _ := t.cfg.Client(clientID)
@@ -491,10 +574,12 @@ func (t *Tracker) TouchSession(ctx context.Context, sid, clientID string, src So
 			if a != nil && !t.appValid(e, a, now) {
 				a = nil
 			}
-			t.record(e, a, src, time.Time{}, now)
+			t.record(e, a, !pol.Exempt, src, time.Time{}, now)
 		}
 	}
-	return t.status(e, nil, now), nil
+	st, urgent := t.status(e, nil, now), t.behindNearDeadline(e, now)
+	sh.mu.Unlock()
+	return st, t.writeIfUrgent(ctx, sid, urgent)
 }
 
 // --- lifecycle ---
@@ -529,6 +614,9 @@ func (t *Tracker) Start(ctx context.Context, userID string, amr []string) (Statu
 // reading it was judged by, if it is valid then; otherwise ErrSessionOver
 // (or the load error) and nothing locked.
 func (t *Tracker) lockValid(ctx context.Context, sid string) (*shard, *entry, time.Time, error) {
+	if err := t.reloadHeldOne(ctx, sid); err != nil { // joins and reauthentications see the apps joined elsewhere
+		return nil, nil, time.Time{}, err
+	}
 	sh, e, err := t.get(ctx, sid)
 	if err != nil {
 		return nil, nil, time.Time{}, err
@@ -536,8 +624,9 @@ func (t *Tracker) lockValid(ctx context.Context, sid string) (*shard, *entry, ti
 	now := t.cfg.Now()
 	sh.mu.Lock()
 	if !t.authValid(e, now) {
+		st := t.sessionStatus(e, now)
 		sh.mu.Unlock()
-		return nil, nil, time.Time{}, ErrSessionOver
+		return nil, nil, time.Time{}, overError(st)
 	}
 	return sh, e, now, nil
 }
@@ -610,7 +699,7 @@ func (t *Tracker) Join(ctx context.Context, sid, clientID string, scopes []strin
 			return Status{}, fmt.Errorf("join: unknown client %q", clientID)
 		}
 		a := &appState{AppSession: session.AppSession{
-			ID: sid + "." + randomSuffix(), AuthSessionID: sid, ClientID: clientID, Scopes: scopes,
+			ID: session.NewAppSessionID(sid), AuthSessionID: sid, ClientID: clientID, Scopes: scopes,
 			IdleExempt: pol.Exempt, JoinedAt: now, LastActiveAt: now, RefreshChains: map[string]uint64{},
 		}, policy: pol, persistedLast: now, persistedChains: map[string]uint64{}}
 		trial := *e
@@ -652,20 +741,23 @@ func (t *Tracker) evict(sid string) {
 // invalidate each other's tokens) and returns its id and first generation.
 // The chain is written through.
 func (t *Tracker) NewRefreshChain(ctx context.Context, appSessionID string) (string, uint64, error) {
-	sh, e, err := t.get(ctx, SessionID(appSessionID))
+	sh, e, err := t.getApp(ctx, appSessionID)
 	if err != nil {
 		return "", 0, err
 	}
 	now := t.cfg.Now()
 	sh.mu.Lock()
 	a := e.app(appSessionID)
-	valid := a != nil && t.appValid(e, a, now)
+	var st Status
+	if a != nil {
+		st = t.status(e, a, now)
+	}
 	sh.mu.Unlock()
 	if a == nil {
 		return "", 0, session.ErrNotFound
 	}
-	if !valid { // a code exchanged after the session ended gets nothing
-		return "", 0, ErrSessionOver
+	if !st.Active { // a code exchanged after the session ended gets nothing
+		return "", 0, overError(st)
 	}
 	chain := randomSuffix()
 	if err := t.store.AddRefreshChain(ctx, appSessionID, chain, 1, now); err != nil {
@@ -684,17 +776,21 @@ func (t *Tracker) NewRefreshChain(ctx context.Context, appSessionID string) (str
 // returned. A newer one can only exist if a crash lost the flush of its
 // rotation (tokens are MAC-protected), and is accepted.
 func (t *Tracker) CheckRefresh(ctx context.Context, appSessionID, chain string, gen uint64) (Status, error) {
-	sh, e, err := t.get(ctx, SessionID(appSessionID))
+	sh, e, err := t.getApp(ctx, appSessionID)
 	if err != nil {
+		return Status{}, err
+	}
+	sh.mu.Lock()
+	a := e.app(appSessionID)
+	sh.mu.Unlock()
+	if a == nil {
+		return Status{}, session.ErrNotFound
+	}
+	if err := t.storedGeneration(ctx, sh, a, chain); err != nil {
 		return Status{}, err
 	}
 	now := t.cfg.Now()
 	sh.mu.Lock()
-	a := e.app(appSessionID)
-	if a == nil {
-		sh.mu.Unlock()
-		return Status{}, session.ErrNotFound
-	}
 	cur, ok := a.RefreshChains[chain]
 	s := t.status(e, a, now)
 	reuse := a.Live() && ok && gen < cur
@@ -709,49 +805,79 @@ func (t *Tracker) CheckRefresh(ctx context.Context, appSessionID, chain string, 
 		return Status{}, ErrRefreshReuse
 	}
 	if !s.Active {
-		return s, ErrSessionOver
+		return s, overError(s)
 	}
 	return s, nil
 }
 
 // RotateRefresh moves a chain from gen to gen+1, counting refresh activity
 // where the client opted in. It fails with ErrStaleRefresh when another
-// request rotated gen first. The new generation is flushed with the next
-// activity flush.
+// request rotated gen first. With one replica the new generation is flushed
+// with the next activity flush; with several it is written at once by a
+// compare-and-swap, so that of two replicas exactly one rotates.
 func (t *Tracker) RotateRefresh(ctx context.Context, appSessionID, chain string, gen uint64) (Status, uint64, error) {
-	sh, e, err := t.get(ctx, SessionID(appSessionID))
+	sh, e, err := t.getApp(ctx, appSessionID)
 	if err != nil {
 		return Status{}, 0, err
 	}
 	now := t.cfg.Now()
 	sh.mu.Lock()
-	defer sh.mu.Unlock()
 	a := e.app(appSessionID)
+	st, err := t.rotatable(e, a, chain, gen, now)
+	sh.mu.Unlock()
+	if err != nil {
+		return st, 0, err
+	}
+	if t.replicated() {
+		if err := t.casRefresh(ctx, chain, gen); err != nil {
+			return Status{}, 0, err
+		}
+	}
+	sh.mu.Lock()
+	if a.RefreshChains[chain] > gen && !t.replicated() {
+		sh.mu.Unlock()
+		return Status{}, 0, ErrStaleRefresh // a concurrent rotation won meanwhile
+	}
+	a.RefreshChains[chain] = max(a.RefreshChains[chain], gen+1)
+	if t.replicated() {
+		a.persistedChains[chain] = max(a.persistedChains[chain], gen+1)
+	}
+	if a.policy.Sources&Refresh != 0 && t.appValid(e, a, now) {
+		t.record(e, a, !a.policy.Exempt, Refresh, time.Time{}, now)
+	}
+	e.lastUsed = now
+	st, urgent := t.status(e, a, now), t.behindNearDeadline(e, now)
+	sh.mu.Unlock()
+	return st, gen + 1, t.writeIfUrgent(ctx, e.auth.ID, urgent)
+}
+
+// rotatable checks that chain of app session a may rotate from gen at now.
+// Callers hold the lock.
+func (t *Tracker) rotatable(e *entry, a *appState, chain string, gen uint64, now time.Time) (Status, error) {
 	if a == nil {
-		return Status{}, 0, session.ErrNotFound
+		return Status{}, session.ErrNotFound
 	}
 	if !t.appValid(e, a, now) {
-		return t.status(e, a, now), 0, ErrSessionOver
+		st := t.status(e, a, now)
+		return st, overError(st)
 	}
 	cur, ok := a.RefreshChains[chain]
 	if !ok {
-		return Status{}, 0, session.ErrNotFound
+		return Status{}, session.ErrNotFound
 	}
 	if gen < cur {
-		return Status{}, 0, ErrStaleRefresh
+		return Status{}, ErrStaleRefresh
 	}
-	a.RefreshChains[chain] = gen + 1
-	if a.policy.Sources&Refresh != 0 {
-		t.record(e, a, Refresh, time.Time{}, now)
-	}
-	e.lastUsed = now
-	return t.status(e, a, now), gen + 1, nil
+	return Status{}, nil
 }
 
 // End ends an authentication session now with reason, by initiator. An idle
 // end leaves exempt application sessions running; every other reason ends
 // them all.
 func (t *Tracker) End(ctx context.Context, sid string, reason session.Reason, initiator string) error {
+	if err := t.reloadHeldOne(ctx, sid); err != nil { // every app, wherever it joined, ends and is told
+		return err
+	}
 	sh, e, err := t.get(ctx, sid)
 	if err != nil {
 		return err
@@ -767,7 +893,7 @@ func (t *Tracker) End(ctx context.Context, sid string, reason session.Reason, in
 // that app, the authentication session goes on and its effective limit is
 // recomputed without it.
 func (t *Tracker) EndApp(ctx context.Context, appSessionID string, reason session.Reason, initiator string) error {
-	sh, e, err := t.get(ctx, SessionID(appSessionID))
+	sh, e, err := t.getApp(ctx, appSessionID)
 	if err != nil {
 		return err
 	}

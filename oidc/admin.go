@@ -98,18 +98,14 @@ func (p *Provider) UserSessions(ctx context.Context, username string, withEnded 
 }
 
 // SessionView describes one authentication session.
+// The figures are the tracker's live ones: nothing is flushed or re-read
+// per session.
 func (p *Provider) SessionView(ctx context.Context, sid string) (SessionView, error) {
-	if err := p.tracker.Flush(ctx, true); err != nil { // show the live figures
-		return SessionView{}, err
-	}
-	st, err := p.tracker.Session(ctx, sid)
+	snap, err := p.tracker.Snapshot(ctx, sid)
 	if err != nil {
 		return SessionView{}, err
 	}
-	a, apps, err := p.store.AuthSession(ctx, sid)
-	if err != nil {
-		return SessionView{}, err
-	}
+	a, apps, st := snap.Auth, snap.Apps, snap.Status
 	v := SessionView{SID: a.ID, UserID: a.UserID, Active: st.Active, AuthTime: a.AuthTime, LastActiveAt: a.LastActiveAt,
 		IdleTimeout: st.IdleLimit.String(), IdleDeadline: st.IdleDeadline, Deadline: st.Deadline, AbsoluteDeadline: a.AbsoluteDeadline,
 		EndedAt: timePtr(a.EndedAt), EndReason: string(a.EndReason), EndedBy: a.EndedBy, Apps: []AppSessionView{}}

@@ -110,6 +110,36 @@ func TestExemptStrictAppDoesNotShortenSession(t *testing.T) {
 	require.False(t, statusActive(t, e, mail.fresh(e)))
 }
 
+// Issue 9, finding 13: an exempt app's traffic refreshes its own timer only.
+// A video that keeps sending heartbeats, introspections and SSO requests must
+// not keep a 4-second-idle session alive for the apps next to it.
+func TestExemptAppActivityDoesNotMoveTheSharedTimer(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.Session.IdleTimeout = 4 * time.Second })
+	b := e.browser()
+	mail := b.login(e.rp("mail"), "alice")
+	video := b.login(e.rp("video"), "alice") // exempt, 2h of its own
+
+	for range 4 { // 8 seconds of video traffic, nothing else
+		e.clock.Advance(2 * time.Second)
+		require.Equal(t, http.StatusOK, e.heartbeat(video.AccessToken))
+		require.True(t, active(t, e, video.AccessToken))
+		resp, _, _ := b.authorize(e.rp("video")) // SSO into the video app again
+		resp.Body.Close()
+	}
+	st, err := e.p.tracker.Session(t.Context(), mail.sid)
+	require.NoError(t, err)
+	require.False(t, st.Active, "the shared timer ran out at 4s whatever the video did")
+	_, err = e.rp("mail").refresh(t, mail.RefreshToken)
+	requireOAuthError(t, err, "invalid_grant")
+	resp, _, _ := b.authorize(e.rp("bank"))
+	require.Contains(t, body(t, resp), "You were signed out after 4 seconds of inactivity.")
+	require.True(t, statusActive(t, e, video.AccessToken), "the video keeps itself alive")
+	require.Equal(t, 2, e.sweep(), "the idle end takes the session and mail, not the video")
+	events, err := e.store.Audit(t.Context(), sessionFilter(mail.sid))
+	require.NoError(t, err)
+	require.True(t, hasEvent(events, session.AuditSessionEnd, string(session.ReasonIdleTimeout)))
+}
+
 func TestActivitySources(t *testing.T) {
 	for _, tc := range []struct {
 		name    string

@@ -420,7 +420,7 @@ func (p *Provider) useToken(ctx context.Context, tokenID string, src activity.So
 		return activity.Status{}, err
 	}
 	if !st.Active {
-		return st, activity.ErrSessionOver
+		return st, &activity.SessionOverError{Reason: st.EndReason}
 	}
 	return st, nil
 }

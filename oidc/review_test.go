@@ -128,3 +128,25 @@ func TestMetricsNeedTheAdminTokenAndCountEnds(t *testing.T) {
 	require.Contains(t, page, "idleguard_logout_outbox_pending 0")
 	require.Contains(t, page, "go_goroutines")
 }
+
+// Admin views read the tracker's live figures from a snapshot: unwritten
+// activity shows, and looking writes nothing (issue 10, Code).
+func TestAdminViewShowsLiveActivityWithoutWriting(t *testing.T) {
+	e := newEnv(t, withAdmin)
+	mail := e.browser().login(e.rp("mail"), "alice") // 30m: slack 30s
+	stored, _, err := e.store.AuthSession(t.Context(), mail.sid)
+	require.NoError(t, err)
+	e.clock.Advance(20 * time.Second)
+	require.Equal(t, http.StatusOK, e.heartbeat(mail.AccessToken)) // within the slack: not written
+
+	code, out := e.adminCall(http.MethodGet, "/admin/sessions?user=alice", adminToken)
+	require.Equal(t, http.StatusOK, code)
+	view := findSession(out["sessions"].([]any), mail.sid)
+	require.Equal(t, e.clock.Now().UTC().Format(time.RFC3339), view["last_active_at"], "the live figure")
+	apps := view["apps"].([]any)
+	require.Equal(t, e.clock.Now().UTC().Format(time.RFC3339), apps[0].(map[string]any)["last_active_at"])
+
+	after, _, err := e.store.AuthSession(t.Context(), mail.sid)
+	require.NoError(t, err)
+	require.Equal(t, stored.LastActiveAt, after.LastActiveAt, "looking wrote nothing")
+}

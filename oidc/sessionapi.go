@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/idleguard/idleguard/activity"
-	"github.com/idleguard/idleguard/session"
 )
 
 var zeroTime time.Time
@@ -67,11 +66,14 @@ const bearerRealm = `Bearer realm="idleguard"`
 
 // writeBearerError answers 401 invalid_token (RFC 6750 section 3.1) for a
 // token that is bad, expired, revoked or whose session is over. When the
-// session is over, reason says why, so that a page can tell the person.
-func writeBearerError(w http.ResponseWriter, desc string, reason ...session.Reason) {
+// token is refused because its session is over (an
+// *activity.SessionOverError), the answer says why, so that a page can tell
+// the person.
+func writeBearerError(w http.ResponseWriter, err error) {
+	desc := err.Error()
 	body := map[string]any{"active": false}
-	if len(reason) > 0 && reason[0] != "" {
-		body["reason"] = reason[0]
+	if reason := activity.EndReasonOf(err); reason != "" {
+		body["reason"] = reason
 	}
 	writeChallenge(w, http.StatusUnauthorized, "invalid_token", desc, body)
 }
@@ -125,7 +127,7 @@ func (p *Provider) getSession(w http.ResponseWriter, r *http.Request, id string)
 	case errors.Is(err, activity.ErrSessionOver):
 		writeJSON(w, http.StatusOK, toStatus(st))
 	case isTokenError(err):
-		writeBearerError(w, err.Error())
+		writeBearerError(w, err)
 	case err != nil:
 		p.serverError(w, r, err)
 	default:
@@ -143,7 +145,7 @@ func (p *Provider) sessionOfExpiredToken(ctx context.Context, id string) (activi
 		return activity.Status{}, errTokenInvalid
 	}
 	if !st.Active {
-		return st, activity.ErrSessionOver
+		return st, &activity.SessionOverError{Reason: st.EndReason}
 	}
 	return st, errTokenExpired // alive: the app must renew its token
 }
@@ -217,10 +219,8 @@ func (p *Provider) postActivity(w http.ResponseWriter, r *http.Request, id strin
 		}
 	}
 	switch {
-	case errors.Is(err, activity.ErrSessionOver):
-		writeBearerError(w, err.Error(), st.EndReason)
-	case isTokenError(err):
-		writeBearerError(w, err.Error())
+	case errors.Is(err, activity.ErrSessionOver) || isTokenError(err):
+		writeBearerError(w, err)
 	case err != nil:
 		p.serverError(w, r, err)
 	default:
@@ -254,7 +254,7 @@ func (p *Provider) bearerCORS(next func(http.ResponseWriter, *http.Request, stri
 		case err != nil && bearer(r) == "":
 			writeNoToken(w)
 		case err != nil:
-			writeBearerError(w, "access token is invalid")
+			writeBearerError(w, errTokenInvalid)
 		default:
 			next(w, r, id)
 		}

@@ -580,11 +580,11 @@ func claim(set map[string]bool, id string) bool {
 	return true
 }
 
-func (w *pgEnds) endApp(_ context.Context, _ int64, _ Reason, id string) (bool, error) {
+func (w *pgEnds) endApp(_ context.Context, _ int64, _ Reason, id string, _ int64) (bool, error) {
 	return claim(w.apps, id), nil
 }
 
-func (w *pgEnds) endAuth(_ context.Context, _ int64, e End) (bool, error) {
+func (w *pgEnds) endAuth(_ context.Context, _ int64, e End, _ int64) (bool, error) {
 	return claim(w.auths, e.AuthSessionID), nil
 }
 
@@ -592,6 +592,9 @@ func (w *pgEnds) addOutbox(_ context.Context, at int64, n LogoutNotice) error {
 	w.outbox, w.outboxAt = append(w.outbox, n), append(w.outboxAt, at)
 	return nil
 }
+
+// addChange: the change feed comes to PostgreSQL with the next commit.
+func (w *pgEnds) addChange(context.Context, string, int64) error { return nil }
 
 func (w *pgEnds) writeAudit(_ context.Context, ev AuditEvent) error {
 	w.audit = append(w.audit, ev)

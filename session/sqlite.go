@@ -278,6 +278,9 @@ func (s *SQLite) Reauthenticate(ctx context.Context, a *AuthSession) error {
 		if err := mustAffect(res, err, "auth session "+a.ID); err != nil {
 			return err
 		}
+		if err := addChange(ctx, tx, a.ID, a.AuthTime); err != nil {
+			return err
+		}
 		return addAudit(ctx, auditVia{tx}, AuditEvent{At: a.AuthTime, Kind: AuditSessionReauthented, UserID: a.UserID, SID: a.ID})
 	})
 }
@@ -440,13 +443,21 @@ func (s *SQLite) JoinApp(ctx context.Context, app *AppSession, auth ActivityUpda
 		if err := updateAuthActivity(ctx, tx, auth); err != nil {
 			return err
 		}
+		if err := addChange(ctx, tx, app.AuthSessionID, app.JoinedAt); err != nil {
+			return err
+		}
 		return addAudit(ctx, auditVia{tx}, appJoinEvent(app, auth, userID))
 	})
 }
 
+// updateAuthActivity writes an ActivityUpdate. The deadline is computed
+// from the stored and the written last activity, whichever is later, so
+// that a replica writing an older view than another's never moves the
+// stored deadline before the activity the store already holds.
 func updateAuthActivity(ctx context.Context, e execer, u ActivityUpdate) error {
-	_, err := e.ExecContext(ctx, `UPDATE auth_sessions SET last_active_at = MAX(last_active_at, ?), idle_limit_ms = ?, deadline = ?
-		WHERE id = ? AND ended_at IS NULL`, ms(u.LastActiveAt), u.IdleLimit.Milliseconds(), ms(u.Deadline), u.AuthSessionID)
+	_, err := e.ExecContext(ctx, `UPDATE auth_sessions SET last_active_at = MAX(last_active_at, ?1), idle_limit_ms = ?2,
+		deadline = MIN(MAX(last_active_at, ?1) + ?2, absolute_deadline, MAX(?3, last_active_at + ?2))
+		WHERE id = ?4 AND ended_at IS NULL`, ms(u.LastActiveAt), u.IdleLimit.Milliseconds(), ms(u.Deadline), u.AuthSessionID)
 	if err != nil {
 		return fmt.Errorf("update auth session %s: %w", u.AuthSessionID, err)
 	}
@@ -615,7 +626,7 @@ func (s *SQLite) EndMany(ctx context.Context, ends []End) error {
 }
 
 type endStmts struct {
-	auth, app, outbox, audit *sql.Stmt
+	auth, authDue, app, appDue, outbox, audit, change *sql.Stmt
 }
 
 func prepareEnd(ctx context.Context, tx *sql.Tx) (*endStmts, error) {
@@ -631,7 +642,11 @@ func prepareEnd(ctx context.Context, tx *sql.Tx) (*endStmts, error) {
 	}
 	st.auth = prep(`UPDATE auth_sessions SET ended_at = ?, end_reason = ?, ended_by = ?,
 		idle_limit_ms = CASE WHEN ? > 0 THEN ? ELSE idle_limit_ms END WHERE id = ? AND ended_at IS NULL`)
+	st.authDue = prep(`UPDATE auth_sessions SET ended_at = ?, end_reason = ?, ended_by = ?,
+		idle_limit_ms = CASE WHEN ? > 0 THEN ? ELSE idle_limit_ms END WHERE id = ? AND ended_at IS NULL AND deadline <= ?`)
 	st.app = prep(`UPDATE app_sessions SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL`)
+	st.appDue = prep(`UPDATE app_sessions SET ended_at = ?, end_reason = ? WHERE id = ? AND ended_at IS NULL AND deadline <= ?`)
+	st.change = prep(insertChange)
 	st.outbox = prep(insertOutbox)
 	st.audit = prep(insertAudit)
 	if err != nil {
@@ -642,7 +657,7 @@ func prepareEnd(ctx context.Context, tx *sql.Tx) (*endStmts, error) {
 }
 
 func (st *endStmts) close() {
-	for _, s := range []*sql.Stmt{st.auth, st.app, st.outbox, st.audit} {
+	for _, s := range []*sql.Stmt{st.auth, st.authDue, st.app, st.appDue, st.outbox, st.audit, st.change} {
 		if s != nil {
 			s.Close()
 		}
@@ -651,12 +666,18 @@ func (st *endStmts) close() {
 
 func (st *endStmts) end(ctx context.Context, e End) error { return applyEnd(ctx, st, e) }
 
-func (st *endStmts) endApp(ctx context.Context, at int64, reason Reason, id string) (bool, error) {
+func (st *endStmts) endApp(ctx context.Context, at int64, reason Reason, id string, due int64) (bool, error) {
+	if due > 0 {
+		return affected(st.appDue.ExecContext(ctx, at, string(reason), id, due))
+	}
 	return affected(st.app.ExecContext(ctx, at, string(reason), id))
 }
 
-func (st *endStmts) endAuth(ctx context.Context, at int64, e End) (bool, error) {
+func (st *endStmts) endAuth(ctx context.Context, at int64, e End, due int64) (bool, error) {
 	limit := e.IdleLimit.Milliseconds()
+	if due > 0 {
+		return affected(st.authDue.ExecContext(ctx, at, string(e.Reason), e.Initiator, limit, limit, e.AuthSessionID, due))
+	}
 	return affected(st.auth.ExecContext(ctx, at, string(e.Reason), e.Initiator, limit, limit, e.AuthSessionID))
 }
 
@@ -667,6 +688,11 @@ func (st *endStmts) addOutbox(ctx context.Context, at int64, n LogoutNotice) err
 
 func (st *endStmts) writeAudit(ctx context.Context, ev AuditEvent) error {
 	return addAudit(ctx, st.audit, ev)
+}
+
+func (st *endStmts) addChange(ctx context.Context, sid string, at int64) error {
+	_, err := st.change.ExecContext(ctx, sid, at)
+	return err
 }
 
 func affected(res sql.Result, err error) (bool, error) {
@@ -1082,3 +1108,81 @@ func scanAudit(row scanner) (AuditEvent, error) {
 
 // ReaderForTest exposes the read pool for tests that inspect raw rows.
 func (s *SQLite) ReaderForTest() *sql.DB { return s.r }
+
+// --- several replicas: change feed, leases, refresh compare-and-swap ---
+
+const insertChange = `INSERT INTO session_changes (sid, at) VALUES (?, ?)`
+
+func addChange(ctx context.Context, e execer, sid string, at time.Time) error {
+	if _, err := e.ExecContext(ctx, insertChange, sid, ms(at)); err != nil {
+		return fmt.Errorf("change feed: %w", err)
+	}
+	return nil
+}
+
+// SessionChanges returns up to limit rows of the change feed after id
+// after, oldest first.
+func (s *SQLite) SessionChanges(ctx context.Context, after int64, limit int) ([]Change, error) {
+	return queryAll(ctx, s.r, func(row scanner) (Change, error) {
+		var c Change
+		err := row.Scan(&c.ID, &c.SID)
+		return c, err
+	}, `SELECT id, sid FROM session_changes WHERE id > ? ORDER BY id LIMIT ?`, after, limit)
+}
+
+// LastSessionChange returns the id of the newest row of the change feed (0
+// when empty): where a replica that starts begins to read.
+func (s *SQLite) LastSessionChange(ctx context.Context) (int64, error) {
+	var id int64
+	err := s.r.QueryRowContext(ctx, `SELECT COALESCE(MAX(id), 0) FROM session_changes`).Scan(&id)
+	return id, err
+}
+
+// PurgeSessionChanges deletes change feed rows written before before.
+func (s *SQLite) PurgeSessionChanges(ctx context.Context, before time.Time) error {
+	_, err := s.w.ExecContext(ctx, `DELETE FROM session_changes WHERE at < ?`, ms(before))
+	return err
+}
+
+// AcquireLease takes or renews lease name for holder until now+ttl, and
+// reports whether holder has it: it succeeds when the lease is free,
+// expired at now, or already holder's.
+func (s *SQLite) AcquireLease(ctx context.Context, name, holder string, now time.Time, ttl time.Duration) (bool, error) {
+	res, err := s.w.ExecContext(ctx, `INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?3)
+		ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+		WHERE leases.holder = excluded.holder OR leases.expires_at <= ?4`, name, holder, ms(now.Add(ttl)), ms(now))
+	if err != nil {
+		return false, fmt.Errorf("lease %s: %w", name, err)
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
+
+// ReleaseLease gives lease name up if holder has it (a graceful stop), so
+// that another replica takes over at its next attempt.
+func (s *SQLite) ReleaseLease(ctx context.Context, name, holder string) error {
+	_, err := s.w.ExecContext(ctx, `DELETE FROM leases WHERE name = ? AND holder = ?`, name, holder)
+	return err
+}
+
+// RefreshGeneration returns the stored current generation of a refresh chain.
+func (s *SQLite) RefreshGeneration(ctx context.Context, chainID string) (uint64, error) {
+	var gen int64
+	err := s.r.QueryRowContext(ctx, `SELECT gen FROM refresh_chains WHERE id = ?`, chainID).Scan(&gen)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, fmt.Errorf("refresh chain: %w", ErrNotFound)
+	}
+	return uint64(gen), err
+}
+
+// RotateRefreshChain moves a refresh chain from generation from to from+1
+// if it is still at from, and reports whether it did: of two replicas that
+// rotate the same token at once, exactly one succeeds.
+func (s *SQLite) RotateRefreshChain(ctx context.Context, chainID string, from uint64) (bool, error) {
+	res, err := s.w.ExecContext(ctx, `UPDATE refresh_chains SET gen = ?1 + 1 WHERE id = ?2 AND gen = ?1`, int64(from), chainID)
+	if err != nil {
+		return false, fmt.Errorf("rotate refresh chain %s: %w", chainID, err)
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}

@@ -64,56 +64,46 @@ func attachChain(byID map[string]*AppSession, chainID, appID string, gen int64) 
 
 // endWriter runs the statements of one End inside its transaction.
 type endWriter interface {
-	// endApp marks a live application session ended; false if it had ended.
-	endApp(ctx context.Context, at int64, reason Reason, id string) (bool, error)
-	// endAuth marks a live authentication session ended; false if it had ended.
-	endAuth(ctx context.Context, at int64, e End) (bool, error)
+	// endApp marks a live application session ended, and when due > 0
+	// only if its stored deadline is at or before due; false if it did not.
+	endApp(ctx context.Context, at int64, reason Reason, id string, due int64) (bool, error)
+	// endAuth is endApp for the authentication session of e.
+	endAuth(ctx context.Context, at int64, e End, due int64) (bool, error)
 	addOutbox(ctx context.Context, at int64, n LogoutNotice) error
 	writeAudit(ctx context.Context, ev AuditEvent) error
+	// addChange writes a change feed row for authentication session sid.
+	addChange(ctx context.Context, sid string, at int64) error
 }
 
 // applyEnd writes one End through w. Rows already ended keep their first
-// reason, and their logouts (already queued) are not queued again.
+// reason, and their logouts (already queued) are not queued again. Every
+// end that changed something writes a change feed row, so that the other
+// replicas learn of it.
+//
+// An End with IfDue (a sweeper's) is conditional on the stored deadline:
+// when its authentication session is no longer due (activity written
+// meanwhile moved the deadline) or already ended, the End is skipped whole;
+// an End of application sessions alone ends only those still due.
 func applyEnd(ctx context.Context, w endWriter, e End) error {
 	at := ms(e.At)
-	// The application sessions first: an end of the authentication session
-	// records the apps that ended with it in its own audit event; an app
-	// ending alone gets an event of its own.
-	var endedApps []string
-	endedNow := make(map[string]bool, len(e.AppSessions))
-	for _, app := range e.AppSessions {
-		ended, err := w.endApp(ctx, at, e.Reason, app.ID)
-		if err != nil {
-			return fmt.Errorf("end app session %s: %w", app.ID, err)
-		}
-		if !ended {
-			continue // already ended, and its logout already queued
-		}
-		endedNow[app.ClientID] = true
-		if e.AuthSessionID != "" {
-			endedApps = append(endedApps, app.ClientID)
-			continue
-		}
-		sid, _, _ := strings.Cut(app.ID, ".")
-		if err := w.writeAudit(ctx, AuditEvent{At: e.At, Kind: AuditAppEnd, UserID: e.UserID, SID: sid, ClientID: app.ClientID,
-			Reason: string(e.Reason), Initiator: e.Initiator, Detail: "app_session=" + app.ID}); err != nil {
-			return err
-		}
-	}
-	if e.AuthSessionID != "" {
-		ended, err := w.endAuth(ctx, at, e)
+	authEnded := false
+	if e.AuthSessionID != "" && !e.IfDue.IsZero() {
+		ended, err := w.endAuth(ctx, at, e, ms(e.IfDue))
 		if err != nil {
 			return fmt.Errorf("end auth session %s: %w", e.AuthSessionID, err)
 		}
-		if ended || len(endedApps) > 0 {
-			kind := AuditSessionEnd
-			if !ended { // an already-ended session whose remaining apps end now
-				kind = AuditAppEnd
-			}
-			if err := w.writeAudit(ctx, AuditEvent{At: e.At, Kind: kind, UserID: e.UserID, SID: e.AuthSessionID,
-				Reason: string(e.Reason), Initiator: e.Initiator, Detail: "apps=" + strings.Join(endedApps, ",")}); err != nil {
-				return err
-			}
+		if !ended {
+			return nil // ended already, or no longer due
+		}
+		authEnded = true
+	}
+	endedApps, endedNow, err := endApps(ctx, w, e, at)
+	if err != nil {
+		return err
+	}
+	if e.AuthSessionID != "" {
+		if err := endAuthSession(ctx, w, e, at, authEnded, endedApps); err != nil {
+			return err
 		}
 	}
 	for _, n := range e.Notices {
@@ -123,6 +113,69 @@ func applyEnd(ctx context.Context, w endWriter, e End) error {
 		if err := w.addOutbox(ctx, at, n); err != nil {
 			return fmt.Errorf("outbox %s: %w", n.ClientID, err)
 		}
+	}
+	return nil
+}
+
+// endApps ends the application sessions of e, and returns the clients of
+// those that ended now with the authentication session (recorded in its
+// audit event) and the set of every client that ended now. An app ending
+// alone gets an audit event and a change feed row of its own.
+func endApps(ctx context.Context, w endWriter, e End, at int64) ([]string, map[string]bool, error) {
+	var due int64
+	if e.AuthSessionID == "" && !e.IfDue.IsZero() {
+		due = ms(e.IfDue)
+	}
+	var endedApps []string
+	endedNow := make(map[string]bool, len(e.AppSessions))
+	for _, app := range e.AppSessions {
+		ended, err := w.endApp(ctx, at, e.Reason, app.ID, due)
+		if err != nil {
+			return nil, nil, fmt.Errorf("end app session %s: %w", app.ID, err)
+		}
+		if !ended {
+			continue // already ended (its logout already queued), or not due
+		}
+		endedNow[app.ClientID] = true
+		if e.AuthSessionID != "" {
+			endedApps = append(endedApps, app.ClientID)
+			continue
+		}
+		sid := SplitAppSessionID(app.ID)
+		if err := w.writeAudit(ctx, AuditEvent{At: e.At, Kind: AuditAppEnd, UserID: e.UserID, SID: sid, ClientID: app.ClientID,
+			Reason: string(e.Reason), Initiator: e.Initiator, Detail: "app_session=" + app.ID}); err != nil {
+			return nil, nil, err
+		}
+		if err := w.addChange(ctx, sid, at); err != nil {
+			return nil, nil, fmt.Errorf("change feed: %w", err)
+		}
+	}
+	return endedApps, endedNow, nil
+}
+
+// endAuthSession ends the authentication session of e (unless done, by the
+// conditional end), and records the end with the apps that ended with it.
+func endAuthSession(ctx context.Context, w endWriter, e End, at int64, done bool, endedApps []string) error {
+	ended := done
+	if !done {
+		var err error
+		if ended, err = w.endAuth(ctx, at, e, 0); err != nil {
+			return fmt.Errorf("end auth session %s: %w", e.AuthSessionID, err)
+		}
+	}
+	if !ended && len(endedApps) == 0 {
+		return nil
+	}
+	kind := AuditSessionEnd
+	if !ended { // an already-ended session whose remaining apps end now
+		kind = AuditAppEnd
+	}
+	if err := w.writeAudit(ctx, AuditEvent{At: e.At, Kind: kind, UserID: e.UserID, SID: e.AuthSessionID,
+		Reason: string(e.Reason), Initiator: e.Initiator, Detail: "apps=" + strings.Join(endedApps, ",")}); err != nil {
+		return err
+	}
+	if err := w.addChange(ctx, e.AuthSessionID, at); err != nil {
+		return fmt.Errorf("change feed: %w", err)
 	}
 	return nil
 }

@@ -1,7 +1,10 @@
 package session
 
 import (
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
+	"strings"
 	"time"
 )
 
@@ -82,6 +85,23 @@ type AppSession struct {
 // Live reports whether the application session has not been ended.
 func (a *AppSession) Live() bool { return a.EndedAt.IsZero() }
 
+// NewAppSessionID returns a fresh application session id in authentication
+// session sid. The format, "<sid>.<suffix>", lets every holder of an app
+// session id (a token, a row) name its authentication session without a
+// lookup; SplitAppSessionID is its only reader.
+func NewAppSessionID(sid string) string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return sid + "." + base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// SplitAppSessionID returns the authentication session id of an application
+// session id (the id itself when it has no suffix).
+func SplitAppSessionID(id string) string {
+	sid, _, _ := strings.Cut(id, ".")
+	return sid
+}
+
 // LogoutNotice is one back-channel logout to deliver to one client.
 type LogoutNotice struct {
 	ClientID string
@@ -103,6 +123,20 @@ type End struct {
 	AuthSessionID string
 	AppSessions   []EndedApp
 	Notices       []LogoutNotice
+	// IfDue, when set, makes a sweeper's end conditional on the store: the
+	// authentication session (or, for an end of application sessions alone,
+	// each of them) ends only if its stored deadline is at or before IfDue.
+	// An end whose condition fails is skipped whole, so that activity
+	// another replica wrote meanwhile wins over a sweep judged without it.
+	IfDue time.Time
+}
+
+// Change is one row of the change feed: authentication session SID was
+// ended, joined by an app, reauthenticated or given other scopes. Replicas
+// apply the feed in ID order.
+type Change struct {
+	ID  int64
+	SID string
 }
 
 // EndedApp names an application session ended by an End.

@@ -78,6 +78,11 @@ type SessionConfig struct {
 	MaxLifetime   Duration `yaml:"max_lifetime"`   // absolute limit from sign-in; required, >= idle_timeout
 	SweepInterval Duration `yaml:"sweep_interval"` // how late, at most, an expired session is ended; default 1s
 	FlushInterval Duration `yaml:"flush_interval"` // how often coalesced activity is written; default 1s
+	// Replicas is how many providers share the database; above 1 the
+	// activity tracker keeps replicas in step (see README, "Running several
+	// replicas"). Default 1.
+	Replicas     int      `yaml:"replicas"`
+	SyncInterval Duration `yaml:"sync_interval"` // how often a replica polls the change feed; default 250ms
 }
 
 // KeysConfig chooses the signing keys.
@@ -308,6 +313,10 @@ func (c *Config) setDefaults() {
 	}
 	setDuration(&c.Session.SweepInterval, defaultSweepInterval)
 	setDuration(&c.Session.FlushInterval, defaultFlushInterval)
+	setDuration(&c.Session.SyncInterval, activity.DefaultSyncInterval)
+	if c.Session.Replicas == 0 {
+		c.Session.Replicas = 1
+	}
 	if c.Keys.Algorithm == "" {
 		c.Keys.Algorithm = defaultAlgorithm
 	}
@@ -434,6 +443,8 @@ func (c *Config) Validate() error {
 			fmt.Sprintf("%s is shorter than session.idle_timeout (%s)", s.MaxLifetime, s.IdleTimeout)},
 		{s.SweepInterval <= 0, "session.sweep_interval", "must be positive"},
 		{s.FlushInterval <= 0, "session.flush_interval", "must be positive"},
+		{s.Replicas < 0, "session.replicas", "must be 1 or more: how many providers share the database"},
+		{s.SyncInterval <= 0, "session.sync_interval", "must be positive"},
 
 		{!slices.Contains(oidc.SupportedAlgorithms, c.Keys.Algorithm), "keys.algorithm",
 			fmt.Sprintf("%q is not supported (want %s)", c.Keys.Algorithm, strings.Join(oidc.SupportedAlgorithms, ", "))},
@@ -728,6 +739,8 @@ func (c *Config) ProviderConfig() (oidc.Config, error) {
 			MaxLifetime:   d(c.Session.MaxLifetime),
 			SweepInterval: d(c.Session.SweepInterval),
 			FlushInterval: d(c.Session.FlushInterval),
+			Replicas:      c.Session.Replicas,
+			SyncInterval:  d(c.Session.SyncInterval),
 		},
 		KeyAlgorithm: c.Keys.Algorithm,
 		IDTokenTTL:   d(c.Tokens.IDTokenTTL),

@@ -400,6 +400,8 @@ func TestConfigValidateRules(t *testing.T) {
 			"session.max_lifetime: 5m0s is shorter than session.idle_timeout (15m0s)"},
 		{"negative sweep interval", func(c *Config, _ *ClientConfig) { c.Session.SweepInterval = d("-1s") },
 			"session.sweep_interval: must be positive"},
+		{"negative replicas", func(c *Config, _ *ClientConfig) { c.Session.Replicas = -2 }, "session.replicas: must be 1 or more"},
+		{"zero sync interval", func(c *Config, _ *ClientConfig) { c.Session.SyncInterval = d("-1ms") }, "session.sync_interval: must be positive"},
 		{"ES256 keys", func(c *Config, _ *ClientConfig) { c.Keys.Algorithm = "ES256" }, ""},
 		{"EdDSA keys", func(c *Config, _ *ClientConfig) { c.Keys.Algorithm = "EdDSA" }, ""},
 		{"short admin token", func(c *Config, _ *ClientConfig) { c.Admin.Token = "admin" }, "admin.token: is too short"},
@@ -539,6 +541,8 @@ session:
   max_lifetime: 12h
   sweep_interval: 2s
   flush_interval: 3s
+  replicas: 3
+  sync_interval: 100ms
 keys:
   algorithm: ES256
 tokens:
@@ -583,7 +587,7 @@ clients:
 
 	require.Equal(t, "https://id.example.com/", pc.Issuer)
 	require.Equal(t, activity.Config{IdleTimeout: 30 * time.Minute, MaxLifetime: 12 * time.Hour,
-		SweepInterval: 2 * time.Second, FlushInterval: 3 * time.Second}, pc.Session)
+		SweepInterval: 2 * time.Second, FlushInterval: 3 * time.Second, Replicas: 3, SyncInterval: 100 * time.Millisecond}, pc.Session)
 	require.Equal(t, "ES256", pc.KeyAlgorithm)
 	require.Equal(t, 7*time.Minute, pc.IDTokenTTL)
 	require.Equal(t, oidc.HashSecret("admin-token-0123456789"), pc.AdminTokenHash)

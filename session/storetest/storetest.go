@@ -68,6 +68,14 @@ type Store interface {
 	RefundLoginAttempt(ctx context.Context, a session.LoginAttempt) error
 	ForgetLoginFailures(ctx context.Context, keys []string) error
 	PurgeLoginFailures(ctx context.Context, now time.Time, p session.LoginPolicy) error
+
+	SessionChanges(ctx context.Context, after int64, limit int) ([]session.Change, error)
+	LastSessionChange(ctx context.Context) (int64, error)
+	PurgeSessionChanges(ctx context.Context, before time.Time) error
+	AcquireLease(ctx context.Context, name, holder string, now time.Time, ttl time.Duration) (bool, error)
+	ReleaseLease(ctx context.Context, name, holder string) error
+	RefreshGeneration(ctx context.Context, chainID string) (uint64, error)
+	RotateRefreshChain(ctx context.Context, chainID string, from uint64) (bool, error)
 }
 
 // Run runs every behaviour test against stores made by open (a fresh,
@@ -109,6 +117,10 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"LoginRefundLiftsOnlyItsOwnLock", testLoginRefund},
 		{"LoginFailuresAreForgottenAndPurged", testLoginForgetPurge},
 		{"LoginAttemptsSharingKeysNeverDeadlock", testLoginReserveOrder},
+		{"ChangeFeedRecordsEveryChangeOtherReplicasMustSee", testChangeFeed},
+		{"ConditionalEndLosesToNewerActivity", testConditionalEnd},
+		{"LeaseHasOneHolderUntilItExpires", testLease},
+		{"RefreshRotationIsCompareAndSwap", testRefreshCAS},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel() // each case has a store of its own
@@ -229,6 +241,14 @@ func testFlushMonotonic(t *testing.T, s Store) {
 	require.Equal(t, later, got.LastActiveAt)
 	require.Equal(t, later, apps[0].LastActiveAt)
 	require.Equal(t, uint64(4), apps[0].RefreshChains["c1"])
+
+	// Another replica writes its older view, with the deadline that follows
+	// from it: the stored deadline still follows the latest stored activity.
+	require.NoError(t, s.FlushActivity(ctx, []session.ActivityUpdate{{AuthSessionID: a.ID, LastActiveAt: t0.Add(30 * time.Second),
+		IdleLimit: 5 * time.Minute, Deadline: t0.Add(30*time.Second + 5*time.Minute)}}))
+	got, _, err = s.AuthSession(ctx, a.ID)
+	require.NoError(t, err)
+	require.Equal(t, later.Add(5*time.Minute), got.Deadline)
 }
 
 func testDue(t *testing.T, s Store) {
@@ -1079,4 +1099,123 @@ func testLoginReserveOrder(t *testing.T, s Store) {
 		}
 	}
 	require.Equal(t, loginPolicy.MaxFailures, passed)
+}
+
+func changedSIDs(t *testing.T, s Store, after int64) ([]string, int64) {
+	t.Helper()
+	changes, err := s.SessionChanges(t.Context(), after, 100)
+	require.NoError(t, err)
+	var sids []string
+	last := after
+	for _, c := range changes {
+		require.Greater(t, c.ID, last, "ids increase")
+		sids, last = append(sids, c.SID), c.ID
+	}
+	return sids, last
+}
+
+func testChangeFeed(t *testing.T, s Store) {
+	ctx := t.Context()
+	start, err := s.LastSessionChange(ctx)
+	require.NoError(t, err)
+	a := newSession(t, s, "u1", t0.Add(5*time.Minute))
+	sids, cur := changedSIDs(t, s, start)
+	require.Empty(t, sids, "a new session is nobody else's business yet")
+
+	app := join(t, s, a, "bank", 2*time.Minute)
+	re := *a
+	re.AuthTime, re.LastActiveAt, re.Deadline = t0.Add(time.Minute), t0.Add(time.Minute), t0.Add(3*time.Minute)
+	require.NoError(t, s.Reauthenticate(ctx, &re))
+	require.NoError(t, s.EndSessions(ctx, session.End{At: t0.Add(2 * time.Minute), Reason: session.ReasonLogout, Initiator: "bank",
+		UserID: "u1", AppSessions: []session.EndedApp{{ID: app.ID, ClientID: "bank"}}}))
+	require.NoError(t, s.EndSessions(ctx, session.End{At: t0.Add(2 * time.Minute), Reason: session.ReasonAdmin, Initiator: "admin",
+		UserID: "u1", AuthSessionID: a.ID}))
+	sids, last := changedSIDs(t, s, cur)
+	require.Equal(t, []string{a.ID, a.ID, a.ID, a.ID}, sids, "join, reauthentication, app end, session end")
+	got, err := s.LastSessionChange(ctx)
+	require.NoError(t, err)
+	require.Equal(t, last, got)
+
+	// An end that changes nothing (already ended) writes no row.
+	require.NoError(t, s.EndSessions(ctx, session.End{At: t0.Add(3 * time.Minute), Reason: session.ReasonLogout, UserID: "u1", AuthSessionID: a.ID}))
+	sids, _ = changedSIDs(t, s, last)
+	require.Empty(t, sids)
+
+	require.NoError(t, s.PurgeSessionChanges(ctx, t0.Add(2*time.Minute)))
+	sids, _ = changedSIDs(t, s, start)
+	require.Equal(t, []string{a.ID, a.ID}, sids, "rows before the cut are gone")
+}
+
+func testConditionalEnd(t *testing.T, s Store) {
+	ctx := t.Context()
+	a := newSession(t, s, "u1", t0.Add(5*time.Minute))
+	app := join(t, s, a, "bank", 5*time.Minute)
+	// Another replica wrote activity: the stored deadline moved past the sweep.
+	require.NoError(t, s.FlushActivity(ctx, []session.ActivityUpdate{{AuthSessionID: a.ID, LastActiveAt: t0.Add(time.Minute),
+		IdleLimit: 5 * time.Minute, Deadline: t0.Add(6 * time.Minute)}}))
+	end := session.End{At: t0.Add(5 * time.Minute), Reason: session.ReasonIdleTimeout, Initiator: "system", UserID: "u1",
+		AuthSessionID: a.ID, AppSessions: []session.EndedApp{{ID: app.ID, ClientID: "bank"}},
+		Notices: []session.LogoutNotice{{ClientID: "bank", URI: "https://bank.example/bc", SID: a.ID, Subject: "u1", Reason: session.ReasonIdleTimeout}},
+		IfDue:   t0.Add(5 * time.Minute)}
+	require.NoError(t, s.EndMany(ctx, []session.End{end}))
+	got, apps, err := s.AuthSession(ctx, a.ID)
+	require.NoError(t, err)
+	require.True(t, got.Live(), "the newer activity wins")
+	require.True(t, apps[0].Live())
+	require.Zero(t, countEvents(t, s, a.ID, session.AuditSessionEnd), "no end on record for an end that did not happen")
+
+	end.At, end.IfDue = t0.Add(6*time.Minute), t0.Add(6*time.Minute)
+	require.NoError(t, s.EndMany(ctx, []session.End{end, end}), "the same end twice in one batch")
+	got, apps, err = s.AuthSession(ctx, a.ID)
+	require.NoError(t, err)
+	require.False(t, got.Live())
+	require.False(t, apps[0].Live())
+	require.Equal(t, 1, countEvents(t, s, a.ID, session.AuditSessionEnd), "one end on record, however often it is tried")
+}
+
+func testLease(t *testing.T, s Store) {
+	ctx := t.Context()
+	for _, step := range []struct {
+		holder  string
+		at      time.Duration
+		release bool // else acquire, expecting want
+		want    bool
+		why     string
+	}{
+		{"a", 0, false, true, "free: a takes it until 3s"},
+		{"b", time.Second, false, false, "held by a"},
+		{"a", 2 * time.Second, false, true, "a renews until 5s"},
+		{"b", 4 * time.Second, false, false, "renewed"},
+		{"b", 5 * time.Second, false, true, "expired: b takes over"},
+		{"a", 6 * time.Second, true, false, "a releases a lease it does not hold"},
+		{"a", 6 * time.Second, false, false, "which changed nothing"},
+		{"b", 6 * time.Second, true, false, "b releases it"},
+		{"a", 6 * time.Second, false, true, "free at once"},
+	} {
+		if step.release {
+			require.NoError(t, s.ReleaseLease(ctx, "sweeper", step.holder), step.why)
+			continue
+		}
+		ok, err := s.AcquireLease(ctx, "sweeper", step.holder, t0.Add(step.at), 3*time.Second)
+		require.NoError(t, err)
+		require.Equal(t, step.want, ok, step.why)
+	}
+}
+
+func testRefreshCAS(t *testing.T, s Store) {
+	ctx := t.Context()
+	a := newSession(t, s, "u1", t0.Add(5*time.Minute))
+	app := join(t, s, a, "bank", 5*time.Minute)
+	require.NoError(t, s.AddRefreshChain(ctx, app.ID, "c1", 1, t0))
+	ok, err := s.RotateRefreshChain(ctx, "c1", 1)
+	require.NoError(t, err)
+	require.True(t, ok)
+	ok, err = s.RotateRefreshChain(ctx, "c1", 1)
+	require.NoError(t, err)
+	require.False(t, ok, "generation 1 was rotated already")
+	gen, err := s.RefreshGeneration(ctx, "c1")
+	require.NoError(t, err)
+	require.EqualValues(t, 2, gen)
+	_, err = s.RefreshGeneration(ctx, "nope")
+	require.ErrorIs(t, err, session.ErrNotFound)
 }

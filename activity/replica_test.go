@@ -1,0 +1,81 @@
+package activity
+
+import (
+	"context"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/idleguard/idleguard/session"
+)
+
+// notifyingStore is a real SQLite store with the wake-up hook a PostgreSQL
+// backend implements with LISTEN/NOTIFY; the test plays the database and
+// announces new change feed rows.
+type notifyingStore struct {
+	*session.SQLite
+	wake      chan struct{}
+	listeners atomic.Int32
+}
+
+func (s *notifyingStore) Changes(context.Context) <-chan struct{} {
+	s.listeners.Add(1)
+	return s.wake
+}
+
+var _ ChangeNotifier = (*notifyingStore)(nil)
+
+func newReplica(t *testing.T, path string, c *clock, replicas int) (*Tracker, *notifyingStore) {
+	t.Helper()
+	store, err := session.OpenSQLite(t.Context(), path)
+	require.NoError(t, err)
+	t.Cleanup(func() { store.Close() })
+	ns := &notifyingStore{SQLite: store, wake: make(chan struct{}, 1)}
+	tr := New(Config{IdleTimeout: 30 * time.Minute, MaxLifetime: 12 * time.Hour, Now: c.Now, Replicas: replicas,
+		SyncInterval: time.Hour, FlushInterval: time.Hour, SweepInterval: time.Hour, // only the notification wakes anything
+		Client: func(id string) (ClientPolicy, bool) { p, ok := policies[id]; return p, ok }}, ns)
+	return tr, ns
+}
+
+// A notification from the store makes a replica apply the change feed at
+// once, without waiting for its poll.
+func TestChangeNotificationWakesTheSync(t *testing.T) {
+	c := &clock{t: time.Now().Truncate(time.Millisecond)}
+	path := filepath.Join(t.TempDir(), "ig.db")
+	a, _ := newReplica(t, path, c, 2)
+	b, bStore := newReplica(t, path, c, 2)
+	st, err := a.Start(t.Context(), "u1", []string{"pwd"})
+	require.NoError(t, err)
+	joined, err := a.Join(t.Context(), st.SID, "mail", []string{"openid"})
+	require.NoError(t, err)
+	got, err := b.Touch(t.Context(), joined.AppSessionID, Introspection, time.Time{})
+	require.NoError(t, err)
+	require.True(t, got.Active)
+
+	b.Run(t.Context())
+	t.Cleanup(func() { _ = b.Close(context.Background()) })
+	require.NoError(t, a.End(t.Context(), st.SID, session.ReasonAdmin, "admin"))
+	bStore.wake <- struct{}{} // the database announces the end
+	require.Eventually(t, func() bool {
+		got, err := b.Touch(t.Context(), joined.AppSessionID, Introspection, time.Time{})
+		return err == nil && !got.Active && got.EndReason == session.ReasonAdmin
+	}, time.Second, 5*time.Millisecond)
+}
+
+// One replica runs none of the replica machinery: no change feed listener,
+// no lease.
+func TestOneReplicaRunsNoReplicaMachinery(t *testing.T) {
+	c := &clock{t: time.Now().Truncate(time.Millisecond)}
+	tr, store := newReplica(t, filepath.Join(t.TempDir(), "ig.db"), c, 1)
+	tr.Run(t.Context())
+	_, err := tr.Sweep(t.Context())
+	require.NoError(t, err)
+	require.NoError(t, tr.Close(t.Context()))
+	require.Zero(t, store.listeners.Load(), "nobody listens for changes")
+	var leases int
+	require.NoError(t, store.ReaderForTest().QueryRow(`SELECT COUNT(*) FROM leases`).Scan(&leases))
+	require.Zero(t, leases, "nobody takes the sweeper lease")
+}
