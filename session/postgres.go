@@ -293,7 +293,10 @@ func (p *Postgres) Reauthenticate(ctx context.Context, a *AuthSession) error {
 		if err := pgAffect(tag, err, "auth session "+a.ID); err != nil {
 			return err
 		}
-		return pgAudit(ctx, tx, AuditEvent{At: a.AuthTime, Kind: AuditSessionReauthented, UserID: a.UserID, SID: a.ID})
+		if err := pgAudit(ctx, tx, AuditEvent{At: a.AuthTime, Kind: AuditSessionReauthented, UserID: a.UserID, SID: a.ID}); err != nil {
+			return err
+		}
+		return addChanges(ctx, tx, []string{a.ID}, []int64{ms(a.AuthTime)})
 	})
 }
 
@@ -387,16 +390,24 @@ func (p *Postgres) JoinApp(ctx context.Context, app *AppSession, auth ActivityUp
 		if err := sendActivity(ctx, tx, []ActivityUpdate{auth}); err != nil {
 			return err
 		}
-		return pgAudit(ctx, tx, appJoinEvent(app, auth, userID))
+		if err := pgAudit(ctx, tx, appJoinEvent(app, auth, userID)); err != nil {
+			return err
+		}
+		return addChanges(ctx, tx, []string{app.AuthSessionID}, []int64{ms(app.JoinedAt)})
 	})
 }
 
 // sendActivity writes activity updates in one round trip (a pipelined
 // batch). Times and generations only move forward; ended rows are left alone.
+// The deadline is computed from the stored and the written last activity,
+// whichever is later (as SQLite's updateAuthActivity), so that a replica
+// writing an older view than another's never moves the stored deadline
+// before the activity the store already holds.
 func sendActivity(ctx context.Context, tx pgx.Tx, updates []ActivityUpdate) error {
 	b := &pgx.Batch{}
 	for _, u := range updates {
-		b.Queue(`UPDATE auth_sessions SET last_active_at = GREATEST(last_active_at, $1), idle_limit_ms = $2, deadline = $3
+		b.Queue(`UPDATE auth_sessions SET last_active_at = GREATEST(last_active_at, $1), idle_limit_ms = $2,
+			deadline = LEAST(GREATEST(last_active_at, $1) + $2, absolute_deadline, GREATEST($3, last_active_at + $2))
 			WHERE id = $4 AND ended_at IS NULL`, ms(u.LastActiveAt), u.IdleLimit.Milliseconds(), ms(u.Deadline), u.AuthSessionID)
 		for _, a := range u.Apps {
 			b.Queue(`UPDATE app_sessions SET last_active_at = GREATEST(last_active_at, $1), deadline = $2
@@ -492,11 +503,15 @@ func (p *Postgres) DueAppSessions(ctx context.Context, now time.Time, limit int)
 func (p *Postgres) EndSessions(ctx context.Context, e End) error { return p.EndMany(ctx, []End{e}) }
 
 // EndMany applies several Ends in one transaction (the sweeper's batch),
-// in four statements whatever the batch's size: one UPDATE of the
-// application sessions and one of the authentication sessions, each over
-// arrays (the first End that names a row decides its reason), then the
-// audit events and outbox rows that applyEnd derives from which rows those
-// UPDATEs ended, each inserted in one statement.
+// in a fixed number of statements whatever the batch's size: one UPDATE of
+// the authentication sessions and one of the application sessions, each
+// over arrays, then the audit events, outbox rows and change feed rows that
+// applyEnd derives from which rows those UPDATEs ended, each inserted in one
+// statement.
+//
+// The first End that names a row decides its reason and, for an End with
+// IfDue, its condition (a later End of the batch naming the same row is
+// applied as SQLite applies it once the row has ended).
 func (p *Postgres) EndMany(ctx context.Context, ends []End) error {
 	if len(ends) == 0 {
 		return nil
@@ -523,44 +538,85 @@ type pgEnds struct {
 	audit       []AuditEvent
 	outbox      []LogoutNotice
 	outboxAt    []int64
+	changes     []string
+	changesAt   []int64
+}
+
+// endColumns are the arrays one set UPDATE reads, a row per ended id.
+type endColumns struct {
+	ids, reasons, by []string
+	at, limit, due   []int64 // due 0: unconditional
+}
+
+func (c *endColumns) add(id string, e End, due int64) {
+	c.ids, c.at, c.reasons, c.due = append(c.ids, id), append(c.at, ms(e.At)), append(c.reasons, string(e.Reason)), append(c.due, due)
+	c.by, c.limit = append(c.by, storableText(e.Initiator)), append(c.limit, e.IdleLimit.Milliseconds())
+}
+
+// ifDue is an End's condition as a column value: 0 for none.
+func ifDue(e End) int64 {
+	if e.IfDue.IsZero() {
+		return 0
+	}
+	return ms(e.IfDue)
 }
 
 func endRows(ctx context.Context, tx pgx.Tx, ends []End) (*pgEnds, error) {
-	var app, auth struct {
-		ids, reasons, by []string
-		at, limit        []int64
-	}
-	seenApp, seenAuth := map[string]bool{}, map[string]bool{}
+	var auth endColumns
+	seen := map[string]bool{}
 	for _, e := range ends {
-		at := ms(e.At)
-		for _, a := range e.AppSessions {
-			if !seenApp[a.ID] {
-				seenApp[a.ID] = true
-				app.ids, app.at, app.reasons = append(app.ids, a.ID), append(app.at, at), append(app.reasons, string(e.Reason))
-			}
-		}
-		if e.AuthSessionID != "" && !seenAuth[e.AuthSessionID] {
-			seenAuth[e.AuthSessionID] = true
-			auth.ids, auth.at, auth.reasons = append(auth.ids, e.AuthSessionID), append(auth.at, at), append(auth.reasons, string(e.Reason))
-			auth.by, auth.limit = append(auth.by, storableText(e.Initiator)), append(auth.limit, e.IdleLimit.Milliseconds())
+		if e.AuthSessionID != "" && !seen[e.AuthSessionID] {
+			seen[e.AuthSessionID] = true
+			auth.add(e.AuthSessionID, e, ifDue(e))
 		}
 	}
 	w := &pgEnds{}
 	var err error
-	w.apps, err = endedIDs(ctx, tx, `UPDATE app_sessions a SET ended_at = v.at, end_reason = v.reason
-		FROM unnest($1::text[], $2::bigint[], $3::text[]) AS v(id, at, reason)
-		WHERE a.id = v.id AND a.ended_at IS NULL RETURNING a.id`, app.ids, app.at, app.reasons)
-	if err != nil {
-		return nil, fmt.Errorf("end app sessions: %w", err)
-	}
 	w.auths, err = endedIDs(ctx, tx, `UPDATE auth_sessions s SET ended_at = v.at, end_reason = v.reason, ended_by = v.by,
 		idle_limit_ms = CASE WHEN v.lim > 0 THEN v.lim ELSE s.idle_limit_ms END
-		FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[]) AS v(id, at, reason, by, lim)
-		WHERE s.id = v.id AND s.ended_at IS NULL RETURNING s.id`, auth.ids, auth.at, auth.reasons, auth.by, auth.limit)
+		FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::bigint[]) AS v(id, at, reason, by, lim, due)
+		WHERE s.id = v.id AND s.ended_at IS NULL AND (v.due = 0 OR s.deadline <= v.due) RETURNING s.id`,
+		auth.ids, auth.at, auth.reasons, auth.by, auth.limit, auth.due)
 	if err != nil {
 		return nil, fmt.Errorf("end auth sessions: %w", err)
 	}
+	app := appColumns(ends, w.auths)
+	w.apps, err = endedIDs(ctx, tx, `UPDATE app_sessions a SET ended_at = v.at, end_reason = v.reason
+		FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[]) AS v(id, at, reason, due)
+		WHERE a.id = v.id AND a.ended_at IS NULL AND (v.due = 0 OR a.deadline <= v.due) RETURNING a.id`,
+		app.ids, app.at, app.reasons, app.due)
+	if err != nil {
+		return nil, fmt.Errorf("end app sessions: %w", err)
+	}
 	return w, nil
+}
+
+// appColumns lists the application sessions of the Ends that applyEnd will
+// apply, given the authentication sessions the batch ended: a conditional
+// End is skipped whole unless it is the first End to claim its ended
+// authentication session. An End of application sessions alone keeps its
+// condition, on each application session's own deadline.
+func appColumns(ends []End, authEnded map[string]bool) endColumns {
+	var app endColumns
+	claimed, seen := map[string]bool{}, map[string]bool{}
+	for _, e := range ends {
+		due := ifDue(e)
+		if id := e.AuthSessionID; id != "" {
+			skip := due > 0 && (!authEnded[id] || claimed[id])
+			claimed[id] = claimed[id] || authEnded[id]
+			if skip {
+				continue
+			}
+			due = 0
+		}
+		for _, a := range e.AppSessions {
+			if !seen[a.ID] {
+				seen[a.ID] = true
+				app.add(a.ID, e, due)
+			}
+		}
+	}
+	return app
 }
 
 func endedIDs(ctx context.Context, tx pgx.Tx, q string, args ...any) (map[string]bool, error) {
@@ -580,6 +636,8 @@ func claim(set map[string]bool, id string) bool {
 	return true
 }
 
+// endApp and endAuth answer from the set UPDATEs, which applied each
+// row's condition already.
 func (w *pgEnds) endApp(_ context.Context, _ int64, _ Reason, id string, _ int64) (bool, error) {
 	return claim(w.apps, id), nil
 }
@@ -593,15 +651,18 @@ func (w *pgEnds) addOutbox(_ context.Context, at int64, n LogoutNotice) error {
 	return nil
 }
 
-// addChange: the change feed comes to PostgreSQL with the next commit.
-func (w *pgEnds) addChange(context.Context, string, int64) error { return nil }
-
 func (w *pgEnds) writeAudit(_ context.Context, ev AuditEvent) error {
 	w.audit = append(w.audit, ev)
 	return nil
 }
 
-// insert writes the gathered audit events and outbox rows, in order.
+func (w *pgEnds) addChange(_ context.Context, sid string, at int64) error {
+	w.changes, w.changesAt = append(w.changes, sid), append(w.changesAt, at)
+	return nil
+}
+
+// insert writes the gathered audit events, outbox rows and change feed
+// rows, in order; the change feed last (see addChanges).
 func (w *pgEnds) insert(ctx context.Context, tx pgx.Tx) error {
 	if len(w.audit) > 0 {
 		cols := make([][]string, 7)
@@ -620,7 +681,10 @@ func (w *pgEnds) insert(ctx context.Context, tx pgx.Tx) error {
 			return fmt.Errorf("audit ends: %w", err)
 		}
 	}
-	return insertNotices(ctx, tx, w.outbox, w.outboxAt)
+	if err := insertNotices(ctx, tx, w.outbox, w.outboxAt); err != nil {
+		return err
+	}
+	return addChanges(ctx, tx, w.changes, w.changesAt)
 }
 
 // insertNotices queues logout notices in one statement, as SQLite's
@@ -1084,4 +1148,115 @@ func (p *Postgres) Audit(ctx context.Context, f AuditFilter) ([]AuditEvent, erro
 	}
 	return pgQueryAll(ctx, p.pool, scanAudit, `SELECT id, at, kind, user_id, sid, client_id, reason, initiator, detail FROM audit_events
 		WHERE `+strings.Join(where, " AND ")+` ORDER BY at, id LIMIT $1`, args...)
+}
+
+// --- several replicas: change feed, leases, refresh compare-and-swap ---
+
+// ChangesChannel is the channel on which a transaction that writes change
+// feed rows notifies, at its commit, every replica that listens.
+const ChangesChannel = "idleguard_session_changes"
+
+// changeFeedLock is the advisory lock (pg_advisory_xact_lock) that orders
+// the writers of the change feed.
+//
+// A row's id is taken at insert, not at commit: without the lock, a
+// transaction holding id 11 could commit after one holding id 12, and a
+// replica that had read up to 12 would never see 11. Under the lock, taken
+// just before the insert and held to the commit, ids are taken in commit
+// order, so a reader that has seen an id has seen every id below it. The
+// insert is the last statement of its transaction, so the lock is held for
+// one round trip and the commit (which a NOTIFY serializes anyway), and no
+// holder waits on a row lock while others wait on it.
+const changeFeedLock = 0x1d1e_c4a6 // "idleguard changes"
+
+// addChanges writes change feed rows for sids (at the times at, in order)
+// and the notification, in one round trip: the transaction's last writes.
+func addChanges(ctx context.Context, tx pgx.Tx, sids []string, at []int64) error {
+	if len(sids) == 0 {
+		return nil
+	}
+	b := &pgx.Batch{}
+	b.Queue(`SELECT pg_advisory_xact_lock($1)`, int64(changeFeedLock))
+	b.Queue(`INSERT INTO session_changes (sid, at) SELECT sid, at FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS v(sid, at, n)
+		ORDER BY n`, sids, at)
+	b.Queue(`SELECT pg_notify($1, '')`, ChangesChannel)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("change feed: %w", err)
+	}
+	return nil
+}
+
+// SessionChanges returns up to limit rows of the change feed after id
+// after, oldest first.
+func (p *Postgres) SessionChanges(ctx context.Context, after int64, limit int) ([]Change, error) {
+	return pgQueryAll(ctx, p.pool, func(row scanner) (Change, error) {
+		var c Change
+		err := row.Scan(&c.ID, &c.SID)
+		return c, err
+	}, `SELECT id, sid FROM session_changes WHERE id > $1 ORDER BY id LIMIT $2`, after, limit)
+}
+
+// LastSessionChange returns the id of the newest row of the change feed (0
+// when empty): where a replica that starts begins to read.
+func (p *Postgres) LastSessionChange(ctx context.Context) (int64, error) {
+	var id int64
+	err := p.pool.QueryRow(ctx, `SELECT COALESCE(MAX(id), 0) FROM session_changes`).Scan(&id)
+	return id, err
+}
+
+// PurgeSessionChanges deletes change feed rows written before before.
+func (p *Postgres) PurgeSessionChanges(ctx context.Context, before time.Time) error {
+	_, err := p.purgeBatches(ctx, `DELETE FROM session_changes WHERE id IN
+		(SELECT id FROM session_changes WHERE at < $1 LIMIT 1000)`, ms(before))
+	return err
+}
+
+// AcquireLease takes or renews lease name for holder until now+ttl, and
+// reports whether holder has it: it succeeds when the lease is free,
+// expired at now, or already holder's. Two replicas taking an expired
+// lease at once: the second upsert waits for the first, then finds the
+// lease held and unexpired, and fails.
+func (p *Postgres) AcquireLease(ctx context.Context, name, holder string, now time.Time, ttl time.Duration) (bool, error) {
+	tag, err := p.pool.Exec(ctx, `INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3)
+		ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+		WHERE leases.holder = excluded.holder OR leases.expires_at <= $4`, name, storableText(holder), ms(now.Add(ttl)), ms(now))
+	if err != nil {
+		return false, fmt.Errorf("lease %s: %w", name, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// ReleaseLease gives lease name up if holder has it (a graceful stop), so
+// that another replica takes over at its next attempt.
+func (p *Postgres) ReleaseLease(ctx context.Context, name, holder string) error {
+	_, err := p.pool.Exec(ctx, `DELETE FROM leases WHERE name = $1 AND holder = $2`, name, storableText(holder))
+	return err
+}
+
+// RefreshGeneration returns the stored current generation of a refresh chain.
+func (p *Postgres) RefreshGeneration(ctx context.Context, chainID string) (uint64, error) {
+	var gen int64
+	err := pgx.ErrNoRows
+	if storable(chainID) {
+		err = p.pool.QueryRow(ctx, `SELECT gen FROM refresh_chains WHERE id = $1`, chainID).Scan(&gen)
+	}
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, fmt.Errorf("refresh chain: %w", ErrNotFound)
+	}
+	return uint64(gen), err
+}
+
+// RotateRefreshChain moves a refresh chain from generation from to from+1
+// if it is still at from, and reports whether it did: of two replicas that
+// rotate the same token at once, exactly one succeeds (the second UPDATE
+// waits for the first, then re-checks the generation and finds it moved).
+func (p *Postgres) RotateRefreshChain(ctx context.Context, chainID string, from uint64) (bool, error) {
+	if !storable(chainID) {
+		return false, nil
+	}
+	tag, err := p.pool.Exec(ctx, `UPDATE refresh_chains SET gen = $1 + 1 WHERE id = $2 AND gen = $1`, int64(from), chainID)
+	if err != nil {
+		return false, fmt.Errorf("rotate refresh chain %s: %w", chainID, err)
+	}
+	return tag.RowsAffected() == 1, nil
 }

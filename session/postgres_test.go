@@ -23,10 +23,10 @@ func TestPostgresStore(t *testing.T) {
 	})
 }
 
-// TestPostgresEndSurvivesADeadlock: a replica holds a session's row while
-// this one ends that session (app row first, then the session's); the
-// other then wants the app row. PostgreSQL breaks the deadlock by aborting
-// the end, which is run again and succeeds.
+// TestPostgresEndSurvivesADeadlock: a replica holds an app session's row
+// while this one ends its session (the session's row first, then the
+// app's); the other then wants the session's row. PostgreSQL breaks the
+// deadlock by aborting the end, which is run again and succeeds.
 func TestPostgresEndSurvivesADeadlock(t *testing.T) {
 	dsn := pgtest.NewDatabase(t)
 	admin := pgtest.Conn(t, dsn)
@@ -49,15 +49,15 @@ func TestPostgresEndSurvivesADeadlock(t *testing.T) {
 	require.NoError(t, err)
 	tx, err := other.Begin(ctx)
 	require.NoError(t, err)
-	_, err = tx.Exec(ctx, `UPDATE auth_sessions SET amr = 'otp' WHERE id = $1`, a.ID)
+	_, err = tx.Exec(ctx, `UPDATE app_sessions SET scopes = 'openid' WHERE id = $1`, app.ID)
 	require.NoError(t, err)
 	done := make(chan error, 1)
 	go func() {
 		done <- s.EndSessions(ctx, session.End{At: now, Reason: session.ReasonLogout, UserID: "u1", AuthSessionID: a.ID,
 			AppSessions: []session.EndedApp{{ID: app.ID, ClientID: "mail"}}})
 	}()
-	waitForLock(t, admin, "UPDATE auth_sessions") // the end holds the app row and waits for the session's
-	_, err = tx.Exec(ctx, `UPDATE app_sessions SET scopes = 'openid' WHERE id = $1`, app.ID)
+	waitForLock(t, admin, "UPDATE app_sessions") // the end holds the session's row and waits for the app's
+	_, err = tx.Exec(ctx, `UPDATE auth_sessions SET amr = 'otp' WHERE id = $1`, a.ID)
 	require.NoError(t, err, "the deadlock is broken by aborting the end, not this transaction")
 	require.NoError(t, tx.Commit(ctx))
 	require.NoError(t, <-done, "the aborted end ran again")

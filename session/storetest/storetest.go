@@ -121,6 +121,9 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"ConditionalEndLosesToNewerActivity", testConditionalEnd},
 		{"LeaseHasOneHolderUntilItExpires", testLease},
 		{"RefreshRotationIsCompareAndSwap", testRefreshCAS},
+		{"OlderActivityNeverPullsTheDeadlineBack", testOlderView},
+		{"ConditionalAppEndWaitsForItsOwnDeadline", testConditionalAppEnd},
+		{"ChangeFeedReaderMissesNothingUnderConcurrency", testChangeFeedRace},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel() // each case has a store of its own
@@ -1218,4 +1221,109 @@ func testRefreshCAS(t *testing.T, s Store) {
 	require.EqualValues(t, 2, gen)
 	_, err = s.RefreshGeneration(ctx, "nope")
 	require.ErrorIs(t, err, session.ErrNotFound)
+}
+
+// testOlderView: a replica whose memory lags another's writes an older
+// view; the stored deadline never moves before the activity already
+// stored, while a stricter limit still applies.
+func testOlderView(t *testing.T, s Store) {
+	ctx := t.Context()
+	a := newSession(t, s, "u1", t0.Add(5*time.Minute))
+	flush := func(last time.Duration, limit time.Duration) {
+		require.NoError(t, s.FlushActivity(ctx, []session.ActivityUpdate{{AuthSessionID: a.ID, LastActiveAt: t0.Add(last),
+			IdleLimit: limit, Deadline: t0.Add(last + limit)}}))
+	}
+	deadline := func() time.Time {
+		got, _, err := s.AuthSession(ctx, a.ID)
+		require.NoError(t, err)
+		return got.Deadline
+	}
+	flush(3*time.Minute, 5*time.Minute)
+	require.Equal(t, t0.Add(8*time.Minute), deadline())
+	flush(time.Minute, 5*time.Minute)
+	require.Equal(t, t0.Add(8*time.Minute), deadline(), "the older view keeps the stored activity's deadline")
+	flush(time.Minute, 2*time.Minute)
+	require.Equal(t, t0.Add(5*time.Minute), deadline(), "a stricter limit counts from the stored activity")
+}
+
+// testConditionalAppEnd: a sweeper's end of an application session alone
+// happens only if that session's own deadline is still due.
+func testConditionalAppEnd(t *testing.T, s Store) {
+	ctx := t.Context()
+	a := newSession(t, s, "u1", t0.Add(time.Hour))
+	app := join(t, s, a, "bank", time.Hour)
+	start, err := s.LastSessionChange(ctx)
+	require.NoError(t, err)
+	require.NoError(t, s.FlushActivity(ctx, []session.ActivityUpdate{{AuthSessionID: a.ID, LastActiveAt: t0.Add(time.Minute),
+		IdleLimit: time.Hour, Deadline: t0.Add(time.Hour),
+		Apps: []session.AppActivity{{ID: app.ID, LastActiveAt: t0.Add(time.Minute), Deadline: t0.Add(3 * time.Minute)}}}}))
+	end := session.End{At: t0.Add(2 * time.Minute), Reason: session.ReasonAppIdleTimeout, Initiator: "system", UserID: "u1",
+		AppSessions: []session.EndedApp{{ID: app.ID, ClientID: "bank"}},
+		Notices:     []session.LogoutNotice{{ClientID: "bank", URI: "https://bank.example/bc", SID: a.ID, Subject: "u1", Reason: session.ReasonAppIdleTimeout}},
+		IfDue:       t0.Add(2 * time.Minute)}
+	require.NoError(t, s.EndMany(ctx, []session.End{end}))
+	_, apps, err := s.AuthSession(ctx, a.ID)
+	require.NoError(t, err)
+	require.True(t, apps[0].Live(), "its deadline moved past the sweep")
+	sids, _ := changedSIDs(t, s, start)
+	require.Empty(t, sids)
+	require.Zero(t, countEvents(t, s, a.ID, session.AuditAppEnd))
+
+	end.At, end.IfDue = t0.Add(3*time.Minute), t0.Add(3*time.Minute)
+	require.NoError(t, s.EndMany(ctx, []session.End{end}))
+	_, apps, err = s.AuthSession(ctx, a.ID)
+	require.NoError(t, err)
+	require.False(t, apps[0].Live())
+	sids, _ = changedSIDs(t, s, start)
+	require.Equal(t, []string{a.ID}, sids)
+	require.Equal(t, 1, countEvents(t, s, a.ID, session.AuditAppEnd))
+	out, err := s.Deliveries(ctx, a.ID)
+	require.NoError(t, err)
+	require.Len(t, out, 1)
+}
+
+// testChangeFeedRace: while many transactions write change rows at once, a
+// reader that follows the feed by its last id sees every row: ids become
+// visible in the order they were taken.
+func testChangeFeedRace(t *testing.T, s Store) {
+	ctx := t.Context()
+	const n = 40
+	sessions := make([]*session.AuthSession, n)
+	for i := range sessions {
+		sessions[i] = newSession(t, s, "u1", t0.Add(time.Hour))
+	}
+	cursor, err := s.LastSessionChange(ctx)
+	require.NoError(t, err)
+	start := cursor
+	seen := 0
+	follow := func() {
+		changes, err := s.SessionChanges(ctx, cursor, 1000)
+		require.NoError(t, err)
+		if len(changes) > 0 {
+			seen, cursor = seen+len(changes), changes[len(changes)-1].ID
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		race(n, func(i int) {
+			if i%2 == 0 {
+				join(t, s, sessions[i], "bank", time.Hour)
+				return
+			}
+			require.NoError(t, s.EndSessions(ctx, session.End{At: t0, Reason: session.ReasonLogout, UserID: "u1", AuthSessionID: sessions[i].ID}))
+		})
+	}()
+	for running := true; running; {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		follow()
+	}
+	follow()
+	all, _ := changedSIDs(t, s, start)
+	require.Len(t, all, n)
+	require.Equal(t, n, seen, "the follower missed no row")
 }
