@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -28,7 +29,11 @@ import (
 // concurrent end, so two replicas ending one session write one end, one set
 // of logouts and one audit event.
 type Postgres struct {
-	pool *pgxpool.Pool
+	pool       *pgxpool.Pool
+	connConfig *pgx.ConnConfig // for connections outside the pool (Changes)
+	closing    context.Context // done once Close is called
+	close      context.CancelFunc
+	listeners  sync.WaitGroup
 }
 
 // IsPostgresURL reports whether a database setting names a PostgreSQL
@@ -118,11 +123,14 @@ func OpenPostgres(ctx context.Context, dsn string) (*Postgres, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", where, err)
 	}
-	return &Postgres{pool: pool}, nil
+	closing, closeFn := context.WithCancel(context.WithoutCancel(ctx))
+	return &Postgres{pool: pool, connConfig: cfg.ConnConfig, closing: closing, close: closeFn}, nil
 }
 
-// Close closes the connection pool.
+// Close stops the listeners (Changes) and closes the connection pool.
 func (p *Postgres) Close() error {
+	p.close()
+	p.listeners.Wait()
 	p.pool.Close()
 	return nil
 }

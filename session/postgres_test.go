@@ -169,3 +169,55 @@ func TestPostgresLoginAttemptsLockInKeyOrder(t *testing.T) {
 	require.NoError(t, tx.Commit(ctx))
 	require.NoError(t, <-done)
 }
+
+// TestPostgresChangesNotify: a replica listening for changes hears an end
+// another replica commits, hears again after its listening connection is
+// killed (it reconnects, and its first receive covers what it missed), and
+// its channel closes with the store.
+func TestPostgresChangesNotify(t *testing.T) {
+	a, dsn := openPostgres(t)
+	b, err := session.OpenPostgres(t.Context(), dsn)
+	require.NoError(t, err)
+	ctx := t.Context()
+	changes := b.Changes(ctx)
+	receive := func(why string) {
+		t.Helper()
+		select {
+		case _, ok := <-changes:
+			require.True(t, ok, why)
+		case <-time.After(10 * time.Second):
+			t.Fatal("no notification: " + why)
+		}
+	}
+	receive("listening: the first receive covers what came before")
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	end := func() {
+		s := &session.AuthSession{ID: session.NewID(), UserID: "u1", AuthTime: now, LastActiveAt: now, IdleLimit: time.Minute,
+			AbsoluteDeadline: now.Add(time.Hour), Deadline: now.Add(time.Minute)}
+		require.NoError(t, a.CreateAuthSession(ctx, s))
+		require.NoError(t, a.EndSessions(ctx, session.End{At: now, Reason: session.ReasonLogout, UserID: "u1", AuthSessionID: s.ID}))
+	}
+	end()
+	receive("an end at the other replica")
+
+	admin := pgtest.Conn(t, dsn)
+	listener := func() (pid int) {
+		_ = admin.QueryRow(ctx, `SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'
+			AND state = 'idle'`).Scan(&pid)
+		return pid
+	}
+	old := listener()
+	require.NotZero(t, old)
+	_, err = admin.Exec(ctx, `SELECT pg_terminate_backend($1)`, old)
+	require.NoError(t, err)
+	end() // while b may be reconnecting: lost as a notification, found by the poll the reconnection's receive triggers
+	receive("reconnected")
+	require.Eventually(t, func() bool { pid := listener(); return pid != 0 && pid != old }, 10*time.Second, 10*time.Millisecond,
+		"listening again on a new connection")
+	end()
+	receive("an end after the reconnection")
+
+	require.NoError(t, b.Close())
+	for range changes { // drain a pending receive, then see it closed
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/idleguard/idleguard/activity"
 	"github.com/idleguard/idleguard/migrations"
 	"github.com/idleguard/idleguard/oidc"
 	"github.com/idleguard/idleguard/session"
@@ -24,8 +25,9 @@ type database interface {
 }
 
 var (
-	_ database = (*session.SQLite)(nil)
-	_ database = (*session.Postgres)(nil)
+	_ database                = (*session.SQLite)(nil)
+	_ database                = (*session.Postgres)(nil)
+	_ activity.ChangeNotifier = (*session.Postgres)(nil)
 )
 
 // openDatabase opens, and migrates, the backend the database setting
