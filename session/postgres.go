@@ -1175,7 +1175,7 @@ const ChangesChannel = "idleguard_session_changes"
 // insert is the last statement of its transaction, so the lock is held for
 // one round trip and the commit (which a NOTIFY serializes anyway), and no
 // holder waits on a row lock while others wait on it.
-const changeFeedLock = 0x1d1e_c4a6 // "idleguard changes"
+const changeFeedLock = 0x1d1e_c4a6 // any key apart from migrations.postgresLock
 
 // addChanges writes change feed rows for sids (at the times at, in order)
 // and the notification, in one round trip: the transaction's last writes.
