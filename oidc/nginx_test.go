@@ -131,10 +131,9 @@ func startNginx(t *testing.T, issuer, api string, apps ...string) string {
 
 // testAPI is the API behind the gateway: it records what reaches it.
 type testAPI struct {
-	mu   sync.Mutex
-	got  []http.Header
-	srv  *httptest.Server
-	seen map[string]bool
+	mu  sync.Mutex
+	got []http.Header
+	srv *httptest.Server
 }
 
 func newTestAPI(t *testing.T) *testAPI {
