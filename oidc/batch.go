@@ -1,6 +1,7 @@
 package oidc
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -33,7 +34,7 @@ const (
 // the call (Unix seconds or RFC 3339; absent: now), clamped to [previous
 // activity, now] like /activity's last_interaction.
 type batchEvent struct {
-	Token    string          `json:"token"`
+	Token    jsonString      `json:"token"`
 	JTI      string          `json:"jti"`
 	SID      string          `json:"sid"`
 	ClientID string          `json:"client_id"`
@@ -188,7 +189,7 @@ func (p *Provider) batchEvent(ctx context.Context, rs *Client, ev batchEvent) (b
 func (p *Provider) eventTokenID(ev batchEvent) (string, string) {
 	switch {
 	case ev.Token != "" && ev.JTI == "":
-		id, err := p.accessTokenID(ev.Token)
+		id, err := p.accessTokenID(string(ev.Token))
 		if err != nil {
 			return "", "invalid_token"
 		}
@@ -201,4 +202,20 @@ func (p *Provider) eventTokenID(ev batchEvent) (string, string) {
 		return ev.JTI, ""
 	}
 	return "", reasonMalformed
+}
+
+// jsonString is a JSON string decoded without encoding/json's character by
+// character unquoting when it has no escape (an access token never has
+// one).
+type jsonString string
+
+func (s *jsonString) UnmarshalJSON(data []byte) error {
+	if len(data) >= 2 && data[0] == '"' && bytes.IndexByte(data, '\\') < 0 {
+		*s = jsonString(data[1 : len(data)-1])
+		return nil
+	}
+	var v string
+	err := json.Unmarshal(data, &v)
+	*s = jsonString(v)
+	return err
 }

@@ -95,13 +95,14 @@ func TestActivityBatchKeepsSessionsAliveEventByEvent(t *testing.T) {
 		map[string]any{"token": mail.AccessToken, "at": "yesterday"},
 		map[string]any{"jti": jtiEvent(t, mail, nil)["jti"], "sid": "another-sid", "client_id": "mail"},
 		map[string]any{"jti": jtiEvent(t, mail, nil)["jti"], "sid": mail.sid, "client_id": "opaque"},
+		json.RawMessage(`{"token":"\u0065`+mail.AccessToken[1:]+`"}`), // a JSON escape is the same token
 	))
 	require.Equal(t, http.StatusOK, status)
 	require.Equal(t, []batchResult{{Live: true}, {Live: true}, {Live: true},
 		{Reason: "foreign"}, {Reason: "foreign"}, {Reason: "invalid_token"},
 		{Reason: "malformed"}, {Reason: "malformed"}, {Reason: "malformed"}, {Reason: "malformed"}, {Reason: "malformed"},
-		{Reason: "foreign"}}, res)
-	require.EqualValues(t, 3, e.p.tracker.Stats().Activity["api"], "only the three live events count")
+		{Reason: "foreign"}, {Live: true}}, res)
+	require.EqualValues(t, 4, e.p.tracker.Stats().Activity["api"], "only the four live events count")
 
 	// bank's 5-minute limit is the session's: the events of t+4m keep it
 	// alive at t+8m; had the future time counted, it would live until t+64m.

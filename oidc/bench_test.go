@@ -559,6 +559,7 @@ func BenchmarkActivityBatch(b *testing.B) {
 	defer e.Close()
 	pool := e.pool(b, "mail", maxBatchEvents)
 	for _, kind := range []string{"jti", "token"} {
+		var cold time.Duration // the first batch ever of this kind
 		b.Run(kind, func(b *testing.B) {
 			evs := make([]map[string]any, len(pool))
 			for i, s := range pool {
@@ -580,9 +581,11 @@ func BenchmarkActivityBatch(b *testing.B) {
 					b.Fatalf("batch: %d %.300s", rec.Code, rec.Body.Bytes())
 				}
 			}
-			start := time.Now()
-			batch() // cold: sessions in memory already; token signatures not yet seen
-			cold := time.Since(start)
+			if cold == 0 {
+				start := time.Now()
+				batch() // sessions in memory already; token signatures not yet seen
+				cold = time.Since(start)
+			}
 			b.ReportAllocs()
 			cpu0 := processCPU()
 			b.ResetTimer()
