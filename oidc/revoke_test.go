@@ -122,19 +122,21 @@ func TestRevokeOfAnEndedSessionsTokenStoresNothing(t *testing.T) {
 // were read from the database only at start. Each replica's housekeeping
 // now reads them.
 func TestReplicasRevokedAccessTokenIsRefusedEverywhere(t *testing.T) {
-	c := newCluster(t, 2)
-	b := c.via(0).browser()
-	mail := b.login(c.rp("mail"), "alice")
-	require.True(t, c.introspectAt(1, mail.AccessToken), "replica B knows the token")
+	onEveryBackend(t, func(t *testing.T, db backend) {
+		c := newCluster(t, db, 2)
+		b := c.via(0).browser()
+		mail := b.login(c.rp("mail"), "alice")
+		require.True(t, c.introspectAt(1, mail.AccessToken), "replica B knows the token")
 
-	c.via(0)
-	revoke(t, c.env, "mail", mail.AccessToken, "access_token")
-	require.False(t, c.introspectAt(0, mail.AccessToken), "refused at once where it was revoked")
+		c.via(0)
+		revoke(t, c.env, "mail", mail.AccessToken, "access_token")
+		require.False(t, c.introspectAt(0, mail.AccessToken), "refused at once where it was revoked")
 
-	require.NoError(t, c.replicas[1].p.purge(t.Context())) // one round of replica B's housekeeping
-	require.False(t, c.introspectAt(1, mail.AccessToken), "refused at the other replica after its housekeeping")
-	c.via(1)
-	code, _ := c.userinfo(mail.AccessToken)
-	require.Equal(t, http.StatusUnauthorized, code)
-	require.Equal(t, http.StatusUnauthorized, c.heartbeat(mail.AccessToken))
+		require.NoError(t, c.replicas[1].p.purge(t.Context())) // one round of replica B's housekeeping
+		require.False(t, c.introspectAt(1, mail.AccessToken), "refused at the other replica after its housekeeping")
+		c.via(1)
+		code, _ := c.userinfo(mail.AccessToken)
+		require.Equal(t, http.StatusUnauthorized, code)
+		require.Equal(t, http.StatusUnauthorized, c.heartbeat(mail.AccessToken))
+	})
 }

@@ -381,6 +381,20 @@ func TestConfigValidateRules(t *testing.T) {
 		{"listen without port", func(c *Config, _ *ClientConfig) { c.Listen = "localhost" }, "listen: \"localhost\" is not host:port"},
 		{"listen with bad port", func(c *Config, _ *ClientConfig) { c.Listen = "localhost:http9" }, "listen: \"localhost:http9\": port must be a number"},
 		{"missing database", func(c *Config, _ *ClientConfig) { c.Database = "" }, "database: is required"},
+		{"postgres database", func(c *Config, _ *ClientConfig) {
+			c.Database = "postgres://idleguard:pw@db.internal:5432/idleguard?sslmode=verify-full"
+		}, ""},
+		{"postgresql scheme", func(c *Config, _ *ClientConfig) { c.Database = "postgresql://db.internal/idleguard?sslmode=require" }, ""},
+		{"postgres on loopback without sslmode", func(c *Config, _ *ClientConfig) { c.Database = "postgres://127.0.0.1:5432/idleguard" }, ""},
+		{"postgres on a unix socket without sslmode", func(c *Config, _ *ClientConfig) { c.Database = "postgres:///idleguard?host=/run/postgresql" }, ""},
+		{"remote postgres without sslmode", func(c *Config, _ *ClientConfig) { c.Database = "postgres://idleguard:pw@db.internal:5432/idleguard" },
+			"database: names the server \"db.internal\" without sslmode"},
+		{"postgres url with a bad port", func(c *Config, _ *ClientConfig) {
+			c.Database = "postgres://idleguard:s3cret@db.internal:port/idleguard"
+		},
+			"database: is not a usable PostgreSQL URL"},
+		{"postgres url with a bad option", func(c *Config, _ *ClientConfig) { c.Database = "postgres://db.internal/idleguard?sslmode=sometimes" },
+			"database: is not a usable PostgreSQL URL"},
 		{"missing idle timeout", func(c *Config, _ *ClientConfig) { c.Session.IdleTimeout = 0 }, "session.idle_timeout: is required"},
 		{"max lifetime below idle timeout", func(c *Config, _ *ClientConfig) { c.Session.MaxLifetime = d("5m") },
 			"session.max_lifetime: 5m0s is shorter than session.idle_timeout (15m0s)"},
@@ -498,6 +512,19 @@ func TestConfigValidateRules(t *testing.T) {
 		{"exempt idle above max lifetime", func(_ *Config, cl *ClientConfig) {
 			cl.IdleExempt, cl.IdleTimeout = true, d("9h")
 		}, "clients[0].idle_timeout: 9h0m0s is above session.max_lifetime (8h0m0s)"},
+
+		{"resource server of itself", func(_ *Config, cl *ClientConfig) { cl.ResourceServer = true }, ""},
+		{"resource server of named apps", func(_ *Config, cl *ClientConfig) { cl.ResourceServer, cl.Serves = true, []string{"app"} }, ""},
+		{"public resource server", func(_ *Config, cl *ClientConfig) {
+			cl.ResourceServer, cl.AuthMethod, cl.Secret = true, "none", ""
+		}, "clients[0].resource_server: needs a confidential client"},
+		{"serves without resource server", func(_ *Config, cl *ClientConfig) { cl.Serves = []string{"app"} },
+			"clients[0].serves: has no meaning without resource_server: true"},
+		{"serves an unknown app", func(_ *Config, cl *ClientConfig) { cl.ResourceServer, cl.Serves = true, []string{"app", "mail"} },
+			"clients[0].serves[1]: \"mail\" is not a configured client_id"},
+		{"serves an app twice", func(_ *Config, cl *ClientConfig) { cl.ResourceServer, cl.Serves = true, []string{"app", "app"} },
+			"clients[0].serves[1]: \"app\" is listed twice"},
+		{"api activity off", func(_ *Config, cl *ClientConfig) { cl.Activity = []string{"sso", "heartbeat"} }, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -566,6 +593,12 @@ clients:
   - client_id: spa
     token_endpoint_auth_method: none
     redirect_uris: [http://127.0.0.1:9002/cb]
+  - client_id: reports-api
+    client_secret: ${IG_TEST_BANK}
+    grant_types: [client_credentials]
+    scopes: []
+    resource_server: true
+    serves: [bank, spa]
 `))
 	require.NoError(t, err)
 	pc, err := cfg.ProviderConfig()
@@ -586,7 +619,7 @@ clients:
 	require.Nil(t, pc.Logger)
 	require.Nil(t, pc.HTTPClient)
 
-	require.Len(t, pc.Clients, 2)
+	require.Len(t, pc.Clients, 3)
 	bank := pc.Clients[0]
 	require.Equal(t, &oidc.Client{
 		ID:                     "bank",
@@ -620,6 +653,14 @@ clients:
 	require.Equal(t, activity.DefaultSources, spa.Policy.Sources)
 	require.Equal(t, oidc.DefaultScopes, spa.Scopes)
 	require.Zero(t, spa.Policy.IdleTimeout)
+	require.False(t, spa.ResourceServer)
+	require.False(t, spa.ServesApp("spa"), "an app serves no API")
+
+	api := pc.Clients[2]
+	require.True(t, api.ResourceServer)
+	require.Equal(t, []string{"bank", "spa"}, api.Serves)
+	require.True(t, api.ServesApp("bank"))
+	require.False(t, api.ServesApp("reports-api"), "serves lists the apps; its own id only when it lists none")
 
 	t.Run("refuses an invalid configuration", func(t *testing.T) {
 		cfg.Clients[1].Secret = "a-secret-for-a-public-client"
@@ -644,4 +685,18 @@ func TestConfigLoad(t *testing.T) {
 	_, err = LoadConfig(bad)
 	require.ErrorContains(t, err, bad)
 	require.ErrorContains(t, err, "extra: unknown field")
+}
+
+// TestConfigPostgresPasswordStaysSecret: the password of a database URL
+// comes from the environment and appears in no error.
+func TestConfigPostgresPasswordStaysSecret(t *testing.T) {
+	t.Setenv("IG_TEST_PGPASS", "s3cret-pass")
+	cfg, err := ParseConfig([]byte(strings.Replace(minimalConfig, "database: ", "database: postgres://idleguard:${IG_TEST_PGPASS}@db.internal:5432/idleguard?sslmode=verify-full\n# was: ", 1)))
+	require.NoError(t, err)
+	require.Equal(t, "postgres://idleguard:s3cret-pass@db.internal:5432/idleguard?sslmode=verify-full", cfg.Database)
+
+	cfg.Database = "postgres://idleguard:s3cret-pass@db.internal:port/idleguard"
+	err = cfg.Validate()
+	require.ErrorContains(t, err, "database: is not a usable PostgreSQL URL")
+	require.NotContains(t, err.Error(), "s3cret-pass")
 }
