@@ -192,6 +192,7 @@ func (t *Tracker) Sync(ctx context.Context) (int, error) {
 		if len(changes) == 0 {
 			return total, nil
 		}
+		t.applyRevocations(changes)
 		n, err := t.reloadHeld(ctx, changes)
 		total += n
 		if err != nil {
@@ -204,13 +205,23 @@ func (t *Tracker) Sync(ctx context.Context) (int, error) {
 	}
 }
 
+// applyRevocations passes the access tokens revoked at other replicas to
+// OnRevoke.
+func (t *Tracker) applyRevocations(changes []session.Change) {
+	for _, c := range changes {
+		if c.TokenID != "" && t.cfg.OnRevoke != nil {
+			t.cfg.OnRevoke(c.TokenID)
+		}
+	}
+}
+
 // reloadHeld reloads, in one read, the sessions named by changes that are
 // in memory.
 func (t *Tracker) reloadHeld(ctx context.Context, changes []session.Change) (int, error) {
 	seen := make(map[string]bool, len(changes))
 	var held []string
 	for _, c := range changes {
-		if seen[c.SID] {
+		if c.SID == "" || seen[c.SID] {
 			continue
 		}
 		seen[c.SID] = true

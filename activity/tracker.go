@@ -100,8 +100,12 @@ type Config struct {
 	Clients []string
 	// OnEnd is called (without locks held) after ends were committed, for
 	// example to wake the back-channel delivery worker.
-	OnEnd  func()
-	Logger *slog.Logger
+	OnEnd func()
+	// OnRevoke is called, with several replicas, for every access token id
+	// that the change feed says was revoked (at any replica, this one
+	// included), so that the provider refuses it from memory.
+	OnRevoke func(tokenID string)
+	Logger   *slog.Logger
 
 	// Replicas above 1 turns on what several replicas on one database need
 	// (see replica.go): the change feed, a re-read of the store before a

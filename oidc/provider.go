@@ -202,12 +202,8 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 	if err != nil {
 		return nil, err
 	}
-	revoked, err := store.RevokedTokens(ctx, cfg.Now())
-	if err != nil {
+	if err := p.loadRevoked(ctx); err != nil {
 		return nil, err
-	}
-	for _, id := range revoked {
-		p.revoked.Store(id, struct{}{})
 	}
 
 	sess := cfg.Session
@@ -221,6 +217,7 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		return c.Policy, true
 	}
 	sess.OnEnd = p.wakeDelivery
+	sess.OnRevoke = func(id string) { p.revoked.Store(id, struct{}{}) }
 	for id := range p.clients {
 		sess.Clients = append(sess.Clients, id)
 	}
@@ -323,6 +320,11 @@ func (p *Provider) routes() http.Handler {
 func (p *Provider) Run(ctx context.Context) {
 	ctx, p.runCancel = context.WithCancel(ctx)
 	p.tracker.Run(ctx)
+	// The tracker now follows the change feed from its end; a revocation
+	// at another replica since New loaded them is in the store.
+	if err := p.loadRevoked(ctx); err != nil {
+		p.cfg.Logger.ErrorContext(ctx, "load revoked tokens", "error", err)
+	}
 	p.running.Add(2)
 	go func() { defer p.running.Done(); p.deliveryLoop(ctx) }()
 	go func() { defer p.running.Done(); p.housekeeping(ctx) }()
@@ -384,6 +386,21 @@ func (p *Provider) purge(ctx context.Context) error {
 	return p.limiter.purge(ctx)
 }
 
+// loadRevoked reads the revocations of unexpired access tokens into memory,
+// where every use of a token checks them.
+func (p *Provider) loadRevoked(ctx context.Context) error {
+	revoked, err := p.store.RevokedTokens(ctx, p.now())
+	if err != nil {
+		return fmt.Errorf("load revoked tokens: %w", err)
+	}
+	for _, id := range revoked {
+		p.revoked.Store(id, struct{}{})
+	}
+	return nil
+}
+
+// revokeTokenID revokes an access token here at once, and at every other
+// replica through the change feed (within one sync interval).
 func (p *Provider) revokeTokenID(ctx context.Context, id string, exp time.Time) error {
 	if err := p.store.RevokeToken(ctx, id, exp); err != nil {
 		return err
