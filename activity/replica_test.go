@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/idleguard/idleguard/session"
+	"github.com/idleguard/idleguard/session/seed"
 )
 
 // notifyingStore is a real SQLite store with the wake-up hook a PostgreSQL
@@ -78,4 +79,34 @@ func TestOneReplicaRunsNoReplicaMachinery(t *testing.T) {
 	var leases int
 	require.NoError(t, store.ReaderForTest().QueryRow(`SELECT COUNT(*) FROM leases`).Scan(&leases))
 	require.Zero(t, leases, "nobody takes the sweeper lease")
+}
+
+// Issue 10, rule 6: a sweep that takes longer than the lease renews it
+// between batches, so that no second replica sweeps meanwhile. Here each
+// batch of A's sweep "takes" two hours of a three-hour lease (the clock
+// moves on after every batch, and replica B tries to sweep right then).
+func TestLongSweepRenewsItsLease(t *testing.T) {
+	c := &clock{t: time.Now().Truncate(time.Millisecond)}
+	path := filepath.Join(t.TempDir(), "ig.db")
+	a, _ := newReplica(t, path, c, 2) // lease: 3 x SweepInterval = 3h
+	const sessions = 3*sweepBatch - 100
+	require.NoError(t, seed.Sessions(t.Context(), path, sessions, seed.Options{ClientID: "mail", Now: c.Now(),
+		LastActiveWithin: time.Minute, IdleLimit: 30 * time.Minute, MaxLifetime: 12 * time.Hour}))
+	b, _ := newReplica(t, path, c, 2)
+	c.Advance(time.Hour) // every seeded session is due
+
+	var byB []int
+	a.cfg.OnEnd = func() { // after each of A's batches
+		c.Advance(2 * time.Hour)
+		n, err := b.Sweep(t.Context())
+		require.NoError(t, err)
+		byB = append(byB, n)
+	}
+	n, err := a.Sweep(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, 2*sessions, n, "A ends every session and its app")
+	require.Len(t, byB, 3, "A swept in three batches")
+	for i, n := range byB {
+		require.Zero(t, n, "B swept nothing after A's batch %d: A renewed its lease", i+1)
+	}
 }

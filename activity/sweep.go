@@ -211,8 +211,10 @@ func (e *entry) hasLiveApp() bool {
 // turn out to be alive.
 //
 // With several replicas only the holder of the sweeper lease sweeps, it
-// judges each candidate after re-reading it from the store, and each end is
-// conditional on the stored deadline still being due (session.End.IfDue).
+// renews the lease before every batch after the first (a sweep of many
+// batches may outlast one lease time), it judges each candidate after
+// re-reading it from the store, and each end is conditional on the stored
+// deadline still being due (session.End.IfDue).
 func (t *Tracker) Sweep(ctx context.Context) (int, error) {
 	if ok, err := t.holdsSweeperLease(ctx); !ok || err != nil {
 		return 0, err
@@ -223,6 +225,14 @@ func (t *Tracker) Sweep(ctx context.Context) (int, error) {
 	total := 0
 	for {
 		now := t.cfg.Now()
+		if total > 0 {
+			// A long sweep renews its lease before each further batch, so that
+			// no other replica takes it over while this one still ends sessions;
+			// one that lost it stops.
+			if ok, err := t.holdsSweeperLease(ctx); !ok || err != nil {
+				return total, err
+			}
+		}
 		auth, err := t.store.DueAuthSessions(ctx, now, sweepBatch)
 		if err != nil {
 			return total, err
