@@ -57,7 +57,9 @@ type Config struct {
 	IDTokenTTL     time.Duration   // default 10m
 	AuthRequestTTL time.Duration   // default 10m
 	// HousekeepInterval is how often expired authorization requests,
-	// revocations and login failures are purged and keys reloaded; default 30s.
+	// revocations and login failures are purged and keys reloaded; default
+	// DefaultHousekeepInterval. With several replicas a rotated key is
+	// published for two of these before it signs (KeyPublishDelay).
 	HousekeepInterval time.Duration
 	// AdminTokenHash is the SHA-256 of the admin API bearer token; empty disables the admin API.
 	AdminTokenHash []byte
@@ -144,7 +146,7 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		cfg.AuthRequestTTL = 10 * time.Minute
 	}
 	if cfg.HousekeepInterval <= 0 {
-		cfg.HousekeepInterval = 30 * time.Second
+		cfg.HousekeepInterval = DefaultHousekeepInterval
 	}
 	if cfg.KeyAlgorithm == "" {
 		cfg.KeyAlgorithm = "RS256"
@@ -173,7 +175,7 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 	slices.Sort(p.backchannelURIs)
 	p.outbox = newDispatcher(p)
 
-	if p.keys, err = LoadKeys(ctx, store, cfg.KeyAlgorithm, cfg.Now); err != nil {
+	if p.keys, err = LoadKeys(ctx, store, KeysConfigOf(cfg)); err != nil {
 		return nil, err
 	}
 	mac, err := store.Secret(ctx, "refresh_mac", randomBytes(32))

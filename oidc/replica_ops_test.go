@@ -2,10 +2,13 @@ package oidc
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"testing"
 	"time"
 
+	gooidc "github.com/coreos/go-oidc/v3/oidc"
+	jose "github.com/go-jose/go-jose/v4"
 	"github.com/stretchr/testify/require"
 )
 
@@ -69,4 +72,76 @@ func mustTokenID(t *testing.T, p *Provider, token string) string {
 	id, err := p.accessTokenID(token)
 	require.NoError(t, err)
 	return id
+}
+
+// housekeep runs what every replica's housekeeping loop does once an
+// interval: reload the signing keys.
+func (c *cluster) housekeep(replicas ...int) {
+	c.t.Helper()
+	for _, i := range replicas {
+		require.NoError(c.t, c.replicas[i].p.keys.Reload(c.t.Context()))
+	}
+}
+
+// publishedKids reads the JWKS that replica i serves.
+func (c *cluster) publishedKids(i int) []string {
+	c.t.Helper()
+	resp, err := http.Get(c.replicas[i].srv.URL + "/keys")
+	require.NoError(c.t, err)
+	var set jose.JSONWebKeySet
+	require.NoError(c.t, json.NewDecoder(resp.Body).Decode(&set))
+	resp.Body.Close()
+	var kids []string
+	for _, k := range set.Keys {
+		kids = append(kids, k.KeyID)
+	}
+	return kids
+}
+
+// Rule 9: a key rotated at one replica is published by every replica
+// within one housekeeping interval, and signs only from KeyPublishDelay
+// (two intervals) on, so that a token signed by any replica verifies, at
+// the relying party with the JWKS of any replica, and introspects at every
+// replica. A replica that missed the reload re-reads the keys when it meets
+// the new key id.
+func TestReplicasKeyRotationIsPublishedEverywhereBeforeItSigns(t *testing.T) {
+	c := newCluster(t, 3)
+	mail := c.rp("mail")
+	before := c.via(0).browser().login(mail, "alice")
+	oldKid := kid(t, before.raw)
+	delay := KeyPublishDelay(c.cfg)
+	require.Equal(t, 2*DefaultHousekeepInterval, delay)
+
+	newKid, err := c.replicas[1].p.keys.Rotate(t.Context()) // `idleguard keys rotate` does the same
+	require.NoError(t, err)
+	require.Contains(t, c.publishedKids(1), newKid, "B publishes it at once")
+	c.clock.Advance(DefaultHousekeepInterval)
+	c.housekeep(0, 1, 2)
+	for i := range 3 {
+		require.Subset(t, c.publishedKids(i), []string{oldKid, newKid}, "replica %d publishes both keys", i)
+	}
+	during := c.via(1).browser().login(mail, "alice")
+	require.Equal(t, oldKid, kid(t, during.raw), "nobody signs with the new key before every replica publishes it")
+
+	c.clock.Advance(delay - DefaultHousekeepInterval)
+	for i := range 3 {
+		tk := c.via(i).browser().login(mail, "alice")
+		require.Equal(t, newKid, kid(t, tk.raw), "replica %d signs with the new key", i)
+		for j := range 3 {
+			require.True(t, c.introspectAt(j, tk.AccessToken), "signed at %d, introspected at %d", i, j)
+			ks := gooidc.NewRemoteKeySet(t.Context(), c.replicas[j].srv.URL+"/keys")
+			_, err := gooidc.NewVerifier(c.issuer, ks, &gooidc.Config{ClientID: "mail", Now: c.clock.Now}).Verify(t.Context(), tk.raw)
+			require.NoError(t, err, "ID token of replica %d verified with the JWKS of replica %d", i, j)
+		}
+	}
+	require.True(t, c.introspectAt(2, before.AccessToken), "tokens of the old key still verify")
+
+	t.Run("a replica that missed the reload", func(t *testing.T) {
+		c := newCluster(t, 2)
+		_, err := c.replicas[0].p.keys.Rotate(t.Context())
+		require.NoError(t, err)
+		c.clock.Advance(KeyPublishDelay(c.cfg))
+		tk := c.via(0).browser().login(c.rp("mail"), "alice") // B never reloaded
+		require.True(t, c.introspectAt(1, tk.AccessToken), "B reads the keys when it meets the new key id")
+	})
 }
