@@ -240,7 +240,12 @@ func (k *Keys) verifyKey(ctx context.Context, kid string) (*jose.JSONWebKey, boo
 		k.lastReload = now
 	}
 	k.mu.Unlock()
-	if !due || k.Reload(ctx) != nil {
+	if !due {
+		return nil, false
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second) // a token check never waits long on the database
+	defer cancel()
+	if k.Reload(ctx) != nil {
 		return nil, false
 	}
 	return k.VerifyKey(kid)
