@@ -3,13 +3,16 @@ package oidc
 import (
 	"context"
 	"encoding/json"
+	"html"
 	"net/http"
+	"net/url"
 	"testing"
 	"time"
 
 	gooidc "github.com/coreos/go-oidc/v3/oidc"
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/oauth2"
 )
 
 // The tests in this file pin what several replicas share beyond the idle
@@ -144,4 +147,76 @@ func TestReplicasKeyRotationIsPublishedEverywhereBeforeItSigns(t *testing.T) {
 		tk := c.via(0).browser().login(c.rp("mail"), "alice") // B never reloaded
 		require.True(t, c.introspectAt(1, tk.AccessToken), "B reads the keys when it meets the new key id")
 	})
+}
+
+// alternating sends each following request that names no replica to the
+// next replica in turn, as a round-robin balancer without sticky sessions.
+func (c *cluster) alternating() *cluster {
+	c.mu.Lock()
+	c.rotate = true
+	c.mu.Unlock()
+	return c
+}
+
+// servedBy returns how many requests each replica has served so far.
+func (c *cluster) servedBy() []int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]int(nil), c.served...)
+}
+
+// Rule 8: everything a browser carries works at every replica. Every step
+// of a sign-in (authorize, login form, its POST with the CSRF token, the
+// callback that checks the browser binding, the code exchange), single
+// sign-on by the session cookie, a sign-in by a known device while guesses
+// at the username are slowed, and logout with its confirmation ticket and
+// front-channel page, each request on another replica than the one before.
+func TestReplicasBrowserFlowAlternatingReplicas(t *testing.T) {
+	c := newCluster(t, 3, func(cfg *Config) {
+		for _, cl := range cfg.Clients {
+			cl.FrontchannelLogoutURI = "http://127.0.0.1:3/" + cl.ID + "/frontchannel-logout"
+		}
+	})
+	c.alternating()
+	b := c.browser()
+	mail := b.login(c.rp("mail"), "alice")
+	for i, n := range c.servedBy() {
+		require.NotZero(t, n, "replica %d served part of the sign-in", i)
+	}
+	require.True(t, c.introspect(mail.AccessToken)["active"] == true)
+
+	resp, verifier, state := b.authorize(c.rp("bank")) // single sign-on, by the session cookie
+	bank := b.exchange(c.rp("bank"), b.code(resp, state), verifier)
+	require.Equal(t, mail.sid, bank.sid, "one session across replicas")
+
+	attacker := c.browser() // guesses at alice's password, spread over the replicas
+	page := attacker.guess(loginPage(t, attacker, c.rp("mail")), "alice", 3)
+	resp = attacker.submitLogin(page, "alice", testPassword)
+	require.Equal(t, http.StatusTooManyRequests, resp.StatusCode, "slowed at every replica")
+	resp.Body.Close()
+	resp, verifier, state = b.authorize(c.rp("mail"), oauth2.SetAuthURLParam("prompt", "login"))
+	again := b.exchange(c.rp("mail"), b.code(b.submitLogin(body(t, resp), "alice", testPassword), state), verifier)
+	require.Equal(t, mail.sid, again.sid, "alice's device cookie, set at one replica, is known at the others")
+
+	// Logout without id_token_hint: the confirmation page (a sealed ticket
+	// and the CSRF token), its POST and the signed-out page with the
+	// front-channel frames, each at another replica.
+	resp, err := b.client.Get(c.issuer + "/end_session?client_id=mail")
+	require.NoError(t, err)
+	confirm := body(t, resp)
+	ticket := between(confirm, `name="t" value="`, `"`)
+	csrf := between(confirm, `name="csrf" value="`, `"`)
+	require.NotEmpty(t, ticket, confirm)
+	resp, err = b.client.PostForm(c.issuer+"/logout/confirm", url.Values{"t": {html.UnescapeString(ticket)}, "csrf": {csrf}})
+	require.NoError(t, err)
+	out := body(t, resp)
+	require.Equal(t, http.StatusOK, resp.StatusCode, out)
+	require.Contains(t, out, "You have been signed out")
+	for _, cl := range []string{"mail", "bank"} {
+		require.Contains(t, out, `src="http://127.0.0.1:3/`+cl+`/frontchannel-logout?iss=`+url.QueryEscape(c.issuer)+`&amp;sid=`+mail.sid+`"`)
+	}
+	c.sync()
+	for i := range 3 {
+		require.False(t, c.introspectAt(i, bank.AccessToken), "replica %d refuses the session signed out", i)
+	}
 }
