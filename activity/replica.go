@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/idleguard/idleguard/session"
@@ -183,6 +184,16 @@ func (t *Tracker) merge(e *entry, auth *session.AuthSession, apps []*session.App
 func (t *Tracker) Sync(ctx context.Context) (int, error) {
 	t.syncMu.Lock()
 	defer t.syncMu.Unlock()
+	started := t.cfg.Now()
+	ctx, cancel := context.WithTimeout(ctx, t.cfg.StaleAfter)
+	defer cancel()
+	n, err := t.syncFeed(ctx)
+	t.feed.record(started, err)
+	return n, err
+}
+
+// syncFeed applies the change feed from the cursor on. Callers hold syncMu.
+func (t *Tracker) syncFeed(ctx context.Context) (int, error) {
 	total := 0
 	for {
 		changes, err := t.store.SessionChanges(ctx, t.cursor, changeBatch)
@@ -246,11 +257,44 @@ func (t *Tracker) reloadHeld(ctx context.Context, changes []session.Change) (int
 	return len(auths), nil
 }
 
+// feedHealth remembers whether this replica keeps up with the change feed.
+type feedHealth struct {
+	lastRead atomic.Int64 // unix nanoseconds when the last successful read began
+	failing  atomic.Bool  // the last read failed
+}
+
+func (f *feedHealth) record(started time.Time, err error) {
+	if err != nil {
+		f.failing.Store(true)
+		return
+	}
+	f.lastRead.Store(started.UnixNano())
+	f.failing.Store(false)
+}
+
+// vouch returns ErrUnavailable when, with several replicas, reads of the
+// change feed have failed for longer than StaleAfter since the last one
+// that succeeded: an end at another replica may have passed this one by,
+// so it answers for no session (fail closed) until a read succeeds. A
+// replica whose feed works, or that has not been synced yet, vouches.
+// It costs two atomic loads: it guards every credential check.
+func (t *Tracker) vouch(now time.Time) error {
+	if !t.replicated() || !t.feed.failing.Load() {
+		return nil
+	}
+	if now.Sub(time.Unix(0, t.feed.lastRead.Load())) > t.cfg.StaleAfter {
+		return ErrUnavailable
+	}
+	return nil
+}
+
 // startSync reads where the change feed ends, so that a replica starting
 // now applies only what comes after (what came before is in the store it
 // loads sessions from), and starts the sync loop.
 func (t *Tracker) startSync(ctx context.Context) {
+	started := t.cfg.Now()
 	last, err := t.store.LastSessionChange(ctx)
+	t.feed.record(started, err)
 	if err != nil {
 		t.cfg.Logger.ErrorContext(ctx, "read change feed", "error", err)
 	}

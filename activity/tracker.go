@@ -27,6 +27,11 @@ var (
 	ErrRefreshReuse = errors.New("refresh token reuse")
 	// ErrStaleRefresh means a concurrent refresh already rotated the token.
 	ErrStaleRefresh = errors.New("refresh token already rotated")
+	// ErrUnavailable means that, with several replicas, this replica has not
+	// read the change feed for longer than StaleAfter: an end at another
+	// replica may have passed it by, so it vouches for no session (fail
+	// closed) until a read succeeds again.
+	ErrUnavailable = errors.New("session state unavailable: the change feed could not be read")
 )
 
 // SessionOverError is returned when a credential's session is over, with
@@ -114,8 +119,13 @@ type Config struct {
 	// replica (the default) none of it runs.
 	Replicas     int
 	SyncInterval time.Duration // how often the change feed is polled; default 250ms
-	LeaseTime    time.Duration // the sweeper lease; default 3 x SweepInterval
-	ReplicaID    string        // this replica's name as a lease holder; default random
+	// StaleAfter is how long a replica whose reads of the change feed fail
+	// goes on vouching for sessions after its last successful read; then
+	// every credential check answers ErrUnavailable. A read that hangs is
+	// abandoned after StaleAfter too. Default 4 x SyncInterval (1s).
+	StaleAfter time.Duration
+	LeaseTime  time.Duration // the sweeper lease; default 3 x SweepInterval
+	ReplicaID  string        // this replica's name as a lease holder; default random
 }
 
 // Tracker is the in-memory, authoritative view of session activity, backed by
@@ -144,7 +154,8 @@ type Tracker struct {
 
 	syncMu    sync.Mutex // one Sync at a time
 	cursor    int64      // last change feed row applied; under syncMu
-	lastPurge time.Time  // of the change feed; under the sweep loop
+	feed      feedHealth
+	lastPurge time.Time // of the change feed; under the sweep loop
 
 	closeOnce sync.Once
 	stop      chan struct{}
@@ -191,6 +202,9 @@ func New(cfg Config, store Store) *Tracker {
 	}
 	if cfg.SyncInterval <= 0 {
 		cfg.SyncInterval = DefaultSyncInterval
+	}
+	if cfg.StaleAfter <= 0 {
+		cfg.StaleAfter = 4 * cfg.SyncInterval
 	}
 	if cfg.LeaseTime <= 0 {
 		cfg.LeaseTime = 3 * cfg.SweepInterval
@@ -459,6 +473,9 @@ func (t *Tracker) status(e *entry, a *appState, now time.Time) Status {
 // Session returns the status of an authentication session without counting
 // as activity.
 func (t *Tracker) Session(ctx context.Context, sid string) (Status, error) {
+	if err := t.vouch(t.cfg.Now()); err != nil {
+		return Status{}, err
+	}
 	sh, e, err := t.get(ctx, sid)
 	if err != nil {
 		return Status{}, err
@@ -497,6 +514,9 @@ func (t *Tracker) Check(ctx context.Context, appSessionID string) (Status, error
 // activity written at other replicas: they lag the truth by at most the
 // flush slack, and never run ahead of it.
 func (t *Tracker) Touch(ctx context.Context, appSessionID string, src Source, at time.Time) (Status, error) {
+	if err := t.vouch(t.cfg.Now()); err != nil {
+		return Status{}, err
+	}
 	if src == 0 {
 		if err := t.reloadHeldOne(ctx, SessionID(appSessionID)); err != nil {
 			return Status{}, err
@@ -564,6 +584,9 @@ func (t *Tracker) record(e *entry, a *appState, shared bool, src Source, at, now
 // behalf of a client, typically sso (an authorize request answered from the
 // existing session). It reports whether the session is valid.
 func (t *Tracker) TouchSession(ctx context.Context, sid, clientID string, src Source) (Status, error) {
+	if err := t.vouch(t.cfg.Now()); err != nil {
+		return Status{}, err
+	}
 	sh, e, err := t.get(ctx, sid)
 	if err != nil {
 		return Status{}, err
@@ -780,6 +803,9 @@ func (t *Tracker) NewRefreshChain(ctx context.Context, appSessionID string) (str
 // returned. A newer one can only exist if a crash lost the flush of its
 // rotation (tokens are MAC-protected), and is accepted.
 func (t *Tracker) CheckRefresh(ctx context.Context, appSessionID, chain string, gen uint64) (Status, error) {
+	if err := t.vouch(t.cfg.Now()); err != nil {
+		return Status{}, err
+	}
 	sh, e, err := t.getApp(ctx, appSessionID)
 	if err != nil {
 		return Status{}, err
@@ -820,6 +846,9 @@ func (t *Tracker) CheckRefresh(ctx context.Context, appSessionID, chain string, 
 // with the next activity flush; with several it is written at once by a
 // compare-and-swap, so that of two replicas exactly one rotates.
 func (t *Tracker) RotateRefresh(ctx context.Context, appSessionID, chain string, gen uint64) (Status, uint64, error) {
+	if err := t.vouch(t.cfg.Now()); err != nil {
+		return Status{}, 0, err
+	}
 	sh, e, err := t.getApp(ctx, appSessionID)
 	if err != nil {
 		return Status{}, 0, err

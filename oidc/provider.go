@@ -56,6 +56,10 @@ type Config struct {
 	KeyAlgorithm   string          // RS256 (default), ES256 or EdDSA
 	IDTokenTTL     time.Duration   // default 10m
 	AuthRequestTTL time.Duration   // default 10m
+	// DatabaseTimeout bounds how long a request waits on the database (every
+	// store call takes the request's context); past it the request answers
+	// 503 temporarily_unavailable. Default DefaultDatabaseTimeout.
+	DatabaseTimeout time.Duration
 	// HousekeepInterval is how often expired authorization requests,
 	// revocations and login failures are purged and keys reloaded; default
 	// DefaultHousekeepInterval. With several replicas a rotated key is
@@ -75,6 +79,10 @@ type Config struct {
 	// HTTPClient posts back-channel logouts; default has Backchannel.Timeout.
 	HTTPClient *http.Client
 }
+
+// DefaultDatabaseTimeout is how long a request waits on the database unless
+// Config.DatabaseTimeout says otherwise.
+const DefaultDatabaseTimeout = 5 * time.Second
 
 // Provider is the whole OpenID provider: protocol endpoints, login pages,
 // activity endpoints, logout propagation and admin API.
@@ -144,6 +152,9 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 	}
 	if cfg.AuthRequestTTL <= 0 {
 		cfg.AuthRequestTTL = 10 * time.Minute
+	}
+	if cfg.DatabaseTimeout <= 0 {
+		cfg.DatabaseTimeout = DefaultDatabaseTimeout
 	}
 	if cfg.HousekeepInterval <= 0 {
 		cfg.HousekeepInterval = DefaultHousekeepInterval

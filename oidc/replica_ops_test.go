@@ -2,10 +2,12 @@ package oidc
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"html"
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -219,4 +221,180 @@ func TestReplicasBrowserFlowAlternatingReplicas(t *testing.T) {
 	for i := range 3 {
 		require.False(t, c.introspectAt(i, bank.AccessToken), "replica %d refuses the session signed out", i)
 	}
+}
+
+// lockDatabase holds the write lock of the database file from another
+// connection, as a stuck writer (or a database that stopped answering
+// writes) would: every write of every replica waits on it. The returned
+// function lets go.
+func lockDatabase(t *testing.T, path string) (release func()) {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+path+"?_txlock=immediate")
+	require.NoError(t, err)
+	tx, err := db.BeginTx(t.Context(), nil)
+	require.NoError(t, err)
+	return func() {
+		require.NoError(t, tx.Rollback())
+		require.NoError(t, db.Close())
+	}
+}
+
+// breakChangeFeed makes the change feed unreadable to every replica (its
+// table renamed by another connection), so that each replica's sync fails
+// for real; the returned function puts it back.
+func breakChangeFeed(t *testing.T, path string) (mend func()) {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(5000)")
+	require.NoError(t, err)
+	_, err = db.Exec(`ALTER TABLE session_changes RENAME TO session_changes_away`)
+	require.NoError(t, err)
+	return func() {
+		_, err := db.Exec(`ALTER TABLE session_changes_away RENAME TO session_changes`)
+		require.NoError(t, err)
+		require.NoError(t, db.Close())
+	}
+}
+
+// syncFailing makes every replica try to read the change feed, and checks
+// that each failed.
+func (c *cluster) syncFailing() {
+	c.t.Helper()
+	for i, r := range c.replicas {
+		_, err := r.p.tracker.Sync(c.t.Context())
+		require.Error(c.t, err, "replica %d read the feed", i)
+	}
+}
+
+// requireUnavailable checks a 503 temporarily_unavailable answer of an API,
+// with Retry-After.
+func requireUnavailable(t *testing.T, resp *http.Response) {
+	t.Helper()
+	defer resp.Body.Close()
+	var e oauthError
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&e))
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "%+v", e)
+	require.Equal(t, "temporarily_unavailable", e.Error)
+	require.Contains(t, e.Description, resp.Header.Get("X-Request-Id"), "names the request, nothing internal")
+	require.NotEmpty(t, resp.Header.Get("Retry-After"))
+}
+
+// requireUnavailablePage checks the readable 503 page a browser gets.
+func requireUnavailablePage(t *testing.T, resp *http.Response) {
+	t.Helper()
+	page := body(t, resp)
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, page)
+	require.True(t, strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html"))
+	require.Contains(t, page, "Temporarily unavailable")
+	require.Contains(t, page, "Nothing was changed")
+	require.NotEmpty(t, resp.Header.Get("Retry-After"))
+}
+
+// post sends a form to the balancer as client (basic authentication).
+func (c *cluster) post(path, client string, form url.Values) *http.Response {
+	c.t.Helper()
+	req, err := http.NewRequest(http.MethodPost, c.issuer+path, strings.NewReader(form.Encode()))
+	require.NoError(c.t, err)
+	req.SetBasicAuth(client, client+"-secret")
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(c.t, err)
+	return resp
+}
+
+// get sends a bearer GET to the balancer.
+func (c *cluster) get(path, token string) *http.Response {
+	c.t.Helper()
+	req, err := http.NewRequest(http.MethodGet, c.issuer+path, nil)
+	require.NoError(c.t, err)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(c.t, err)
+	return resp
+}
+
+// Rule 10: with a database that does not answer writes, every request
+// that needs one answers 503 within DatabaseTimeout (a readable page for a
+// browser, temporarily_unavailable for an API, both with Retry-After) and
+// acknowledges nothing; once the database answers again every replica
+// serves the same requests, without a restart.
+func TestReplicasDatabaseThatDoesNotAnswerGives503AndRecovers(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	c := newCluster(t, 2, func(cfg *Config) { cfg.DatabaseTimeout = timeout })
+	b := c.via(0).browser()
+	mail := b.login(c.rp("mail"), "alice")
+	fresh := c.browser()
+	form := fresh.loginForm(loginPage(t, fresh, c.rp("mail")), "alice", testPassword)
+	resp, err := b.client.Get(c.issuer + "/end_session?client_id=mail")
+	require.NoError(t, err)
+	confirm := body(t, resp)
+	logout := url.Values{"t": {html.UnescapeString(between(confirm, `name="t" value="`, `"`))}, "csrf": {between(confirm, `name="csrf" value="`, `"`)}}
+
+	release := lockDatabase(t, c.dbPath)
+	for i := range 2 {
+		c.via(i)
+		start := time.Now()
+		resp, err := fresh.client.PostForm(c.issuer+"/login", form)
+		require.NoError(t, err)
+		requireUnavailablePage(t, resp)
+		_, err = c.rp("mail").refresh(t, mail.RefreshToken)
+		requireOAuthError(t, err, "temporarily_unavailable")
+		requireUnavailable(t, c.post("/revoke", "mail", url.Values{"token": {mail.AccessToken}}))
+		resp, err = b.client.PostForm(c.issuer+"/logout/confirm", logout)
+		require.NoError(t, err)
+		requireUnavailablePage(t, resp)
+		require.Less(t, time.Since(start), 4*(timeout+time.Second), "four requests, each bounded by the timeout")
+		require.True(t, c.introspectAt(i, mail.AccessToken), "reads need no write: replica %d still vouches", i)
+	}
+	release()
+
+	// Nothing was acknowledged: the refresh token was not rotated, the
+	// token not revoked, the session not ended; every replica serves again.
+	c.via(1)
+	_, err = c.rp("mail").refresh(t, mail.RefreshToken)
+	require.NoError(t, err, "the refresh token of before the outage is still the current one")
+	require.True(t, c.introspectAt(0, mail.AccessToken))
+	fresh.login(c.rp("bank"), "alice")
+	c.via(0)
+	resp, err = b.client.PostForm(c.issuer+"/logout/confirm", logout)
+	require.NoError(t, err)
+	require.Contains(t, body(t, resp), "You have been signed out")
+	c.sync()
+	require.False(t, c.introspectAt(1, mail.AccessToken))
+}
+
+// Rule 10, fail closed: a replica that cannot read the change feed may have
+// missed an end at another replica; past StaleAfter (4 x sync_interval, 1s)
+// after its last successful read it answers 503 where it would have said
+// active (introspection, /session, userinfo, refresh, single sign-on),
+// never active: true. It vouches again at its first successful read.
+func TestReplicasFailClosedWhenTheChangeFeedCannotBeRead(t *testing.T) {
+	c := newCluster(t, 2)
+	b := c.via(0).browser()
+	mail := b.login(c.rp("mail"), "alice")
+	require.True(t, c.introspectAt(1, mail.AccessToken))
+	c.sync()
+
+	mend := breakChangeFeed(t, c.dbPath)
+	c.syncFailing()
+	c.clock.Advance(time.Second)
+	require.True(t, c.introspectAt(1, mail.AccessToken), "within the bound the replica still vouches")
+	c.clock.Advance(time.Millisecond)
+	for i := range 2 {
+		c.via(i)
+		requireUnavailable(t, c.post("/oauth/introspect", "api", url.Values{"token": {mail.AccessToken}}))
+		requireUnavailable(t, c.get("/session", mail.AccessToken))
+		requireUnavailable(t, c.get("/userinfo", mail.AccessToken))
+		_, err := c.rp("mail").refresh(t, mail.RefreshToken)
+		requireOAuthError(t, err, "temporarily_unavailable")
+		resp, _, _ := b.authorize(c.rp("bank"))
+		requireUnavailablePage(t, resp)
+	}
+
+	mend()
+	c.sync()
+	for i := range 2 {
+		require.True(t, c.introspectAt(i, mail.AccessToken), "replica %d vouches again", i)
+	}
+	_, err := c.rp("mail").refresh(t, mail.RefreshToken)
+	require.NoError(t, err)
 }

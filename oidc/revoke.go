@@ -22,6 +22,9 @@ const maxTokenIDLength = 256
 // which would let any client store forged ids of any length and expiry.
 func (s *server) Revocation(ctx context.Context, r *op.ClientRequest[zoidc.RevocationRequest]) (*op.Response, error) {
 	if err := s.p.revoke(ctx, r.Data.Token, r.Client.GetID()); err != nil {
+		if unavailable(err) { // not revoked: never answered as if it were
+			return nil, s.p.unavailableOr(ctx, err)
+		}
 		return nil, op.RevocationError(err)
 	}
 	return op.NewResponse(nil), nil
