@@ -184,36 +184,43 @@ func (t *Tracker) merge(e *entry, auth *session.AuthSession, apps []*session.App
 func (t *Tracker) Sync(ctx context.Context) (int, error) {
 	t.syncMu.Lock()
 	defer t.syncMu.Unlock()
+	total := 0
+	for {
+		n, more, err := t.syncBatch(ctx)
+		total += n
+		if err != nil || !more {
+			return total, err
+		}
+	}
+}
+
+// syncBatch applies one batch of the change feed from the cursor on, its
+// reads bounded by StaleAfter (a read that hangs counts as a failure), and
+// records whether it succeeded; more is whether the feed holds more rows.
+// Callers hold syncMu.
+func (t *Tracker) syncBatch(ctx context.Context) (n int, more bool, err error) {
 	started := t.cfg.Now()
 	ctx, cancel := context.WithTimeout(ctx, t.cfg.StaleAfter)
 	defer cancel()
-	n, err := t.syncFeed(ctx)
-	t.feed.record(started, err)
-	return n, err
+	defer func() { t.feed.record(started, err) }()
+	changes, err := t.store.SessionChanges(ctx, t.cursor, changeBatch)
+	if err != nil || len(changes) == 0 {
+		return 0, false, fmtErr("read change feed", err)
+	}
+	t.applyRevocations(changes)
+	if n, err = t.reloadHeld(ctx, changes); err != nil {
+		return n, false, err
+	}
+	t.cursor = changes[len(changes)-1].ID
+	return n, len(changes) == changeBatch, nil
 }
 
-// syncFeed applies the change feed from the cursor on. Callers hold syncMu.
-func (t *Tracker) syncFeed(ctx context.Context) (int, error) {
-	total := 0
-	for {
-		changes, err := t.store.SessionChanges(ctx, t.cursor, changeBatch)
-		if err != nil {
-			return total, fmt.Errorf("read change feed: %w", err)
-		}
-		if len(changes) == 0 {
-			return total, nil
-		}
-		t.applyRevocations(changes)
-		n, err := t.reloadHeld(ctx, changes)
-		total += n
-		if err != nil {
-			return total, err
-		}
-		t.cursor = changes[len(changes)-1].ID
-		if len(changes) < changeBatch {
-			return total, nil
-		}
+// fmtErr wraps err with context, or returns nil.
+func fmtErr(context string, err error) error {
+	if err == nil {
+		return nil
 	}
+	return fmt.Errorf("%s: %w", context, err)
 }
 
 // applyRevocations passes the access tokens revoked at other replicas to
