@@ -384,6 +384,8 @@ func TestReplicasFailClosedWhenTheChangeFeedCannotBeRead(t *testing.T) {
 		requireUnavailable(t, c.post("/oauth/introspect", "api", url.Values{"token": {mail.AccessToken}}))
 		requireUnavailable(t, c.get("/session", mail.AccessToken))
 		requireUnavailable(t, c.get("/userinfo", mail.AccessToken))
+		code, out := c.bearerCall(http.MethodPost, "/activity", mail.AccessToken, "")
+		require.Equal(t, http.StatusServiceUnavailable, code, "%v", out)
 		_, err := c.rp("mail").refresh(t, mail.RefreshToken)
 		requireOAuthError(t, err, "temporarily_unavailable")
 		resp, _, _ := b.authorize(c.rp("bank"))
