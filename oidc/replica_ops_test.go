@@ -223,6 +223,14 @@ func TestReplicasBrowserFlowAlternatingReplicas(t *testing.T) {
 	}
 }
 
+// The two outages the tests of rule 10 cause, on SQLite. To run them on
+// PostgreSQL, swap these for stopping the server and starting it again
+// (both then fail reads and writes, which the tests allow).
+var (
+	databaseOutage   = lockDatabase
+	changeFeedOutage = breakChangeFeed
+)
+
 // lockDatabase holds the write lock of the database file from another
 // connection, as a stuck writer (or a database that stopped answering
 // writes) would: every write of every replica waits on it. The returned
@@ -329,7 +337,7 @@ func TestReplicasDatabaseThatDoesNotAnswerGives503AndRecovers(t *testing.T) {
 	confirm := body(t, resp)
 	logout := url.Values{"t": {html.UnescapeString(between(confirm, `name="t" value="`, `"`))}, "csrf": {between(confirm, `name="csrf" value="`, `"`)}}
 
-	release := lockDatabase(t, c.dbPath)
+	release := databaseOutage(t, c.dbPath)
 	for i := range 2 {
 		c.via(i)
 		start := time.Now()
@@ -374,7 +382,7 @@ func TestReplicasFailClosedWhenTheChangeFeedCannotBeRead(t *testing.T) {
 	require.True(t, c.introspectAt(1, mail.AccessToken))
 	c.sync()
 
-	mend := breakChangeFeed(t, c.dbPath)
+	mend := changeFeedOutage(t, c.dbPath)
 	c.syncFailing()
 	c.clock.Advance(time.Second)
 	require.True(t, c.introspectAt(1, mail.AccessToken), "within the bound the replica still vouches")
