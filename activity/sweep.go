@@ -78,8 +78,11 @@ func (t *Tracker) Close(ctx context.Context) error {
 // generation changed, or that the sweeper flagged (all of them when force).
 // It also evicts clean sessions unused for evictAfter.
 func (t *Tracker) Flush(ctx context.Context, force bool) error {
-	t.writeMu.Lock()
-	defer t.writeMu.Unlock()
+	unlock, err := t.lockWrites(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	now := t.cfg.Now()
 	var batch []pending
 	for i := range t.shards {
@@ -102,8 +105,11 @@ func (t *Tracker) Flush(ctx context.Context, force bool) error {
 
 // flushSession writes one session's unwritten activity now.
 func (t *Tracker) flushSession(ctx context.Context, sid string) error {
-	t.writeMu.Lock()
-	defer t.writeMu.Unlock()
+	unlock, err := t.lockWrites(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	sh := t.shard(sid)
 	sh.mu.Lock()
 	e, ok := sh.m[sid]

@@ -148,7 +148,9 @@ type Tracker struct {
 	// (Join, Reauthenticate, Flush): each takes its snapshot under it, so a
 	// write computed from an older snapshot can never land after a newer one
 	// and leave a stored deadline later than the true one.
-	writeMu sync.Mutex
+	// It is a channel of one slot so that a request can give up waiting for
+	// it when its context ends (lockWrites).
+	writeMu chan struct{}
 
 	stats stats
 
@@ -183,6 +185,18 @@ type appState struct {
 	persistedChains map[string]uint64
 }
 
+// lockWrites takes writeMu, or gives up with ctx's error when ctx ends
+// first: a request never waits for a write of the background loops (a
+// flush stuck on a database that does not answer) beyond its deadline.
+func (t *Tracker) lockWrites(ctx context.Context) (unlock func(), err error) {
+	select {
+	case t.writeMu <- struct{}{}:
+		return func() { <-t.writeMu }, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("wait for the writer: %w", context.Cause(ctx))
+	}
+}
+
 // New returns a tracker. Call Run to start the flush and sweep loops.
 func New(cfg Config, store Store) *Tracker {
 	if cfg.Now == nil {
@@ -212,7 +226,7 @@ func New(cfg Config, store Store) *Tracker {
 	if cfg.ReplicaID == "" {
 		cfg.ReplicaID = session.NewID()
 	}
-	t := &Tracker{cfg: cfg, store: store, seed: maphash.MakeSeed(), stop: make(chan struct{})}
+	t := &Tracker{cfg: cfg, store: store, seed: maphash.MakeSeed(), stop: make(chan struct{}), writeMu: make(chan struct{}, 1)}
 	for i := range t.shards {
 		t.shards[i].m = make(map[string]*entry)
 	}
@@ -661,8 +675,11 @@ func (t *Tracker) lockValid(ctx context.Context, sid string) (*shard, *entry, ti
 // Reauthenticate records a fresh sign-in into a valid session (prompt=login,
 // max_age): it counts as login activity and sets a new auth_time.
 func (t *Tracker) Reauthenticate(ctx context.Context, sid string, amr []string) (Status, error) {
-	t.writeMu.Lock()
-	defer t.writeMu.Unlock()
+	unlock, err := t.lockWrites(ctx)
+	if err != nil {
+		return Status{}, err
+	}
+	defer unlock()
 	sh, e, now, err := t.lockValid(ctx, sid)
 	if err != nil {
 		return Status{}, err
@@ -687,8 +704,11 @@ func (t *Tracker) Reauthenticate(ctx context.Context, sid string, amr []string) 
 // code or tokens). Joining a stricter app tightens the effective limit at
 // once, and that is written through.
 func (t *Tracker) Join(ctx context.Context, sid, clientID string, scopes []string) (Status, error) {
-	t.writeMu.Lock()
-	defer t.writeMu.Unlock()
+	unlock, err := t.lockWrites(ctx)
+	if err != nil {
+		return Status{}, err
+	}
+	defer unlock()
 	for attempt := 0; attempt < 3; attempt++ {
 		sh, e, now, err := t.lockValid(ctx, sid)
 		if err != nil {
