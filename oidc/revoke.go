@@ -50,7 +50,7 @@ func (p *Provider) revoke(ctx context.Context, token, clientID string) *zoidc.Er
 	if tid.appSessionID != "" {
 		st, err := p.tracker.Check(ctx, tid.appSessionID)
 		if err != nil {
-			return nil
+			return unknownOrUnavailable(err)
 		}
 		owner, live = st.ClientID, st.Active
 	}
@@ -66,13 +66,24 @@ func (p *Provider) revoke(ctx context.Context, token, clientID string) *zoidc.Er
 	return nil
 }
 
+// unknownOrUnavailable is the answer to a token whose session could not be
+// checked: success for a token that is not (or no longer) valid (RFC 7009
+// section 2.2), but an error when the database did not answer, for then
+// nothing was revoked and success would be a lie.
+func unknownOrUnavailable(err error) *zoidc.Error {
+	if !unavailable(err) {
+		return nil
+	}
+	return zoidc.ErrServerError().WithParent(err)
+}
+
 // revokeRefresh ends the application session of a refresh token: RFC 7009
 // section 2.1 asks that revoking a refresh token revoke the access tokens of
 // the same grant, and every token of an app session dies with it.
 func (p *Provider) revokeRefresh(ctx context.Context, rt refreshToken, clientID string) *zoidc.Error {
 	st, err := p.tracker.Check(ctx, rt.app)
 	if err != nil {
-		return nil
+		return unknownOrUnavailable(err)
 	}
 	if st.ClientID != clientID {
 		return zoidc.ErrUnauthorizedClient().WithDescription("token was not issued to this client")

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 )
 
@@ -40,6 +41,9 @@ func TestIsUnavailable(t *testing.T) {
 	require.NoError(t, s.ReleaseLease(t.Context(), "sweeper", "a"), "and usable again once the lock is gone")
 
 	require.True(t, IsUnavailable(fmt.Errorf("wrapped: %w", context.DeadlineExceeded)))
+	require.True(t, IsUnavailable(&pgconn.PgError{Code: "57P01"}), "PostgreSQL shutting down")
+	require.True(t, IsUnavailable(&pgconn.PgError{Code: "08006"}), "connection failure")
+	require.False(t, IsUnavailable(&pgconn.PgError{Code: "23505"}), "a unique violation is an answer")
 	require.False(t, IsUnavailable(ErrNotFound))
 	require.False(t, IsUnavailable(errors.New("database or disk is full")))
 	u := &User{ID: "u1", Username: "alice", PasswordHash: "x", CreatedAt: time.Now()}
