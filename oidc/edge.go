@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"runtime/debug"
 	"strings"
+	"time"
 
 	zoidc "github.com/zitadel/oidc/v3/pkg/oidc"
 	"github.com/zitadel/oidc/v3/pkg/op"
@@ -44,9 +45,9 @@ func (p *Provider) edge(next http.Handler) http.Handler {
 		if r.Body != nil {
 			r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		}
-		// No request waits on the database longer than DatabaseTimeout:
-		// every store call takes this context (rule 10 of issue 10).
-		ctx, cancel := context.WithTimeout(ctx, p.cfg.DatabaseTimeout)
+		// No request waits on the database longer than its budget: every
+		// store call takes this context (rule 10 of issue 10).
+		ctx, cancel := context.WithTimeout(ctx, p.requestBudget(r))
 		defer cancel()
 		r = r.WithContext(ctx)
 		w = retryAfter{w}
@@ -61,6 +62,24 @@ func (p *Provider) edge(next http.Handler) http.Handler {
 		}()
 		next.ServeHTTP(w, r)
 	})
+}
+
+// requestBudget is how long a request may take before its store calls give
+// up: DatabaseTimeout. The login form's POST, whose password check may
+// queue for verifyQueueWait (not the database's wait), gets that much more,
+// and bounds each of its phases of database work by DatabaseTimeout itself
+// (dbBudget).
+func (p *Provider) requestBudget(r *http.Request) time.Duration {
+	if r.Method == http.MethodPost && r.URL.Path == "/login" {
+		return 3*p.cfg.DatabaseTimeout + verifyQueueWait
+	}
+	return p.cfg.DatabaseTimeout
+}
+
+// dbBudget bounds one phase of a request's database work by
+// DatabaseTimeout.
+func (p *Provider) dbBudget(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, p.cfg.DatabaseTimeout)
 }
 
 // serverError logs err, the cause, with the request id and answers 500
