@@ -427,6 +427,8 @@ func TestReplicasFailClosedWhenTheChangeFeedCannotBeRead(t *testing.T) {
 			requireUnavailable(t, c.get("/userinfo", mail.AccessToken))
 			code, out := c.bearerCall(http.MethodPost, "/activity", mail.AccessToken, "")
 			require.Equal(t, http.StatusServiceUnavailable, code, "%v", out)
+			require.Equal(t, http.StatusServiceUnavailable, c.forwardAuth(http.MethodGet, "aud=mail", mail.AccessToken).StatusCode,
+				"a gateway is not told to let the call through")
 			_, err := c.rp("mail").refresh(t, mail.RefreshToken)
 			requireOAuthError(t, err, "temporarily_unavailable")
 			resp, _, _ := b.authorize(c.rp("bank"))

@@ -338,6 +338,8 @@ func (c *loadClient) op(ctx context.Context, k kind, sessions []*loadSession, rn
 		err = c.bearer(ctx, http.MethodGet, "/userinfo", s, nil)
 	case kindHealth:
 		err = c.health(ctx)
+	case kindForwardAuth:
+		err = c.bearer(ctx, http.MethodGet, "/forward-auth?aud=load-app", s, nil)
 	case kindRefresh:
 		err = c.refresh(ctx, s)
 	case kindSSO:
