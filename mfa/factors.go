@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"net/url"
 	"time"
 
 	"github.com/idleguard/idleguard/session"
@@ -168,4 +169,13 @@ func (f *Factors) Reset(ctx context.Context, userID, by string) error {
 // Of summarises userID's factors.
 func (f *Factors) Of(ctx context.Context, userID string) (session.Factors, error) {
 	return f.store.Factors(ctx, userID)
+}
+
+// IssuerLabel is the name authenticator apps show for the provider: the
+// host of its issuer URL.
+func IssuerLabel(issuer string) string {
+	if u, err := url.Parse(issuer); err == nil && u.Hostname() != "" {
+		return u.Hostname()
+	}
+	return issuer
 }

@@ -34,6 +34,12 @@ type Client struct {
 	// DefaultScopes. See CodeScopes and ServiceScopes.
 	Scopes []string
 	Policy activity.ClientPolicy
+	// RequireMFA: signing in to this app, or arriving by SSO, needs a
+	// second factor in the session (acr mfa or better).
+	RequireMFA bool
+	// RequirePhishingResistant: this app needs a passkey in the session
+	// (acr phr).
+	RequirePhishingResistant bool
 }
 
 // DefaultScopes are the OpenID Connect scopes the provider issues: openid,

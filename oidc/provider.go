@@ -21,6 +21,7 @@ import (
 	"github.com/zitadel/oidc/v3/pkg/op"
 
 	"github.com/idleguard/idleguard/activity"
+	"github.com/idleguard/idleguard/mfa"
 	"github.com/idleguard/idleguard/session"
 	"github.com/idleguard/idleguard/static"
 	"github.com/idleguard/idleguard/templates"
@@ -43,6 +44,7 @@ type Store interface {
 	OutboxStore
 	AdminStore
 	LoginThrottleStore
+	FactorStore
 	Ping(ctx context.Context) error
 }
 
@@ -63,6 +65,7 @@ type Config struct {
 	AdminTokenHash []byte
 	Backchannel    BackchannelConfig
 	Login          LoginConfig
+	MFA            MFAConfig
 	// TrustedProxies are the networks of the reverse proxies whose
 	// X-Forwarded-For or Forwarded header names the client; empty: the
 	// peer's address is the client's. See clientAddress.
@@ -91,6 +94,7 @@ type Provider struct {
 	handler  http.Handler
 	pages    *template.Template
 	limiter  *loginLimiter
+	factors  *mfa.Factors
 	revoked  sync.Map // access token id -> struct{}
 	verified *verifiedCache
 	signers  signerCache
@@ -198,6 +202,12 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		return nil, err
 	}
 	p.limiter = newLoginLimiter(store, cfg.Login, cfg.Now, throttleKey)
+	if p.cfg.MFA.Mode == "" {
+		p.cfg.MFA.Mode = MFAWhenRequired
+	}
+	if p.factors, err = mfa.NewFactors(ctx, store, cfg.MFA.SecretKey, mfa.IssuerLabel(cfg.Issuer), cfg.Now); err != nil {
+		return nil, fmt.Errorf("keys.secret_key: %w", err)
+	}
 	cryptoKey, err := store.Secret(ctx, "token_crypto", randomBytes(32))
 	if err != nil {
 		return nil, err
@@ -287,6 +297,14 @@ func (p *Provider) routes() http.Handler {
 	page := func(h http.HandlerFunc) http.Handler { return p.browserPage(h) }
 	mux.Handle("GET /login", page(p.loginPage))
 	mux.Handle("POST /login", page(p.loginSubmit))
+	mux.Handle("GET /login/factor", page(p.factorPage))
+	mux.Handle("POST /login/factor", page(p.factorSubmit))
+	mux.Handle("POST /login/enroll", page(p.enrollSubmit))
+	mux.Handle("GET /account", page(p.accountPage))
+	mux.Handle("POST /account/confirm", page(p.accountConfirm))
+	mux.Handle("POST /account/totp", page(p.accountTOTPStart))
+	mux.Handle("POST /account/totp/confirm", page(p.accountTOTPConfirm))
+	mux.Handle("POST /account/passkeys/delete", page(p.accountPasskeyDelete))
 	mux.HandleFunc("POST /activity", p.bearerCORS(p.postActivity))
 	mux.HandleFunc("GET /session", p.bearerCORS(p.getSession))
 	mux.HandleFunc("OPTIONS /activity", p.preflight)
@@ -379,6 +397,9 @@ func (p *Provider) purge(ctx context.Context) error {
 		return err
 	}
 	if _, err := p.store.PurgeDeliveries(ctx, now.Add(-p.cfg.Backchannel.Retention)); err != nil {
+		return err
+	}
+	if err := p.store.PurgeCeremonies(ctx, now); err != nil {
 		return err
 	}
 	return p.limiter.purge(ctx)
