@@ -2,9 +2,9 @@ package oidc
 
 import (
 	"encoding/base64"
-	"html/template"
 	"errors"
 	"fmt"
+	"html/template"
 	"net/http"
 	"strings"
 	"time"
@@ -62,7 +62,9 @@ func (p *Provider) accountSession(w http.ResponseWriter, r *http.Request) (activ
 	return st, u, true
 }
 
-func (p *Provider) fresh(st activity.Status) bool { return p.now().Sub(st.AuthTime) <= accountFreshness }
+func (p *Provider) fresh(st activity.Status) bool {
+	return p.now().Sub(st.AuthTime) <= accountFreshness
+}
 
 func (p *Provider) accountPage(w http.ResponseWriter, r *http.Request) {
 	st, u, ok := p.accountSession(w, r)
