@@ -23,13 +23,8 @@ import (
 // FactorStore keeps second factors and WebAuthn ceremonies.
 type FactorStore interface {
 	mfa.Store
-	AddWebAuthnCredential(ctx context.Context, c session.WebAuthnCredential, by string) error
-	WebAuthnCredentials(ctx context.Context, userID string) ([]*session.WebAuthnCredential, error)
-	WebAuthnCredential(ctx context.Context, id []byte) (*session.WebAuthnCredential, error)
-	UseWebAuthnCredential(ctx context.Context, id []byte, signCount uint32, at time.Time) (bool, error)
+	mfa.PasskeyStore
 	DeleteWebAuthnCredential(ctx context.Context, userID string, id []byte, at time.Time, by string) error
-	PutCeremony(ctx context.Context, id, userID string, data []byte, expires time.Time) error
-	TakeCeremony(ctx context.Context, id string, now time.Time) (string, []byte, error)
 	PurgeCeremonies(ctx context.Context, now time.Time) error
 }
 
@@ -39,6 +34,7 @@ type factorView struct {
 	Title, Client, Notice, Error, AuthRequestID, CSRF string
 	Action                                            string // where the code form posts
 	HasTOTP, HasPasskey, PasskeyOnly                  bool
+	PasskeyAction                                     string // "login", "register" or "" (see passkey.go)
 	// Enrollment of an authenticator app (the QR code as a data: URI).
 	Enroll       bool
 	QR           template.URL
@@ -128,10 +124,18 @@ func (p *Provider) showFactor(w http.ResponseWriter, r *http.Request, status int
 	v := factorView{Error: errMsg, HasTOTP: f.TOTP, HasPasskey: f.Passkeys > 0, PasskeyOnly: req.Pending.passkeyOnly(),
 		RecoveryLeft: f.RecoveryCodes}
 	v.CanUseCode = f.TOTP && !v.PasskeyOnly
+	if p.passkeys != nil && v.HasPasskey {
+		v.PasskeyAction = purposeFactor
+	}
 	switch {
+	case v.PasskeyOnly && !v.HasPasskey && p.passkeys == nil:
+		v.Error = cmpOr(errMsg, "This application needs a passkey, and this server cannot offer passkeys. Ask your administrator.")
+	case v.PasskeyOnly && !v.HasPasskey && !p.mayRegisterInSignIn(r, req):
+		v.CanUseCode = true // the code first, then a passkey can be added
+		v.Notice = "This application needs a passkey. Enter the code from your authenticator app, then add a passkey."
 	case v.PasskeyOnly && !v.HasPasskey:
 		v.Notice = "This application needs a passkey. Add one to continue."
-		v.Enroll = true
+		v.Enroll, v.PasskeyAction = true, purposeRegister
 	case !f.Any():
 		if err := p.startTOTPEnrollment(w, r, req.Pending.UserID, &v); err != nil {
 			p.serverError(w, r, err)
@@ -221,10 +225,6 @@ func (p *Provider) factorForm(w http.ResponseWriter, r *http.Request) (*authRequ
 func (p *Provider) factorSubmit(w http.ResponseWriter, r *http.Request) {
 	req, code, ok := p.factorForm(w, r)
 	if !ok {
-		return
-	}
-	if req.Pending.passkeyOnly() {
-		p.showFactor(w, r, http.StatusBadRequest, req, "This application needs a passkey; a code is not enough.")
 		return
 	}
 	kind, ok := p.checkCode(w, r, req.Pending.UserID, code, func(status int, msg string) { p.showFactor(w, r, status, req, msg) })
@@ -395,6 +395,13 @@ func (p *Provider) finishFactor(ctx context.Context, r *http.Request, req *authR
 			Detail: "amr=" + strings.Join(amr, ",") + " address=" + requestAddress(ctx) + " request_id=" + requestID(ctx)})
 	}
 	return st, err
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
 }
 
 // recoveryView shows recovery codes once, with the way on.

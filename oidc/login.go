@@ -84,6 +84,7 @@ func (p *Provider) checkCSRF(r *http.Request) bool {
 
 type loginView struct {
 	Title, Client, Notice, Error, AuthRequestID, CSRF, Username string
+	Passkeys                                                   bool // offer a sign-in with a passkey
 }
 
 type messageView struct {
@@ -223,7 +224,8 @@ func (p *Provider) showLogin(w http.ResponseWriter, r *http.Request, status int,
 	if u, err := url.Parse(req.RedirectURI); err == nil && u.Scheme != "" && u.Host != "" {
 		formAction += " " + u.Scheme + "://" + u.Host
 	}
-	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; img-src 'self'; form-action "+formAction+
+	v.Passkeys = p.passkeys != nil
+	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; img-src 'self'; script-src 'self'; connect-src 'self'; form-action "+formAction+
 		"; frame-ancestors 'none'; base-uri 'none'")
 	p.render(w, r, status, "login.html", v)
 }

@@ -95,6 +95,7 @@ type Provider struct {
 	pages    *template.Template
 	limiter  *loginLimiter
 	factors  *mfa.Factors
+	passkeys *mfa.Passkeys // nil when the issuer's host is an IP address
 	revoked  sync.Map // access token id -> struct{}
 	verified *verifiedCache
 	signers  signerCache
@@ -208,6 +209,9 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 	if p.factors, err = mfa.NewFactors(ctx, store, cfg.MFA.SecretKey, mfa.IssuerLabel(cfg.Issuer), cfg.Now); err != nil {
 		return nil, fmt.Errorf("keys.secret_key: %w", err)
 	}
+	if p.passkeys, err = mfa.NewPasskeys(cfg.Issuer, store, cfg.Now); err != nil {
+		cfg.Logger.WarnContext(ctx, "passkeys are off", "reason", err)
+	}
 	cryptoKey, err := store.Secret(ctx, "token_crypto", randomBytes(32))
 	if err != nil {
 		return nil, err
@@ -305,6 +309,9 @@ func (p *Provider) routes() http.Handler {
 	mux.Handle("POST /account/totp", page(p.accountTOTPStart))
 	mux.Handle("POST /account/totp/confirm", page(p.accountTOTPConfirm))
 	mux.Handle("POST /account/passkeys/delete", page(p.accountPasskeyDelete))
+	mux.Handle("POST /account/passkeys", page(p.accountPasskeyAdd))
+	mux.Handle("POST /login/passkey", page(p.loginPasskey))
+	mux.HandleFunc("POST /passkey/begin", p.passkeyBegin)
 	mux.HandleFunc("POST /activity", p.bearerCORS(p.postActivity))
 	mux.HandleFunc("GET /session", p.bearerCORS(p.getSession))
 	mux.HandleFunc("OPTIONS /activity", p.preflight)
