@@ -84,7 +84,7 @@ func (p *Provider) checkCSRF(r *http.Request) bool {
 
 type loginView struct {
 	Title, Client, Notice, Error, AuthRequestID, CSRF, Username string
-	Passkeys                                                   bool // offer a sign-in with a passkey
+	Passkeys                                                    bool // offer a sign-in with a passkey
 }
 
 type messageView struct {

@@ -96,7 +96,7 @@ type Provider struct {
 	limiter  *loginLimiter
 	factors  *mfa.Factors
 	passkeys *mfa.Passkeys // nil when the issuer's host is an IP address
-	revoked  sync.Map // access token id -> struct{}
+	revoked  sync.Map      // access token id -> struct{}
 	verified *verifiedCache
 	signers  signerCache
 	counters counters
