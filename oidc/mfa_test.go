@@ -438,3 +438,37 @@ func TestDiscoveryAdvertisesACRValues(t *testing.T) {
 	require.Equal(t, []string{"pwd", "mfa", "phr"}, doc.ACR)
 	require.True(t, doc.Claims)
 }
+
+// A second factor given at one replica raises the session everywhere (the
+// change feed carries it), its flow may hop between replicas, and its code
+// cannot be used again at another.
+func TestReplicasStepUpAndCodeReplayAcrossReplicas(t *testing.T) {
+	c := newCluster(t, 2, requireMFA("bank", false))
+	secret, _ := c.enrollTOTP("alice")
+	b := c.via(0).browser()
+	mail := b.login(c.rp("mail"), "alice")
+	require.Equal(t, "pwd", mail.assurance(t).ACR)
+
+	resp, verifier, state := b.authorize(c.rp("bank")) // the factor page is served by A
+	page := body(t, resp)
+	requireFactorPage(t, page)
+	code := c.totpCode(secret, 0)
+	c.via(1)
+	resp = b.submitCode(page, code) // the code is checked at B, which raises the session
+	require.Equal(t, http.StatusFound, resp.StatusCode)
+	c.via(0)
+	bank := b.exchange(c.rp("bank"), b.code(resp, state), verifier) // exchanged at A
+	require.Equal(t, "mfa", bank.assurance(t).ACR)
+
+	c.sync()
+	c.via(0)
+	tok := b.login(c.rp("mail"), "alice") // SSO at A: no factor asked, the session rose at B
+	require.Equal(t, "mfa", tok.assurance(t).ACR)
+
+	// The same code, at A, in another browser's sign-in: refused.
+	other := c.via(0).browser()
+	resp, _, _ = other.passwordStep(c.rp("bank"), "alice")
+	resp = other.submitCode(body(t, resp), code)
+	require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+	require.Contains(t, body(t, resp), "already used")
+}

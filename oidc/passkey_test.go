@@ -325,3 +325,39 @@ func TestPasskeysNeedADomainName(t *testing.T) {
 	require.Equal(t, http.StatusNotFound, resp.StatusCode)
 	require.Contains(t, body(t, resp), "not available")
 }
+
+func TestAppThatNeedsAPasskeyEnrollsOneDuringSignIn(t *testing.T) {
+	e := newEnv(t, onLocalhost, requireMFA("bank", true))
+	key := newAuthenticator(t, e)
+	b := e.browser()
+	resp, verifier, state := b.passwordStep(e.rp("bank"), "alice")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	page := body(t, resp)
+	require.Contains(t, page, "This application needs a passkey. Add one to continue.")
+	c := b.passkeyBegin(page)
+	require.Equal(t, purposeRegister, c.fields.Get("purpose"))
+	tok := b.exchange(e.rp("bank"), b.code(b.passkeyFinish(c, key.create(c.Options), "name", "laptop"), state), verifier)
+	require.Equal(t, assurance{ACR: "phr", AMR: []string{"pwd", "hwk", "mfa"}}, tok.assurance(t))
+
+	// A person who has an authenticator app gives its code before adding a
+	// passkey: a stolen password alone never adds the thief's passkey.
+	e.addUser("bob")
+	secret, _ := e.enrollTOTP("bob")
+	b2 := e.browser()
+	resp, verifier, state = b2.passwordStep(e.rp("bank"), "bob")
+	page = body(t, resp)
+	require.NotContains(t, page, `data-passkey="register"`)
+	form := b2.loginForm(page, "", "")
+	fields := url.Values{"csrf": form["csrf"], "purpose": {purposeRegister}, "authRequestID": form["authRequestID"]}
+	resp, err := b2.client.PostForm(e.issuer+"/passkey/begin", fields)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	require.Contains(t, body(t, resp), "code from your authenticator app first")
+	resp = b2.submitCode(page, e.totpCode(secret, 0))
+	require.Equal(t, http.StatusForbidden, resp.StatusCode, "a code is not a passkey")
+	page = body(t, resp)
+	c = b2.passkeyBegin(page)
+	require.Equal(t, purposeRegister, c.fields.Get("purpose"))
+	tok = b2.exchange(e.rp("bank"), b2.code(b2.passkeyFinish(c, newAuthenticator(t, e).create(c.Options)), state), verifier)
+	require.Equal(t, "phr", tok.assurance(t).ACR)
+}
