@@ -284,8 +284,8 @@ func (p *Provider) confirmEnrollment(w http.ResponseWriter, r *http.Request, use
 func (p *Provider) checkCode(w http.ResponseWriter, r *http.Request, userID, code string, fail func(int, string)) (string, bool) {
 	ctx := r.Context()
 	keys := []string{p.limiter.hash("m", userID), p.limiter.hash("a", addressKey(requestAddress(ctx)))}
-	release, ok := p.limiter.enter(keys)
-	if !ok {
+	release, err := p.limiter.enter(ctx, keys)
+	if err != nil {
 		fail(http.StatusTooManyRequests, "Another attempt is in progress. Try again in a moment.")
 		return "", false
 	}

@@ -36,7 +36,7 @@ func requireMFA(clientID string, phr bool) envOption {
 // does, and returns its secret and recovery codes.
 func (e *env) enrollTOTP(username string) (string, []string) {
 	e.t.Helper()
-	u, err := e.store.UserByUsername(e.t.Context(), username)
+	u, err := e.p.store.UserByUsername(e.t.Context(), username)
 	require.NoError(e.t, err)
 	en, err := e.p.factors.NewEnrollment(username)
 	require.NoError(e.t, err)
@@ -204,7 +204,7 @@ func TestTOTPDriftReplayAndRecoveryCodes(t *testing.T) {
 
 func userIDOf(t *testing.T, e *env, name string) string {
 	t.Helper()
-	u, err := e.store.UserByUsername(t.Context(), name)
+	u, err := e.p.store.UserByUsername(t.Context(), name)
 	require.NoError(t, err)
 	return u.ID
 }
@@ -443,32 +443,34 @@ func TestDiscoveryAdvertisesACRValues(t *testing.T) {
 // change feed carries it), its flow may hop between replicas, and its code
 // cannot be used again at another.
 func TestReplicasStepUpAndCodeReplayAcrossReplicas(t *testing.T) {
-	c := newCluster(t, 2, requireMFA("bank", false))
-	secret, _ := c.enrollTOTP("alice")
-	b := c.via(0).browser()
-	mail := b.login(c.rp("mail"), "alice")
-	require.Equal(t, "pwd", mail.assurance(t).ACR)
+	onEveryBackend(t, func(t *testing.T, db backend) {
+		c := newCluster(t, db, 2, requireMFA("bank", false))
+		secret, _ := c.enrollTOTP("alice")
+		b := c.via(0).browser()
+		mail := b.login(c.rp("mail"), "alice")
+		require.Equal(t, "pwd", mail.assurance(t).ACR)
 
-	resp, verifier, state := b.authorize(c.rp("bank")) // the factor page is served by A
-	page := body(t, resp)
-	requireFactorPage(t, page)
-	code := c.totpCode(secret, 0)
-	c.via(1)
-	resp = b.submitCode(page, code) // the code is checked at B, which raises the session
-	require.Equal(t, http.StatusFound, resp.StatusCode)
-	c.via(0)
-	bank := b.exchange(c.rp("bank"), b.code(resp, state), verifier) // exchanged at A
-	require.Equal(t, "mfa", bank.assurance(t).ACR)
+		resp, verifier, state := b.authorize(c.rp("bank")) // the factor page is served by A
+		page := body(t, resp)
+		requireFactorPage(t, page)
+		code := c.totpCode(secret, 0)
+		c.via(1)
+		resp = b.submitCode(page, code) // the code is checked at B, which raises the session
+		require.Equal(t, http.StatusFound, resp.StatusCode)
+		c.via(0)
+		bank := b.exchange(c.rp("bank"), b.code(resp, state), verifier) // exchanged at A
+		require.Equal(t, "mfa", bank.assurance(t).ACR)
 
-	c.sync()
-	c.via(0)
-	tok := b.login(c.rp("mail"), "alice") // SSO at A: no factor asked, the session rose at B
-	require.Equal(t, "mfa", tok.assurance(t).ACR)
+		c.sync()
+		c.via(0)
+		tok := b.login(c.rp("mail"), "alice") // SSO at A: no factor asked, the session rose at B
+		require.Equal(t, "mfa", tok.assurance(t).ACR)
 
-	// The same code, at A, in another browser's sign-in: refused.
-	other := c.via(0).browser()
-	resp, _, _ = other.passwordStep(c.rp("bank"), "alice")
-	resp = other.submitCode(body(t, resp), code)
-	require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
-	require.Contains(t, body(t, resp), "already used")
+		// The same code, at A, in another browser's sign-in: refused.
+		other := c.via(0).browser()
+		resp, _, _ = other.passwordStep(c.rp("bank"), "alice")
+		resp = other.submitCode(body(t, resp), code)
+		require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+		require.Contains(t, body(t, resp), "already used")
+	})
 }

@@ -119,14 +119,6 @@ func (s *SQLite) UseTOTPStep(ctx context.Context, userID string, step int64) (bo
 	return affected(res, err)
 }
 
-func affected(res sql.Result, err error) (bool, error) {
-	if err != nil {
-		return false, err
-	}
-	n, err := res.RowsAffected()
-	return n == 1, err
-}
-
 // UseRecoveryCode spends the recovery code of userID whose keyed hash is
 // hash, and reports false when there is no such unused code.
 func (s *SQLite) UseRecoveryCode(ctx context.Context, userID, hash string, at time.Time) (bool, error) {
@@ -156,15 +148,15 @@ const webauthnCols = `id, user_id, name, data, sign_count, created_at, last_used
 
 func scanWebAuthn(row scanner) (*WebAuthnCredential, error) {
 	var c WebAuthnCredential
-	var created int64
+	var created, count int64
 	var used sql.NullInt64
-	if err := row.Scan(&c.ID, &c.UserID, &c.Name, &c.Data, &c.SignCount, &created, &used); err != nil {
+	if err := row.Scan(&c.ID, &c.UserID, &c.Name, &c.Data, &count, &created, &used); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil, ErrNotFound
 		}
 		return nil, err
 	}
-	c.CreatedAt, c.LastUsedAt = fromMS(created), fromNullMS(used)
+	c.SignCount, c.CreatedAt, c.LastUsedAt = uint32(count), fromMS(created), fromNullMS(used)
 	return &c, nil
 }
 

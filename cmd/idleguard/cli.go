@@ -25,10 +25,17 @@ import (
 )
 
 // parseFlags parses flags that may come before or after positional
-// arguments ("user add alice --config x.yaml").
+// arguments ("user add alice --config x.yaml"). An argument that starts
+// with "-" but names no flag is positional: a session id may begin with
+// "-" (URL-safe base64).
 func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
 	for {
+		if len(args) > 0 && !isFlag(fs, args[0]) {
+			pos = append(pos, args[0])
+			args = args[1:]
+			continue
+		}
 		if err := fs.Parse(args); err != nil {
 			return nil, err
 		}
@@ -41,12 +48,23 @@ func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-func openStore(ctx context.Context, configPath string) (*Config, *session.SQLite, error) {
+// isFlag reports whether arg is one of fs's flags (or a request for help).
+func isFlag(fs *flag.FlagSet, arg string) bool {
+	name, ok := strings.CutPrefix(arg, "-")
+	if !ok {
+		return false
+	}
+	name = strings.TrimPrefix(name, "-")
+	name, _, _ = strings.Cut(name, "=")
+	return name == "" || name == "h" || name == "help" || fs.Lookup(name) != nil
+}
+
+func openStore(ctx context.Context, configPath string) (*Config, database, error) {
 	cfg, _, err := loadConfig(configPath)
 	if err != nil {
 		return nil, nil, err
 	}
-	store, err := session.OpenSQLite(ctx, cfg.Database)
+	store, err := openDatabase(ctx, cfg.Database)
 	return cfg, store, err
 }
 
@@ -148,7 +166,7 @@ func endUserSessions(ctx context.Context, configPath, username string) string {
 	return fmt.Sprintf("ended %d live session(s)", out["ended"])
 }
 
-func listUsers(ctx context.Context, store *session.SQLite, factors *mfa.Factors, stdout io.Writer) error {
+func listUsers(ctx context.Context, store database, factors *mfa.Factors, stdout io.Writer) error {
 	users, err := store.ListUsers(ctx)
 	if err != nil {
 		return err
@@ -168,7 +186,7 @@ func listUsers(ctx context.Context, store *session.SQLite, factors *mfa.Factors,
 // enrollTOTP enrolls (or replaces) username's TOTP factor and prints its
 // otpauth URI as the first line, then the recovery codes, then, on a
 // terminal, the QR code.
-func enrollTOTP(ctx context.Context, store *session.SQLite, factors *mfa.Factors, username string, stdout io.Writer) error {
+func enrollTOTP(ctx context.Context, store database, factors *mfa.Factors, username string, stdout io.Writer) error {
 	u, err := store.UserByUsername(ctx, username)
 	if err != nil {
 		return fmt.Errorf("user %s: %w", username, err)
@@ -197,7 +215,7 @@ func enrollTOTP(ctx context.Context, store *session.SQLite, factors *mfa.Factors
 
 // resetMFA removes every second factor of username and ends their sessions
 // (a session's assurance came from factors that no longer exist).
-func resetMFA(ctx context.Context, store *session.SQLite, factors *mfa.Factors, configPath, username string, stdout io.Writer) error {
+func resetMFA(ctx context.Context, store database, factors *mfa.Factors, configPath, username string, stdout io.Writer) error {
 	u, err := store.UserByUsername(ctx, username)
 	if err != nil {
 		return fmt.Errorf("user %s: %w", username, err)
