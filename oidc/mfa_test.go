@@ -151,6 +151,10 @@ func TestStepUpBySSOIntoAppThatRequiresMFA(t *testing.T) {
 
 	again := b.login(e.rp("mail"), "alice")
 	require.Equal(t, "mfa", again.assurance(t).ACR, "the session's assurance rose for every app")
+	next, err := mail.rp.refresh(t, mail.RefreshToken)
+	require.NoError(t, err)
+	require.Equal(t, assurance{ACR: "mfa", AMR: []string{"pwd", "otp", "mfa"}}, mail.rp.verify(t, next).assurance(t),
+		"a refreshed ID token of an app joined before the step-up says the session's assurance now")
 	events, err := e.store.Audit(t.Context(), sessionFilter(mail.sid))
 	require.NoError(t, err)
 	require.True(t, hasEvent(events, session.AuditStepUp, ""))
