@@ -1,6 +1,7 @@
 package oidc
 
 import (
+	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -24,6 +25,8 @@ type accountView struct {
 	Title, Username, Notice, Error, CSRF string
 	Fresh                                bool // signed in at most accountFreshness ago: changes allowed
 	NeedsCode                            bool // the confirmation asks for a code too
+	ConfirmPasskey                       bool // the confirmation may be a passkey
+	ConfirmPassword                      bool // the confirmation may be the password (and code)
 	Factors                              session.Factors
 	Passkeys                             []passkeyView
 	Enroll                               bool // the TOTP setup is shown
@@ -62,8 +65,18 @@ func (p *Provider) accountSession(w http.ResponseWriter, r *http.Request) (activ
 	return st, u, true
 }
 
-func (p *Provider) fresh(st activity.Status) bool {
-	return p.now().Sub(st.AuthTime) <= accountFreshness
+// mayChange reports whether session st may change the factors of its
+// person, who has factors f: signed in at most accountFreshness ago, and,
+// when the person has a second factor, with it. Otherwise a stolen password
+// alone could replace the authenticator app or add the thief's passkey.
+func (p *Provider) mayChange(st activity.Status, f session.Factors) bool {
+	return p.now().Sub(st.AuthTime) <= accountFreshness && (!f.Any() || satisfies(st.AMR, mfa.ACRMulti))
+}
+
+// mayChangeNow is mayChange with the person's factors read from the store.
+func (p *Provider) mayChangeNow(ctx context.Context, st activity.Status) (bool, error) {
+	f, err := p.factors.Of(ctx, st.UserID)
+	return err == nil && p.mayChange(st, f), err
 }
 
 func (p *Provider) accountPage(w http.ResponseWriter, r *http.Request) {
@@ -91,7 +104,9 @@ func (p *Provider) showAccount(w http.ResponseWriter, r *http.Request, status in
 			Added: c.CreatedAt.UTC().Format("2 Jan 2006")})
 	}
 	v.Title, v.Username, v.CSRF = "Your account", u.Username, p.csrfToken(w, r)
-	v.Fresh, v.NeedsCode = p.fresh(st), v.Factors.TOTP
+	v.Fresh, v.NeedsCode = p.mayChange(st, v.Factors), v.Factors.TOTP
+	v.ConfirmPasskey = !v.Fresh && v.Factors.Passkeys > 0 && p.passkeys != nil
+	v.ConfirmPassword = !v.Fresh && (v.Factors.TOTP || !v.Factors.Any()) // a password alone would not do
 	if !v.Fresh && v.Notice == "" {
 		v.Notice = "To change how you sign in, confirm it is you."
 	}
@@ -114,9 +129,16 @@ func (p *Provider) accountPost(w http.ResponseWriter, r *http.Request, needFresh
 		p.showAccount(w, r, http.StatusForbidden, st, u, accountView{Error: "Your form expired. Please try again."})
 		return st, nil, false
 	}
-	if needFresh && !p.fresh(st) {
-		p.showAccount(w, r, http.StatusForbidden, st, u, accountView{Error: "Your sign-in is more than 5 minutes old. Confirm it is you first."})
-		return st, nil, false
+	if needFresh {
+		ok, err := p.mayChangeNow(r.Context(), st)
+		if err != nil {
+			p.serverError(w, r, err)
+			return st, nil, false
+		}
+		if !ok {
+			p.showAccount(w, r, http.StatusForbidden, st, u, accountView{Error: "Confirm it is you first: changes need a sign-in at most 5 minutes old, with your second factor."})
+			return st, nil, false
+		}
 	}
 	return st, u, true
 }
@@ -162,6 +184,33 @@ func (p *Provider) accountConfirm(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, "/account", http.StatusSeeOther)
 }
 
+// accountConfirmPasskey is the fresh sign-in of the account page made with
+// a passkey (which is two factors by itself).
+func (p *Provider) accountConfirmPasskey(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	r.Body = http.MaxBytesReader(w, r.Body, mfa.MaxResponseSize+4096)
+	st, u, ok := p.accountPost(w, r, false)
+	if !ok {
+		return
+	}
+	id, answer, ok := passkeyAnswer(r)
+	if p.passkeys == nil || !ok {
+		p.showAccount(w, r, http.StatusBadRequest, st, u, accountView{Error: "The passkey's answer was incomplete. Try again."})
+		return
+	}
+	_, method, err := p.passkeys.FinishLogin(ctx, u.ID, id, answer)
+	if err != nil {
+		p.passkeyFailed(w, r, u.ID, purposeConfirm, err, func(status int, msg string) { p.showAccount(w, r, status, st, u, accountView{Error: msg}) })
+		return
+	}
+	p.audit(ctx, session.AuditEvent{At: p.now(), Kind: session.AuditFactorUsed, UserID: u.ID, SID: st.SID, Detail: "factor=passkey account"})
+	if _, err := p.tracker.Reauthenticate(ctx, st.SID, mfa.WithFactor(nil, method)); err != nil {
+		p.serverError(w, r, err)
+		return
+	}
+	http.Redirect(w, r, "/account", http.StatusSeeOther)
+}
+
 // accountTOTPStart shows the setup of an authenticator app (a fresh secret
 // in a sealed cookie until one code confirms it).
 func (p *Provider) accountTOTPStart(w http.ResponseWriter, r *http.Request) {
@@ -190,10 +239,21 @@ func (p *Provider) accountTOTPConfirm(w http.ResponseWriter, r *http.Request) {
 	}
 	code := strings.TrimSpace(r.PostFormValue("code"))
 	codes, ok := p.confirmEnrollment(w, r, u.ID, code, func(status int, msg string) { p.showTOTPSetup(w, r, status, st, u, msg) })
-	if !ok {
+	if !ok || !p.raiseForEnrollment(w, r, st, mfa.AMROTP) {
 		return
 	}
 	p.render(w, r, http.StatusOK, "recovery.html", recoveryView{Title: "Save your recovery codes", Codes: codes, Continue: "/account"})
+}
+
+// raiseForEnrollment raises the session that just enrolled a factor with
+// it: the person proved it (the confirming code, the passkey's
+// ceremony), and the account page stays usable to them.
+func (p *Provider) raiseForEnrollment(w http.ResponseWriter, r *http.Request, st activity.Status, method string) bool {
+	if _, err := p.tracker.RaiseAssurance(r.Context(), st.SID, mfa.WithFactor(st.AMR, method), "enrolled on /account"); err != nil {
+		p.serverError(w, r, err)
+		return false
+	}
+	return true
 }
 
 // accountPasskeyDelete removes one of the person's passkeys.

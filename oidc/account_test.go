@@ -88,7 +88,7 @@ func TestAccountChangesNeedASignInAtMostFiveMinutesOld(t *testing.T) {
 
 	resp := b.accountPost(page, "/account/totp", url.Values{})
 	require.Equal(t, http.StatusForbidden, resp.StatusCode)
-	require.Contains(t, body(t, resp), "more than 5 minutes old")
+	require.Contains(t, body(t, resp), "at most 5 minutes old")
 	resp = b.accountPost(page, "/account/passkeys/delete", url.Values{"id": {"AQID"}})
 	require.Equal(t, http.StatusForbidden, resp.StatusCode)
 	resp.Body.Close()
@@ -103,6 +103,28 @@ func TestAccountChangesNeedASignInAtMostFiveMinutesOld(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	page = body(t, resp)
 	require.Contains(t, page, "Replace authenticator app", "fresh again: changes allowed")
+	resp = b.accountPost(page, "/account/totp", url.Values{})
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Regexp(t, secretOnPage, body(t, resp))
+}
+
+// A fresh sign-in with the password alone does not let a person who has a
+// second factor change their factors: a stolen password would otherwise
+// replace the authenticator app.
+func TestAccountChangesNeedTheSecondFactor(t *testing.T) {
+	e := newEnv(t)
+	secret, _ := e.enrollTOTP("alice")
+	b := e.browser()
+	require.Equal(t, "pwd", b.login(e.rp("mail"), "alice").assurance(t).ACR) // when_required: the password was enough for mail
+	page := body(t, b.get("/account"))
+	require.Contains(t, page, "confirm it is you")
+	resp := b.accountPost(page, "/account/totp", url.Values{})
+	require.Equal(t, http.StatusForbidden, resp.StatusCode)
+	require.Contains(t, body(t, resp), "with your second factor")
+
+	resp = b.accountPost(page, "/account/confirm", url.Values{"password": {testPassword}, "code": {e.totpCode(secret, 0)}})
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	page = body(t, resp)
 	resp = b.accountPost(page, "/account/totp", url.Values{})
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	require.Regexp(t, secretOnPage, body(t, resp))

@@ -142,6 +142,9 @@ func (p *Provider) showFactor(w http.ResponseWriter, r *http.Request, status int
 			return
 		}
 		v.Action = "/login/enroll"
+		if p.passkeys != nil {
+			v.PasskeyAction = purposeRegister // or a passkey instead
+		}
 	}
 	p.renderFactor(w, r, status, req, v)
 }

@@ -25,6 +25,7 @@ const (
 	purposeSignIn   = "signin"   // a sign-in without password or username
 	purposeRegister = "register" // a passkey added during a sign-in that needs one
 	purposeAccount  = "account"  // a passkey added on the account page
+	purposeConfirm  = "confirm"  // the account page's fresh sign-in, with a passkey
 )
 
 func jsonError(w http.ResponseWriter, status int, msg string) {
@@ -68,10 +69,16 @@ func (p *Provider) ceremonyOwner(r *http.Request, purpose string) (string, bool,
 	switch purpose {
 	case purposeAccount:
 		st, ok := p.liveSession(r)
-		if !ok || !p.fresh(st) {
-			return "", false, "Your sign-in is more than 5 minutes old. Reload the page and confirm it is you."
+		if may, err := p.mayChangeNow(r.Context(), st); !ok || err != nil || !may {
+			return "", false, "Confirm it is you first: reload the page."
 		}
 		return st.UserID, true, ""
+	case purposeConfirm:
+		st, ok := p.liveSession(r)
+		if !ok {
+			return "", false, "You are not signed in any more. Sign in again from an application."
+		}
+		return st.UserID, false, ""
 	case purposeSignIn:
 		req, err := p.authRequest(r.Context(), r.PostFormValue("authRequestID"))
 		if err != nil || !req.sentBy(r) || req.IsDone {
@@ -220,11 +227,16 @@ func (p *Provider) accountPasskeyAdd(w http.ResponseWriter, r *http.Request) {
 		p.showAccount(w, r, http.StatusBadRequest, st, u, accountView{Error: "The passkey's answer was incomplete. Try again."})
 		return
 	}
-	if _, err := p.passkeys.FinishRegistration(r.Context(), u.ID, id, passkeyName(r), answer); err != nil {
+	method, err := p.passkeys.FinishRegistration(r.Context(), u.ID, id, passkeyName(r), answer)
+	if err != nil {
 		p.passkeyFailed(w, r, u.ID, purposeAccount, err, func(status int, msg string) {
 			p.showAccount(w, r, status, st, u, accountView{Error: msg})
 		})
 		return
 	}
+	if !p.raiseForEnrollment(w, r, st, method) {
+		return
+	}
+	st.AMR = mfa.WithFactor(st.AMR, method)
 	p.showAccount(w, r, http.StatusOK, st, u, accountView{Notice: "Your passkey was added."})
 }

@@ -151,9 +151,9 @@ func (b *browser) passkeyFinish(c *ceremony, answer string, extra ...string) *ht
 	for i := 0; i+1 < len(extra); i += 2 {
 		form.Set(extra[i], extra[i+1])
 	}
-	action := "/login/passkey"
-	if c.fields.Get("purpose") == purposeAccount {
-		action = "/account/passkeys"
+	action := map[string]string{purposeAccount: "/account/passkeys", purposeConfirm: "/account/confirm/passkey"}[c.fields.Get("purpose")]
+	if action == "" {
+		action = "/login/passkey"
 	}
 	resp, err := b.client.PostForm(b.e.issuer+action, form)
 	require.NoError(b.t, err)
@@ -182,7 +182,13 @@ func TestPasskeyRegisterUseAsSecondFactorSignInWithoutPasswordAndRemove(t *testi
 	require.NoError(t, err)
 	require.True(t, hasEvent(events, session.AuditFactorEnrolled, ""))
 
-	// The bank needs a phishing-resistant session: the passkey, as a step-up.
+	// Registering it raised this session (the person proved the passkey).
+	require.Equal(t, "phr", b.login(e.rp("mail"), "alice").assurance(t).ACR)
+
+	// The bank needs a phishing-resistant session: in a session signed in
+	// with the password, the passkey, as a step-up.
+	b = e.browser()
+	require.Equal(t, "pwd", b.login(e.rp("mail"), "alice").assurance(t).ACR)
 	resp, verifier, state := b.authorize(e.rp("bank"))
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	page := body(t, resp)
@@ -360,4 +366,25 @@ func TestAppThatNeedsAPasskeyEnrollsOneDuringSignIn(t *testing.T) {
 	require.Equal(t, purposeRegister, c.fields.Get("purpose"))
 	tok = b2.exchange(e.rp("bank"), b2.code(b2.passkeyFinish(c, newAuthenticator(t, e).create(c.Options)), state), verifier)
 	require.Equal(t, "phr", tok.assurance(t).ACR)
+}
+
+func TestAccountConfirmedWithAPasskey(t *testing.T) {
+	e := newEnv(t, onLocalhost)
+	key := newAuthenticator(t, e)
+	b := e.browser()
+	b.login(e.rp("mail"), "alice")
+	b.registerPasskey(key, "laptop")
+
+	b2 := e.browser()
+	b2.login(e.rp("mail"), "alice") // password only: enough for mail, not for the account page
+	page := body(t, b2.get("/account"))
+	require.Contains(t, page, "Confirm with a passkey")
+	require.NotContains(t, page, `action="/account/confirm"`, "the password alone would not do")
+	c := b2.passkeyBegin(page)
+	require.Equal(t, purposeConfirm, c.fields.Get("purpose"))
+	resp := b2.passkeyFinish(c, key.get(c.Options))
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	page = body(t, resp)
+	require.Contains(t, page, "Add a passkey")
+	require.Contains(t, page, `aria-label="Remove passkey laptop"`)
 }

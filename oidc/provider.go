@@ -306,6 +306,7 @@ func (p *Provider) routes() http.Handler {
 	mux.Handle("POST /login/enroll", page(p.enrollSubmit))
 	mux.Handle("GET /account", page(p.accountPage))
 	mux.Handle("POST /account/confirm", page(p.accountConfirm))
+	mux.Handle("POST /account/confirm/passkey", page(p.accountConfirmPasskey))
 	mux.Handle("POST /account/totp", page(p.accountTOTPStart))
 	mux.Handle("POST /account/totp/confirm", page(p.accountTOTPConfirm))
 	mux.Handle("POST /account/passkeys/delete", page(p.accountPasskeyDelete))

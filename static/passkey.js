@@ -86,7 +86,8 @@ async function run(box, button, error) {
   const done = { ...fields, ceremony: c.ceremony, credential: answer(cred) };
   const name = document.getElementById('passkey-name');
   if (name && name.value) done.name = name.value;
-  post(purpose === 'account' ? '/account/passkeys' : '/login/passkey', done);
+  const finish = { account: '/account/passkeys', confirm: '/account/confirm/passkey' };
+  post(finish[purpose] || '/login/passkey', done);
 }
 
 for (const box of document.querySelectorAll('.passkey[data-passkey]')) {
