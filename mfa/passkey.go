@@ -2,6 +2,7 @@ package mfa
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -85,15 +86,8 @@ type account struct {
 
 func (a *account) WebAuthnID() []byte                         { return []byte(a.user.ID) }
 func (a *account) WebAuthnName() string                       { return a.user.Username }
-func (a *account) WebAuthnDisplayName() string                { return cmpOr(a.user.Name, a.user.Username) }
+func (a *account) WebAuthnDisplayName() string                { return cmp.Or(a.user.Name, a.user.Username) }
 func (a *account) WebAuthnCredentials() []webauthn.Credential { return a.creds }
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
-}
 
 func (k *Passkeys) account(ctx context.Context, userID string) (*account, error) {
 	u, err := k.store.UserByID(ctx, userID)

@@ -1,6 +1,7 @@
 package oidc
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -129,7 +130,7 @@ func (p *Provider) showFactor(w http.ResponseWriter, r *http.Request, status int
 	}
 	switch {
 	case v.PasskeyOnly && !v.HasPasskey && p.passkeys == nil:
-		v.Error = cmpOr(errMsg, "This application needs a passkey, and this server cannot offer passkeys. Ask your administrator.")
+		v.Error = cmp.Or(errMsg, "This application needs a passkey, and this server cannot offer passkeys. Ask your administrator.")
 	case v.PasskeyOnly && !v.HasPasskey && !p.mayRegisterInSignIn(r, req):
 		v.CanUseCode = true // the code first, then a passkey can be added
 		v.Notice = "This application needs a passkey. Enter the code from your authenticator app, then add a passkey."
@@ -398,13 +399,6 @@ func (p *Provider) finishFactor(ctx context.Context, r *http.Request, req *authR
 			Detail: "amr=" + strings.Join(amr, ",") + " address=" + requestAddress(ctx) + " request_id=" + requestID(ctx)})
 	}
 	return st, err
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // recoveryView shows recovery codes once, with the way on.
