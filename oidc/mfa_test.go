@@ -343,30 +343,6 @@ func TestPromptNoneWithoutTheAssuranceAskedIsInteractionRequired(t *testing.T) {
 	require.Equal(t, "interaction_required", loc.Query().Get("error"))
 }
 
-func TestIdleEndForgetsEveryFactor(t *testing.T) {
-	e := newEnv(t, requireMFA("bank", false))
-	secret, _ := e.enrollTOTP("alice")
-	b := e.browser()
-	resp, verifier, state := b.passwordStep(e.rp("bank"), "alice")
-	page := body(t, resp)
-	requireFactorPage(t, page)
-	bank := b.exchange(e.rp("bank"), b.code(b.submitCode(page, e.totpCode(secret, 0)), state), verifier)
-	require.Equal(t, "mfa", bank.assurance(t).ACR)
-
-	e.clock.Advance(6 * time.Minute) // the bank's idle limit is 5m
-	e.sweep()
-	resp, verifier, state = b.authorize(e.rp("bank"))
-	page = body(t, resp)
-	require.Contains(t, page, "You were signed out after 5 minutes of inactivity.")
-	resp = b.submitLogin(page, "alice", testPassword)
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	page = body(t, resp)
-	requireFactorPage(t, page) // the password is not enough: the factor is asked again
-	again := b.exchange(e.rp("bank"), b.code(b.submitCode(page, e.totpCode(secret, 0)), state), verifier)
-	require.NotEqual(t, bank.sid, again.sid)
-	require.Equal(t, "mfa", again.assurance(t).ACR)
-}
-
 func TestRequiredModeEnrollsBeforeAnyApp(t *testing.T) {
 	e := newEnv(t, withMFA(MFARequired))
 	b := e.browser()
@@ -477,4 +453,47 @@ func TestReplicasStepUpAndCodeReplayAcrossReplicas(t *testing.T) {
 		require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
 		require.Contains(t, body(t, resp), "already used")
 	})
+}
+
+// Every way a session ends forgets its factors: the next sign-in asks the
+// password and the second factor again, in a new session.
+func TestEveryEndForgetsTheFactors(t *testing.T) {
+	// (Advances stay under 10 minutes: ID tokens are stamped by the real clock.)
+	for _, tc := range []struct {
+		name, client string
+		reason       session.Reason
+		opts         []envOption
+		end          func(e *env, sid string)
+	}{
+		{"idle_timeout", "bank", session.ReasonIdleTimeout, nil, func(e *env, _ string) { e.clock.Advance(6 * time.Minute); e.sweep() }},
+		{"max_lifetime", "mail", session.ReasonMaxLifetime, []envOption{func(c *Config) { c.Session.MaxLifetime = 8 * time.Minute }},
+			func(e *env, _ string) { e.clock.Advance(8*time.Minute + time.Second); e.sweep() }},
+		{"logout", "mail", session.ReasonLogout, nil, func(e *env, sid string) {
+			require.NoError(e.t, e.p.tracker.End(e.t.Context(), sid, session.ReasonLogout, "user"))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, append(tc.opts, requireMFA(tc.client, false))...)
+			secret, _ := e.enrollTOTP("alice")
+			b := e.browser()
+			resp, verifier, state := b.passwordStep(e.rp(tc.client), "alice")
+			first := b.exchange(e.rp(tc.client), b.code(b.submitCode(body(t, resp), e.totpCode(secret, 0)), state), verifier)
+			require.Equal(t, "mfa", first.assurance(t).ACR)
+
+			tc.end(e, first.sid)
+			st, err := e.p.tracker.Session(t.Context(), first.sid)
+			require.NoError(t, err)
+			require.False(t, st.Active)
+			require.Equal(t, tc.reason, st.EndReason)
+			resp, verifier, state = b.authorize(e.rp(tc.client))
+			page := body(t, resp)
+			require.Contains(t, page, `name="password"`, "the password is asked again")
+			resp = b.submitLogin(page, "alice", testPassword)
+			page = body(t, resp)
+			requireFactorPage(t, page) // and the second factor
+			e.clock.Advance(mfa.TOTPPeriod * time.Second)
+			again := b.exchange(e.rp(tc.client), b.code(b.submitCode(page, e.totpCode(secret, 0)), state), verifier)
+			require.NotEqual(t, first.sid, again.sid)
+		})
+	}
 }
