@@ -150,8 +150,11 @@ func (t *Tracker) merge(e *entry, auth *session.AuthSession, apps []*session.App
 	if e.auth.Live() && !auth.Live() {
 		e.auth.EndedAt, e.auth.EndReason, e.auth.EndedBy, e.auth.IdleLimit = auth.EndedAt, auth.EndReason, auth.EndedBy, auth.IdleLimit
 	}
-	if auth.AuthTime.After(e.auth.AuthTime) {
+	switch {
+	case auth.AuthTime.After(e.auth.AuthTime):
 		e.auth.AuthTime, e.auth.AMR = auth.AuthTime, auth.AMR
+	case auth.AuthTime.Equal(e.auth.AuthTime) && len(auth.AMR) > len(e.auth.AMR):
+		e.auth.AMR = auth.AMR // a step-up elsewhere: it only ever adds methods
 	}
 	e.auth.AbsoluteDeadline = minTime(e.auth.AbsoluteDeadline, auth.AbsoluteDeadline)
 	e.auth.LastActiveAt = maxTime(e.auth.LastActiveAt, auth.LastActiveAt)

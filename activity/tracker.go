@@ -72,6 +72,7 @@ type ClientPolicy struct {
 type Store interface {
 	CreateAuthSession(ctx context.Context, a *session.AuthSession) error
 	Reauthenticate(ctx context.Context, a *session.AuthSession) error
+	RaiseAssurance(ctx context.Context, a *session.AuthSession, at time.Time, detail string) error
 	AuthSession(ctx context.Context, id string) (*session.AuthSession, []*session.AppSession, error)
 	AuthSessions(ctx context.Context, ids []string) ([]*session.AuthSession, map[string][]*session.AppSession, error)
 	JoinApp(ctx context.Context, app *session.AppSession, auth session.ActivityUpdate, userID string) error
@@ -705,6 +706,30 @@ func (t *Tracker) Reauthenticate(ctx context.Context, sid string, amr []string) 
 	e.auth.AuthTime, e.auth.AMR = now, amr
 	e.auth.LastActiveAt = maxTime(e.auth.LastActiveAt, now)
 	e.persistedLast = maxTime(e.persistedLast, now)
+	return t.status(e, nil, now), nil
+}
+
+// RaiseAssurance records a step-up of a valid session: a second factor
+// presented inside it, so that its amr becomes amr (a superset of the one
+// it had). auth_time stays that of the sign-in, so max_age still counts
+// from the password. Written through with a change feed row, so that every
+// replica sees the raised assurance within one sync interval.
+func (t *Tracker) RaiseAssurance(ctx context.Context, sid string, amr []string, detail string) (Status, error) {
+	sh, e, now, err := t.lockValid(ctx, sid)
+	if err != nil {
+		return Status{}, err
+	}
+	upd := e.auth
+	upd.AMR = slices.Clone(amr)
+	sh.mu.Unlock()
+	if err := t.store.RaiseAssurance(ctx, &upd, now, detail); err != nil {
+		return Status{}, fmt.Errorf("raise assurance of %s: %w", sid, err)
+	}
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if len(upd.AMR) > len(e.auth.AMR) {
+		e.auth.AMR = upd.AMR
+	}
 	return t.status(e, nil, now), nil
 }
 

@@ -41,6 +41,12 @@ type Client struct {
 	// Serves are the ids of the apps whose tokens its APIs accept; empty
 	// means the client's own id. See ServesApp.
 	Serves []string
+	// RequireMFA: signing in to this app, or arriving by SSO, needs a
+	// second factor in the session (acr mfa or better).
+	RequireMFA bool
+	// RequirePhishingResistant: this app needs a passkey in the session
+	// (acr phr).
+	RequirePhishingResistant bool
 }
 
 // ServesApp reports whether resource server c accepts the tokens of app

@@ -21,6 +21,7 @@ import (
 	"github.com/zitadel/oidc/v3/pkg/op"
 
 	"github.com/idleguard/idleguard/activity"
+	"github.com/idleguard/idleguard/mfa"
 	"github.com/idleguard/idleguard/session"
 	"github.com/idleguard/idleguard/static"
 	"github.com/idleguard/idleguard/templates"
@@ -43,6 +44,7 @@ type Store interface {
 	OutboxStore
 	AdminStore
 	LoginThrottleStore
+	FactorStore
 	Ping(ctx context.Context) error
 }
 
@@ -69,6 +71,7 @@ type Config struct {
 	AdminTokenHash []byte
 	Backchannel    BackchannelConfig
 	Login          LoginConfig
+	MFA            MFAConfig
 	// TrustedProxies are the networks of the reverse proxies whose
 	// X-Forwarded-For or Forwarded header names the client; empty: the
 	// peer's address is the client's. See clientAddress.
@@ -101,7 +104,9 @@ type Provider struct {
 	handler  http.Handler
 	pages    *template.Template
 	limiter  *loginLimiter
-	revoked  sync.Map // access token id -> struct{}
+	factors  *mfa.Factors
+	passkeys *mfa.Passkeys // nil when the issuer's host is an IP address
+	revoked  sync.Map      // access token id -> struct{}
 	verified *verifiedCache
 	signers  signerCache
 	counters counters
@@ -211,6 +216,15 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		return nil, err
 	}
 	p.limiter = newLoginLimiter(store, cfg.Login, cfg.Now, throttleKey)
+	if p.cfg.MFA.Mode == "" {
+		p.cfg.MFA.Mode = MFAWhenRequired
+	}
+	if p.factors, err = mfa.NewFactors(ctx, store, cfg.MFA.SecretKey, mfa.IssuerLabel(cfg.Issuer), cfg.Now); err != nil {
+		return nil, fmt.Errorf("keys.secret_key: %w", err)
+	}
+	if p.passkeys, err = mfa.NewPasskeys(cfg.Issuer, store, cfg.Now); err != nil {
+		cfg.Logger.WarnContext(ctx, "passkeys are off", "reason", err)
+	}
 	cryptoKey, err := store.Secret(ctx, "token_crypto", randomBytes(32))
 	if err != nil {
 		return nil, err
@@ -297,6 +311,18 @@ func (p *Provider) routes() http.Handler {
 	page := func(h http.HandlerFunc) http.Handler { return p.browserPage(h) }
 	mux.Handle("GET /login", page(p.loginPage))
 	mux.Handle("POST /login", page(p.loginSubmit))
+	mux.Handle("GET /login/factor", page(p.factorPage))
+	mux.Handle("POST /login/factor", page(p.factorSubmit))
+	mux.Handle("POST /login/enroll", page(p.enrollSubmit))
+	mux.Handle("GET /account", page(p.accountPage))
+	mux.Handle("POST /account/confirm", page(p.accountConfirm))
+	mux.Handle("POST /account/confirm/passkey", page(p.accountConfirmPasskey))
+	mux.Handle("POST /account/totp", page(p.accountTOTPStart))
+	mux.Handle("POST /account/totp/confirm", page(p.accountTOTPConfirm))
+	mux.Handle("POST /account/passkeys/delete", page(p.accountPasskeyDelete))
+	mux.Handle("POST /account/passkeys", page(p.accountPasskeyAdd))
+	mux.Handle("POST /login/passkey", page(p.loginPasskey))
+	mux.HandleFunc("POST /passkey/begin", p.passkeyBegin)
 	mux.HandleFunc("POST /activity", p.bearerCORS(p.postActivity))
 	mux.HandleFunc("GET /session", p.bearerCORS(p.getSession))
 	mux.HandleFunc("POST /activity/batch", p.activityBatch)
@@ -404,6 +430,9 @@ func (p *Provider) purge(ctx context.Context) error {
 		p.revoked.Store(id, struct{}{})
 	}
 	if _, err := p.store.PurgeDeliveries(ctx, now.Add(-p.cfg.Backchannel.Retention)); err != nil {
+		return err
+	}
+	if err := p.store.PurgeCeremonies(ctx, now); err != nil {
 		return err
 	}
 	return p.limiter.purge(ctx)

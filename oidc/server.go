@@ -14,6 +14,7 @@ import (
 	"github.com/zitadel/oidc/v3/pkg/op"
 
 	"github.com/idleguard/idleguard/activity"
+	"github.com/idleguard/idleguard/mfa"
 )
 
 // server extends zitadel's LegacyServer where idleguard's rules differ:
@@ -61,7 +62,8 @@ func (s *server) Discovery(ctx context.Context, r *op.Request[struct{}]) (*op.Re
 		"code_challenge_methods_supported":              []string{string(zoidc.CodeChallengeMethodS256)},
 		"request_parameter_supported":                   false,
 		"request_uri_parameter_supported":               false,
-		"claims_parameter_supported":                    false,
+		"claims_parameter_supported":                    true, // for an essential acr (see wantedACR)
+		"acr_values_supported":                          mfa.ACRValues,
 		"frontchannel_logout_supported":                 true,
 		"frontchannel_logout_session_supported":         true,
 		"backchannel_logout_supported":                  true,
@@ -78,7 +80,7 @@ func (s *server) Discovery(ctx context.Context, r *op.Request[struct{}]) (*op.Re
 // issuedClaims are the claims the provider puts in ID tokens and userinfo
 // answers (profile: name, preferred_username; email: email,
 // email_verified).
-var issuedClaims = []string{"iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "amr", "azp", "at_hash", "c_hash",
+var issuedClaims = []string{"iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "azp", "at_hash", "c_hash",
 	"sid", "client_id", "name", "preferred_username", "email", "email_verified"}
 
 // Authorize stores a validated authorization request, bound to the browser
@@ -104,7 +106,7 @@ func (s *server) Authorize(ctx context.Context, r *op.ClientRequest[zoidc.AuthRe
 		return nil, err
 	}
 	browser, cookie := s.p.bindBrowser(r.Header)
-	req, err := s.p.newAuthRequest(ctx, r.Data, browser)
+	req, err := s.p.newAuthRequest(ctx, r.Data, r.Form.Get("claims"), browser)
 	if err != nil {
 		return nil, zoidc.DefaultToServerError(err, "unable to save the authorization request")
 	}

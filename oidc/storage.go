@@ -17,6 +17,7 @@ import (
 	"github.com/zitadel/oidc/v3/pkg/op"
 
 	"github.com/idleguard/idleguard/activity"
+	"github.com/idleguard/idleguard/mfa"
 	"github.com/idleguard/idleguard/session"
 )
 
@@ -392,6 +393,9 @@ func (s storage) SetUserinfoFromRequest(ctx context.Context, info *zoidc.UserInf
 		sid = r.SID
 	case *refreshRequest:
 		sid = r.sid
+		// The protocol library takes acr only from an authorization
+		// request; a refreshed ID token says the session's, as it is now.
+		info.AppendClaims("acr", mfa.ACR(r.amr))
 	}
 	if sid != "" {
 		info.AppendClaims("sid", sid)

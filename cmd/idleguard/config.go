@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	_ "embed"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -91,6 +92,11 @@ type SessionConfig struct {
 // KeysConfig chooses the signing keys.
 type KeysConfig struct {
 	Algorithm string `yaml:"algorithm"` // one of oidc.SupportedAlgorithms; default RS256
+	// SecretKey (32 bytes as 64 hex characters; give it as ${VAR}) seals
+	// TOTP secrets and keys recovery code hashes, so that a copy of the
+	// database alone reveals neither. Optional; keep it: secrets sealed
+	// with it cannot be read without it.
+	SecretKey string `yaml:"secret_key"`
 }
 
 // TokensConfig holds provider-wide token lifetimes. Access token lifetimes
@@ -122,6 +128,11 @@ type BackchannelConfig struct {
 // LoginConfig tunes the defence against password guessing; see
 // oidc.LoginConfig.
 type LoginConfig struct {
+	// MFA is when a second factor is asked: when_required (default: only
+	// for apps that require or ask for it), always (at every sign-in of a
+	// person who has one), required (and a person without one enrolls one
+	// at the next sign-in).
+	MFA         string   `yaml:"mfa"`
 	MaxFailures int      `yaml:"max_failures"` // default 5
 	LockoutBase Duration `yaml:"lockout_base"` // default 1s
 	LockoutMax  Duration `yaml:"lockout_max"`  // default 15m
@@ -186,6 +197,12 @@ type ClientConfig struct {
 	// Serves lists the client ids whose tokens its APIs accept. Absent: its
 	// own id.
 	Serves []string `yaml:"serves"`
+
+	// RequireMFA: signing in to this app, or arriving by SSO, needs a
+	// second factor in the session (asked by step-up when missing).
+	RequireMFA bool `yaml:"require_mfa"`
+	// RequirePhishingResistant: this app needs a passkey in the session.
+	RequirePhishingResistant bool `yaml:"require_phishing_resistant"`
 }
 
 // Duration is a time.Duration written as a Go duration string ("90s", "5m",
@@ -328,6 +345,9 @@ func (c *Config) setDefaults() {
 	setDuration(&c.Session.DatabaseTimeout, oidc.DefaultDatabaseTimeout)
 	if c.Session.Replicas == 0 {
 		c.Session.Replicas = 1
+	}
+	if c.Login.MFA == "" {
+		c.Login.MFA = string(oidc.MFAWhenRequired)
 	}
 	if c.Keys.Algorithm == "" {
 		c.Keys.Algorithm = defaultAlgorithm
@@ -475,6 +495,8 @@ func (c *Config) Validate() error {
 			fmt.Sprintf("%s is shorter than backchannel.initial_backoff (%s)", bc.MaxBackoff, bc.InitialBackoff)},
 		{bc.PollInterval <= 0, "backchannel.poll_interval", "must be positive"},
 
+		{!slices.Contains(oidc.MFAModes, oidc.MFAMode(lg.MFA)), "login.mfa", fmt.Sprintf("%q is not a mode (want when_required, always or required)", lg.MFA)},
+		{c.Keys.SecretKey != "" && !isHexKey(c.Keys.SecretKey), "keys.secret_key", "must be 32 bytes written as 64 hexadecimal characters (openssl rand -hex 32)"},
 		{lg.MaxFailures <= 0, "login.max_failures", "must be positive"},
 		{lg.LockoutBase <= 0, "login.lockout_base", "must be positive"},
 		{lg.LockoutMax < lg.LockoutBase, "login.lockout_max",
@@ -797,6 +819,7 @@ func (c *Config) ProviderConfig() (oidc.Config, error) {
 			LockoutBase: d(c.Login.LockoutBase),
 			LockoutMax:  d(c.Login.LockoutMax),
 		},
+		MFA: oidc.MFAConfig{Mode: oidc.MFAMode(c.Login.MFA), SecretKey: c.secretKey()},
 	}
 	if c.Admin.Token != "" {
 		pc.AdminTokenHash = oidc.HashSecret(c.Admin.Token)
@@ -812,18 +835,20 @@ func (c *Config) ProviderConfig() (oidc.Config, error) {
 			return oidc.Config{}, fmt.Errorf("clients[%d].activity: %w", i, err)
 		}
 		client := &oidc.Client{
-			ID:                     cl.ID,
-			AuthMethod:             zoidc.AuthMethod(cl.AuthMethod),
-			RedirectURIs:           slices.Clone(cl.RedirectURIs),
-			PostLogoutRedirectURIs: slices.Clone(cl.PostLogoutRedirectURIs),
-			BackchannelLogoutURI:   cl.BackchannelLogoutURI,
-			FrontchannelLogoutURI:  cl.FrontchannelLogoutURI,
-			WebOrigins:             slices.Clone(cl.WebOrigins),
-			AccessTokenTTL:         d(cl.AccessTokenTTL),
-			OpaqueAccessTokens:     cl.AccessTokenFormat == "opaque",
-			Scopes:                 slices.Clone(cl.Scopes),
-			ResourceServer:         cl.ResourceServer,
-			Serves:                 slices.Clone(cl.Serves),
+			ID:                       cl.ID,
+			AuthMethod:               zoidc.AuthMethod(cl.AuthMethod),
+			RedirectURIs:             slices.Clone(cl.RedirectURIs),
+			PostLogoutRedirectURIs:   slices.Clone(cl.PostLogoutRedirectURIs),
+			BackchannelLogoutURI:     cl.BackchannelLogoutURI,
+			FrontchannelLogoutURI:    cl.FrontchannelLogoutURI,
+			WebOrigins:               slices.Clone(cl.WebOrigins),
+			AccessTokenTTL:           d(cl.AccessTokenTTL),
+			OpaqueAccessTokens:       cl.AccessTokenFormat == "opaque",
+			Scopes:                   slices.Clone(cl.Scopes),
+			RequireMFA:               cl.RequireMFA || cl.RequirePhishingResistant,
+			RequirePhishingResistant: cl.RequirePhishingResistant,
+			ResourceServer:           cl.ResourceServer,
+			Serves:                   slices.Clone(cl.Serves),
 			Policy: activity.ClientPolicy{
 				IdleTimeout:          d(cl.IdleTimeout),
 				AppIdleTimeout:       d(cl.AppIdleTimeout),
@@ -841,6 +866,20 @@ func (c *Config) ProviderConfig() (oidc.Config, error) {
 		pc.Clients = append(pc.Clients, client)
 	}
 	return pc, nil
+}
+
+func isHexKey(s string) bool {
+	b, err := hex.DecodeString(s)
+	return err == nil && len(b) == 32
+}
+
+// secretKey is keys.secret_key decoded (validated), or nil.
+func (c *Config) secretKey() []byte {
+	b, _ := hex.DecodeString(c.Keys.SecretKey)
+	if len(b) != 32 {
+		return nil
+	}
+	return b
 }
 
 // envRef matches a ${NAME} reference to an environment variable.

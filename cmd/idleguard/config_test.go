@@ -328,7 +328,7 @@ func TestConfigDefaults(t *testing.T) {
 	require.Equal(t, BackchannelConfig{Timeout: Duration(5 * time.Second), Concurrency: 8, PerDestination: 2, Retention: Duration(7 * 24 * time.Hour),
 		RetryFor: Duration(24 * time.Hour), InitialBackoff: Duration(time.Second), MaxBackoff: Duration(5 * time.Minute),
 		PollInterval: Duration(time.Second)}, cfg.Backchannel)
-	require.Equal(t, LoginConfig{MaxFailures: 5, LockoutBase: Duration(time.Second), LockoutMax: Duration(15 * time.Minute)}, cfg.Login)
+	require.Equal(t, LoginConfig{MFA: "when_required", MaxFailures: 5, LockoutBase: Duration(time.Second), LockoutMax: Duration(15 * time.Minute)}, cfg.Login)
 	require.Equal(t, LogConfig{Format: "text", Level: "info"}, cfg.Log)
 	require.Empty(t, cfg.TrustedProxies, "no proxy is trusted unless configured")
 

@@ -77,6 +77,22 @@ type Store interface {
 	ReleaseLease(ctx context.Context, name, holder string) error
 	RefreshGeneration(ctx context.Context, chainID string) (uint64, error)
 	RotateRefreshChain(ctx context.Context, chainID string, from uint64) (bool, error)
+
+	SetTOTP(ctx context.Context, f session.TOTPFactor, recoveryHashes []string, by string) error
+	TOTP(ctx context.Context, userID string) (*session.TOTPFactor, error)
+	UseTOTPStep(ctx context.Context, userID string, step int64) (bool, error)
+	UseRecoveryCode(ctx context.Context, userID, hash string, at time.Time) (bool, error)
+	AddWebAuthnCredential(ctx context.Context, c session.WebAuthnCredential, by string) error
+	WebAuthnCredentials(ctx context.Context, userID string) ([]*session.WebAuthnCredential, error)
+	WebAuthnCredential(ctx context.Context, id []byte) (*session.WebAuthnCredential, error)
+	UseWebAuthnCredential(ctx context.Context, id []byte, signCount uint32, at time.Time) (bool, error)
+	DeleteWebAuthnCredential(ctx context.Context, userID string, id []byte, at time.Time, by string) error
+	ResetMFA(ctx context.Context, userID string, at time.Time, by string) error
+	Factors(ctx context.Context, userID string) (session.Factors, error)
+	PutCeremony(ctx context.Context, id, userID string, data []byte, expires time.Time) error
+	TakeCeremony(ctx context.Context, id string, now time.Time) (string, []byte, error)
+	PurgeCeremonies(ctx context.Context, now time.Time) error
+	RaiseAssurance(ctx context.Context, a *session.AuthSession, at time.Time, detail string) error
 }
 
 // Run runs every behaviour test against stores made by open (a fresh,
@@ -123,6 +139,12 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"ConditionalEndLosesToNewerActivity", testConditionalEnd},
 		{"LeaseHasOneHolderUntilItExpires", testLease},
 		{"RefreshRotationIsCompareAndSwap", testRefreshCAS},
+		{"TOTPStepIsUsedOnce", testTOTPStep},
+		{"RecoveryCodesWorkOnce", testRecoveryCodes},
+		{"PasskeysCounterAndRemoval", testPasskeys},
+		{"FactorsResetAndCascade", testFactorsReset},
+		{"CeremonyIsTakenOnceBeforeItExpires", testCeremonies},
+		{"RaiseAssuranceIsOnTheChangeFeed", testRaiseAssurance},
 		{"OlderActivityNeverPullsTheDeadlineBack", testOlderView},
 		{"ConditionalAppEndWaitsForItsOwnDeadline", testConditionalAppEnd},
 		{"ChangeFeedReaderMissesNothingUnderConcurrency", testChangeFeedRace},
