@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/idleguard/idleguard/activity"
-	"github.com/idleguard/idleguard/mfa"
+	"github.com/idleguard/idleguard/oidc/mfa"
 	"github.com/idleguard/idleguard/session"
 )
 

@@ -7,7 +7,7 @@ import (
 
 	zoidc "github.com/zitadel/oidc/v3/pkg/oidc"
 
-	"github.com/idleguard/idleguard/mfa"
+	"github.com/idleguard/idleguard/oidc/mfa"
 	"github.com/idleguard/idleguard/session"
 )
 

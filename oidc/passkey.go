@@ -8,7 +8,7 @@ import (
 	"strings"
 
 	"github.com/idleguard/idleguard/activity"
-	"github.com/idleguard/idleguard/mfa"
+	"github.com/idleguard/idleguard/oidc/mfa"
 	"github.com/idleguard/idleguard/session"
 )
 

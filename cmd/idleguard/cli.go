@@ -19,8 +19,8 @@ import (
 
 	qrcode "github.com/skip2/go-qrcode"
 
-	"github.com/idleguard/idleguard/mfa"
 	"github.com/idleguard/idleguard/oidc"
+	"github.com/idleguard/idleguard/oidc/mfa"
 	"github.com/idleguard/idleguard/session"
 )
 
