@@ -46,7 +46,9 @@ func freePort(t *testing.T) string {
 
 // child is a provider running as a separate process.
 type child struct {
-	cmd *exec.Cmd
+	cmd     *exec.Cmd
+	replica string // its name in leases and outbox claims, from its start banner
+	log     string // its standard error
 }
 
 func startChild(t *testing.T, bin, config string) *child {
@@ -54,26 +56,31 @@ func startChild(t *testing.T, bin, config string) *child {
 	cmd := exec.Command(bin, "serve", "--config", config)
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
-	cmd.Stderr = io.Discard
+	logFile, err := os.CreateTemp(t.TempDir(), "provider-*.log")
+	require.NoError(t, err)
+	defer logFile.Close()
+	cmd.Stderr = logFile
 	require.NoError(t, cmd.Start())
-	ready := make(chan struct{})
+	banner := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
 			if strings.Contains(sc.Text(), "listening on") {
-				close(ready)
+				banner <- sc.Text()
 				break
 			}
 		}
 		_, _ = io.Copy(io.Discard, stdout)
 	}()
+	c := &child{cmd: cmd, log: logFile.Name()}
 	select {
-	case <-ready:
+	case line := <-banner:
+		_, c.replica, _ = strings.Cut(line, "replica ")
+		c.replica = strings.TrimSuffix(c.replica, ")")
 	case <-time.After(30 * time.Second):
 		_ = cmd.Process.Kill()
 		t.Fatal("provider did not start")
 	}
-	c := &child{cmd: cmd}
 	t.Cleanup(func() { c.kill() })
 	return c
 }
