@@ -57,7 +57,7 @@ func seedPostgres(tb testing.TB, conn *pgx.Conn, n int, now time.Time, idle bool
 	start := time.Now()
 	for _, q := range []string{
 		fmt.Sprintf(`CREATE TEMP TABLE seeded AS SELECT i, 's' || i || '-' || md5(random()::text) AS sid, %s::bigint AS la
-			FROM generate_series(1, %d) AS i`, lastActive, n),
+			FROM generate_series(1::bigint, %d::bigint) AS i`, lastActive, n),
 		fmt.Sprintf(`INSERT INTO auth_sessions (id, user_id, auth_time, amr, last_active_at, idle_limit_ms, absolute_deadline, deadline)
 			SELECT sid, 'seed-user-' || i, la - %[1]d, 'pwd', la, %[2]d, la - %[1]d + %[3]d, la + %[2]d FROM seeded`,
 			hour, limit, benchMaxLifetime.Milliseconds()),
