@@ -496,6 +496,15 @@ func (t *Tracker) Check(ctx context.Context, appSessionID string) (Status, error
 // activity written at other replicas: they lag the truth by at most the
 // flush slack, and never run ahead of it.
 func (t *Tracker) Touch(ctx context.Context, appSessionID string, src Source, at time.Time) (Status, error) {
+	return t.TouchFor(ctx, appSessionID, src, at, nil)
+}
+
+// TouchFor is Touch for a credential that only some clients' tokens may
+// use: an API behind a gateway, a resource server reporting for the apps
+// it serves. Activity is recorded only when accept (nil: any) takes the
+// application session's client; otherwise the status is returned with
+// nothing recorded, and the caller refuses the credential.
+func (t *Tracker) TouchFor(ctx context.Context, appSessionID string, src Source, at time.Time, accept func(clientID string) bool) (Status, error) {
 	if src == 0 {
 		if err := t.reloadHeldOne(ctx, SessionID(appSessionID)); err != nil {
 			return Status{}, err
@@ -513,7 +522,7 @@ func (t *Tracker) Touch(ctx context.Context, appSessionID string, src Source, at
 		sh.mu.Unlock()
 		return Status{}, fmt.Errorf("app session %s: %w", appSessionID, session.ErrNotFound)
 	}
-	if src != 0 && a.policy.Sources&src != 0 && t.appValid(e, a, now) {
+	if src != 0 && a.policy.Sources&src != 0 && (accept == nil || accept(a.ClientID)) && t.appValid(e, a, now) {
 		t.record(e, a, !a.policy.Exempt, src, at, now)
 	}
 	st, urgent := t.status(e, a, now), t.behindNearDeadline(e, now)

@@ -18,6 +18,16 @@ import (
 // maxBody bounds every request body.
 const maxBody = 64 << 10
 
+// bodyLimit is the bound of a request body to path: maxBody, but for the
+// batched activity of resource servers, which authenticate before it is
+// read.
+func bodyLimit(path string) int64 {
+	if path == "/activity/batch" {
+		return maxBatchBody
+	}
+	return maxBody
+}
+
 // maxAuthorizeQuery bounds an authorization request, query and body
 // together (boundAuthorize); every legitimate one is far smaller, and it is
 // stored until the code exchange.
@@ -38,7 +48,7 @@ func (p *Provider) edge(next http.Handler) http.Handler {
 		h.Set("X-Frame-Options", "DENY")
 		h.Set("Referrer-Policy", "no-referrer")
 		if r.Body != nil {
-			r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+			r.Body = http.MaxBytesReader(w, r.Body, bodyLimit(r.URL.Path))
 		}
 		defer func() {
 			if v := recover(); v != nil {

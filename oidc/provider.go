@@ -309,6 +309,9 @@ func (p *Provider) routes() http.Handler {
 	mux.Handle("POST /login", page(p.loginSubmit))
 	mux.HandleFunc("POST /activity", p.bearerCORS(p.postActivity))
 	mux.HandleFunc("GET /session", p.bearerCORS(p.getSession))
+	mux.HandleFunc("POST /activity/batch", p.activityBatch)
+	mux.Handle("/activity/batch", postOnly(http.NotFoundHandler())) // no browser calls it: no preflight
+	mux.HandleFunc("/forward-auth", p.forwardAuth)                  // any method: gateways forward the API call's
 	mux.HandleFunc("OPTIONS /activity", p.preflight)
 	mux.HandleFunc("OPTIONS /session", p.preflight)
 	mux.Handle("GET /logged-out", page(p.loggedOut))
@@ -422,6 +425,14 @@ var (
 // useToken checks a person's access token id against the clock and the
 // session, recording activity from src where the token's client counts it.
 func (p *Provider) useToken(ctx context.Context, tokenID string, src activity.Source, at time.Time) (activity.Status, error) {
+	return p.useTokenFor(ctx, tokenID, src, at, nil)
+}
+
+// useTokenFor is useToken for a use that only the tokens of some clients may
+// make (accept; nil: any): the activity is recorded only for those, and the
+// caller refuses the others by the returned status's ClientID.
+func (p *Provider) useTokenFor(ctx context.Context, tokenID string, src activity.Source, at time.Time,
+	accept func(clientID string) bool) (activity.Status, error) {
 	id, err := parseTokenID(tokenID)
 	if err != nil || id.appSessionID == "" {
 		return activity.Status{}, errTokenInvalid
@@ -432,7 +443,7 @@ func (p *Provider) useToken(ctx context.Context, tokenID string, src activity.So
 	if !p.now().Before(id.expires) {
 		return activity.Status{}, errTokenExpired
 	}
-	st, err := p.tracker.Touch(ctx, id.appSessionID, src, at)
+	st, err := p.tracker.TouchFor(ctx, id.appSessionID, src, at, accept)
 	if err != nil {
 		if errors.Is(err, session.ErrNotFound) {
 			return activity.Status{}, errTokenInvalid

@@ -594,3 +594,33 @@ func TestReplicasEndLatency(t *testing.T) {
 			db.name, took[n/2], took[(n*99+99)/100-1], took[n-1], n)
 	})
 }
+
+// API traffic across replicas: gateway checks and batched activity that
+// land only on replica B keep a session alive at replica A's sweeper, and an
+// end at replica A is refused by B's gateway check and batch once the change
+// feed has reached B.
+func TestReplicasAPITraffic(t *testing.T) {
+	onEveryBackend(t, func(t *testing.T, db backend) {
+		c := newCluster(t, db, 2, withResourceServer("api", "bank"), withAdmin)
+		bank := c.via(0).browser().login(c.rp("bank"), "alice") // 5m limit
+		require.Zero(t, c.tick(), "replica A takes the sweeper lease")
+		for range 3 { // 24 minutes, traffic at replica B only
+			c.clock.Advance(4 * time.Minute)
+			c.via(1)
+			requireForward(t, c.forwardAuth(http.MethodGet, "aud=bank", bank.fresh(c.env)), http.StatusOK, "")
+			require.Zero(t, c.tick())
+			c.clock.Advance(4 * time.Minute)
+			c.via(1)
+			_, res := c.batch("api", events(jtiEvent(t, bank, nil)))
+			require.Equal(t, []batchResult{{Live: true}}, res)
+			require.Zero(t, c.tick())
+		}
+		code, _ := c.via(0).adminCall(http.MethodPost, "/admin/sessions/"+bank.sid+"/end", adminToken)
+		require.Equal(t, http.StatusOK, code)
+		c.sync()
+		c.via(1)
+		requireForward(t, c.forwardAuth(http.MethodGet, "aud=bank", bank.AccessToken), http.StatusUnauthorized, "admin")
+		_, res := c.batch("api", events(jtiEvent(t, bank, nil)))
+		require.Equal(t, []batchResult{{Reason: "admin"}}, res)
+	})
+}

@@ -347,6 +347,8 @@ func (c *loadClient) op(ctx context.Context, k kind, sessions []*loadSession, rn
 		err = c.bearer(ctx, http.MethodGet, base+"/userinfo", s, nil)
 	case kindHealth:
 		err = c.health(ctx, base)
+	case kindForwardAuth:
+		err = c.bearer(ctx, http.MethodGet, base+"/forward-auth?aud=load-app", s, nil)
 	case kindRefresh:
 		err = c.refresh(ctx, base, s)
 	case kindSSO:

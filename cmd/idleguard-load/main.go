@@ -15,6 +15,7 @@
 //	go run ./cmd/idleguard-load -duration 10s
 //	go run ./cmd/idleguard-load -sessions 1000 -seed-sql 1000000 -mix introspect=100
 //	go run ./cmd/idleguard-load -alg ES256 -mix refresh=100
+//	go run ./cmd/idleguard-load -mix forwardauth=100   # the gateway check; compare with -mix introspect=100
 //	go run ./cmd/idleguard-load -database postgres -replicas 2 -compare-sqlite -mix heartbeat=100
 //
 // Every request goes to 127.0.0.1; the run stops by itself after -duration

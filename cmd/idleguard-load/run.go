@@ -21,17 +21,18 @@ import (
 type kind int
 
 const (
-	kindIntrospect kind = iota // POST /oauth/introspect by the resource server
-	kindHeartbeat              // POST /activity with the access token
-	kindRefresh                // refresh-token grant (rotation, ID token and access token signed)
-	kindSSO                    // a second app's authorize answered from the session, up to the code
-	kindStatus                 // GET /session (not activity)
-	kindUserinfo               // GET /userinfo
-	kindHealth                 // GET /healthz: the floor of an HTTP round trip to the provider
+	kindIntrospect  kind = iota // POST /oauth/introspect by the resource server
+	kindHeartbeat               // POST /activity with the access token
+	kindRefresh                 // refresh-token grant (rotation, ID token and access token signed)
+	kindSSO                     // a second app's authorize answered from the session, up to the code
+	kindStatus                  // GET /session (not activity)
+	kindUserinfo                // GET /userinfo
+	kindHealth                  // GET /healthz: the floor of an HTTP round trip to the provider
+	kindForwardAuth             // GET /forward-auth?aud=load-app, as a gateway asks before an API call
 	numKinds
 )
 
-var kindName = [numKinds]string{"introspect", "heartbeat", "refresh", "sso", "status", "userinfo", "health"}
+var kindName = [numKinds]string{"introspect", "heartbeat", "refresh", "sso", "status", "userinfo", "health", "forwardauth"}
 
 func kindNames() []string { return kindName[:] }
 

@@ -175,6 +175,14 @@ type ClientConfig struct {
 	// Activity lists the sources that count as the person being there; see
 	// activity.ParseSources. Absent: all but refresh. login is always on.
 	Activity []string `yaml:"activity"`
+
+	// ResourceServer marks a client that stands for APIs: it reports the
+	// calls its APIs validated themselves (POST /activity/batch) for the
+	// apps it Serves. It needs a client secret.
+	ResourceServer bool `yaml:"resource_server"`
+	// Serves lists the client ids whose tokens its APIs accept. Absent: its
+	// own id.
+	Serves []string `yaml:"serves"`
 }
 
 // Duration is a time.Duration written as a Go duration string ("90s", "5m",
@@ -481,6 +489,9 @@ func (c *Config) Validate() error {
 	for i := range c.Clients {
 		c.validateClient(i, firstUse, add, run)
 	}
+	for i := range c.Clients {
+		c.validateServes(i, firstUse, add)
+	}
 
 	if len(problems) > 0 {
 		return &ConfigError{Problems: problems}
@@ -587,6 +598,27 @@ func (c *Config) validateClient(i int, firstUse map[string]int, add func(path, m
 	for j, name := range cl.Activity {
 		if _, err := activity.ParseSources([]string{name}); err != nil {
 			add(fmt.Sprintf("%s[%d]", p("activity"), j), err.Error())
+		}
+	}
+}
+
+// validateServes checks the resource server fields of client i against
+// every configured client id (known).
+func (c *Config) validateServes(i int, known map[string]int, add func(path, msg string)) {
+	cl := &c.Clients[i]
+	p := fmt.Sprintf("clients[%d].", i)
+	switch {
+	case cl.ResourceServer && cl.AuthMethod == string(zoidc.AuthMethodNone):
+		add(p+"resource_server", "needs a confidential client (a client_secret): resource servers authenticate")
+	case !cl.ResourceServer && cl.Serves != nil:
+		add(p+"serves", "has no meaning without resource_server: true")
+	}
+	for j, id := range cl.Serves {
+		path := fmt.Sprintf("%sserves[%d]", p, j)
+		if _, ok := known[id]; !ok {
+			add(path, fmt.Sprintf("%q is not a configured client_id", id))
+		} else if slices.Contains(cl.Serves[:j], id) {
+			add(path, fmt.Sprintf("%q is listed twice", id))
 		}
 	}
 }
@@ -784,6 +816,8 @@ func (c *Config) ProviderConfig() (oidc.Config, error) {
 			AccessTokenTTL:         d(cl.AccessTokenTTL),
 			OpaqueAccessTokens:     cl.AccessTokenFormat == "opaque",
 			Scopes:                 slices.Clone(cl.Scopes),
+			ResourceServer:         cl.ResourceServer,
+			Serves:                 slices.Clone(cl.Serves),
 			Policy: activity.ClientPolicy{
 				IdleTimeout:          d(cl.IdleTimeout),
 				AppIdleTimeout:       d(cl.AppIdleTimeout),

@@ -512,6 +512,19 @@ func TestConfigValidateRules(t *testing.T) {
 		{"exempt idle above max lifetime", func(_ *Config, cl *ClientConfig) {
 			cl.IdleExempt, cl.IdleTimeout = true, d("9h")
 		}, "clients[0].idle_timeout: 9h0m0s is above session.max_lifetime (8h0m0s)"},
+
+		{"resource server of itself", func(_ *Config, cl *ClientConfig) { cl.ResourceServer = true }, ""},
+		{"resource server of named apps", func(_ *Config, cl *ClientConfig) { cl.ResourceServer, cl.Serves = true, []string{"app"} }, ""},
+		{"public resource server", func(_ *Config, cl *ClientConfig) {
+			cl.ResourceServer, cl.AuthMethod, cl.Secret = true, "none", ""
+		}, "clients[0].resource_server: needs a confidential client"},
+		{"serves without resource server", func(_ *Config, cl *ClientConfig) { cl.Serves = []string{"app"} },
+			"clients[0].serves: has no meaning without resource_server: true"},
+		{"serves an unknown app", func(_ *Config, cl *ClientConfig) { cl.ResourceServer, cl.Serves = true, []string{"app", "mail"} },
+			"clients[0].serves[1]: \"mail\" is not a configured client_id"},
+		{"serves an app twice", func(_ *Config, cl *ClientConfig) { cl.ResourceServer, cl.Serves = true, []string{"app", "app"} },
+			"clients[0].serves[1]: \"app\" is listed twice"},
+		{"api activity off", func(_ *Config, cl *ClientConfig) { cl.Activity = []string{"sso", "heartbeat"} }, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -580,6 +593,12 @@ clients:
   - client_id: spa
     token_endpoint_auth_method: none
     redirect_uris: [http://127.0.0.1:9002/cb]
+  - client_id: reports-api
+    client_secret: ${IG_TEST_BANK}
+    grant_types: [client_credentials]
+    scopes: []
+    resource_server: true
+    serves: [bank, spa]
 `))
 	require.NoError(t, err)
 	pc, err := cfg.ProviderConfig()
@@ -600,7 +619,7 @@ clients:
 	require.Nil(t, pc.Logger)
 	require.Nil(t, pc.HTTPClient)
 
-	require.Len(t, pc.Clients, 2)
+	require.Len(t, pc.Clients, 3)
 	bank := pc.Clients[0]
 	require.Equal(t, &oidc.Client{
 		ID:                     "bank",
@@ -634,6 +653,14 @@ clients:
 	require.Equal(t, activity.DefaultSources, spa.Policy.Sources)
 	require.Equal(t, oidc.DefaultScopes, spa.Scopes)
 	require.Zero(t, spa.Policy.IdleTimeout)
+	require.False(t, spa.ResourceServer)
+	require.False(t, spa.ServesApp("spa"), "an app serves no API")
+
+	api := pc.Clients[2]
+	require.True(t, api.ResourceServer)
+	require.Equal(t, []string{"bank", "spa"}, api.Serves)
+	require.True(t, api.ServesApp("bank"))
+	require.False(t, api.ServesApp("reports-api"), "serves lists the apps; its own id only when it lists none")
 
 	t.Run("refuses an invalid configuration", func(t *testing.T) {
 		cfg.Clients[1].Secret = "a-secret-for-a-public-client"
