@@ -54,6 +54,7 @@ type options struct {
 	database     string // sqlite, postgres (a throwaway server) or a postgres:// URL
 	replicas     int
 	compare      bool // first run one SQLite node with the same options, then compare
+	idle         time.Duration
 }
 
 func main() {
@@ -81,6 +82,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.database, "database", "sqlite", "sqlite (a temporary file), postgres (a throwaway server from Debian's postgresql package), or the postgres:// URL of an empty database")
 	fs.IntVar(&o.replicas, "replicas", 1, "providers to start on the database; the load is spread over them, sign-ins go through a round-robin balancer")
 	fs.BoolVar(&o.compare, "compare-sqlite", false, "first run one provider on SQLite with the same options, then this run, and print the throughput of this one as a share of that")
+	fs.DurationVar(&o.idle, "idle-timeout", 8*time.Hour, "session.idle_timeout of the provider (access tokens live at most 1h); a short one makes coalesced activity reach the database within the run")
 	fs.DurationVar(&o.setupTimeout, "setup-timeout", 20*time.Minute, "give up if building, seeding, starting and signing in take longer")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "Usage: idleguard-load [flags]\n\nStarts idleguard on 127.0.0.1 as a child process, signs people in, drives a request mix and reports.\n\nFlags:")
@@ -109,6 +111,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("-alg %q: want RS256, ES256 or EdDSA", o.alg)
 	case o.token != "jwt" && o.token != "opaque":
 		return fmt.Errorf("-token %q: want jwt or opaque", o.token)
+	case o.idle < time.Minute:
+		return errors.New("-idle-timeout must be at least 1m")
 	case o.replicas < 1 || o.replicas > 16:
 		return errors.New("-replicas must be between 1 and 16")
 	case o.database != "sqlite" && o.database != "postgres" && !session.IsPostgresURL(o.database):

@@ -88,8 +88,10 @@ func randomSecret() string {
 }
 
 // prepareProvider writes the configurations, one per replica, identical
-// but for listen. Idle limits are generous (8h, access tokens 1h) so that
-// the run measures the hot paths, not renewals.
+// but for listen. Idle limits are generous by default (-idle-timeout 8h,
+// access tokens 1h) so that the run measures the hot paths, not renewals;
+// a shorter limit shows what coalesced activity writes (its slack is a
+// tenth of the limit, at most 30 s).
 func prepareProvider(o options, dir, database string) (*provider, error) {
 	p := &provider{dir: dir, database: database, secrets: map[string]string{}, token: o.token}
 	if !session.IsPostgresURL(database) {
@@ -123,13 +125,14 @@ func prepareProvider(o options, dir, database string) (*provider, error) {
 }
 
 func (p *provider) configFor(o options, listen string) string {
+	ttl := min(time.Hour, o.idle)
 	var b strings.Builder
 	fmt.Fprintf(&b, `# Written by idleguard-load; secrets come from the environment.
 issuer: %s
 listen: %s
 database: %s
 session:
-  idle_timeout: 8h
+  idle_timeout: %s
   max_lifetime: 24h
   sweep_interval: 1s
   replicas: %d
@@ -141,18 +144,18 @@ clients:
   - client_id: load-app
     client_secret: ${%s}
     redirect_uris: [%s]
-    access_token_ttl: 1h
+    access_token_ttl: %s
     access_token_format: %s
   - client_id: load-sso
     client_secret: ${%s}
     redirect_uris: [%s]
-    access_token_ttl: 1h
+    access_token_ttl: %s
   - client_id: load-api
     client_secret: ${%s}
     redirect_uris: [%s]
-`, p.issuer, listen, p.database, o.replicas, o.alg,
-		secretEnv("load-app"), redirectURI("load-app"), o.token,
-		secretEnv("load-sso"), redirectURI("load-sso"),
+`, p.issuer, listen, p.database, o.idle, o.replicas, o.alg,
+		secretEnv("load-app"), redirectURI("load-app"), ttl, o.token,
+		secretEnv("load-sso"), redirectURI("load-sso"), ttl,
 		secretEnv("load-api"), redirectURI("load-api"))
 	return b.String()
 }

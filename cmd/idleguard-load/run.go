@@ -280,8 +280,8 @@ func reportWrites(w io.Writer, wr dbWrites, res *result, total int64) {
 		return
 	}
 	secs := wr.elapsed.Seconds()
-	fmt.Fprintf(w, "PostgreSQL writes during the run: %d write transactions (%.1f/s, %.4f per request), WAL %s (%.0f bytes per request)\n",
-		wr.xids, float64(wr.xids)/secs, float64(wr.xids)/float64(total), mb(wr.walBytes), float64(wr.walBytes)/float64(total))
+	fmt.Fprintf(w, "PostgreSQL writes during the run: %d write transactions (%.1f/s, %.4f per request), WAL %.1f kB (%.1f bytes per request)\n",
+		wr.xids, float64(wr.xids)/secs, float64(wr.xids)/float64(total), float64(wr.walBytes)/1024, float64(wr.walBytes)/float64(total))
 	if hb := int64(len(res.latencies[kindHeartbeat])); hb == total {
 		fmt.Fprintf(w, "  heartbeats only: %.4f write transactions per heartbeat\n", float64(wr.xids)/float64(hb))
 	}

@@ -54,12 +54,27 @@ type procCluster struct {
 	children []*child
 }
 
-func newProcCluster(t *testing.T, n int, receiver string) *procCluster {
+// procOptions shape a procCluster's configuration.
+type procOptions struct {
+	dsn       string        // the database (default: a fresh one on the shared test server)
+	idle      time.Duration // session and client idle_timeout (default 2s)
+	tokenTTL  time.Duration // access_token_ttl (default 1s)
+	extraSess string        // more lines of the session section
+}
+
+func newProcCluster(t *testing.T, n int, receiver string, opts ...func(*procOptions)) *procCluster {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
-	c := &procCluster{t: t, bin: buildBinary(t), dsn: pgtest.NewDatabase(t), target: -1}
+	o := procOptions{idle: 2 * time.Second, tokenTTL: time.Second}
+	for _, f := range opts {
+		f(&o)
+	}
+	if o.dsn == "" {
+		o.dsn = pgtest.NewDatabase(t)
+	}
+	c := &procCluster{t: t, bin: buildBinary(t), dsn: o.dsn, target: -1}
 	c.lb = httptest.NewServer(http.HandlerFunc(c.balance))
 	t.Cleanup(c.lb.Close)
 	dir := t.TempDir()
@@ -70,11 +85,12 @@ func newProcCluster(t *testing.T, n int, receiver string) *procCluster {
 listen: %s
 database: %s
 session:
-  idle_timeout: 2s
+  idle_timeout: %s
   max_lifetime: 1h
   sweep_interval: %s
   replicas: %d
   sync_interval: 100ms
+%s
 backchannel:
   initial_backoff: 100ms
   max_backoff: 200ms
@@ -84,9 +100,9 @@ clients:
     client_secret: bank-secret-0123456789
     redirect_uris: [http://127.0.0.1:1/callback]
     backchannel_logout_uri: %s/backchannel-logout
-    idle_timeout: 2s
-    access_token_ttl: 1s
-`, c.lb.URL, addr, c.dsn, procSweep, n, receiver), 0o600))
+    idle_timeout: %s
+    access_token_ttl: %s
+`, c.lb.URL, addr, c.dsn, o.idle, procSweep, n, o.extraSess, receiver, o.idle, o.tokenTTL), 0o600))
 		c.addrs, c.configs = append(c.addrs, addr), append(c.configs, config)
 	}
 	add := exec.Command(c.bin, "user", "add", "alice", "--config", c.configs[0])
@@ -126,15 +142,26 @@ func (c *procCluster) balance(w http.ResponseWriter, r *http.Request) {
 // the next replica, and returns the new session's id.
 func (c *procCluster) signIn() string {
 	c.t.Helper()
-	cfg := &oauth2.Config{ClientID: "bank", ClientSecret: "bank-secret-0123456789", RedirectURL: "http://127.0.0.1:1/callback",
-		Endpoint: oauth2.Endpoint{AuthURL: c.lb.URL + "/authorize", TokenURL: c.lb.URL + "/oauth/token"}, Scopes: []string{"openid"}}
+	sid, _ := c.signInForTokens()
+	return sid
+}
+
+// app is the bank's relying-party configuration, through the balancer.
+func (c *procCluster) app() *oauth2.Config {
+	return &oauth2.Config{ClientID: "bank", ClientSecret: "bank-secret-0123456789", RedirectURL: "http://127.0.0.1:1/callback",
+		Endpoint: oauth2.Endpoint{AuthURL: c.lb.URL + "/authorize", TokenURL: c.lb.URL + "/oauth/token"}, Scopes: []string{"openid", "offline_access"}}
+}
+
+// signInForTokens is signIn that also returns the app's tokens.
+func (c *procCluster) signInForTokens() (string, *oauth2.Token) {
+	c.t.Helper()
 	before := c.count(`SELECT COUNT(*) FROM auth_sessions`)
-	_, err := oidctest.Login(c.t.Context(), oidctest.NewBrowser(c.lb.URL, nil), c.lb.URL, cfg, "alice", "a long password")
+	tok, err := oidctest.Login(c.t.Context(), oidctest.NewBrowser(c.lb.URL, nil), c.lb.URL, c.app(), "alice", "a long password")
 	require.NoError(c.t, err)
 	require.Equal(c.t, before+1, c.count(`SELECT COUNT(*) FROM auth_sessions`))
 	var sid string
 	require.NoError(c.t, c.db.QueryRow(c.t.Context(), `SELECT id FROM auth_sessions ORDER BY auth_time DESC LIMIT 1`).Scan(&sid))
-	return sid
+	return sid, tok
 }
 
 func (c *procCluster) count(q string, args ...any) int {
@@ -343,4 +370,163 @@ func TestKilledReplicaLogoutsAreDeliveredByAnother(t *testing.T) {
 	require.Equal(t, people, c.count(`SELECT COUNT(*) FROM audit_events WHERE kind = 'logout_delivered'`), "one delivery recorded per logout")
 	require.Equal(t, people, c.count(`SELECT COUNT(*) FROM logout_outbox`), "no logout queued twice")
 	t.Logf("replica %s killed with %d logouts in flight; all %d delivered by the other", victim, len(lost), people)
+}
+
+// outageSample is one request of the load during an outage test.
+type outageSample struct {
+	replica  int
+	kind     string // introspect or heartbeat
+	start    time.Time
+	took     time.Duration
+	status   int
+	active   bool   // introspection said active: true
+	inactive bool   // introspection said active: false
+	errCode  string // the OAuth error of a refusal
+}
+
+// hammer sends introspections and heartbeats for token to every replica
+// directly, each kind in its own loop per replica, until stop is closed.
+func (c *procCluster) hammer(token string, stop <-chan struct{}) func() []outageSample {
+	var mu sync.Mutex
+	var samples []outageSample
+	var wg sync.WaitGroup
+	client := &http.Client{Timeout: 30 * time.Second}
+	for i, addr := range c.addrs {
+		for _, kind := range []string{"introspect", "heartbeat"} {
+			wg.Go(func() {
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					s := c.probe(client, addr, kind, token)
+					s.replica = i
+					mu.Lock()
+					samples = append(samples, s)
+					mu.Unlock()
+					time.Sleep(10 * time.Millisecond) // a steady trickle, not a flood, on two shared cores
+				}
+			})
+		}
+	}
+	return func() []outageSample { wg.Wait(); return samples }
+}
+
+func (c *procCluster) probe(client *http.Client, addr, kind, token string) outageSample {
+	var req *http.Request
+	if kind == "introspect" {
+		req, _ = http.NewRequest(http.MethodPost, "http://"+addr+"/oauth/introspect", strings.NewReader(url.Values{"token": {token}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.SetBasicAuth("bank", "bank-secret-0123456789")
+	} else {
+		req, _ = http.NewRequest(http.MethodPost, "http://"+addr+"/activity", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	s := outageSample{kind: kind, start: time.Now()}
+	resp, err := client.Do(req)
+	s.took = time.Since(s.start)
+	if err != nil {
+		s.errCode = "transport: " + err.Error()
+		return s
+	}
+	defer resp.Body.Close()
+	s.status = resp.StatusCode
+	var out struct {
+		Active *bool  `json:"active"`
+		Error  string `json:"error"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	s.errCode = out.Error
+	if kind == "introspect" && resp.StatusCode == http.StatusOK && out.Active != nil {
+		s.active, s.inactive = *out.Active, !*out.Active
+	}
+	return s
+}
+
+// TestDatabaseStoppedAndStartedUnderLoad is rule 10 with real processes and
+// a real outage: two replicas serve introspections and heartbeats of one
+// session while their PostgreSQL server is stopped (fast shutdown: every
+// connection dropped) and started again. Every answer comes within the
+// database timeout, is 200 or 503 temporarily_unavailable (never a hang,
+// never a 500, never active: false for the live session); past the bound
+// after which a replica cannot vouch for what it has not read (4 x
+// sync_interval) no replica answers active: true; a refresh refused during
+// the outage changed nothing; and both replicas serve again without a
+// restart.
+func TestDatabaseStoppedAndStartedUnderLoad(t *testing.T) {
+	const dbTimeout = 300 * time.Millisecond
+	const syncEvery = 100 * time.Millisecond // sync_interval in the configuration
+	srv := pgtest.NewServer(t)
+	c := newProcCluster(t, 2, "http://127.0.0.1:1", func(o *procOptions) {
+		o.dsn, o.idle, o.tokenTTL = srv.NewDatabase(t), time.Minute, time.Minute
+		o.extraSess = fmt.Sprintf("  database_timeout: %s", dbTimeout)
+	})
+	_, tok := c.signInForTokens()
+	stopLoad := make(chan struct{})
+	collect := c.hammer(tok.AccessToken, stopLoad)
+	defer func() {
+		select {
+		case <-stopLoad:
+		default:
+			close(stopLoad)
+			collect()
+		}
+	}()
+	time.Sleep(500 * time.Millisecond) // load before the outage (real time: the processes run on their own clocks)
+
+	stoppedAt := time.Now()
+	srv.Stop()
+	time.Sleep(time.Second) // the outage, under load
+	refresh := func() (*oauth2.Token, error) {
+		return c.app().TokenSource(t.Context(), &oauth2.Token{RefreshToken: tok.RefreshToken}).Token()
+	}
+	_, err := refresh()
+	var re *oauth2.RetrieveError
+	require.ErrorAs(t, err, &re, "a refresh while the database is away is refused")
+	require.Equal(t, http.StatusServiceUnavailable, re.Response.StatusCode)
+	require.Equal(t, "temporarily_unavailable", re.ErrorCode)
+	time.Sleep(time.Second)
+	startedAt := time.Now()
+	require.NoError(t, srv.Start())
+
+	var recovered time.Duration
+	require.Eventually(t, func() bool {
+		for _, addr := range c.addrs {
+			if s := c.probe(http.DefaultClient, addr, "introspect", tok.AccessToken); !s.active {
+				return false
+			}
+		}
+		recovered = time.Since(startedAt)
+		return true
+	}, 20*time.Second, 20*time.Millisecond, "every replica vouches again, without a restart")
+	close(stopLoad)
+	samples := collect()
+	for i, ch := range c.children {
+		require.Nil(t, ch.cmd.ProcessState, "replica %d still runs: it was not restarted", i)
+	}
+
+	blind := stoppedAt.Add(4*syncEvery + syncEvery + procSlack) // past the bound, with the poll and scheduling on top
+	var during, refused int
+	for _, s := range samples {
+		require.LessOrEqual(t, s.took, dbTimeout+procSlack, "%+v: answered within the database timeout", s)
+		require.Contains(t, []int{http.StatusOK, http.StatusServiceUnavailable}, s.status, "%+v", s)
+		require.False(t, s.inactive, "%+v: the session was never ended; a replica that cannot tell says 503, not inactive", s)
+		if s.status == http.StatusServiceUnavailable {
+			require.Equal(t, "temporarily_unavailable", s.errCode, "%+v", s)
+			refused++
+		}
+		if s.start.After(blind) && s.start.Add(s.took).Before(startedAt) {
+			during++
+			require.False(t, s.active, "%+v: active: true from a replica that has not read the database for %s", s, s.start.Sub(stoppedAt))
+		}
+	}
+	require.Positive(t, during, "the load ran through the outage")
+	t.Logf("%d requests, %d answered 503 temporarily_unavailable, %d past the vouching bound while the database was down; both replicas vouched again %s after it started",
+		len(samples), refused, during, recovered.Round(time.Millisecond))
+
+	// Nothing was acknowledged that was not written: the refresh token of
+	// before the outage is still the current one.
+	_, err = refresh()
+	require.NoError(t, err, "the refused refresh rotated nothing")
 }
