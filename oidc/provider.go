@@ -384,7 +384,10 @@ type purger interface {
 
 // purge drops what can no longer matter: expired authorization requests,
 // revocations of tokens that have expired anyway (memory and database), and
-// finished outbox rows older than Backchannel.Retention.
+// finished outbox rows older than Backchannel.Retention. It also learns the
+// revocations that other replicas on the database took since (an access
+// token revoked at one replica is refused at every other within one
+// HousekeepInterval).
 func (p *Provider) purge(ctx context.Context) error {
 	if pu, ok := p.store.(purger); ok {
 		if err := pu.PurgeAuthRequests(ctx, p.now()); err != nil {
@@ -398,8 +401,12 @@ func (p *Provider) purge(ctx context.Context) error {
 		}
 		return true
 	})
-	if _, err := p.store.PurgeRevokedTokens(ctx, now); err != nil {
+	live, err := p.store.RevokedTokens(ctx, now) // purges the expired ones too
+	if err != nil {
 		return err
+	}
+	for _, id := range live {
+		p.revoked.Store(id, struct{}{})
 	}
 	if _, err := p.store.PurgeDeliveries(ctx, now.Add(-p.cfg.Backchannel.Retention)); err != nil {
 		return err

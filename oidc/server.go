@@ -237,9 +237,29 @@ func (s *server) EndSession(ctx context.Context, r *op.Request[zoidc.EndSessionR
 	if req.IDTokenHintClaims != nil {
 		sid = req.IDTokenHintClaims.SessionID
 	}
+	if own := s.p.sessionCookie(&http.Request{Header: r.Header}); own != "" && sid != "" && own != sid &&
+		s.p.liveSession(ctx, own) {
+		return s.p.askAboutOwnSession(ctx, sid, own, req)
+	}
 	target, err := s.p.endAndFrontchannel(ctx, sid, req)
 	if err != nil {
 		return nil, s.p.hideInternal(ctx, err)
+	}
+	return op.NewRedirect(target), nil
+}
+
+// askAboutOwnSession answers an id_token_hint that names another session
+// than the browser's live one (an app holding the ID token of an earlier
+// session): what the hint names ends, and the person is asked whether to
+// end the browser's own session too (RP-Initiated Logout 1.0 section 2),
+// instead of being left signed in.
+func (p *Provider) askAboutOwnSession(ctx context.Context, hinted, own string, req *op.EndSessionRequest) (*op.Redirect, error) {
+	if err := p.endForLogout(ctx, hinted, req); err != nil {
+		return nil, p.hideInternal(ctx, err)
+	}
+	target, err := p.logoutURL("/logout/confirm", logoutTicket{SID: own, Redirect: p.validRedirect(req), ClientID: req.ClientID})
+	if err != nil {
+		return nil, err
 	}
 	return op.NewRedirect(target), nil
 }

@@ -34,6 +34,8 @@ type AuthRequestStore interface {
 	AuthRequestData(ctx context.Context, id string, now time.Time) ([]byte, error)
 	SaveAuthCode(ctx context.Context, id, codeHash string) error
 	AuthRequestByCode(ctx context.Context, codeHash string, now time.Time) (string, []byte, error)
+	// AuthRequestOfCode reads a code's request without redeeming it.
+	AuthRequestOfCode(ctx context.Context, codeHash string, now time.Time) ([]byte, error)
 	PurgeAuthRequests(ctx context.Context, now time.Time) error
 }
 
@@ -57,6 +59,10 @@ var (
 	_ op.CanSetUserinfoFromRequest      = storage{}
 	_ op.CanTerminateSessionFromRequest = storage{}
 )
+
+// maxCodeLength bounds an authorization code presented for exchange: far
+// above the codes this provider issues.
+const maxCodeLength = 512
 
 func hashCode(code string) string {
 	sum := sha256.Sum256([]byte(code))
@@ -123,7 +129,7 @@ func (s storage) AuthRequestByID(ctx context.Context, id string) (op.AuthRequest
 // code_reuse, which revokes every token issued from it (RFC 6749 section
 // 4.1.2): someone other than the app had the code.
 func (s storage) AuthRequestByCode(ctx context.Context, code string) (op.AuthRequest, error) {
-	if len(code) > 512 {
+	if len(code) > maxCodeLength {
 		return nil, zoidc.ErrInvalidGrant().WithDescription("invalid code")
 	}
 	_, data, err := s.p.store.AuthRequestByCode(ctx, hashCode(code), s.p.now())

@@ -851,6 +851,21 @@ func (p *Postgres) SaveAuthCode(ctx context.Context, id, codeHash string) error 
 	return err
 }
 
+// AuthRequestOfCode returns the data of the unexpired request that a code
+// was issued for, redeemed or not, without redeeming it: the token endpoint
+// checks who presents the code before the code counts as used.
+func (p *Postgres) AuthRequestOfCode(ctx context.Context, codeHash string, now time.Time) ([]byte, error) {
+	if !storable(codeHash) {
+		return nil, fmt.Errorf("auth code: %w", ErrNotFound)
+	}
+	var data string
+	err := p.pool.QueryRow(ctx, `SELECT data FROM auth_requests WHERE code_hash = $1 AND expires_at > $2`, codeHash, ms(now)).Scan(&data)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("auth code: %w", ErrNotFound)
+	}
+	return []byte(data), err
+}
+
 // AuthRequestByCode redeems a code: the first call returns the request it
 // was issued for and marks it redeemed in the same statement (an UPDATE
 // guarded by redeemed_at IS NULL, which a concurrent exchange at another

@@ -791,6 +791,18 @@ func (s *SQLite) SaveAuthCode(ctx context.Context, id, codeHash string) error {
 	return err
 }
 
+// AuthRequestOfCode returns the data of the unexpired request that a code
+// was issued for, redeemed or not, without redeeming it: the token endpoint
+// checks who presents the code before the code counts as used.
+func (s *SQLite) AuthRequestOfCode(ctx context.Context, codeHash string, now time.Time) ([]byte, error) {
+	var data string
+	err := s.r.QueryRowContext(ctx, `SELECT data FROM auth_requests WHERE code_hash = ? AND expires_at > ?`, codeHash, ms(now)).Scan(&data)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("auth code: %w", ErrNotFound)
+	}
+	return []byte(data), err
+}
+
 // AuthRequestByCode redeems a code: the first call returns the request it
 // was issued for and marks it redeemed in the same statement, so that a code
 // is redeemed once even when two exchanges race (RFC 6749 section 4.1.2).

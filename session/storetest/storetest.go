@@ -54,6 +54,7 @@ type Store interface {
 	AuthRequestData(ctx context.Context, id string, now time.Time) ([]byte, error)
 	SaveAuthCode(ctx context.Context, id, codeHash string) error
 	AuthRequestByCode(ctx context.Context, codeHash string, now time.Time) (string, []byte, error)
+	AuthRequestOfCode(ctx context.Context, codeHash string, now time.Time) ([]byte, error)
 	PurgeAuthRequests(ctx context.Context, now time.Time) error
 
 	RevokeToken(ctx context.Context, tokenID string, expires time.Time) error
@@ -588,17 +589,27 @@ func testAuthRequests(t *testing.T, s Store) {
 	require.ErrorIs(t, s.SaveAuthRequest(ctx, "r1", []byte(`{"a":3}`), t0, t0.Add(10*time.Minute)), session.ErrConflict,
 		"a request with a code is frozen")
 
-	id, data, err := s.AuthRequestByCode(ctx, "hash", t0.Add(time.Minute))
+	data, err = s.AuthRequestOfCode(ctx, "hash", t0.Add(time.Minute))
 	require.NoError(t, err)
+	require.JSONEq(t, `{"a":2}`, string(data), "a code's request can be read before it is redeemed")
+	id, data, err := s.AuthRequestByCode(ctx, "hash", t0.Add(time.Minute))
+	require.NoError(t, err, "reading it redeemed nothing")
 	require.Equal(t, "r1", id)
 	require.JSONEq(t, `{"a":2}`, string(data))
 	id, data, err = s.AuthRequestByCode(ctx, "hash", t0.Add(2*time.Minute))
 	require.ErrorIs(t, err, session.ErrCodeReused, "a code works once; a replay is recognised")
 	require.Equal(t, "r1", id)
 	require.JSONEq(t, `{"a":2}`, string(data), "a replay names what the code gave")
+	data, err = s.AuthRequestOfCode(ctx, "hash", t0.Add(2*time.Minute))
+	require.NoError(t, err)
+	require.JSONEq(t, `{"a":2}`, string(data), "and after")
 	_, _, err = s.AuthRequestByCode(ctx, "hash", t0.Add(10*time.Minute))
 	require.ErrorIs(t, err, session.ErrNotFound, "expired")
+	_, err = s.AuthRequestOfCode(ctx, "hash", t0.Add(10*time.Minute))
+	require.ErrorIs(t, err, session.ErrNotFound, "expired")
 	_, _, err = s.AuthRequestByCode(ctx, "other", t0)
+	require.ErrorIs(t, err, session.ErrNotFound)
+	_, err = s.AuthRequestOfCode(ctx, "other", t0)
 	require.ErrorIs(t, err, session.ErrNotFound)
 
 	require.NoError(t, s.SaveAuthRequest(ctx, "r2", []byte(`{}`), t0, t0.Add(10*time.Minute)))
