@@ -26,7 +26,7 @@ test-go: ## Run the Go tests with the race detector (PostgreSQL: a throwaway ser
 
 .PHONY: test-postgres
 test-postgres: ## Run only the tests that need PostgreSQL, failing if it is unavailable.
-	IDLEGUARD_REQUIRE_POSTGRES=1 $(GO) test -race -count=1 -run 'Postgres|Commands|KeysRotate|Migrate|Database|Killed|MissingServer' ./migrations ./session/... ./cmd/idleguard
+	IDLEGUARD_REQUIRE_POSTGRES=1 $(GO) test -race -count=1 -run 'Postgres|Commands|KeysRotate|Migrate|Database|Killed|MissingServer|StopsAndStarts' ./migrations ./session/... ./cmd/idleguard
 
 .PHONY: test-browser
 test-browser: ## Run the browser tests (Playwright driving /usr/bin/chromium).
