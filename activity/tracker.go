@@ -27,6 +27,11 @@ var (
 	ErrRefreshReuse = errors.New("refresh token reuse")
 	// ErrStaleRefresh means a concurrent refresh already rotated the token.
 	ErrStaleRefresh = errors.New("refresh token already rotated")
+	// ErrUnavailable means that, with several replicas, this replica has not
+	// read the change feed for longer than StaleAfter: an end at another
+	// replica may have passed it by, so it vouches for no session (fail
+	// closed) until a read succeeds again.
+	ErrUnavailable = errors.New("session state unavailable: the change feed could not be read")
 )
 
 // SessionOverError is returned when a credential's session is over, with
@@ -100,8 +105,12 @@ type Config struct {
 	Clients []string
 	// OnEnd is called (without locks held) after ends were committed, for
 	// example to wake the back-channel delivery worker.
-	OnEnd  func()
-	Logger *slog.Logger
+	OnEnd func()
+	// OnRevoke is called, with several replicas, for every access token id
+	// that the change feed says was revoked (at any replica, this one
+	// included), so that the provider refuses it from memory.
+	OnRevoke func(tokenID string)
+	Logger   *slog.Logger
 
 	// Replicas above 1 turns on what several replicas on one database need
 	// (see replica.go): the change feed, a re-read of the store before a
@@ -110,8 +119,13 @@ type Config struct {
 	// replica (the default) none of it runs.
 	Replicas     int
 	SyncInterval time.Duration // how often the change feed is polled; default 250ms
-	LeaseTime    time.Duration // the sweeper lease; default 3 x SweepInterval
-	ReplicaID    string        // this replica's name as a lease holder; default random
+	// StaleAfter is how long a replica whose reads of the change feed fail
+	// goes on vouching for sessions after its last successful read; then
+	// every credential check answers ErrUnavailable. A read that hangs is
+	// abandoned after StaleAfter too. Default 4 x SyncInterval (1s).
+	StaleAfter time.Duration
+	LeaseTime  time.Duration // the sweeper lease; default 3 x SweepInterval
+	ReplicaID  string        // this replica's name as a lease holder; default random
 }
 
 // Tracker is the in-memory, authoritative view of session activity, backed by
@@ -134,13 +148,16 @@ type Tracker struct {
 	// (Join, Reauthenticate, Flush): each takes its snapshot under it, so a
 	// write computed from an older snapshot can never land after a newer one
 	// and leave a stored deadline later than the true one.
-	writeMu sync.Mutex
+	// It is a channel of one slot so that a request can give up waiting for
+	// it when its context ends (lockWrites).
+	writeMu chan struct{}
 
 	stats stats
 
 	syncMu    sync.Mutex // one Sync at a time
 	cursor    int64      // last change feed row applied; under syncMu
-	lastPurge time.Time  // of the change feed; under the sweep loop
+	feed      feedHealth
+	lastPurge time.Time // of the change feed; under the sweep loop
 
 	closeOnce sync.Once
 	stop      chan struct{}
@@ -168,6 +185,18 @@ type appState struct {
 	persistedChains map[string]uint64
 }
 
+// lockWrites takes writeMu, or gives up with ctx's error when ctx ends
+// first: a request never waits for a write of the background loops (a
+// flush stuck on a database that does not answer) beyond its deadline.
+func (t *Tracker) lockWrites(ctx context.Context) (unlock func(), err error) {
+	select {
+	case t.writeMu <- struct{}{}:
+		return func() { <-t.writeMu }, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("wait for the writer: %w", context.Cause(ctx))
+	}
+}
+
 // New returns a tracker. Call Run to start the flush and sweep loops.
 func New(cfg Config, store Store) *Tracker {
 	if cfg.Now == nil {
@@ -188,13 +217,16 @@ func New(cfg Config, store Store) *Tracker {
 	if cfg.SyncInterval <= 0 {
 		cfg.SyncInterval = DefaultSyncInterval
 	}
+	if cfg.StaleAfter <= 0 {
+		cfg.StaleAfter = 4 * cfg.SyncInterval
+	}
 	if cfg.LeaseTime <= 0 {
 		cfg.LeaseTime = 3 * cfg.SweepInterval
 	}
 	if cfg.ReplicaID == "" {
 		cfg.ReplicaID = session.NewID()
 	}
-	t := &Tracker{cfg: cfg, store: store, seed: maphash.MakeSeed(), stop: make(chan struct{})}
+	t := &Tracker{cfg: cfg, store: store, seed: maphash.MakeSeed(), stop: make(chan struct{}), writeMu: make(chan struct{}, 1)}
 	for i := range t.shards {
 		t.shards[i].m = make(map[string]*entry)
 	}
@@ -458,6 +490,9 @@ func (t *Tracker) status(e *entry, a *appState, now time.Time) Status {
 // Session returns the status of an authentication session without counting
 // as activity.
 func (t *Tracker) Session(ctx context.Context, sid string) (Status, error) {
+	if err := t.vouch(t.cfg.Now()); err != nil {
+		return Status{}, err
+	}
 	sh, e, err := t.get(ctx, sid)
 	if err != nil {
 		return Status{}, err
@@ -505,6 +540,9 @@ func (t *Tracker) Touch(ctx context.Context, appSessionID string, src Source, at
 // application session's client; otherwise the status is returned with
 // nothing recorded, and the caller refuses the credential.
 func (t *Tracker) TouchFor(ctx context.Context, appSessionID string, src Source, at time.Time, accept func(clientID string) bool) (Status, error) {
+	if err := t.vouch(t.cfg.Now()); err != nil {
+		return Status{}, err
+	}
 	if src == 0 {
 		if err := t.reloadHeldOne(ctx, SessionID(appSessionID)); err != nil {
 			return Status{}, err
@@ -572,6 +610,9 @@ func (t *Tracker) record(e *entry, a *appState, shared bool, src Source, at, now
 // behalf of a client, typically sso (an authorize request answered from the
 // existing session). It reports whether the session is valid.
 func (t *Tracker) TouchSession(ctx context.Context, sid, clientID string, src Source) (Status, error) {
+	if err := t.vouch(t.cfg.Now()); err != nil {
+		return Status{}, err
+	}
 	sh, e, err := t.get(ctx, sid)
 	if err != nil {
 		return Status{}, err
@@ -646,8 +687,11 @@ func (t *Tracker) lockValid(ctx context.Context, sid string) (*shard, *entry, ti
 // Reauthenticate records a fresh sign-in into a valid session (prompt=login,
 // max_age): it counts as login activity and sets a new auth_time.
 func (t *Tracker) Reauthenticate(ctx context.Context, sid string, amr []string) (Status, error) {
-	t.writeMu.Lock()
-	defer t.writeMu.Unlock()
+	unlock, err := t.lockWrites(ctx)
+	if err != nil {
+		return Status{}, err
+	}
+	defer unlock()
 	sh, e, now, err := t.lockValid(ctx, sid)
 	if err != nil {
 		return Status{}, err
@@ -672,8 +716,11 @@ func (t *Tracker) Reauthenticate(ctx context.Context, sid string, amr []string) 
 // code or tokens). Joining a stricter app tightens the effective limit at
 // once, and that is written through.
 func (t *Tracker) Join(ctx context.Context, sid, clientID string, scopes []string) (Status, error) {
-	t.writeMu.Lock()
-	defer t.writeMu.Unlock()
+	unlock, err := t.lockWrites(ctx)
+	if err != nil {
+		return Status{}, err
+	}
+	defer unlock()
 	for attempt := 0; attempt < 3; attempt++ {
 		sh, e, now, err := t.lockValid(ctx, sid)
 		if err != nil {
@@ -788,6 +835,9 @@ func (t *Tracker) NewRefreshChain(ctx context.Context, appSessionID string) (str
 // returned. A newer one can only exist if a crash lost the flush of its
 // rotation (tokens are MAC-protected), and is accepted.
 func (t *Tracker) CheckRefresh(ctx context.Context, appSessionID, chain string, gen uint64) (Status, error) {
+	if err := t.vouch(t.cfg.Now()); err != nil {
+		return Status{}, err
+	}
 	sh, e, err := t.getApp(ctx, appSessionID)
 	if err != nil {
 		return Status{}, err
@@ -828,6 +878,9 @@ func (t *Tracker) CheckRefresh(ctx context.Context, appSessionID, chain string, 
 // with the next activity flush; with several it is written at once by a
 // compare-and-swap, so that of two replicas exactly one rotates.
 func (t *Tracker) RotateRefresh(ctx context.Context, appSessionID, chain string, gen uint64) (Status, uint64, error) {
+	if err := t.vouch(t.cfg.Now()); err != nil {
+		return Status{}, 0, err
+	}
 	sh, e, err := t.getApp(ctx, appSessionID)
 	if err != nil {
 		return Status{}, 0, err

@@ -265,7 +265,7 @@ func (p *Provider) checkPassword(w http.ResponseWriter, r *http.Request, req *au
 		return false
 	}
 	defer release()
-	attempt, wait, err := p.limiter.store.ReserveLoginAttempt(ctx, keys, p.now(), p.limiter.policy)
+	attempt, wait, err := p.reserveLoginAttempt(ctx, keys)
 	if err != nil {
 		p.serverError(w, r, err)
 		return false
@@ -283,6 +283,8 @@ func (p *Provider) checkPassword(w http.ResponseWriter, r *http.Request, req *au
 		p.passwordNotChecked(w, r, req, a, attempt, err)
 		return false
 	}
+	ctx, cancel := p.dbBudget(ctx) // the wait for the check was not the database's
+	defer cancel()
 	if !right || a.user == nil {
 		p.counters.loginFailed.Add(1)
 		p.audit(ctx, session.AuditEvent{At: p.now(), Kind: session.AuditLoginFailed, UserID: userID(a.user), Detail: p.loginDetail(ctx, a)})
@@ -294,6 +296,14 @@ func (p *Provider) checkPassword(w http.ResponseWriter, r *http.Request, req *au
 	}
 	p.counters.loginOK.Add(1)
 	return true
+}
+
+// reserveLoginAttempt counts an attempt in the store, within one database
+// budget.
+func (p *Provider) reserveLoginAttempt(ctx context.Context, keys []string) (session.LoginAttempt, time.Duration, error) {
+	ctx, cancel := p.dbBudget(ctx)
+	defer cancel()
+	return p.limiter.store.ReserveLoginAttempt(ctx, keys, p.now(), p.limiter.policy)
 }
 
 // passwordNotChecked gives back an attempt whose password was never checked

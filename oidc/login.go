@@ -226,40 +226,17 @@ func (p *Provider) showLogin(w http.ResponseWriter, r *http.Request, status int,
 // loginSubmit checks a username and password through the limiter, and
 // signs the person in.
 func (p *Provider) loginSubmit(w http.ResponseWriter, r *http.Request) {
-	ctx := r.Context()
 	if err := r.ParseForm(); err != nil {
 		p.messagePage(w, r, http.StatusBadRequest, "Bad request", "The form could not be read.")
 		return
 	}
-	id := r.PostFormValue("authRequestID")
-	req, ok := p.browserAuthRequest(w, r, id)
-	if !ok {
+	req, a, ok := p.loginAttempt(w, r)
+	if !ok || !p.checkPassword(w, r, req, a) {
 		return
 	}
-	if !req.sentBy(r) {
-		p.otherBrowser(w, r)
-		return
-	}
-	if !p.checkCSRF(r) {
-		p.showLogin(w, r, http.StatusForbidden, req, loginView{Error: "Your sign-in form expired. Please try again."})
-		return
-	}
-	a := &passwordAttempt{username: strings.TrimSpace(r.PostFormValue("username")), password: r.PostFormValue("password"),
-		address: requestAddress(ctx)}
-	if a.username == "" || a.password == "" || len(a.username) > 200 || len(a.password) > 1024 {
-		p.showLogin(w, r, http.StatusBadRequest, req, loginView{Error: "Enter your username and password.", Username: a.username})
-		return
-	}
-	var err error
-	a.user, err = p.store.UserByUsername(ctx, a.username)
-	if err != nil && !errors.Is(err, session.ErrNotFound) {
-		p.serverError(w, r, err)
-		return
-	}
-	a.device = p.knownDevice(r, a.user)
-	if !p.checkPassword(w, r, req, a) {
-		return
-	}
+	ctx, cancel := p.dbBudget(r.Context())
+	defer cancel()
+	r = r.WithContext(ctx)
 	st, err := p.signIn(ctx, p.sessionCookie(r), a.user.ID)
 	if err != nil {
 		p.serverError(w, r, err)
@@ -268,6 +245,40 @@ func (p *Provider) loginSubmit(w http.ResponseWriter, r *http.Request) {
 	p.rememberDevice(w, a.user)
 	p.audit(ctx, session.AuditEvent{At: p.now(), Kind: session.AuditLoginSucceeded, UserID: a.user.ID, SID: st.SID, Detail: p.loginDetail(ctx, a)})
 	p.completeLogin(w, r, req, st)
+}
+
+// loginAttempt reads a submitted login form: its authorization request,
+// which must be this browser's, the CSRF token, and the person named.
+func (p *Provider) loginAttempt(w http.ResponseWriter, r *http.Request) (*authRequest, *passwordAttempt, bool) {
+	ctx, cancel := p.dbBudget(r.Context())
+	defer cancel()
+	r = r.WithContext(ctx)
+	req, ok := p.browserAuthRequest(w, r, r.PostFormValue("authRequestID"))
+	if !ok {
+		return nil, nil, false
+	}
+	if !req.sentBy(r) {
+		p.otherBrowser(w, r)
+		return nil, nil, false
+	}
+	if !p.checkCSRF(r) {
+		p.showLogin(w, r, http.StatusForbidden, req, loginView{Error: "Your sign-in form expired. Please try again."})
+		return nil, nil, false
+	}
+	a := &passwordAttempt{username: strings.TrimSpace(r.PostFormValue("username")), password: r.PostFormValue("password"),
+		address: requestAddress(ctx)}
+	if a.username == "" || a.password == "" || len(a.username) > 200 || len(a.password) > 1024 {
+		p.showLogin(w, r, http.StatusBadRequest, req, loginView{Error: "Enter your username and password.", Username: a.username})
+		return nil, nil, false
+	}
+	var err error
+	a.user, err = p.store.UserByUsername(ctx, a.username)
+	if err != nil && !errors.Is(err, session.ErrNotFound) {
+		p.serverError(w, r, err)
+		return nil, nil, false
+	}
+	a.device = p.knownDevice(r, a.user)
+	return req, a, true
 }
 
 // signIn records a successful password sign-in: a fresh sign-in into the

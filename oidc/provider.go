@@ -57,8 +57,14 @@ type Config struct {
 	KeyAlgorithm   string          // RS256 (default), ES256 or EdDSA
 	IDTokenTTL     time.Duration   // default 10m
 	AuthRequestTTL time.Duration   // default 10m
+	// DatabaseTimeout bounds how long a request waits on the database (every
+	// store call takes the request's context); past it the request answers
+	// 503 temporarily_unavailable. Default DefaultDatabaseTimeout.
+	DatabaseTimeout time.Duration
 	// HousekeepInterval is how often expired authorization requests,
-	// revocations and login failures are purged and keys reloaded; default 30s.
+	// revocations and login failures are purged and keys reloaded; default
+	// DefaultHousekeepInterval. With several replicas a rotated key is
+	// published for two of these before it signs (KeyPublishDelay).
 	HousekeepInterval time.Duration
 	// AdminTokenHash is the SHA-256 of the admin API bearer token; empty disables the admin API.
 	AdminTokenHash []byte
@@ -74,6 +80,10 @@ type Config struct {
 	// HTTPClient posts back-channel logouts; default has Backchannel.Timeout.
 	HTTPClient *http.Client
 }
+
+// DefaultDatabaseTimeout is how long a request waits on the database unless
+// Config.DatabaseTimeout says otherwise.
+const DefaultDatabaseTimeout = 5 * time.Second
 
 // Provider is the whole OpenID provider: protocol endpoints, login pages,
 // activity endpoints, logout propagation and admin API.
@@ -160,8 +170,11 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 	if cfg.AuthRequestTTL <= 0 {
 		cfg.AuthRequestTTL = 10 * time.Minute
 	}
+	if cfg.DatabaseTimeout <= 0 {
+		cfg.DatabaseTimeout = DefaultDatabaseTimeout
+	}
 	if cfg.HousekeepInterval <= 0 {
-		cfg.HousekeepInterval = 30 * time.Second
+		cfg.HousekeepInterval = DefaultHousekeepInterval
 	}
 	if cfg.KeyAlgorithm == "" {
 		cfg.KeyAlgorithm = "RS256"
@@ -193,7 +206,7 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 	slices.Sort(p.backchannelURIs)
 	p.outbox = newDispatcher(p)
 
-	if p.keys, err = LoadKeys(ctx, store, cfg.KeyAlgorithm, cfg.Now); err != nil {
+	if p.keys, err = LoadKeys(ctx, store, KeysConfigOf(cfg)); err != nil {
 		return nil, err
 	}
 	mac, err := store.Secret(ctx, "refresh_mac", randomBytes(32))
@@ -222,12 +235,8 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 	if err != nil {
 		return nil, err
 	}
-	revoked, err := store.RevokedTokens(ctx, cfg.Now())
-	if err != nil {
+	if err := p.loadRevoked(ctx); err != nil {
 		return nil, err
-	}
-	for _, id := range revoked {
-		p.revoked.Store(id, struct{}{})
 	}
 
 	sess := cfg.Session
@@ -241,6 +250,7 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		return c.Policy, true
 	}
 	sess.OnEnd = p.wakeDelivery
+	sess.OnRevoke = func(id string) { p.revoked.Store(id, struct{}{}) }
 	for id := range p.clients {
 		sess.Clients = append(sess.Clients, id)
 	}
@@ -346,6 +356,11 @@ func (p *Provider) routes() http.Handler {
 func (p *Provider) Run(ctx context.Context) {
 	ctx, p.runCancel = context.WithCancel(ctx)
 	p.tracker.Run(ctx)
+	// The tracker now follows the change feed from its end; a revocation
+	// at another replica since New loaded them is in the store.
+	if err := p.loadRevoked(ctx); err != nil {
+		p.cfg.Logger.ErrorContext(ctx, "load revoked tokens", "error", err)
+	}
 	p.running.Add(2)
 	go func() { defer p.running.Done(); p.deliveryLoop(ctx) }()
 	go func() { defer p.running.Done(); p.housekeeping(ctx) }()
@@ -414,6 +429,21 @@ func (p *Provider) purge(ctx context.Context) error {
 	return p.limiter.purge(ctx)
 }
 
+// loadRevoked reads the revocations of unexpired access tokens into memory,
+// where every use of a token checks them.
+func (p *Provider) loadRevoked(ctx context.Context) error {
+	revoked, err := p.store.RevokedTokens(ctx, p.now())
+	if err != nil {
+		return fmt.Errorf("load revoked tokens: %w", err)
+	}
+	for _, id := range revoked {
+		p.revoked.Store(id, struct{}{})
+	}
+	return nil
+}
+
+// revokeTokenID revokes an access token here at once, and at every other
+// replica through the change feed (within one sync interval).
 func (p *Provider) revokeTokenID(ctx context.Context, id string, exp time.Time) error {
 	if err := p.store.RevokeToken(ctx, id, exp); err != nil {
 		return err

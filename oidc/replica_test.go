@@ -87,6 +87,8 @@ type cluster struct {
 	replicas []*replica
 	mu       sync.Mutex
 	target   int
+	rotate   bool  // each request that names no replica goes to the next one
+	served   []int // requests forwarded to each replica
 }
 
 func newCluster(t *testing.T, db backend, n int, opts ...envOption) *cluster {
@@ -116,6 +118,7 @@ func newCluster(t *testing.T, db backend, n int, opts ...envOption) *cluster {
 			c.cfg = cfg
 		}
 	}
+	c.served = make([]int, n)
 	c.db, c.p = c.replicas[0].store, c.replicas[0].p
 	c.store, _ = c.db.(*session.SQLite)
 	c.users = c.db
@@ -127,11 +130,15 @@ func newCluster(t *testing.T, db backend, n int, opts ...envOption) *cluster {
 // current target, as a load balancer without sticky sessions would.
 func (c *cluster) balance(w http.ResponseWriter, r *http.Request) {
 	c.mu.Lock()
+	if c.rotate {
+		c.target = (c.target + 1) % len(c.replicas)
+	}
 	i := c.target
-	c.mu.Unlock()
 	if h := r.Header.Get(replicaHeader); h != "" {
 		i, _ = strconv.Atoi(h)
 	}
+	c.served[i]++
+	c.mu.Unlock()
 	u, _ := url.Parse(c.replicas[i].srv.URL)
 	httputil.NewSingleHostReverseProxy(u).ServeHTTP(w, r)
 }
@@ -139,7 +146,7 @@ func (c *cluster) balance(w http.ResponseWriter, r *http.Request) {
 // via sends every following request that names no replica to replica i.
 func (c *cluster) via(i int) *cluster {
 	c.mu.Lock()
-	c.target = i
+	c.target, c.rotate = i, false
 	c.mu.Unlock()
 	return c
 }

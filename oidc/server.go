@@ -141,7 +141,7 @@ func (s *server) Introspect(ctx context.Context, r *op.Request[op.IntrospectionR
 	resp, err := s.p.introspect(ctx, id)
 	if err != nil {
 		if !isTokenError(err) {
-			return nil, err
+			return nil, s.p.hideInternal(ctx, err)
 		}
 		return inactive, nil
 	}
@@ -163,7 +163,7 @@ func (s *server) UserInfo(ctx context.Context, r *op.Request[zoidc.UserInfoReque
 		if isTokenError(err) {
 			return nil, invalidToken(err.Error())
 		}
-		return nil, err
+		return nil, s.p.hideInternal(ctx, err)
 	}
 	info := new(zoidc.UserInfo)
 	if err := s.p.fillUserinfo(ctx, info, st.UserID, st.Scopes); err != nil {
@@ -171,7 +171,7 @@ func (s *server) UserInfo(ctx context.Context, r *op.Request[zoidc.UserInfoReque
 		if errors.As(err, &oe) {
 			return nil, invalidToken(oe.Description)
 		}
-		return nil, err
+		return nil, s.p.hideInternal(ctx, err)
 	}
 	return op.NewResponse(info), nil
 }

@@ -116,7 +116,8 @@ func (p *Provider) browserAuthRequest(w http.ResponseWriter, r *http.Request, id
 	return req, true
 }
 
-func (s storage) AuthRequestByID(ctx context.Context, id string) (op.AuthRequest, error) {
+func (s storage) AuthRequestByID(ctx context.Context, id string) (_ op.AuthRequest, err error) {
+	defer func() { err = s.p.unavailableOr(ctx, err) }()
 	a, err := s.p.authRequest(ctx, id)
 	if err != nil {
 		return nil, zoidc.ErrInvalidRequest().WithDescription("unknown or expired authorization request").WithParent(err)
@@ -128,7 +129,8 @@ func (s storage) AuthRequestByID(ctx context.Context, id string) (op.AuthRequest
 // redeemed is refused, and its application session is ended with reason
 // code_reuse, which revokes every token issued from it (RFC 6749 section
 // 4.1.2): someone other than the app had the code.
-func (s storage) AuthRequestByCode(ctx context.Context, code string) (op.AuthRequest, error) {
+func (s storage) AuthRequestByCode(ctx context.Context, code string) (_ op.AuthRequest, err error) {
+	defer func() { err = s.p.unavailableOr(ctx, err) }()
 	if len(code) > maxCodeLength {
 		return nil, zoidc.ErrInvalidGrant().WithDescription("invalid code")
 	}
@@ -225,7 +227,8 @@ func (p *Provider) appSessionOf(req op.TokenRequest) string {
 	return ""
 }
 
-func (s storage) CreateAccessToken(ctx context.Context, req op.TokenRequest) (string, time.Time, error) {
+func (s storage) CreateAccessToken(ctx context.Context, req op.TokenRequest) (_ string, _ time.Time, err error) {
+	defer func() { err = s.p.unavailableOr(ctx, err) }()
 	if cc, ok := req.(*clientCredentialsRequest); ok {
 		c := s.p.clients[cc.clientID]
 		exp := s.p.now().Add(c.AccessTokenTTL)
@@ -243,8 +246,8 @@ func (s storage) CreateAccessToken(ctx context.Context, req op.TokenRequest) (st
 	return newUserTokenID(app, exp), exp, nil
 }
 
-func (s storage) CreateAccessAndRefreshTokens(ctx context.Context, req op.TokenRequest, _ string) (string, string, time.Time, error) {
-	var err error
+func (s storage) CreateAccessAndRefreshTokens(ctx context.Context, req op.TokenRequest, _ string) (_, _ string, _ time.Time, err error) {
+	defer func() { err = s.p.unavailableOr(ctx, err) }()
 	app := s.p.appSessionOf(req)
 	if app == "" {
 		return "", "", time.Time{}, zoidc.ErrUnsupportedGrantType()
@@ -267,7 +270,8 @@ func (s storage) CreateAccessAndRefreshTokens(ctx context.Context, req op.TokenR
 	return newUserTokenID(app, exp), s.p.refresh.token(rt), exp, nil
 }
 
-func (s storage) TokenRequestByRefreshToken(ctx context.Context, token string) (op.RefreshTokenRequest, error) {
+func (s storage) TokenRequestByRefreshToken(ctx context.Context, token string) (_ op.RefreshTokenRequest, err error) {
+	defer func() { err = s.p.unavailableOr(ctx, err) }()
 	rt, err := s.p.refresh.parse(token)
 	if err != nil {
 		return nil, zoidc.ErrInvalidGrant().WithDescription("invalid refresh token")
@@ -377,7 +381,8 @@ func (s storage) SetUserinfoFromScopes(context.Context, *zoidc.UserInfo, string,
 	return nil
 }
 
-func (s storage) SetUserinfoFromRequest(ctx context.Context, info *zoidc.UserInfo, req op.IDTokenRequest, scopes []string) error {
+func (s storage) SetUserinfoFromRequest(ctx context.Context, info *zoidc.UserInfo, req op.IDTokenRequest, scopes []string) (err error) {
+	defer func() { err = s.p.unavailableOr(ctx, err) }()
 	if err := s.p.fillUserinfo(ctx, info, req.GetSubject(), scopes); err != nil {
 		return err
 	}

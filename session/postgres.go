@@ -764,13 +764,28 @@ func (p *Postgres) SessionsOfUser(ctx context.Context, userID string, withEnded 
 
 // --- revoked access tokens ---
 
-// RevokeToken records that one access token was revoked (RFC 7009).
+// RevokeToken records that one access token was revoked (RFC 7009), with a
+// row of the change feed that names it (Change.TokenID), so that every
+// replica refuses it. The row is dated at the token's expiry, so that the
+// feed keeps it while the token could still be presented.
 func (p *Postgres) RevokeToken(ctx context.Context, tokenID string, expires time.Time) error {
 	if !storable(tokenID) {
 		return errors.New("revoke token: the token id is not UTF-8 text")
 	}
-	_, err := p.pool.Exec(ctx, `INSERT INTO revoked_tokens (token_id, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING`, tokenID, ms(expires))
-	return err
+	return p.tx(ctx, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `INSERT INTO revoked_tokens (token_id, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING`, tokenID, ms(expires))
+		if err != nil || tag.RowsAffected() == 0 {
+			return err // revoked before: its change is on the feed already
+		}
+		b := &pgx.Batch{}
+		b.Queue(`SELECT pg_advisory_xact_lock($1)`, int64(changeFeedLock))
+		b.Queue(`INSERT INTO session_changes (sid, at, token_id) VALUES ('', $1, $2)`, ms(expires), tokenID)
+		b.Queue(`SELECT pg_notify($1, '')`, ChangesChannel)
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return fmt.Errorf("change feed: %w", err)
+		}
+		return nil
+	})
 }
 
 // RevokedTokens returns the ids of revoked tokens that have not expired by
@@ -1214,9 +1229,9 @@ func addChanges(ctx context.Context, tx pgx.Tx, sids []string, at []int64) error
 func (p *Postgres) SessionChanges(ctx context.Context, after int64, limit int) ([]Change, error) {
 	return pgQueryAll(ctx, p.pool, func(row scanner) (Change, error) {
 		var c Change
-		err := row.Scan(&c.ID, &c.SID)
+		err := row.Scan(&c.ID, &c.SID, &c.TokenID)
 		return c, err
-	}, `SELECT id, sid FROM session_changes WHERE id > $1 ORDER BY id LIMIT $2`, after, limit)
+	}, `SELECT id, sid, COALESCE(token_id, '') FROM session_changes WHERE id > $1 ORDER BY id LIMIT $2`, after, limit)
 }
 
 // LastSessionChange returns the id of the newest row of the change feed (0

@@ -727,10 +727,24 @@ func (s *SQLite) SessionsOfUser(ctx context.Context, userID string, withEnded bo
 
 // --- revoked access tokens ---
 
-// RevokeToken records that one access token was revoked (RFC 7009).
+// RevokeToken records that one access token was revoked (RFC 7009), with a
+// row of the change feed that names it (Change.TokenID), so that every
+// replica refuses it. The row is dated at the token's expiry, so that the
+// feed keeps it while the token could still be presented.
 func (s *SQLite) RevokeToken(ctx context.Context, tokenID string, expires time.Time) error {
-	_, err := s.w.ExecContext(ctx, `INSERT INTO revoked_tokens (token_id, expires_at) VALUES (?, ?) ON CONFLICT DO NOTHING`, tokenID, ms(expires))
-	return err
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `INSERT INTO revoked_tokens (token_id, expires_at) VALUES (?, ?) ON CONFLICT DO NOTHING`, tokenID, ms(expires))
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			return err // revoked before: its change is on the feed already
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO session_changes (sid, at, token_id) VALUES ('', ?, ?)`, ms(expires), tokenID); err != nil {
+			return fmt.Errorf("change feed: %w", err)
+		}
+		return nil
+	})
 }
 
 // RevokedTokens returns the ids of revoked tokens that have not expired by now,
@@ -1137,9 +1151,9 @@ func addChange(ctx context.Context, e execer, sid string, at time.Time) error {
 func (s *SQLite) SessionChanges(ctx context.Context, after int64, limit int) ([]Change, error) {
 	return queryAll(ctx, s.r, func(row scanner) (Change, error) {
 		var c Change
-		err := row.Scan(&c.ID, &c.SID)
+		err := row.Scan(&c.ID, &c.SID, &c.TokenID)
 		return c, err
-	}, `SELECT id, sid FROM session_changes WHERE id > ? ORDER BY id LIMIT ?`, after, limit)
+	}, `SELECT id, sid, COALESCE(token_id, '') FROM session_changes WHERE id > ? ORDER BY id LIMIT ?`, after, limit)
 }
 
 // LastSessionChange returns the id of the newest row of the change feed (0

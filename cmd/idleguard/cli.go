@@ -172,15 +172,17 @@ func keysCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	keys, err := oidc.LoadKeys(ctx, store, pcfg.KeyAlgorithm, time.Now)
+	kc := oidc.KeysConfigOf(pcfg)
+	keys, err := oidc.LoadKeys(ctx, store, kc)
 	if err != nil {
 		return err
 	}
-	id, err := keys.Rotate(ctx, oidc.KeyRetention(pcfg))
+	id, err := keys.Rotate(ctx)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "new signing key %s (%s); older keys stay published for %s\n", id, pcfg.KeyAlgorithm, oidc.KeyRetention(pcfg))
+	fmt.Fprintf(stdout, "new signing key %s (%s), signing in %s once every replica publishes it; older keys stay published for %s after that\n",
+		id, kc.Algorithm, kc.PublishDelay, kc.Retention)
 	return nil
 }
 

@@ -83,6 +83,9 @@ type SessionConfig struct {
 	// replicas"). Default 1.
 	Replicas     int      `yaml:"replicas"`
 	SyncInterval Duration `yaml:"sync_interval"` // how often a replica polls the change feed; default 250ms
+	// DatabaseTimeout bounds how long a request waits on the database before
+	// it answers 503; default 5s.
+	DatabaseTimeout Duration `yaml:"database_timeout"`
 }
 
 // KeysConfig chooses the signing keys.
@@ -322,6 +325,7 @@ func (c *Config) setDefaults() {
 	setDuration(&c.Session.SweepInterval, defaultSweepInterval)
 	setDuration(&c.Session.FlushInterval, defaultFlushInterval)
 	setDuration(&c.Session.SyncInterval, activity.DefaultSyncInterval)
+	setDuration(&c.Session.DatabaseTimeout, oidc.DefaultDatabaseTimeout)
 	if c.Session.Replicas == 0 {
 		c.Session.Replicas = 1
 	}
@@ -453,6 +457,7 @@ func (c *Config) Validate() error {
 		{s.FlushInterval <= 0, "session.flush_interval", "must be positive"},
 		{s.Replicas < 0, "session.replicas", "must be 1 or more: how many providers share the database"},
 		{s.SyncInterval <= 0, "session.sync_interval", "must be positive"},
+		{s.DatabaseTimeout <= 0, "session.database_timeout", "must be positive: how long a request waits on the database before it answers 503"},
 
 		{!slices.Contains(oidc.SupportedAlgorithms, c.Keys.Algorithm), "keys.algorithm",
 			fmt.Sprintf("%q is not supported (want %s)", c.Keys.Algorithm, strings.Join(oidc.SupportedAlgorithms, ", "))},
@@ -774,8 +779,9 @@ func (c *Config) ProviderConfig() (oidc.Config, error) {
 			Replicas:      c.Session.Replicas,
 			SyncInterval:  d(c.Session.SyncInterval),
 		},
-		KeyAlgorithm: c.Keys.Algorithm,
-		IDTokenTTL:   d(c.Tokens.IDTokenTTL),
+		KeyAlgorithm:    c.Keys.Algorithm,
+		IDTokenTTL:      d(c.Tokens.IDTokenTTL),
+		DatabaseTimeout: d(c.Session.DatabaseTimeout),
 		Backchannel: oidc.BackchannelConfig{
 			Timeout:        d(c.Backchannel.Timeout),
 			Concurrency:    c.Backchannel.Concurrency,

@@ -402,6 +402,8 @@ func TestConfigValidateRules(t *testing.T) {
 			"session.sweep_interval: must be positive"},
 		{"negative replicas", func(c *Config, _ *ClientConfig) { c.Session.Replicas = -2 }, "session.replicas: must be 1 or more"},
 		{"zero sync interval", func(c *Config, _ *ClientConfig) { c.Session.SyncInterval = d("-1ms") }, "session.sync_interval: must be positive"},
+		{"negative database timeout", func(c *Config, _ *ClientConfig) { c.Session.DatabaseTimeout = d("-1s") },
+			"session.database_timeout: must be positive"},
 		{"ES256 keys", func(c *Config, _ *ClientConfig) { c.Keys.Algorithm = "ES256" }, ""},
 		{"EdDSA keys", func(c *Config, _ *ClientConfig) { c.Keys.Algorithm = "EdDSA" }, ""},
 		{"short admin token", func(c *Config, _ *ClientConfig) { c.Admin.Token = "admin" }, "admin.token: is too short"},
@@ -556,6 +558,7 @@ session:
   flush_interval: 3s
   replicas: 3
   sync_interval: 100ms
+  database_timeout: 2s
 keys:
   algorithm: ES256
 tokens:
@@ -609,6 +612,7 @@ clients:
 		SweepInterval: 2 * time.Second, FlushInterval: 3 * time.Second, Replicas: 3, SyncInterval: 100 * time.Millisecond}, pc.Session)
 	require.Equal(t, "ES256", pc.KeyAlgorithm)
 	require.Equal(t, 7*time.Minute, pc.IDTokenTTL)
+	require.Equal(t, 2*time.Second, pc.DatabaseTimeout)
 	require.Equal(t, oidc.HashSecret("admin-token-0123456789"), pc.AdminTokenHash)
 	require.Equal(t, oidc.BackchannelConfig{Timeout: 4 * time.Second, Concurrency: 3, PerDestination: 1, Retention: 720 * time.Hour, RetryFor: time.Hour,
 		InitialBackoff: 2 * time.Second, MaxBackoff: time.Minute, PollInterval: time.Second}, pc.Backchannel)

@@ -119,6 +119,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"LoginFailuresAreForgottenAndPurged", testLoginForgetPurge},
 		{"LoginAttemptsSharingKeysNeverDeadlock", testLoginReserveOrder},
 		{"ChangeFeedRecordsEveryChangeOtherReplicasMustSee", testChangeFeed},
+		{"RevocationsAreOnTheChangeFeed", testRevocationFeed},
 		{"ConditionalEndLosesToNewerActivity", testConditionalEnd},
 		{"LeaseHasOneHolderUntilItExpires", testLease},
 		{"RefreshRotationIsCompareAndSwap", testRefreshCAS},
@@ -1164,6 +1165,31 @@ func testChangeFeed(t *testing.T, s Store) {
 	require.NoError(t, s.PurgeSessionChanges(ctx, t0.Add(2*time.Minute)))
 	sids, _ = changedSIDs(t, s, start)
 	require.Equal(t, []string{a.ID, a.ID}, sids, "rows before the cut are gone")
+}
+
+// testRevocationFeed: a revoked access token is named on the change feed
+// once, however often it is revoked, so that every replica refuses it.
+func testRevocationFeed(t *testing.T, s Store) {
+	ctx := t.Context()
+	start, err := s.LastSessionChange(ctx)
+	require.NoError(t, err)
+	require.NoError(t, s.RevokeToken(ctx, "t1", t0.Add(time.Minute)))
+	require.NoError(t, s.RevokeToken(ctx, "t1", t0.Add(time.Minute)))
+	require.NoError(t, s.RevokeToken(ctx, "t2", t0.Add(time.Hour)))
+	changes, err := s.SessionChanges(ctx, start, 100)
+	require.NoError(t, err)
+	var revoked []string
+	for _, c := range changes {
+		require.Empty(t, c.SID, "a revocation names no session to reload")
+		revoked = append(revoked, c.TokenID)
+	}
+	require.Equal(t, []string{"t1", "t2"}, revoked)
+
+	require.NoError(t, s.PurgeSessionChanges(ctx, t0.Add(30*time.Minute)))
+	changes, err = s.SessionChanges(ctx, start, 100)
+	require.NoError(t, err)
+	require.Len(t, changes, 1, "kept while the token could be presented: t2 expires later")
+	require.Equal(t, "t2", changes[0].TokenID)
 }
 
 func testConditionalEnd(t *testing.T, s Store) {
