@@ -119,6 +119,25 @@ func countRows(t *testing.T, database string) func(q string) (int, error) {
 	return func(q string) (n int, err error) { return n, reader.QueryRow(q).Scan(&n) }
 }
 
+// lapseClaims ends the outbox claims a killed provider left: a claim lapses
+// 2 x backchannel.timeout + 30 s after it was taken, and the test moves it
+// into the past instead of waiting (the kill may land while a delivery
+// attempt holds its row).
+func lapseClaims(t *testing.T, database string) {
+	t.Helper()
+	const q = `UPDATE logout_outbox SET claimed_until = 0 WHERE claimed_until IS NOT NULL AND delivered_at IS NULL`
+	if session.IsPostgresURL(database) {
+		_, err := pgtest.Conn(t, database).Exec(context.Background(), q)
+		require.NoError(t, err)
+		return
+	}
+	db, err := sql.Open("sqlite", "file:"+database+"?_pragma=busy_timeout(5000)")
+	require.NoError(t, err)
+	defer db.Close()
+	_, err = db.Exec(q)
+	require.NoError(t, err)
+}
+
 func testKilledProvider(t *testing.T, bin, db string) {
 	var mu sync.Mutex
 	accept := false
@@ -177,6 +196,7 @@ clients:
 		return err == nil && attempts >= 1
 	}, 15*time.Second, 50*time.Millisecond)
 	c.kill()
+	lapseClaims(t, db)
 
 	mu.Lock()
 	accept = true
