@@ -325,9 +325,10 @@ func endedSession(e session.End) string {
 // authentication session (idle_timeout or max_lifetime) and application
 // sessions with deadlines of their own (app_idle_timeout, or an exempt app's
 // own idle_timeout / max_lifetime). A candidate still alive is flagged for
-// flushing.
+// flushing. The sweep has just preloaded the candidates (with several
+// replicas, re-read them), so memory is as fresh as the store.
 func (t *Tracker) planExpiry(ctx context.Context, sid string, now time.Time) ([]session.End, int, error) {
-	sh, e, err := t.get(ctx, sid)
+	sh, e, err := t.load(ctx, sid)
 	if err != nil {
 		return nil, 0, err
 	}

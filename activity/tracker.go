@@ -389,27 +389,30 @@ func (t *Tracker) loadedApp(a *session.AppSession) *appState {
 	return &appState{AppSession: *a, policy: pol, persistedLast: a.LastActiveAt, persistedChains: maps.Clone(a.RefreshChains)}
 }
 
-// preload loads the sessions among ids that are not in memory, in batches.
+// preload loads the sessions among ids that are not in memory, in one read.
+// With several replicas it re-reads those in memory too and merges what the
+// store knows, so that the sweeper judges every candidate by the store's
+// latest view without a read per session.
 func (t *Tracker) preload(ctx context.Context, ids []string) error {
-	var missing []string
+	var read []string
 	for _, id := range ids {
 		sh := t.shard(id)
 		sh.mu.Lock()
 		_, ok := sh.m[id]
 		sh.mu.Unlock()
-		if !ok {
-			missing = append(missing, id)
+		if !ok || t.replicated() {
+			read = append(read, id)
 		}
 	}
-	if len(missing) == 0 {
+	if len(read) == 0 {
 		return nil
 	}
-	auths, apps, err := t.store.AuthSessions(ctx, missing)
+	auths, apps, err := t.store.AuthSessions(ctx, read)
 	if err != nil {
 		return err
 	}
 	for _, a := range auths {
-		t.install(a, apps[a.ID])
+		t.mergeLoaded(a, apps[a.ID])
 	}
 	return nil
 }

@@ -157,7 +157,7 @@ type destination struct {
 }
 
 func newDispatcher(p *Provider) *dispatcher {
-	return &dispatcher{p: p, worker: session.NewID(), freed: make(chan struct{}), dests: map[string]*destination{}}
+	return &dispatcher{p: p, worker: p.cfg.Session.ReplicaID, freed: make(chan struct{}), dests: map[string]*destination{}}
 }
 
 // free returns how many more deliveries to uri may start now.

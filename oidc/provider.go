@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -142,6 +143,22 @@ func cookieCodec(ctx context.Context, store SecretStore, name string) (*secureco
 	return securecookie.New(hashKey, blockKey), nil
 }
 
+// replicaName names this process where several share the database: as the
+// sweeper lease's holder and the claimant of outbox rows. Host and process
+// id tell an operator which replica holds what; the random part keeps a
+// restarted process (or a reused pid) apart from its predecessor.
+func replicaName() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "replica"
+	}
+	return fmt.Sprintf("%.40s/%d/%s", host, os.Getpid(), session.NewID()[:8])
+}
+
+// ReplicaID is this provider's name in the leases and outbox claims it
+// takes.
+func (p *Provider) ReplicaID() string { return p.cfg.Session.ReplicaID }
+
 // New builds a provider on store. It loads (or creates) the signing keys and
 // secrets; call Run to start the background work and Handler to serve.
 func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
@@ -169,6 +186,9 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 	}
 	cfg.Backchannel.setDefaults()
 	cfg.Login = cfg.Login.WithDefaults()
+	if cfg.Session.ReplicaID == "" {
+		cfg.Session.ReplicaID = replicaName()
+	}
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: cfg.Backchannel.Timeout,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}

@@ -1095,7 +1095,7 @@ func (p *Postgres) ClaimDeliveries(ctx context.Context, c DeliveryClaim) ([]Outb
 	out, err := pgQueryAll(ctx, p.pool, scanOutbox, `WITH due AS (SELECT id FROM logout_outbox
 			WHERE `+where+` AND `+outboxPending+` AND next_attempt_at <= $3 AND (claimed_until IS NULL OR claimed_until <= $3)
 			ORDER BY next_attempt_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)
-		UPDATE logout_outbox SET claimed_by = $1, claimed_until = $2 WHERE id IN (SELECT id FROM due)
+		UPDATE logout_outbox SET claimed_by = $1, claimed_until = $2, `+claimNoteSQL+` WHERE id IN (SELECT id FROM due)
 		RETURNING `+outboxCols, args...)
 	if err != nil {
 		return nil, fmt.Errorf("claim deliveries: %w", err)

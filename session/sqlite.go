@@ -1025,7 +1025,7 @@ func (s *SQLite) ClaimDeliveries(ctx context.Context, c DeliveryClaim) ([]Outbox
 		where, args = `true`, args[:2]
 	}
 	args = append(args, ms(c.Now), ms(c.Now), c.Limit)
-	out, err := queryAll(ctx, s.w, scanOutbox, `UPDATE logout_outbox SET claimed_by = ?, claimed_until = ?
+	out, err := queryAll(ctx, s.w, scanOutbox, `UPDATE logout_outbox SET claimed_by = ?, claimed_until = ?, `+claimNoteSQL+`
 		WHERE id IN (SELECT id FROM logout_outbox WHERE `+where+` AND `+outboxPending+` AND next_attempt_at <= ?
 			AND (claimed_until IS NULL OR claimed_until <= ?) ORDER BY next_attempt_at, id LIMIT ?)
 		RETURNING `+outboxCols, args...)

@@ -463,6 +463,7 @@ func testOutboxClaims(t *testing.T, s Store) {
 	require.Len(t, second, 1, "the claim lapsed")
 	require.Equal(t, first[0].JTI, second[0].JTI, "delivered again with the same jti")
 	require.Equal(t, "other", second[0].ClaimedBy)
+	require.Contains(t, second[0].LastError, "claim lapsed: dead may have delivered it")
 
 	// The first worker's failure comes too late to reschedule the row.
 	require.NoError(t, s.DeliveryDone(ctx, first[0], t0.Add(time.Minute), false, t0.Add(time.Hour), "timeout"))
@@ -477,6 +478,11 @@ func testOutboxClaims(t *testing.T, s Store) {
 	require.NoError(t, err)
 	require.Equal(t, 1, rows[0].Attempts, "delivered once")
 	require.Equal(t, 2, countEvents(t, s, a.ID, session.AuditLogoutDelivered), "the duplicate is counted in the audit")
+	events, err := s.Audit(ctx, session.AuditFilter{SID: a.ID})
+	require.NoError(t, err)
+	require.True(t, slices.ContainsFunc(events, func(e session.AuditEvent) bool {
+		return e.Kind == session.AuditLogoutDelivered && strings.Contains(e.Detail, "lapsed_claim=true") && !strings.Contains(e.Detail, "stale=true")
+	}), "the attempt after a lapsed claim says so: the dead worker may have delivered too")
 }
 
 // countEvents counts the audit events of one kind for sid.
