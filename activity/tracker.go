@@ -198,16 +198,23 @@ func (t *Tracker) lockWrites(ctx context.Context) (unlock func(), err error) {
 	}
 }
 
+// Defaults of Config's intervals; the configuration file's defaults are
+// these.
+const (
+	DefaultFlushInterval = time.Second
+	DefaultSweepInterval = time.Second
+)
+
 // New returns a tracker. Call Run to start the flush and sweep loops.
 func New(cfg Config, store Store) *Tracker {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
 	if cfg.FlushInterval <= 0 {
-		cfg.FlushInterval = time.Second
+		cfg.FlushInterval = DefaultFlushInterval
 	}
 	if cfg.SweepInterval <= 0 {
-		cfg.SweepInterval = time.Second
+		cfg.SweepInterval = DefaultSweepInterval
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

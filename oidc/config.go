@@ -26,32 +26,44 @@ type BackchannelConfig struct {
 // DefaultRetention is how long finished outbox rows are kept by default.
 const DefaultRetention = 7 * 24 * time.Hour
 
-func (c *BackchannelConfig) setDefaults() {
-	if c.Timeout <= 0 {
-		c.Timeout = 5 * time.Second
-	}
-	if c.Concurrency <= 0 {
-		c.Concurrency = 8
-	}
-	if c.PerDestination <= 0 {
-		c.PerDestination = 2
-	}
-	if c.Retention <= 0 {
-		c.Retention = DefaultRetention
-	}
-	if c.RetryFor <= 0 {
-		c.RetryFor = 24 * time.Hour
-	}
-	if c.InitialBackoff <= 0 {
-		c.InitialBackoff = time.Second
-	}
-	if c.MaxBackoff <= 0 {
-		c.MaxBackoff = 5 * time.Minute
-	}
-	if c.PollInterval <= 0 {
-		c.PollInterval = time.Second
-	}
+// DefaultBackchannel holds the default of every BackchannelConfig field;
+// the configuration file's defaults are these.
+var DefaultBackchannel = BackchannelConfig{
+	Timeout:        5 * time.Second,
+	Concurrency:    8,
+	PerDestination: 2,
+	Retention:      DefaultRetention,
+	RetryFor:       24 * time.Hour,
+	InitialBackoff: time.Second,
+	MaxBackoff:     5 * time.Minute,
+	PollInterval:   time.Second,
 }
+
+func (c *BackchannelConfig) setDefaults() {
+	d := DefaultBackchannel
+	c.Timeout = positiveOr(c.Timeout, d.Timeout)
+	c.Concurrency = positiveOr(c.Concurrency, d.Concurrency)
+	c.PerDestination = positiveOr(c.PerDestination, d.PerDestination)
+	c.Retention = positiveOr(c.Retention, d.Retention)
+	c.RetryFor = positiveOr(c.RetryFor, d.RetryFor)
+	c.InitialBackoff = positiveOr(c.InitialBackoff, d.InitialBackoff)
+	c.MaxBackoff = positiveOr(c.MaxBackoff, d.MaxBackoff)
+	c.PollInterval = positiveOr(c.PollInterval, d.PollInterval)
+}
+
+// positiveOr is v, or def when v is not positive.
+func positiveOr[T int | time.Duration](v, def T) T {
+	if v <= 0 {
+		return def
+	}
+	return v
+}
+
+// Defaults of Config fields that the configuration file shares.
+const (
+	DefaultIDTokenTTL = 10 * time.Minute
+	DefaultAlgorithm  = "RS256"
+)
 
 // MFAMode is login.mfa: when a second factor is asked.
 type MFAMode string

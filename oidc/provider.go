@@ -170,7 +170,7 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 	}
 	cfg.Logger = slog.New(LogHandler(cfg.Logger.Handler()))
 	if cfg.IDTokenTTL <= 0 {
-		cfg.IDTokenTTL = 10 * time.Minute
+		cfg.IDTokenTTL = DefaultIDTokenTTL
 	}
 	if cfg.AuthRequestTTL <= 0 {
 		cfg.AuthRequestTTL = 10 * time.Minute

@@ -19,16 +19,20 @@ type LoginPolicy struct {
 // WithDefaults returns p with every unset field at its default.
 func (p LoginPolicy) WithDefaults() LoginPolicy {
 	if p.MaxFailures <= 0 {
-		p.MaxFailures = 5
+		p.MaxFailures = DefaultLoginPolicy.MaxFailures
 	}
 	if p.LockoutBase <= 0 {
-		p.LockoutBase = time.Second
+		p.LockoutBase = DefaultLoginPolicy.LockoutBase
 	}
 	if p.LockoutMax <= 0 {
-		p.LockoutMax = 15 * time.Minute
+		p.LockoutMax = DefaultLoginPolicy.LockoutMax
 	}
 	return p
 }
+
+// DefaultLoginPolicy is the sign-in throttle's default (login.max_failures,
+// lockout_base, lockout_max).
+var DefaultLoginPolicy = LoginPolicy{MaxFailures: 5, LockoutBase: time.Second, LockoutMax: 15 * time.Minute}
 
 // LockedUntil is when a key that has made n attempts, the last at at, may
 // try again; the zero time while n is below MaxFailures.

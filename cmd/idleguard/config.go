@@ -319,15 +319,10 @@ func (c *Config) addProblem(path, problem string) {
 
 // Defaults of the fields that have one.
 const (
-	defaultSweepInterval   = time.Second
-	defaultFlushInterval   = time.Second
-	defaultAlgorithm       = "RS256"
-	defaultIDTokenTTL      = 10 * time.Minute
-	defaultAccessTokenTTL  = 5 * time.Minute
-	defaultAccessFormat    = "jwt"
-	defaultAuthMethod      = zoidc.AuthMethodBasic
-	minSecretLength        = 16
-	defaultBackchannelWait = 5 * time.Second
+	defaultAccessTokenTTL = 5 * time.Minute
+	defaultAccessFormat   = "jwt"
+	defaultAuthMethod     = zoidc.AuthMethodBasic
+	minSecretLength       = 16
 )
 
 // setDefaults fills in every field that has a default. It is the one place
@@ -339,8 +334,8 @@ func (c *Config) setDefaults() {
 			*d = Duration(def)
 		}
 	}
-	setDuration(&c.Session.SweepInterval, defaultSweepInterval)
-	setDuration(&c.Session.FlushInterval, defaultFlushInterval)
+	setDuration(&c.Session.SweepInterval, activity.DefaultSweepInterval)
+	setDuration(&c.Session.FlushInterval, activity.DefaultFlushInterval)
 	setDuration(&c.Session.SyncInterval, activity.DefaultSyncInterval)
 	setDuration(&c.Session.DatabaseTimeout, oidc.DefaultDatabaseTimeout)
 	if c.Session.Replicas == 0 {
@@ -350,28 +345,30 @@ func (c *Config) setDefaults() {
 		c.Login.MFA = string(oidc.MFAWhenRequired)
 	}
 	if c.Keys.Algorithm == "" {
-		c.Keys.Algorithm = defaultAlgorithm
+		c.Keys.Algorithm = oidc.DefaultAlgorithm
 	}
-	setDuration(&c.Tokens.IDTokenTTL, defaultIDTokenTTL)
+	setDuration(&c.Tokens.IDTokenTTL, oidc.DefaultIDTokenTTL)
 
-	setDuration(&c.Backchannel.Timeout, defaultBackchannelWait)
+	bc := oidc.DefaultBackchannel
+	setDuration(&c.Backchannel.Timeout, bc.Timeout)
 	if c.Backchannel.Concurrency == 0 {
-		c.Backchannel.Concurrency = 8
+		c.Backchannel.Concurrency = bc.Concurrency
 	}
 	if c.Backchannel.PerDestination == 0 {
-		c.Backchannel.PerDestination = 2
+		c.Backchannel.PerDestination = bc.PerDestination
 	}
-	setDuration(&c.Backchannel.Retention, oidc.DefaultRetention)
-	setDuration(&c.Backchannel.RetryFor, 24*time.Hour)
-	setDuration(&c.Backchannel.InitialBackoff, time.Second)
-	setDuration(&c.Backchannel.MaxBackoff, 5*time.Minute)
-	setDuration(&c.Backchannel.PollInterval, time.Second)
+	setDuration(&c.Backchannel.Retention, bc.Retention)
+	setDuration(&c.Backchannel.RetryFor, bc.RetryFor)
+	setDuration(&c.Backchannel.InitialBackoff, bc.InitialBackoff)
+	setDuration(&c.Backchannel.MaxBackoff, bc.MaxBackoff)
+	setDuration(&c.Backchannel.PollInterval, bc.PollInterval)
 
+	lp := session.DefaultLoginPolicy
 	if c.Login.MaxFailures == 0 {
-		c.Login.MaxFailures = 5
+		c.Login.MaxFailures = lp.MaxFailures
 	}
-	setDuration(&c.Login.LockoutBase, time.Second)
-	setDuration(&c.Login.LockoutMax, 15*time.Minute)
+	setDuration(&c.Login.LockoutBase, lp.LockoutBase)
+	setDuration(&c.Login.LockoutMax, lp.LockoutMax)
 	if c.Log.Format == "" {
 		c.Log.Format = "text"
 	}
