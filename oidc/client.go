@@ -33,6 +33,12 @@ type Client struct {
 	// Scopes are the scopes the client may be granted; empty means
 	// DefaultScopes. See CodeScopes and ServiceScopes.
 	Scopes []string
+	// ResourceServer marks a client that serves APIs (resource_server):
+	// it may manage Shared Signals streams and report batched activity.
+	ResourceServer bool
+	// Serves are the ids of the apps whose APIs this resource server
+	// serves (default: its own id).
+	Serves []string
 	Policy activity.ClientPolicy
 }
 

@@ -172,6 +172,14 @@ type ClientConfig struct {
 	// Activity lists the sources that count as the person being there; see
 	// activity.ParseSources. Absent: all but refresh. login is always on.
 	Activity []string `yaml:"activity"`
+	// ResourceServer marks a client that serves APIs: it may manage Shared
+	// Signals streams (with a token of its client_credentials grant) and
+	// report batched API activity. It needs a client_secret.
+	ResourceServer bool `yaml:"resource_server"`
+	// Serves lists the client ids of the apps whose APIs this resource
+	// server serves: their session ends are sent to its streams and their
+	// tokens' activity is accepted from it. Default: its own id.
+	Serves []string `yaml:"serves"`
 }
 
 // Duration is a time.Duration written as a Go duration string ("90s", "5m",
@@ -363,6 +371,9 @@ func (c *Config) setDefaults() {
 		}
 		if cl.Activity == nil { // an explicit empty list means login only
 			cl.Activity = strings.Split(activity.DefaultSources.String(), ",")
+		}
+		if cl.ResourceServer && len(cl.Serves) == 0 {
+			cl.Serves = []string{cl.ID}
 		}
 		if cl.AccessTokenTTL == 0 {
 			ttl := defaultAccessTokenTTL
@@ -584,6 +595,30 @@ func (c *Config) validateClient(i int, firstUse map[string]int, add func(path, m
 			add(fmt.Sprintf("%s[%d]", p("activity"), j), err.Error())
 		}
 	}
+	c.validateServes(cl, p, add)
+}
+
+// validateServes checks the resource-server fields of cl: a resource
+// server authenticates with a secret, and serves configured apps only.
+func (c *Config) validateServes(cl *ClientConfig, p func(string) string, add func(path, msg string)) {
+	if !cl.ResourceServer {
+		if len(cl.Serves) > 0 {
+			add(p("serves"), "needs resource_server: true")
+		}
+		return
+	}
+	if zoidc.AuthMethod(cl.AuthMethod) == zoidc.AuthMethodNone {
+		add(p("resource_server"), "needs a confidential client (a client_secret)")
+	}
+	for j, id := range cl.Serves {
+		known := slices.ContainsFunc(c.Clients, func(o ClientConfig) bool { return o.ID == id })
+		switch {
+		case !known:
+			add(fmt.Sprintf("%s[%d]", p("serves"), j), fmt.Sprintf("%q is not a configured client_id", id))
+		case slices.Contains(cl.Serves[:j], id):
+			add(fmt.Sprintf("%s[%d]", p("serves"), j), fmt.Sprintf("%q is listed twice", id))
+		}
+	}
 }
 
 // scopeProblem returns what is wrong with scope sc of a client whose
@@ -753,6 +788,8 @@ func (c *Config) ProviderConfig() (oidc.Config, error) {
 			AccessTokenTTL:         d(cl.AccessTokenTTL),
 			OpaqueAccessTokens:     cl.AccessTokenFormat == "opaque",
 			Scopes:                 slices.Clone(cl.Scopes),
+			ResourceServer:         cl.ResourceServer,
+			Serves:                 slices.Clone(cl.Serves),
 			Policy: activity.ClientPolicy{
 				IdleTimeout:          d(cl.IdleTimeout),
 				AppIdleTimeout:       d(cl.AppIdleTimeout),

@@ -498,6 +498,14 @@ func TestConfigValidateRules(t *testing.T) {
 		{"exempt idle above max lifetime", func(_ *Config, cl *ClientConfig) {
 			cl.IdleExempt, cl.IdleTimeout = true, d("9h")
 		}, "clients[0].idle_timeout: 9h0m0s is above session.max_lifetime (8h0m0s)"},
+		{"resource server serving itself", func(_ *Config, cl *ClientConfig) { cl.ResourceServer, cl.Serves = true, []string{"app"} }, ""},
+		{"resource server serving an unknown app", func(_ *Config, cl *ClientConfig) { cl.ResourceServer, cl.Serves = true, []string{"app", "nope"} },
+			`clients[0].serves[1]: "nope" is not a configured client_id`},
+		{"serves without resource_server", func(_ *Config, cl *ClientConfig) { cl.Serves = []string{"app"} },
+			"clients[0].serves: needs resource_server: true"},
+		{"public resource server", func(_ *Config, cl *ClientConfig) {
+			cl.ResourceServer, cl.AuthMethod, cl.Secret = true, "none", ""
+		}, "clients[0].resource_server: needs a confidential client"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
