@@ -635,7 +635,7 @@ func (s *SQLite) EndMany(ctx context.Context, ends []End) error {
 }
 
 type endStmts struct {
-	auth, authDue, app, appDue, outbox, audit, change *sql.Stmt
+	auth, authDue, app, appDue, outbox, audit, change, signals *sql.Stmt
 }
 
 func prepareEnd(ctx context.Context, tx *sql.Tx) (*endStmts, error) {
@@ -658,6 +658,7 @@ func prepareEnd(ctx context.Context, tx *sql.Tx) (*endStmts, error) {
 	st.change = prep(insertChange)
 	st.outbox = prep(insertOutbox)
 	st.audit = prep(insertAudit)
+	st.signals = prep(insertSignals)
 	if err != nil {
 		st.close()
 		return nil, fmt.Errorf("prepare end: %w", err)
@@ -666,7 +667,7 @@ func prepareEnd(ctx context.Context, tx *sql.Tx) (*endStmts, error) {
 }
 
 func (st *endStmts) close() {
-	for _, s := range []*sql.Stmt{st.auth, st.authDue, st.app, st.appDue, st.outbox, st.audit, st.change} {
+	for _, s := range []*sql.Stmt{st.auth, st.authDue, st.app, st.appDue, st.outbox, st.audit, st.change, st.signals} {
 		if s != nil {
 			s.Close()
 		}
@@ -727,7 +728,7 @@ func (st *endStmts) end(ctx context.Context, e End) error {
 			return fmt.Errorf("outbox %s: %w", n.ClientID, err)
 		}
 	}
-	return nil
+	return addSignals(ctx, st.signals, e, endedNow)
 }
 
 func (st *endStmts) endApp(ctx context.Context, e End, id string) (sql.Result, error) {

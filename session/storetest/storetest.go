@@ -70,6 +70,7 @@ type Store interface {
 	ReleaseLease(ctx context.Context, name, holder string) error
 	RefreshGeneration(ctx context.Context, chainID string) (uint64, error)
 	RotateRefreshChain(ctx context.Context, chainID string, from uint64) (bool, error)
+	SignalStore
 }
 
 // Run runs every behaviour test against stores made by open (a fresh,
@@ -103,6 +104,11 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"ConditionalEndLosesToNewerActivity", testConditionalEnd},
 		{"LeaseHasOneHolderUntilItExpires", testLease},
 		{"RefreshRotationIsCompareAndSwap", testRefreshCAS},
+		{"StreamsBelongToTheirReceiverAndAreBounded", testStreams},
+		{"EndQueuesSignalsOnTheReceiversStreams", testSignalsOnEnd},
+		{"SignalsStayUntilAcknowledged", testSignalAcks},
+		{"SignalPushesAreClaimedRetriedAndDone", testSignalPushes},
+		{"VerificationHasAMinimumInterval", testVerification},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
 	}
