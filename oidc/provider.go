@@ -96,7 +96,7 @@ type Provider struct {
 	signers  signerCache
 	counters counters
 	wake     chan struct{}
-	outbox   *dispatcher
+	outbox   *dispatcher[session.OutboxEntry]
 	// backchannelURIs are the configured clients' back-channel logout URIs,
 	// sorted: the destinations the dispatcher serves.
 	backchannelURIs []string
@@ -171,7 +171,7 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		}
 	}
 	slices.Sort(p.backchannelURIs)
-	p.outbox = newDispatcher(p)
+	p.outbox = newDispatcher(p, queue[session.OutboxEntry](logoutQueue{p}))
 
 	if p.keys, err = LoadKeys(ctx, store, cfg.KeyAlgorithm, cfg.Now); err != nil {
 		return nil, err
