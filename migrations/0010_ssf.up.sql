@@ -28,6 +28,7 @@ CREATE INDEX ssf_streams_receiver ON ssf_streams (receiver);
 CREATE TABLE ssf_events (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
     stream_id       TEXT NOT NULL REFERENCES ssf_streams (id) ON DELETE CASCADE,
+    receiver        TEXT NOT NULL,
     jti             TEXT NOT NULL UNIQUE,
     txn             TEXT NOT NULL DEFAULT '',
     event           TEXT NOT NULL,

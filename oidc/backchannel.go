@@ -87,11 +87,17 @@ func (p *Provider) deliveryLoop(ctx context.Context) {
 	tick := time.NewTicker(p.cfg.Backchannel.PollInterval)
 	defer tick.Stop()
 	defer p.outbox.wait()
+	defer p.pushes.wait()
 	others := true
 	for {
 		_, freed, err := p.outbox.fill(ctx, others)
 		if err != nil && ctx.Err() == nil {
 			p.cfg.Logger.ErrorContext(ctx, "back-channel delivery", "error", err)
+		}
+		// Push destinations are the receivers' own: always "others".
+		_, pushed, err := p.pushes.fill(ctx, true)
+		if err != nil && ctx.Err() == nil {
+			p.cfg.Logger.ErrorContext(ctx, "signal push", "error", err)
 		}
 		others = false
 		select {
@@ -101,6 +107,7 @@ func (p *Provider) deliveryLoop(ctx context.Context) {
 			others = true
 		case <-p.wake:
 		case <-freed:
+		case <-pushed:
 		}
 	}
 }
@@ -108,10 +115,21 @@ func (p *Provider) deliveryLoop(ctx context.Context) {
 // DeliverDue delivers every due row it can claim and waits for those
 // deliveries (and any already in flight) to finish; it returns how many it
 // started. The background loop does the same without waiting.
+//
+// It drives both durable queues: back-channel logouts and pushed SETs.
 func (p *Provider) DeliverDue(ctx context.Context) (int, error) {
+	n, err := drain(ctx, p.outbox)
+	if err != nil {
+		return n, err
+	}
+	m, err := drain(ctx, p.pushes)
+	return n + m, err
+}
+
+func drain[T any](ctx context.Context, d *dispatcher[T]) (int, error) {
 	total := 0
 	for {
-		n, freed, err := p.outbox.fill(ctx, true)
+		n, freed, err := d.fill(ctx, true)
 		total += n
 		if err != nil {
 			return total, err

@@ -62,6 +62,7 @@ type env struct {
 	clock  *clock
 	dbPath string
 	store  *session.SQLite
+	mu     sync.RWMutex // guards p, which restart replaces
 	p      *Provider
 	srv    *httptest.Server
 	issuer string
@@ -108,13 +109,15 @@ type envOption func(*Config)
 func newEnv(t *testing.T, opts ...envOption) *env {
 	t.Helper()
 	e := &env{t: t, clock: newClock(), dbPath: filepath.Join(t.TempDir(), "idleguard.db")}
-	var handler http.Handler = http.NotFoundHandler()
-	var mu sync.RWMutex
 	e.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.RLock()
-		h := handler
-		mu.RUnlock()
-		h.ServeHTTP(w, r)
+		e.mu.RLock()
+		p := e.p
+		e.mu.RUnlock()
+		if p == nil {
+			http.NotFound(w, r)
+			return
+		}
+		p.ServeHTTP(w, r) // the provider in force: restart replaces it
 	}))
 	t.Cleanup(e.srv.Close)
 	e.issuer = e.srv.URL
@@ -128,9 +131,6 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 		o(&e.cfg)
 	}
 	e.open()
-	mu.Lock()
-	handler = e.p
-	mu.Unlock()
 	e.addUser("alice")
 	return e
 }
@@ -143,8 +143,11 @@ func (e *env) open() {
 	e.store, err = session.OpenSQLite(t.Context(), e.dbPath)
 	require.NoError(t, err)
 	t.Cleanup(func() { e.store.Close() })
-	e.p, err = New(t.Context(), e.cfg, e.store)
+	p, err := New(t.Context(), e.cfg, e.store)
 	require.NoError(t, err)
+	e.mu.Lock()
+	e.p = p
+	e.mu.Unlock()
 }
 
 // restart flushes and closes the provider (a graceful stop) and starts a

@@ -43,6 +43,7 @@ type Store interface {
 	OutboxStore
 	AdminStore
 	LoginThrottleStore
+	SignalStore
 	Ping(ctx context.Context) error
 }
 
@@ -63,6 +64,9 @@ type Config struct {
 	AdminTokenHash []byte
 	Backchannel    BackchannelConfig
 	Login          LoginConfig
+	// SSF tunes the Shared Signals transmitter; pushed SETs follow
+	// Backchannel's timeout, concurrency and retry rules.
+	SSF SSFConfig
 	// TrustedProxies are the networks of the reverse proxies whose
 	// X-Forwarded-For or Forwarded header names the client; empty: the
 	// peer's address is the client's. See clientAddress.
@@ -97,6 +101,11 @@ type Provider struct {
 	counters counters
 	wake     chan struct{}
 	outbox   *dispatcher[session.OutboxEntry]
+	pushes   *dispatcher[session.Signal]
+	signals  *signalHub
+	// receivers maps each app to the resource servers that serve it: the
+	// receivers of its session-revoked events.
+	receivers map[string][]string
 	// backchannelURIs are the configured clients' back-channel logout URIs,
 	// sorted: the destinations the dispatcher serves.
 	backchannelURIs []string
@@ -150,6 +159,7 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		cfg.KeyAlgorithm = "RS256"
 	}
 	cfg.Backchannel.setDefaults()
+	cfg.SSF.setDefaults()
 	cfg.Login = cfg.Login.WithDefaults()
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: cfg.Backchannel.Timeout,
@@ -172,6 +182,9 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 	}
 	slices.Sort(p.backchannelURIs)
 	p.outbox = newDispatcher(p, queue[session.OutboxEntry](logoutQueue{p}))
+	p.pushes = newDispatcher(p, queue[session.Signal](pushQueue{p}))
+	p.signals = newSignalHub()
+	p.receivers = signalReceivers(cfg.Clients)
 
 	if p.keys, err = LoadKeys(ctx, store, cfg.KeyAlgorithm, cfg.Now); err != nil {
 		return nil, err
@@ -218,9 +231,11 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		if !ok {
 			return activity.ClientPolicy{}, false
 		}
-		return c.Policy, true
+		pol := c.Policy
+		pol.SignalReceivers = p.receivers[id]
+		return pol, true
 	}
-	sess.OnEnd = p.wakeDelivery
+	sess.OnEnd = p.signalled
 	for id := range p.clients {
 		sess.Clients = append(sess.Clients, id)
 	}
@@ -301,6 +316,16 @@ func (p *Provider) routes() http.Handler {
 	mux.HandleFunc("GET /admin/deliveries", p.admin(p.adminDeliveries))
 	mux.HandleFunc("GET /metrics", p.admin(p.metricsHandler().ServeHTTP))
 	mux.Handle("GET /static/", http.StripPrefix("/static/", static.Handler()))
+	mux.HandleFunc("GET /.well-known/ssf-configuration", p.ssfConfiguration)
+	mux.HandleFunc("POST /ssf/streams", p.receiverAPI(p.createStream))
+	mux.HandleFunc("GET /ssf/streams", p.receiverAPI(p.readStreams))
+	mux.HandleFunc("PATCH /ssf/streams", p.receiverAPI(p.changeStream))
+	mux.HandleFunc("PUT /ssf/streams", p.receiverAPI(p.changeStream))
+	mux.HandleFunc("DELETE /ssf/streams", p.receiverAPI(p.deleteStream))
+	mux.HandleFunc("GET /ssf/status", p.receiverAPI(p.readStatus))
+	mux.HandleFunc("POST /ssf/status", p.receiverAPI(p.updateStatus))
+	mux.HandleFunc("POST /ssf/verify", p.receiverAPI(p.verifyStream))
+	mux.HandleFunc("POST /ssf/poll/{stream}", p.receiverAPI(p.poll))
 	protocol = p.hideInternalErrors(protocol)
 	mux.Handle("/authorize", p.browserPage(p.boundAuthorize(p.authorizeErrorPage(protocol))))
 	mux.Handle("/authorize/callback", p.browserPage(protocol))
@@ -323,9 +348,10 @@ func (p *Provider) routes() http.Handler {
 func (p *Provider) Run(ctx context.Context) {
 	ctx, p.runCancel = context.WithCancel(ctx)
 	p.tracker.Run(ctx)
-	p.running.Add(2)
+	p.running.Add(3)
 	go func() { defer p.running.Done(); p.deliveryLoop(ctx) }()
 	go func() { defer p.running.Done(); p.housekeeping(ctx) }()
+	go func() { defer p.running.Done(); p.signalLoop(ctx) }()
 }
 
 // Close stops background work and flushes unwritten activity.
@@ -380,6 +406,13 @@ func (p *Provider) purge(ctx context.Context) error {
 	}
 	if _, err := p.store.PurgeDeliveries(ctx, now.Add(-p.cfg.Backchannel.Retention)); err != nil {
 		return err
+	}
+	n, err := p.store.PurgeSignals(ctx, now.Add(-p.cfg.Backchannel.RetryFor))
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		p.cfg.Logger.WarnContext(ctx, "signals nobody collected within backchannel.retry_for were dropped", "count", n)
 	}
 	return p.limiter.purge(ctx)
 }

@@ -59,6 +59,7 @@ type SignalNotice struct {
 type Signal struct {
 	ID            int64
 	StreamID      string
+	Receiver      string // the stream's receiver: the SET's aud
 	JTI           string
 	Txn           string // shared by the SETs of one end
 	Event         string // an event type URI
@@ -220,13 +221,13 @@ func (s *SQLite) RequestVerification(ctx context.Context, receiver string, sig S
 		if err != nil {
 			return fmt.Errorf("verification of stream %s: %w", sig.StreamID, err)
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO ssf_events (stream_id, jti, event, state, at, push_uri, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
-			sig.StreamID, sig.JTI, EventVerification, sig.State, ms(sig.At), push, ms(sig.At))
+		_, err = tx.ExecContext(ctx, `INSERT INTO ssf_events (stream_id, receiver, jti, event, state, at, push_uri, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+			sig.StreamID, receiver, sig.JTI, EventVerification, sig.State, ms(sig.At), push, ms(sig.At))
 		return err
 	})
 }
 
-const signalCols = `id, stream_id, jti, txn, event, sid, subject, client_id, reason, state, at, push_uri, next_attempt_at, attempts, last_error, claimed_by, claimed_until`
+const signalCols = `id, stream_id, receiver, jti, txn, event, sid, subject, client_id, reason, state, at, push_uri, next_attempt_at, attempts, last_error, claimed_by, claimed_until`
 
 func scanSignal(row scanner) (Signal, error) {
 	var g Signal
@@ -234,7 +235,7 @@ func scanSignal(row scanner) (Signal, error) {
 	var at, next int64
 	var claimedBy sql.NullString
 	var claimedUntil sql.NullInt64
-	err := row.Scan(&g.ID, &g.StreamID, &g.JTI, &g.Txn, &g.Event, &g.SID, &g.Subject, &g.ClientID, &reason, &g.State, &at, &g.PushURI,
+	err := row.Scan(&g.ID, &g.StreamID, &g.Receiver, &g.JTI, &g.Txn, &g.Event, &g.SID, &g.Subject, &g.ClientID, &reason, &g.State, &at, &g.PushURI,
 		&next, &g.Attempts, &g.LastError, &claimedBy, &claimedUntil)
 	g.Reason, g.At, g.NextAttemptAt = Reason(reason), fromMS(at), fromMS(next)
 	g.ClaimedBy, g.ClaimedUntil = claimedBy.String, fromNullMS(claimedUntil)
@@ -262,7 +263,7 @@ func (s *SQLite) AckSignals(ctx context.Context, receiver, streamID string, acks
 	n := 0
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		for _, a := range acks {
-			g, err := scanSignal(tx.QueryRowContext(ctx, `DELETE FROM ssf_events WHERE stream_id = ? AND jti = ? RETURNING `+signalCols, streamID, a.JTI))
+			g, err := scanSignal(tx.QueryRowContext(ctx, `DELETE FROM ssf_events WHERE stream_id = ? AND receiver = ? AND jti = ? RETURNING `+signalCols, streamID, receiver, a.JTI))
 			if errors.Is(err, sql.ErrNoRows) {
 				continue
 			}
@@ -274,7 +275,7 @@ func (s *SQLite) AckSignals(ctx context.Context, receiver, streamID string, acks
 			if a.Err != "" {
 				detail = "err=" + a.Err + " " + a.Description
 			}
-			if err := auditSignal(ctx, tx, AuditSignalDelivered, receiver, g, at, detail); err != nil {
+			if err := auditSignal(ctx, tx, AuditSignalDelivered, g, at, detail); err != nil {
 				return err
 			}
 		}
@@ -285,11 +286,11 @@ func (s *SQLite) AckSignals(ctx context.Context, receiver, streamID string, acks
 
 // auditSignal records what happened to a session event; verification
 // events, which concern no session, are not audited.
-func auditSignal(ctx context.Context, e execer, kind, receiver string, g Signal, at time.Time, detail string) error {
+func auditSignal(ctx context.Context, e execer, kind string, g Signal, at time.Time, detail string) error {
 	if g.SID == "" {
 		return nil
 	}
-	return addAudit(ctx, auditVia{e}, AuditEvent{At: at, Kind: kind, UserID: g.Subject, SID: g.SID, ClientID: receiver, Reason: string(g.Reason),
+	return addAudit(ctx, auditVia{e}, AuditEvent{At: at, Kind: kind, UserID: g.Subject, SID: g.SID, ClientID: g.Receiver, Reason: string(g.Reason),
 		Detail: strings.TrimSpace(fmt.Sprintf("jti=%s stream=%s app=%s attempt=%d %s", g.JTI, g.StreamID, g.ClientID, g.Attempts+1, detail))})
 }
 
@@ -324,7 +325,7 @@ func (s *SQLite) ClaimSignalPushes(ctx context.Context, c DeliveryClaim) ([]Sign
 // logout: accepted (the event is removed), a retry at next, or abandoned
 // (next zero and not ok; removed). A failure is recorded only by the
 // worker that still holds the claim.
-func (s *SQLite) SignalPushDone(ctx context.Context, receiver string, g Signal, at time.Time, ok bool, next time.Time, errText string) error {
+func (s *SQLite) SignalPushDone(ctx context.Context, g Signal, at time.Time, ok bool, next time.Time, errText string) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		var res sql.Result
 		var err error
@@ -350,7 +351,7 @@ func (s *SQLite) SignalPushDone(ctx context.Context, receiver string, g Signal, 
 		if n, _ := res.RowsAffected(); n == 0 {
 			detail += " stale=true"
 		}
-		return auditSignal(ctx, tx, kind, receiver, g, at, detail)
+		return auditSignal(ctx, tx, kind, g, at, detail)
 	})
 }
 
@@ -362,8 +363,8 @@ func (s *SQLite) PurgeSignals(ctx context.Context, before time.Time) (int64, err
 
 // insertSignals queues one session-revoked event per stream of the notice's
 // receivers that delivers it and is not disabled; jti is random per row.
-const insertSignals = `INSERT INTO ssf_events (stream_id, jti, txn, event, sid, subject, client_id, reason, at, push_uri, next_attempt_at)
-	SELECT id, lower(hex(randomblob(16))), ?, '` + EventSessionRevoked + `', ?, ?, ?, ?, ?, CASE WHEN method = '` + MethodPush + `' THEN endpoint_url ELSE '' END, ?
+const insertSignals = `INSERT INTO ssf_events (stream_id, receiver, jti, txn, event, sid, subject, client_id, reason, at, push_uri, next_attempt_at)
+	SELECT id, receiver, lower(hex(randomblob(16))), ?, '` + EventSessionRevoked + `', ?, ?, ?, ?, ?, CASE WHEN method = '` + MethodPush + `' THEN endpoint_url ELSE '' END, ?
 	FROM ssf_streams WHERE receiver IN (SELECT value FROM json_each(?)) AND delivers_session_revoked = 1 AND status != 'disabled'`
 
 // addSignals queues the signal notices of e whose app ended now.

@@ -23,7 +23,7 @@ type SignalStore interface {
 	LastSignalID(ctx context.Context) (int64, error)
 	AckSignals(ctx context.Context, receiver, streamID string, acks []session.SignalAck, at time.Time) (int, error)
 	ClaimSignalPushes(ctx context.Context, c session.DeliveryClaim) ([]session.Signal, error)
-	SignalPushDone(ctx context.Context, receiver string, g session.Signal, at time.Time, ok bool, next time.Time, errText string) error
+	SignalPushDone(ctx context.Context, g session.Signal, at time.Time, ok bool, next time.Time, errText string) error
 	PurgeSignals(ctx context.Context, before time.Time) (int64, error)
 }
 
@@ -120,6 +120,7 @@ func testSignalsOnEnd(t *testing.T, s Store) {
 	require.Equal(t, a.ID, g.SID)
 	require.Equal(t, "u1", g.Subject)
 	require.Equal(t, "mail", g.ClientID)
+	require.Equal(t, "api", g.Receiver)
 	require.Equal(t, session.ReasonAppIdleTimeout, g.Reason)
 	require.Equal(t, t0.Add(time.Minute), g.At)
 	require.Empty(t, g.PushURI)
@@ -159,9 +160,9 @@ func testSignalAcks(t *testing.T, s Store) {
 	require.Len(t, got, 2)
 	require.Equal(t, "mail", got[0].ClientID, "oldest first")
 
-	n, err := s.AckSignals(ctx, "other", "not-"+poll.ID, []session.SignalAck{{JTI: got[0].JTI}}, t0)
+	n, err := s.AckSignals(ctx, "other", poll.ID, []session.SignalAck{{JTI: got[0].JTI}}, t0)
 	require.NoError(t, err)
-	require.Zero(t, n, "an ack names the stream it was polled on")
+	require.Zero(t, n, "only the stream's receiver acknowledges its events")
 	n, err = s.AckSignals(ctx, "api", poll.ID, []session.SignalAck{{JTI: got[0].JTI}, {JTI: "unknown"},
 		{JTI: got[1].JTI, Err: "invalid_key", Description: "no key"}}, t0.Add(time.Second))
 	require.NoError(t, err)
@@ -198,7 +199,7 @@ func testSignalPushes(t *testing.T, s Store) {
 	require.Empty(t, claimPush("w2", t0, push.EndpointURL), "claimed by w1")
 
 	next := t0.Add(10 * time.Second)
-	require.NoError(t, s.SignalPushDone(ctx, "api", rows[0], t0, false, next, "503"))
+	require.NoError(t, s.SignalPushDone(ctx, rows[0], t0, false, next, "503"))
 	require.Empty(t, claimPush("w2", t0.Add(time.Second), ""), "not due before its retry")
 	require.NoError(t, s.SetStreamStatus(ctx, "api", push.ID, "paused", ""))
 	require.Empty(t, claimPush("w2", next, ""), "a paused stream holds its events")
@@ -206,7 +207,7 @@ func testSignalPushes(t *testing.T, s Store) {
 	rows = claimPush("w2", next, push.EndpointURL)
 	require.Len(t, rows, 1)
 	require.Equal(t, 1, rows[0].Attempts)
-	require.NoError(t, s.SignalPushDone(ctx, "api", rows[0], next, true, time.Time{}, ""))
+	require.NoError(t, s.SignalPushDone(ctx, rows[0], next, true, time.Time{}, ""))
 	require.Empty(t, pending(t, s, push.ID))
 	require.Len(t, pending(t, s, poll.ID), 1, "the poll stream's copy waits for its ack")
 	require.Equal(t, 1, countEvents(t, s, a.ID, session.AuditSignalDelivered))
@@ -217,7 +218,7 @@ func testSignalPushes(t *testing.T, s Store) {
 	endWithSignals(t, s, a, t0, map[string][]string{"bank": {"api"}}, bank)
 	rows = claimPush("w3", next, "")
 	require.Len(t, rows, 1)
-	require.NoError(t, s.SignalPushDone(ctx, "api", rows[0], next, false, time.Time{}, "gone"))
+	require.NoError(t, s.SignalPushDone(ctx, rows[0], next, false, time.Time{}, "gone"))
 	require.Empty(t, pending(t, s, push.ID))
 	require.Equal(t, 1, countEvents(t, s, a.ID, session.AuditSignalAbandoned))
 }
