@@ -356,6 +356,7 @@ func (p *Provider) Run(ctx context.Context) {
 
 // Close stops background work and flushes unwritten activity.
 func (p *Provider) Close(ctx context.Context) error {
+	p.signals.close()
 	if p.runCancel != nil {
 		p.runCancel()
 	}

@@ -258,9 +258,18 @@ type signalHub struct {
 	ch      chan struct{} // closed (and replaced) on every wake-up
 	waiters int
 	last    int64
+	stopped chan struct{} // closed when the provider stops: polls answer now
+	stop    sync.Once
 }
 
-func newSignalHub() *signalHub { return &signalHub{ch: make(chan struct{})} }
+func newSignalHub() *signalHub {
+	return &signalHub{ch: make(chan struct{}), stopped: make(chan struct{})}
+}
+
+// close makes every long poll answer at once (a stopping provider must
+// not hold requests for PollWait; the receiver polls another replica, or
+// this one once restarted).
+func (h *signalHub) close() { h.stop.Do(func() { close(h.stopped) }) }
 
 // wait registers a waiter and returns the channel of the next wake-up;
 // call done when no longer waiting. Register before reading the queue, so

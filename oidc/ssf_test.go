@@ -212,7 +212,7 @@ func TestSSFRefusesMalformedAndForeignRequests(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name, method, path, token, body string
-		want                             int
+		want                            int
 	}{
 		{"no token", http.MethodGet, "/ssf/streams", "", "", http.StatusUnauthorized},
 		{"a forged token", http.MethodGet, "/ssf/streams", "eyJhbGciOiJub25lIn0.e30.", "", http.StatusUnauthorized},
@@ -555,5 +555,3 @@ func appSuffix(t *testing.T, e *env, sid, client string) string {
 	t.Fatalf("no live %s session in %s", client, sid)
 	return ""
 }
-
-

@@ -561,9 +561,12 @@ func (p *Provider) waitSignals(ctx context.Context, receiver, id string, limit i
 		case <-timer.C:
 			done()
 			return nil, nil
-		case <-ctx.Done():
+		case <-p.signals.stopped:
 			done()
-			return nil, ctx.Err()
+			return nil, nil
+		case <-ctx.Done(): // the receiver went away: nothing to answer
+			done()
+			return nil, nil
 		}
 	}
 }
