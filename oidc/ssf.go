@@ -34,7 +34,7 @@ type SignalStore interface {
 	DeleteStream(ctx context.Context, receiver, id string) error
 	SetStreamStatus(ctx context.Context, receiver, id, status, reason string) error
 	RequestVerification(ctx context.Context, receiver string, sig session.Signal, notBefore time.Time) error
-	PendingSignals(ctx context.Context, streamID string, limit int) ([]session.Signal, error)
+	PendingSignals(ctx context.Context, receiver, streamID string, limit int) ([]session.Signal, error)
 	LastSignalID(ctx context.Context) (int64, error)
 	AckSignals(ctx context.Context, receiver, streamID string, acks []session.SignalAck, at time.Time) (int, error)
 	ClaimSignalPushes(ctx context.Context, c session.DeliveryClaim) ([]session.Signal, error)

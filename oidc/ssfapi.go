@@ -550,7 +550,7 @@ func (p *Provider) waitSignals(ctx context.Context, receiver, id string, limit i
 	defer timer.Stop()
 	for {
 		woken, done := p.signals.wait()
-		rows, err := p.enabledSignals(ctx, receiver, id, limit)
+		rows, err := p.store.PendingSignals(ctx, receiver, id, limit)
 		if err != nil || len(rows) > 0 || now {
 			done()
 			return rows, err
@@ -569,14 +569,4 @@ func (p *Provider) waitSignals(ctx context.Context, receiver, id string, limit i
 			return nil, nil
 		}
 	}
-}
-
-// enabledSignals reads the queue of a stream that is enabled (a paused one
-// holds its events; a deleted one is not found).
-func (p *Provider) enabledSignals(ctx context.Context, receiver, id string, limit int) ([]session.Signal, error) {
-	st, err := p.store.Stream(ctx, receiver, id)
-	if err != nil || st.Status != streamEnabled {
-		return nil, err
-	}
-	return p.store.PendingSignals(ctx, id, limit)
 }

@@ -242,9 +242,12 @@ func scanSignal(row scanner) (Signal, error) {
 	return g, err
 }
 
-// PendingSignals returns up to limit events queued on a stream, oldest first.
-func (s *SQLite) PendingSignals(ctx context.Context, streamID string, limit int) ([]Signal, error) {
-	return queryAll(ctx, s.r, scanSignal, `SELECT `+signalCols+` FROM ssf_events WHERE stream_id = ? ORDER BY id LIMIT ?`, streamID, limit)
+// PendingSignals returns up to limit events queued on a stream of
+// receiver, oldest first, if the stream is enabled (a paused stream holds
+// its events; SSF 1.0 section 8.1.2): one read, for the poll's hot path.
+func (s *SQLite) PendingSignals(ctx context.Context, receiver, streamID string, limit int) ([]Signal, error) {
+	return queryAll(ctx, s.r, scanSignal, `SELECT `+signalCols+` FROM ssf_events WHERE stream_id = ? AND receiver = ?
+		AND EXISTS (SELECT 1 FROM ssf_streams WHERE id = ? AND status = 'enabled') ORDER BY id LIMIT ?`, streamID, receiver, streamID, limit)
 }
 
 // LastSignalID returns the id of the newest queued event (0 when none): a

@@ -24,11 +24,11 @@ import (
 // An API protected by the kit. The provider's configuration has the API
 // as a client of its own:
 //
-//	- client_id: orders-api
-//	  client_secret: ${ORDERS_API_SECRET}
-//	  grant_types: [client_credentials]
-//	  resource_server: true
-//	  serves: [shop]          # the apps whose tokens the API accepts
+//   - client_id: orders-api
+//     client_secret: ${ORDERS_API_SECRET}
+//     grant_types: [client_credentials]
+//     resource_server: true
+//     serves: [shop]          # the apps whose tokens the API accepts
 //
 // The API accepts the shop's access tokens while the person's session
 // lasts, and refuses them as soon as the provider ends it.

@@ -395,7 +395,7 @@ func pending(t *testing.T, pr *provider, stream string) int {
 	pr.mu.RLock()
 	store := pr.store
 	pr.mu.RUnlock()
-	rows, err := store.PendingSignals(t.Context(), stream, 100)
+	rows, err := store.PendingSignals(t.Context(), "orders-api", stream, 100)
 	require.NoError(t, err)
 	return len(rows)
 }

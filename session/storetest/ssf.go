@@ -19,7 +19,7 @@ type SignalStore interface {
 	DeleteStream(ctx context.Context, receiver, id string) error
 	SetStreamStatus(ctx context.Context, receiver, id, status, reason string) error
 	RequestVerification(ctx context.Context, receiver string, sig session.Signal, notBefore time.Time) error
-	PendingSignals(ctx context.Context, streamID string, limit int) ([]session.Signal, error)
+	PendingSignals(ctx context.Context, receiver, streamID string, limit int) ([]session.Signal, error)
 	LastSignalID(ctx context.Context) (int64, error)
 	AckSignals(ctx context.Context, receiver, streamID string, acks []session.SignalAck, at time.Time) (int, error)
 	ClaimSignalPushes(ctx context.Context, c session.DeliveryClaim) ([]session.Signal, error)
@@ -89,9 +89,9 @@ func endWithSignals(t *testing.T, s Store, a *session.AuthSession, at time.Time,
 	require.NoError(t, s.EndSessions(t.Context(), end))
 }
 
-func pending(t *testing.T, s Store, stream string) []session.Signal {
+func pending(t *testing.T, s Store, st *session.Stream) []session.Signal {
 	t.Helper()
-	out, err := s.PendingSignals(t.Context(), stream, 100)
+	out, err := s.PendingSignals(t.Context(), st.Receiver, st.ID, 100)
 	require.NoError(t, err)
 	return out
 }
@@ -113,7 +113,7 @@ func testSignalsOnEnd(t *testing.T, s Store) {
 	require.NoError(t, err)
 	endWithSignals(t, s, a, t0.Add(time.Minute), receivers, mail)
 
-	got := pending(t, s, poll.ID)
+	got := pending(t, s, poll)
 	require.Len(t, got, 1)
 	g := got[0]
 	require.Equal(t, session.EventSessionRevoked, g.Event)
@@ -126,28 +126,29 @@ func testSignalsOnEnd(t *testing.T, s Store) {
 	require.Empty(t, g.PushURI)
 	require.NotEmpty(t, g.JTI)
 	require.NotEmpty(t, g.Txn)
-	pushed := pending(t, s, push.ID)
+	pushed := pending(t, s, push)
 	require.Len(t, pushed, 1)
 	require.Equal(t, push.EndpointURL, pushed[0].PushURI)
 	require.NotEqual(t, g.JTI, pushed[0].JTI, "every SET has its own jti")
 	require.Equal(t, g.Txn, pushed[0].Txn, "SETs of one end share txn")
-	require.Empty(t, pending(t, s, quiet.ID), "a stream that did not ask for session-revoked")
-	require.Empty(t, pending(t, s, off.ID), "a disabled stream holds nothing")
-	require.Empty(t, pending(t, s, stranger.ID), "a receiver that does not serve the app")
+	require.Empty(t, pending(t, s, quiet), "a stream that did not ask for session-revoked")
+	require.NoError(t, s.SetStreamStatus(ctx, "gw", off.ID, "enabled", ""))
+	require.Empty(t, pending(t, s, off), "a disabled stream held nothing")
+	require.Empty(t, pending(t, s, stranger), "a receiver that does not serve the app")
 	after, err := s.LastSignalID(ctx)
 	require.NoError(t, err)
 	require.Greater(t, after, before)
 
 	// Ending mail again queues nothing: it is already over.
 	endWithSignals(t, s, a, t0.Add(2*time.Minute), receivers, mail)
-	require.Len(t, pending(t, s, poll.ID), 1)
+	require.Len(t, pending(t, s, poll), 1)
 
 	// An end that fails queues nothing (one transaction).
 	bad := session.End{At: t0, Reason: session.ReasonLogout, AppSessions: []session.EndedApp{{ID: bank.ID, ClientID: "bank"}},
 		Signals:       []session.SignalNotice{{ClientID: "bank", SID: a.ID, Subject: "u1", Reason: session.ReasonLogout, Receivers: []string{"api"}}},
 		AuthSessionID: a.ID, IfDue: t0.Add(-time.Hour)}
 	require.NoError(t, s.EndSessions(ctx, bad), "a conditional end that is not due is skipped whole")
-	require.Len(t, pending(t, s, poll.ID), 1)
+	require.Len(t, pending(t, s, poll), 1)
 }
 
 func testSignalAcks(t *testing.T, s Store) {
@@ -156,9 +157,12 @@ func testSignalAcks(t *testing.T, s Store) {
 	a := newSession(t, s, "u1", t0.Add(time.Hour))
 	mail, bank := join(t, s, a, "mail", time.Hour), join(t, s, a, "bank", time.Hour)
 	endWithSignals(t, s, a, t0, map[string][]string{"mail": {"api"}, "bank": {"api"}}, mail, bank)
-	got := pending(t, s, poll.ID)
+	got := pending(t, s, poll)
 	require.Len(t, got, 2)
 	require.Equal(t, "mail", got[0].ClientID, "oldest first")
+	foreign, err := s.PendingSignals(ctx, "other", poll.ID, 10)
+	require.NoError(t, err)
+	require.Empty(t, foreign, "only the stream's receiver reads its queue")
 
 	n, err := s.AckSignals(ctx, "other", poll.ID, []session.SignalAck{{JTI: got[0].JTI}}, t0)
 	require.NoError(t, err)
@@ -167,7 +171,7 @@ func testSignalAcks(t *testing.T, s Store) {
 		{JTI: got[1].JTI, Err: "invalid_key", Description: "no key"}}, t0.Add(time.Second))
 	require.NoError(t, err)
 	require.Equal(t, 2, n)
-	require.Empty(t, pending(t, s, poll.ID))
+	require.Empty(t, pending(t, s, poll))
 	require.Equal(t, 2, countEvents(t, s, a.ID, session.AuditSignalDelivered))
 
 	// Events nobody collects are purged after their time.
@@ -203,13 +207,14 @@ func testSignalPushes(t *testing.T, s Store) {
 	require.Empty(t, claimPush("w2", t0.Add(time.Second), ""), "not due before its retry")
 	require.NoError(t, s.SetStreamStatus(ctx, "api", push.ID, "paused", ""))
 	require.Empty(t, claimPush("w2", next, ""), "a paused stream holds its events")
+	require.Empty(t, pending(t, s, push), "and does not give them to a poll")
 	require.NoError(t, s.SetStreamStatus(ctx, "api", push.ID, "enabled", ""))
 	rows = claimPush("w2", next, push.EndpointURL)
 	require.Len(t, rows, 1)
 	require.Equal(t, 1, rows[0].Attempts)
 	require.NoError(t, s.SignalPushDone(ctx, rows[0], next, true, time.Time{}, ""))
-	require.Empty(t, pending(t, s, push.ID))
-	require.Len(t, pending(t, s, poll.ID), 1, "the poll stream's copy waits for its ack")
+	require.Empty(t, pending(t, s, push))
+	require.Len(t, pending(t, s, poll), 1, "the poll stream's copy waits for its ack")
 	require.Equal(t, 1, countEvents(t, s, a.ID, session.AuditSignalDelivered))
 	require.Equal(t, 1, countEvents(t, s, a.ID, session.AuditSignalRetrying))
 
@@ -219,7 +224,7 @@ func testSignalPushes(t *testing.T, s Store) {
 	rows = claimPush("w3", next, "")
 	require.Len(t, rows, 1)
 	require.NoError(t, s.SignalPushDone(ctx, rows[0], next, false, time.Time{}, "gone"))
-	require.Empty(t, pending(t, s, push.ID))
+	require.Empty(t, pending(t, s, push))
 	require.Equal(t, 1, countEvents(t, s, a.ID, session.AuditSignalAbandoned))
 }
 
@@ -231,11 +236,11 @@ func testVerification(t *testing.T, s Store) {
 	again := session.Signal{StreamID: push.ID, JTI: session.NewID(), At: t0.Add(time.Second)}
 	require.ErrorIs(t, s.RequestVerification(ctx, "api", again, t0.Add(time.Second-time.Minute)), session.ErrTooSoon)
 	require.ErrorIs(t, s.RequestVerification(ctx, "other", again, t0), session.ErrNotFound)
-	got := pending(t, s, push.ID)
+	got := pending(t, s, push)
 	require.Len(t, got, 1)
 	require.Equal(t, session.EventVerification, got[0].Event)
 	require.Equal(t, "xyz", got[0].State)
 	require.Equal(t, push.EndpointURL, got[0].PushURI)
 	require.NoError(t, s.DeleteStream(ctx, "api", push.ID))
-	require.Empty(t, pending(t, s, push.ID), "deleting a stream drops its queue")
+	require.Empty(t, pending(t, s, push), "deleting a stream drops its queue")
 }
