@@ -1,6 +1,7 @@
 package oidc
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -554,4 +555,46 @@ func appSuffix(t *testing.T, e *env, sid, client string) string {
 	}
 	t.Fatalf("no live %s session in %s", client, sid)
 	return ""
+}
+
+// TestSSFAcrossReplicas: streams, queues and the verification interval
+// live in the database, so any replica serves any receiver; a long poll
+// held at one replica gets an end committed at another (found within
+// SSF.WatchInterval by the newest event id).
+func TestSSFAcrossReplicas(t *testing.T) {
+	c := newCluster(t, 2, withResourceServer("orders", "mail"))
+	c.replicas[1].p.Run(t.Context())
+	t.Cleanup(func() { require.NoError(t, c.replicas[1].p.Close(context.Background())) })
+	tok := c.via(0).serviceToken("orders")
+	st := c.createStream(tok, requestRevoked)
+	mail := c.browser().login(c.rp("mail"), "alice")
+
+	done := make(chan map[string]string, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodPost, c.issuer+"/ssf/poll/"+st.StreamID, strings.NewReader(`{}`))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := c.pinned(1).Do(req)
+		if err != nil {
+			done <- nil
+			return
+		}
+		defer resp.Body.Close()
+		var out pollResponse
+		_ = json.NewDecoder(resp.Body).Decode(&out)
+		done <- out.Sets
+	}()
+	hub := c.replicas[1].p.signals
+	require.Eventually(t, func() bool {
+		hub.mu.Lock()
+		defer hub.mu.Unlock()
+		return hub.waiters == 1
+	}, 5*time.Second, time.Millisecond)
+	require.NoError(t, c.replicas[0].p.Tracker().End(t.Context(), mail.sid, session.ReasonLogout, "user"))
+	sets := <-done
+	require.Len(t, sets, 1, "the end at replica 0 reached the poll held at replica 1")
+
+	code, _ := c.via(1).ssf(http.MethodPost, "/ssf/verify", tok, `{"stream_id":"`+st.StreamID+`"}`)
+	require.Equal(t, http.StatusNoContent, code)
+	code, _ = c.via(0).ssf(http.MethodPost, "/ssf/verify", tok, `{"stream_id":"`+st.StreamID+`"}`)
+	require.Equal(t, http.StatusTooManyRequests, code, "the interval holds across replicas")
 }
