@@ -75,7 +75,7 @@ func TestConfigDemoParses(t *testing.T) {
 
 	pc, err := cfg.ProviderConfig()
 	require.NoError(t, err)
-	require.Len(t, pc.Clients, 3)
+	require.Len(t, pc.Clients, 4)
 	byID := make(map[string]*oidc.Client)
 	for _, c := range pc.Clients {
 		byID[c.ID] = c
@@ -105,6 +105,12 @@ func TestConfigDemoParses(t *testing.T) {
 	require.True(t, video.Policy.Exempt)
 	require.Equal(t, 10*time.Minute, video.Policy.IdleTimeout)
 	require.Equal(t, 5*time.Minute, video.AccessTokenTTL)
+
+	api := byID["portal-api"]
+	require.NotNil(t, api)
+	require.True(t, api.ResourceServer)
+	require.Equal(t, []string{"portal"}, api.Serves)
+	require.Equal(t, []zoidc.GrantType{zoidc.GrantTypeClientCredentials}, api.GrantTypes)
 }
 
 func TestConfigEnvExpansion(t *testing.T) {
