@@ -21,8 +21,12 @@ demo: ## Run the provider and three sample apps on localhost (see README).
 test: test-go test-browser ## Run every test: Go (with -race) and the browser library in headless Chromium.
 
 .PHONY: test-go
-test-go: ## Run the Go tests with the race detector.
+test-go: ## Run the Go tests with the race detector (PostgreSQL: a throwaway server, or IDLEGUARD_TEST_POSTGRES=URL).
 	$(GO) test -race -count=1 $(PKGS)
+
+.PHONY: test-postgres
+test-postgres: ## Run only the tests that need PostgreSQL, failing if it is unavailable.
+	IDLEGUARD_REQUIRE_POSTGRES=1 $(GO) test -race -count=1 -run 'Postgres|Commands|KeysRotate|Migrate|Database|Killed|MissingServer' ./migrations ./session/... ./cmd/idleguard
 
 .PHONY: test-browser
 test-browser: ## Run the browser tests (Playwright driving /usr/bin/chromium).

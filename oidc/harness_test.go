@@ -27,13 +27,14 @@ import (
 
 	"github.com/idleguard/idleguard/activity"
 	"github.com/idleguard/idleguard/session"
+	"github.com/idleguard/idleguard/session/pgtest"
 )
 
 // TestMain quiets the protocol library's own logging (it logs through the
 // process-wide slog default); each provider logs to its test's output.
 func TestMain(m *testing.M) {
 	slog.SetDefault(slog.New(slog.NewTextHandler(io.Discard, nil)))
-	os.Exit(m.Run())
+	os.Exit(pgtest.Main(m))
 }
 
 // clock is the controllable time source every test injects.
@@ -63,6 +64,7 @@ type env struct {
 	dbPath string
 	store  *session.SQLite
 	mu     sync.RWMutex // guards p, which restart replaces
+	users  userCreator  // where addUser adds people, when not store
 	p      *Provider
 	srv    *httptest.Server
 	issuer string
@@ -164,8 +166,21 @@ func (e *env) addUser(name string) *session.User {
 	hash, err := session.HashPasswordWithParams(testPassword, 1, 1024, 1)
 	require.NoError(e.t, err)
 	u := &session.User{Username: name, PasswordHash: hash, Name: strings.ToUpper(name[:1]) + name[1:], Email: name + "@example.com", EmailVerified: true, CreatedAt: e.clock.Now()}
-	require.NoError(e.t, e.store.CreateUser(e.t.Context(), u))
+	require.NoError(e.t, e.userStore().CreateUser(e.t.Context(), u))
 	return u
+}
+
+type userCreator interface {
+	CreateUser(ctx context.Context, u *session.User) error
+}
+
+// userStore is where addUser adds people: the env's store, or users when
+// set (a cluster of replicas on any backend).
+func (e *env) userStore() userCreator {
+	if e.users != nil {
+		return e.users
+	}
+	return e.store
 }
 
 // sweep runs one sweep and delivers due logouts, as the background loops would.

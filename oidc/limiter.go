@@ -35,8 +35,11 @@ const (
 	inFlightPerUser    = 2
 	inFlightPerDevice  = 2
 	inFlightPerAddress = 8
-	verifyQueuePerSlot = 4               // waiting checks per worker before "busy"
-	verifyQueueWait    = 5 * time.Second // longest wait for a worker
+	verifyQueuePerSlot = 4 // waiting checks per worker before "busy"
+	// verifyQueueWait is the longest wait for a worker, and for a turn among
+	// a username's attempts in flight: well inside the server's 30s
+	// WriteTimeout, long enough for a burst of honest sign-ins on two cores.
+	verifyQueueWait = 12 * time.Second
 )
 
 // errLoginBusy: every argon2id worker is taken and the queue is full, or the
@@ -58,6 +61,8 @@ type loginLimiter struct {
 
 	mu       sync.Mutex
 	inFlight map[string]int
+	waiting  map[string]int
+	changed  chan struct{} // closed and replaced whenever an attempt leaves
 
 	slots  chan struct{} // argon2id checks running
 	queued atomic.Int32  // checks running or waiting
@@ -65,6 +70,7 @@ type loginLimiter struct {
 
 func newLoginLimiter(store LoginThrottleStore, policy session.LoginPolicy, now func() time.Time, mac []byte) *loginLimiter {
 	return &loginLimiter{store: store, policy: policy, now: now, mac: mac, inFlight: make(map[string]int),
+		waiting: make(map[string]int), changed: make(chan struct{}),
 		slots: make(chan struct{}, max(2, runtime.GOMAXPROCS(0)))}
 }
 
@@ -108,28 +114,92 @@ func inFlightLimit(key string) int {
 	return inFlightPerAddress
 }
 
-// enter admits an attempt unless one of its keys already has the most
-// attempts in flight; release must be called when it is over.
-func (l *loginLimiter) enter(keys []string) (release func(), ok bool) {
+// enter admits an attempt once none of its keys has the most attempts in
+// flight, waiting for one to finish (at most verifyQueueWait, and never
+// after the client has gone); release must be called when it is over. A
+// person who signs in from two tabs at once, or a shared kiosk account,
+// waits a moment instead of being refused. Waiting is bounded too: past
+// verifyQueuePerSlot waiters per allowed attempt of a key, it refuses at
+// once.
+func (l *loginLimiter) enter(ctx context.Context, keys []string) (release func(), err error) {
+	wait := time.NewTimer(verifyQueueWait)
+	defer wait.Stop()
+	waiting := false
+	defer func() {
+		if waiting {
+			l.mu.Lock()
+			l.unwait(keys)
+			l.mu.Unlock()
+		}
+	}()
+	for {
+		l.mu.Lock()
+		if l.admissible(keys) {
+			for _, k := range keys {
+				l.inFlight[k]++
+			}
+			l.mu.Unlock()
+			return func() { l.leave(keys) }, nil
+		}
+		if !waiting {
+			if !l.mayWait(keys) {
+				l.mu.Unlock()
+				return nil, errLoginBusy
+			}
+			for _, k := range keys {
+				l.waiting[k]++
+			}
+			waiting = true
+		}
+		changed := l.changed
+		l.mu.Unlock()
+		select {
+		case <-changed:
+		case <-wait.C:
+			return nil, errLoginBusy
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (l *loginLimiter) admissible(keys []string) bool {
+	for _, k := range keys {
+		if l.inFlight[k] >= inFlightLimit(k) {
+			return false
+		}
+	}
+	return true
+}
+
+func (l *loginLimiter) mayWait(keys []string) bool {
+	for _, k := range keys {
+		if l.waiting[k] >= inFlightLimit(k)*verifyQueuePerSlot {
+			return false
+		}
+	}
+	return true
+}
+
+func (l *loginLimiter) unwait(keys []string) {
+	for _, k := range keys {
+		if l.waiting[k]--; l.waiting[k] <= 0 {
+			delete(l.waiting, k)
+		}
+	}
+}
+
+// leave ends an attempt and wakes the attempts waiting to enter.
+func (l *loginLimiter) leave(keys []string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, k := range keys {
-		if l.inFlight[k] >= inFlightLimit(k) {
-			return nil, false
+		if l.inFlight[k]--; l.inFlight[k] <= 0 {
+			delete(l.inFlight, k)
 		}
 	}
-	for _, k := range keys {
-		l.inFlight[k]++
-	}
-	return func() {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		for _, k := range keys {
-			if l.inFlight[k]--; l.inFlight[k] <= 0 {
-				delete(l.inFlight, k)
-			}
-		}
-	}, true
+	close(l.changed)
+	l.changed = make(chan struct{})
 }
 
 // verify checks password against hash on a bounded pool of workers. It
@@ -189,8 +259,8 @@ type passwordAttempt struct {
 func (p *Provider) checkPassword(w http.ResponseWriter, r *http.Request, req *authRequest, a *passwordAttempt) bool {
 	ctx := r.Context()
 	keys := p.limiter.keys(a)
-	release, ok := p.limiter.enter(keys)
-	if !ok {
+	release, err := p.limiter.enter(ctx, keys)
+	if err != nil {
 		p.loginThrottled(w, r, req, a, time.Second, "Another sign-in to this account is in progress. Try again in a moment.")
 		return false
 	}

@@ -282,3 +282,47 @@ func TestPasswordChecksWaitInABoundedQueueThatHonoursTheContext(t *testing.T) {
 	_, err = l.verify(t.Context(), "", "pw")
 	require.ErrorIs(t, err, errLoginBusy, "a full queue answers at once")
 }
+
+// The in-flight bound per username must not refuse a person who signs in
+// from several browsers at once (two tabs, a shared kiosk account, the
+// browser tests' parallel contexts): past the bound, attempts wait for a
+// slot instead of being turned away.
+func TestSimultaneousRightPasswordsAllSignIn(t *testing.T) {
+	e := newEnv(t)
+	// A costly hash (as in production) keeps each check in flight long
+	// enough for the attempts to overlap.
+	hash, err := session.HashPasswordWithParams(testPassword, 3, 32*1024, 1)
+	require.NoError(t, err)
+	require.NoError(t, e.store.CreateUser(t.Context(), &session.User{Username: "kiosk", PasswordHash: hash, CreatedAt: e.clock.Now()}))
+	const n = 3 * inFlightPerUser
+	type post struct {
+		b    *browser
+		form url.Values
+	}
+	posts := make([]post, n)
+	for i := range posts {
+		b := e.browser()
+		posts[i] = post{b, b.loginForm(loginPage(t, b, e.rp("mail")), "kiosk", testPassword)}
+	}
+	start := make(chan struct{})
+	codes := make([]int, n)
+	var wg sync.WaitGroup
+	for i, p := range posts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			p.b.client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+			resp, err := p.b.client.PostForm(e.issuer+"/login", p.form)
+			if err == nil {
+				codes[i] = resp.StatusCode
+				resp.Body.Close()
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	for i, c := range codes {
+		require.Equal(t, http.StatusFound, c, "sign-in %d of %d: %v", i+1, n, codes)
+	}
+}

@@ -562,7 +562,11 @@ func appSuffix(t *testing.T, e *env, sid, client string) string {
 // held at one replica gets an end committed at another (found within
 // SSF.WatchInterval by the newest event id).
 func TestSSFAcrossReplicas(t *testing.T) {
-	c := newCluster(t, 2, withResourceServer("orders", "mail"))
+	onEveryBackend(t, func(t *testing.T, db backend) { ssfAcrossReplicas(t, db) })
+}
+
+func ssfAcrossReplicas(t *testing.T, db backend) {
+	c := newCluster(t, db, 2, withResourceServer("orders", "mail"))
 	c.replicas[1].p.Run(t.Context())
 	t.Cleanup(func() { require.NoError(t, c.replicas[1].p.Close(context.Background())) })
 	tok := c.via(0).serviceToken("orders")

@@ -1,7 +1,6 @@
 package session
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"database/sql"
@@ -10,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"slices"
 	"strings"
 	"time"
 
@@ -267,8 +265,7 @@ func (s *SQLite) CreateAuthSession(ctx context.Context, a *AuthSession) error {
 		if err != nil {
 			return fmt.Errorf("create auth session: %w", err)
 		}
-		return addAudit(ctx, auditVia{tx}, AuditEvent{At: a.AuthTime, Kind: AuditSessionStart, UserID: a.UserID, SID: a.ID,
-			Detail: fmt.Sprintf("idle_limit=%s absolute_deadline=%s", a.IdleLimit, a.AbsoluteDeadline.Format(time.RFC3339))})
+		return addAudit(ctx, auditVia{tx}, sessionStartEvent(a))
 	})
 }
 
@@ -402,12 +399,7 @@ func (s *SQLite) loadChains(ctx context.Context, q string, byID map[string]*AppS
 		if err := rows.Scan(&id, &app, &gen); err != nil {
 			return err
 		}
-		if a := byID[app]; a != nil {
-			if a.RefreshChains == nil {
-				a.RefreshChains = map[string]uint64{}
-			}
-			a.RefreshChains[id] = uint64(gen)
-		}
+		attachChain(byID, id, app, gen)
 	}
 	return rows.Err()
 }
@@ -454,8 +446,7 @@ func (s *SQLite) JoinApp(ctx context.Context, app *AppSession, auth ActivityUpda
 		if err := addChange(ctx, tx, app.AuthSessionID, app.JoinedAt); err != nil {
 			return err
 		}
-		return addAudit(ctx, auditVia{tx}, AuditEvent{At: app.JoinedAt, Kind: AuditAppJoin, UserID: userID, SID: app.AuthSessionID, ClientID: app.ClientID,
-			Detail: fmt.Sprintf("app_session=%s idle_limit=%s exempt=%t", app.ID, auth.IdleLimit, app.IdleExempt)})
+		return addAudit(ctx, auditVia{tx}, appJoinEvent(app, auth, userID))
 	})
 }
 
@@ -674,96 +665,43 @@ func (st *endStmts) close() {
 	}
 }
 
-func (st *endStmts) end(ctx context.Context, e End) error {
-	at := ms(e.At)
-	authEnded := false
-	if e.AuthSessionID != "" && !e.IfDue.IsZero() {
-		// A sweeper's end: only if the stored deadline still says it is due.
-		res, err := st.authDue.ExecContext(ctx, at, string(e.Reason), e.Initiator, e.IdleLimit.Milliseconds(), e.IdleLimit.Milliseconds(),
-			e.AuthSessionID, ms(e.IfDue))
-		if err != nil {
-			return fmt.Errorf("end auth session %s: %w", e.AuthSessionID, err)
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return nil // ended already, or activity written meanwhile moved its deadline
-		}
-		authEnded = true
+func (st *endStmts) end(ctx context.Context, e End) error { return applyEnd(ctx, st, e) }
+
+func (st *endStmts) endApp(ctx context.Context, at int64, reason Reason, id string, due int64) (bool, error) {
+	if due > 0 {
+		return affected(st.appDue.ExecContext(ctx, at, string(reason), id, due))
 	}
-	// The application sessions first: an end of the authentication session
-	// records the apps that ended with it in its own audit event; an app
-	// ending alone gets an event of its own.
-	var endedApps []string
-	endedNow := make(map[string]bool, len(e.AppSessions))
-	for _, app := range e.AppSessions {
-		res, err := st.endApp(ctx, e, app.ID)
-		if err != nil {
-			return fmt.Errorf("end app session %s: %w", app.ID, err)
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			continue // already ended, and its logout already queued
-		}
-		endedNow[app.ClientID] = true
-		if e.AuthSessionID != "" {
-			endedApps = append(endedApps, app.ClientID)
-			continue
-		}
-		if err := addAudit(ctx, st.audit, AuditEvent{At: e.At, Kind: AuditAppEnd, UserID: e.UserID, SID: SplitAppSessionID(app.ID), ClientID: app.ClientID,
-			Reason: string(e.Reason), Initiator: e.Initiator, Detail: "app_session=" + app.ID}); err != nil {
-			return err
-		}
-		if _, err := st.change.ExecContext(ctx, SplitAppSessionID(app.ID), at); err != nil {
-			return fmt.Errorf("change feed: %w", err)
-		}
-	}
-	if e.AuthSessionID != "" {
-		if err := st.endAuth(ctx, e, authEnded, endedApps); err != nil {
-			return err
-		}
-	}
-	for _, n := range e.Notices {
-		if !endedNow[n.ClientID] {
-			continue
-		}
-		if _, err := st.outbox.ExecContext(ctx, NewID(), n.ClientID, n.URI, n.SID, n.Subject, string(n.Reason), at, at); err != nil {
-			return fmt.Errorf("outbox %s: %w", n.ClientID, err)
-		}
-	}
-	return addSignals(ctx, st.signals, e, endedNow)
+	return affected(st.app.ExecContext(ctx, at, string(reason), id))
 }
 
-func (st *endStmts) endApp(ctx context.Context, e End, id string) (sql.Result, error) {
-	if e.AuthSessionID == "" && !e.IfDue.IsZero() {
-		return st.appDue.ExecContext(ctx, ms(e.At), string(e.Reason), id, ms(e.IfDue))
+func (st *endStmts) endAuth(ctx context.Context, at int64, e End, due int64) (bool, error) {
+	limit := e.IdleLimit.Milliseconds()
+	if due > 0 {
+		return affected(st.authDue.ExecContext(ctx, at, string(e.Reason), e.Initiator, limit, limit, e.AuthSessionID, due))
 	}
-	return st.app.ExecContext(ctx, ms(e.At), string(e.Reason), id)
+	return affected(st.auth.ExecContext(ctx, at, string(e.Reason), e.Initiator, limit, limit, e.AuthSessionID))
 }
 
-// endAuth ends the authentication session of e (unless already done by the
-// conditional statement), with its audit event and change feed row.
-func (st *endStmts) endAuth(ctx context.Context, e End, done bool, endedApps []string) error {
-	n := int64(1)
-	if !done {
-		res, err := st.auth.ExecContext(ctx, ms(e.At), string(e.Reason), e.Initiator, e.IdleLimit.Milliseconds(), e.IdleLimit.Milliseconds(), e.AuthSessionID)
-		if err != nil {
-			return fmt.Errorf("end auth session %s: %w", e.AuthSessionID, err)
-		}
-		n, _ = res.RowsAffected()
+func (st *endStmts) addOutbox(ctx context.Context, at int64, n LogoutNotice) error {
+	_, err := st.outbox.ExecContext(ctx, NewID(), n.ClientID, n.URI, n.SID, n.Subject, string(n.Reason), at, at)
+	return err
+}
+
+func (st *endStmts) writeAudit(ctx context.Context, ev AuditEvent) error {
+	return addAudit(ctx, st.audit, ev)
+}
+
+func (st *endStmts) addChange(ctx context.Context, sid string, at int64) error {
+	_, err := st.change.ExecContext(ctx, sid, at)
+	return err
+}
+
+func affected(res sql.Result, err error) (bool, error) {
+	if err != nil {
+		return false, err
 	}
-	if n == 0 && len(endedApps) == 0 {
-		return nil
-	}
-	kind := AuditSessionEnd
-	if n == 0 { // an already-ended session whose remaining apps end now
-		kind = AuditAppEnd
-	}
-	if err := addAudit(ctx, st.audit, AuditEvent{At: e.At, Kind: kind, UserID: e.UserID, SID: e.AuthSessionID,
-		Reason: string(e.Reason), Initiator: e.Initiator, Detail: "apps=" + strings.Join(endedApps, ",")}); err != nil {
-		return err
-	}
-	if _, err := st.change.ExecContext(ctx, e.AuthSessionID, ms(e.At)); err != nil {
-		return fmt.Errorf("change feed: %w", err)
-	}
-	return nil
+	n, err := res.RowsAffected()
+	return n > 0, err
 }
 
 // SessionsOfUser lists a user's authentication sessions, newest first, with
@@ -890,41 +828,40 @@ func (s *SQLite) PurgeAuthRequests(ctx context.Context, now time.Time) error {
 // When a key is locked at now, nothing is counted and the longest remaining
 // lock is returned instead.
 func (s *SQLite) ReserveLoginAttempt(ctx context.Context, keys []string, now time.Time, p LoginPolicy) (LoginAttempt, time.Duration, error) {
-	a := LoginAttempt{Keys: keys, Locks: make([]time.Time, len(keys))}
+	a := LoginAttempt{Keys: keys}
 	var wait time.Duration
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		counts := make([]int, len(keys))
+		stored := make([]loginCount, len(keys))
 		for i, k := range keys {
-			var n int
 			var last, until int64
-			err := tx.QueryRowContext(ctx, `SELECT failures, last_at, locked_until FROM login_failures WHERE key = ?`, k).Scan(&n, &last, &until)
-			switch {
-			case errors.Is(err, sql.ErrNoRows):
-			case err != nil:
+			err := tx.QueryRowContext(ctx, `SELECT failures, last_at, locked_until FROM login_failures WHERE key = ?`, k).Scan(&stored[i].failures, &last, &until)
+			if err != nil && !errors.Is(err, sql.ErrNoRows) {
 				return err
-			case fromMS(until).After(now):
-				wait = max(wait, fromMS(until).Sub(now))
-			case !p.Stale(fromMS(last), fromMS(until), now):
-				counts[i] = n
 			}
+			stored[i].last, stored[i].until = fromMS(last), fromMS(until)
 		}
-		if wait > 0 {
+		var counts []int
+		if counts, a.Locks, wait = p.reserve(stored, now); wait > 0 {
 			return nil
 		}
 		for i, k := range keys {
-			a.Locks[i] = p.LockedUntil(counts[i]+1, now)
 			if _, err := tx.ExecContext(ctx, `INSERT INTO login_failures (key, failures, last_at, locked_until) VALUES (?, ?, ?, ?)
 				ON CONFLICT (key) DO UPDATE SET failures = excluded.failures, last_at = excluded.last_at, locked_until = excluded.locked_until`,
-				k, counts[i]+1, ms(now), ms(a.Locks[i])); err != nil {
+				k, counts[i], ms(now), ms(a.Locks[i])); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
-	if err != nil {
+	return reserved(a, wait, err)
+}
+
+// reserved is what ReserveLoginAttempt returns: the attempt, or the wait.
+func reserved(a LoginAttempt, wait time.Duration, err error) (LoginAttempt, time.Duration, error) {
+	switch {
+	case err != nil:
 		return LoginAttempt{}, 0, fmt.Errorf("reserve login attempt: %w", err)
-	}
-	if wait > 0 {
+	case wait > 0:
 		return LoginAttempt{}, wait, nil
 	}
 	return a, 0, nil
@@ -986,15 +923,17 @@ func (s *SQLite) AddSigningKey(ctx context.Context, k SigningKey, retireOthers t
 // SigningKeys returns the keys not yet retired at now, newest first. The
 // first one is the current signing key.
 func (s *SQLite) SigningKeys(ctx context.Context, now time.Time) ([]SigningKey, error) {
-	return queryAll(ctx, s.r, func(row scanner) (SigningKey, error) {
-		var k SigningKey
-		var created int64
-		var retire sql.NullInt64
-		err := row.Scan(&k.ID, &k.Algorithm, &k.PrivateDER, &created, &retire)
-		k.CreatedAt, k.RetireAt = fromMS(created), fromNullMS(retire)
-		return k, err
-	}, `SELECT id, algorithm, private_key, created_at, retire_at FROM signing_keys
+	return queryAll(ctx, s.r, scanSigningKey, `SELECT id, algorithm, private_key, created_at, retire_at FROM signing_keys
 		WHERE retire_at IS NULL OR retire_at > ? ORDER BY created_at DESC, rowid DESC`, ms(now))
+}
+
+func scanSigningKey(row scanner) (SigningKey, error) {
+	var k SigningKey
+	var created int64
+	var retire sql.NullInt64
+	err := row.Scan(&k.ID, &k.Algorithm, &k.PrivateDER, &created, &retire)
+	k.CreatedAt, k.RetireAt = fromMS(created), fromNullMS(retire)
+	return k, err
 }
 
 // Secret returns the named secret, creating it with gen on first use.
@@ -1068,9 +1007,7 @@ func (s *SQLite) ClaimDeliveries(ctx context.Context, c DeliveryClaim) ([]Outbox
 	if err != nil {
 		return nil, fmt.Errorf("claim deliveries: %w", err)
 	}
-	slices.SortFunc(out, func(a, b OutboxEntry) int {
-		return cmp.Or(a.NextAttemptAt.Compare(b.NextAttemptAt), cmp.Compare(a.ID, b.ID))
-	})
+	sortDue(out)
 	return out, nil
 }
 
@@ -1095,38 +1032,29 @@ func (s *SQLite) Deliveries(ctx context.Context, sid string) ([]OutboxEntry, err
 // pending. An attempt that no longer owns its row is audited all the same
 // (a duplicate delivery, with the same jti, is allowed and counted there).
 func (s *SQLite) DeliveryDone(ctx context.Context, o OutboxEntry, at time.Time, ok bool, next time.Time, errText string) error {
+	ev := deliveryOutcome(o, at, ok, next, errText)
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		var kind string
 		var res sql.Result
 		var err error
 		const mine = ` WHERE id = ? AND jti = ? AND ` + outboxPending
 		const claim = ` AND claimed_by = ?`
 		const unclaim = `, claimed_by = NULL, claimed_until = NULL`
-		switch {
-		case ok:
-			kind = AuditLogoutDelivered
+		switch ev.Kind {
+		case AuditLogoutDelivered:
 			res, err = tx.ExecContext(ctx, `UPDATE logout_outbox SET delivered_at = ?, attempts = attempts + 1, last_error = ''`+unclaim+mine,
 				ms(at), o.ID, o.JTI)
-		case next.IsZero():
-			kind = AuditLogoutAbandoned
+		case AuditLogoutAbandoned:
 			res, err = tx.ExecContext(ctx, `UPDATE logout_outbox SET abandoned_at = ?, attempts = attempts + 1, last_error = ?`+unclaim+mine+claim,
 				ms(at), errText, o.ID, o.JTI, o.ClaimedBy)
 		default:
-			kind = AuditLogoutRetrying
 			res, err = tx.ExecContext(ctx, `UPDATE logout_outbox SET next_attempt_at = ?, attempts = attempts + 1, last_error = ?`+unclaim+mine+claim,
 				ms(next), errText, o.ID, o.JTI, o.ClaimedBy)
 		}
 		if err != nil {
 			return fmt.Errorf("outbox %d: %w", o.ID, err)
 		}
-		detail := fmt.Sprintf("jti=%s attempt=%d uri=%s", o.JTI, o.Attempts+1, o.URI)
-		if errText != "" {
-			detail += " error=" + errText
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			detail += " stale=true" // delivered elsewhere already, or replaced by a later end
-		}
-		return addAudit(ctx, auditVia{tx}, AuditEvent{At: at, Kind: kind, SID: o.SID, UserID: o.Subject, ClientID: o.ClientID, Reason: string(o.Reason), Detail: detail})
+		n, _ := res.RowsAffected()
+		return addAudit(ctx, auditVia{tx}, staleDelivery(ev, n))
 	})
 }
 
@@ -1138,20 +1066,16 @@ func (s *SQLite) PurgeDeliveries(ctx context.Context, before time.Time) (int64, 
 		WHERE (delivered_at IS NOT NULL OR abandoned_at IS NOT NULL) AND COALESCE(delivered_at, abandoned_at) < ? LIMIT 1000)`, ms(before))
 }
 
-// purgeBatches runs a DELETE of at most 1000 rows until it deletes none.
+// purgeBatches runs q, a DELETE of at most purgeBatch rows, until it
+// deletes fewer.
 func (s *SQLite) purgeBatches(ctx context.Context, q string, args ...any) (int64, error) {
-	var total int64
-	for {
+	return purgeLoop(func() (int64, error) {
 		res, err := s.w.ExecContext(ctx, q, args...)
 		if err != nil {
-			return total, fmt.Errorf("purge: %w", err)
+			return 0, err
 		}
-		n, err := res.RowsAffected()
-		total += n
-		if err != nil || n < 1000 {
-			return total, err
-		}
-	}
+		return res.RowsAffected()
+	})
 }
 
 // --- audit ---
@@ -1163,18 +1087,24 @@ func (s *SQLite) AddAudit(ctx context.Context, ev AuditEvent) error {
 
 // Audit returns matching events, oldest first.
 func (s *SQLite) Audit(ctx context.Context, f AuditFilter) ([]AuditEvent, error) {
-	limit := f.Limit
-	if limit <= 0 {
-		limit = 1000
+	return queryAll(ctx, s.r, scanAudit, `SELECT id, at, kind, user_id, sid, client_id, reason, initiator, detail FROM audit_events
+		WHERE (? = '' OR user_id = ?) AND (? = '' OR sid = ?) ORDER BY at, id LIMIT ?`, f.UserID, f.UserID, f.SID, f.SID, auditLimit(f))
+}
+
+// auditLimit is the filter's limit, 1000 when unset.
+func auditLimit(f AuditFilter) int {
+	if f.Limit <= 0 {
+		return 1000
 	}
-	return queryAll(ctx, s.r, func(row scanner) (AuditEvent, error) {
-		var e AuditEvent
-		var at int64
-		err := row.Scan(&e.ID, &at, &e.Kind, &e.UserID, &e.SID, &e.ClientID, &e.Reason, &e.Initiator, &e.Detail)
-		e.At = fromMS(at)
-		return e, err
-	}, `SELECT id, at, kind, user_id, sid, client_id, reason, initiator, detail FROM audit_events
-		WHERE (? = '' OR user_id = ?) AND (? = '' OR sid = ?) ORDER BY at, id LIMIT ?`, f.UserID, f.UserID, f.SID, f.SID, limit)
+	return f.Limit
+}
+
+func scanAudit(row scanner) (AuditEvent, error) {
+	var e AuditEvent
+	var at int64
+	err := row.Scan(&e.ID, &at, &e.Kind, &e.UserID, &e.SID, &e.ClientID, &e.Reason, &e.Initiator, &e.Detail)
+	e.At = fromMS(at)
+	return e, err
 }
 
 // ReaderForTest exposes the read pool for tests that inspect raw rows.

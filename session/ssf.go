@@ -274,11 +274,7 @@ func (s *SQLite) AckSignals(ctx context.Context, receiver, streamID string, acks
 				return fmt.Errorf("ack %s: %w", a.JTI, err)
 			}
 			n++
-			detail := ""
-			if a.Err != "" {
-				detail = "err=" + a.Err + " " + a.Description
-			}
-			if err := auditSignal(ctx, tx, AuditSignalDelivered, g, at, detail); err != nil {
+			if err := auditSignal(ctx, tx, AuditSignalDelivered, g, at, ackDetail(a)); err != nil {
 				return err
 			}
 		}
@@ -290,11 +286,45 @@ func (s *SQLite) AckSignals(ctx context.Context, receiver, streamID string, acks
 // auditSignal records what happened to a session event; verification
 // events, which concern no session, are not audited.
 func auditSignal(ctx context.Context, e execer, kind string, g Signal, at time.Time, detail string) error {
-	if g.SID == "" {
-		return nil
+	if ev, ok := signalEvent(kind, g, at, detail); ok {
+		return addAudit(ctx, auditVia{e}, ev)
 	}
-	return addAudit(ctx, auditVia{e}, AuditEvent{At: at, Kind: kind, UserID: g.Subject, SID: g.SID, ClientID: g.Receiver, Reason: string(g.Reason),
-		Detail: strings.TrimSpace(fmt.Sprintf("jti=%s stream=%s app=%s attempt=%d %s", g.JTI, g.StreamID, g.ClientID, g.Attempts+1, detail))})
+	return nil
+}
+
+// signalEvent is the audit event of what happened to event g (kind), and
+// whether there is one: verification events concern no session.
+func signalEvent(kind string, g Signal, at time.Time, detail string) (AuditEvent, bool) {
+	return AuditEvent{At: at, Kind: kind, UserID: g.Subject, SID: g.SID, ClientID: g.Receiver, Reason: string(g.Reason),
+		Detail: strings.TrimSpace(fmt.Sprintf("jti=%s stream=%s app=%s attempt=%d %s", g.JTI, g.StreamID, g.ClientID, g.Attempts+1, detail))}, g.SID != ""
+}
+
+// ackDetail is the audit detail of an acknowledgement.
+func ackDetail(a SignalAck) string {
+	if a.Err == "" {
+		return ""
+	}
+	return "err=" + a.Err + " " + a.Description
+}
+
+// pushOutcome is the audit kind of a push attempt and its detail, as
+// deliveryOutcome is for a logout.
+func pushOutcome(ok bool, next time.Time, errText string, affected int64) (string, string) {
+	kind := AuditSignalRetrying
+	switch {
+	case ok:
+		kind = AuditSignalDelivered
+	case next.IsZero():
+		kind = AuditSignalAbandoned
+	}
+	detail := ""
+	if errText != "" {
+		detail = "error=" + errText
+	}
+	if affected == 0 {
+		detail += " stale=true"
+	}
+	return kind, detail
 }
 
 // ClaimSignalPushes claims due events of push streams that are enabled, as
@@ -318,10 +348,15 @@ func (s *SQLite) ClaimSignalPushes(ctx context.Context, c DeliveryClaim) ([]Sign
 	if err != nil {
 		return nil, fmt.Errorf("claim signal pushes: %w", err)
 	}
+	sortSignals(out)
+	return out, nil
+}
+
+// sortSignals orders claimed events oldest due first.
+func sortSignals(out []Signal) {
 	slices.SortFunc(out, func(a, b Signal) int {
 		return cmp.Or(a.NextAttemptAt.Compare(b.NextAttemptAt), cmp.Compare(a.ID, b.ID))
 	})
-	return out, nil
 }
 
 // SignalPushDone records one push attempt, as DeliveryDone does for a
@@ -332,13 +367,10 @@ func (s *SQLite) SignalPushDone(ctx context.Context, g Signal, at time.Time, ok 
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		var res sql.Result
 		var err error
-		kind := AuditSignalRetrying
 		switch {
 		case ok:
-			kind = AuditSignalDelivered
 			res, err = tx.ExecContext(ctx, `DELETE FROM ssf_events WHERE id = ? AND jti = ?`, g.ID, g.JTI)
 		case next.IsZero():
-			kind = AuditSignalAbandoned
 			res, err = tx.ExecContext(ctx, `DELETE FROM ssf_events WHERE id = ? AND jti = ? AND claimed_by = ?`, g.ID, g.JTI, g.ClaimedBy)
 		default:
 			res, err = tx.ExecContext(ctx, `UPDATE ssf_events SET next_attempt_at = ?, attempts = attempts + 1, last_error = ?,
@@ -347,13 +379,8 @@ func (s *SQLite) SignalPushDone(ctx context.Context, g Signal, at time.Time, ok 
 		if err != nil {
 			return fmt.Errorf("signal %d: %w", g.ID, err)
 		}
-		detail := ""
-		if errText != "" {
-			detail = "error=" + errText
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			detail += " stale=true"
-		}
+		n, _ := res.RowsAffected()
+		kind, detail := pushOutcome(ok, next, errText, n)
 		return auditSignal(ctx, tx, kind, g, at, detail)
 	})
 }
@@ -370,23 +397,11 @@ const insertSignals = `INSERT INTO ssf_events (stream_id, receiver, jti, txn, ev
 	SELECT id, receiver, lower(hex(randomblob(16))), ?, '` + EventSessionRevoked + `', ?, ?, ?, ?, ?, CASE WHEN method = '` + MethodPush + `' THEN endpoint_url ELSE '' END, ?
 	FROM ssf_streams WHERE receiver IN (SELECT value FROM json_each(?)) AND delivers_session_revoked = 1 AND status != 'disabled'`
 
-// addSignals queues the signal notices of e whose app ended now.
-func addSignals(ctx context.Context, stmt *sql.Stmt, e End, endedNow map[string]bool) error {
-	txn := ""
-	for _, n := range e.Signals {
-		if !endedNow[n.ClientID] || len(n.Receivers) == 0 {
-			continue
-		}
-		if txn == "" {
-			txn = NewID()
-		}
-		receivers, err := json.Marshal(n.Receivers)
-		if err != nil {
-			return err
-		}
-		if _, err := stmt.ExecContext(ctx, txn, n.SID, n.Subject, n.ClientID, string(n.Reason), ms(e.At), ms(e.At), string(receivers)); err != nil {
-			return fmt.Errorf("signals of %s: %w", n.ClientID, err)
-		}
+func (st *endStmts) addSignals(ctx context.Context, at int64, txn string, n SignalNotice) error {
+	receivers, err := json.Marshal(n.Receivers)
+	if err != nil {
+		return err
 	}
-	return nil
+	_, err = st.signals.ExecContext(ctx, txn, n.SID, n.Subject, n.ClientID, string(n.Reason), at, at, string(receivers))
+	return err
 }

@@ -71,3 +71,35 @@ func (a LoginAttempt) Only(keys ...string) LoginAttempt {
 	}
 	return out
 }
+
+// loginCount is one key's stored count as a backend reads it; the zero
+// value stands for a key without one.
+type loginCount struct {
+	failures    int
+	last, until time.Time
+}
+
+// reserve decides one attempt against keys whose stored counts are stored,
+// in the same order: either the longest lock still running at now (wait),
+// or the count each key reaches with this attempt and the lock that sets.
+// Both backends write what it decides.
+func (p LoginPolicy) reserve(stored []loginCount, now time.Time) (counts []int, locks []time.Time, wait time.Duration) {
+	counts = make([]int, len(stored))
+	for i, c := range stored {
+		switch {
+		case c.until.After(now):
+			wait = max(wait, c.until.Sub(now))
+		case !p.Stale(c.last, c.until, now):
+			counts[i] = c.failures
+		}
+	}
+	if wait > 0 {
+		return nil, nil, wait
+	}
+	locks = make([]time.Time, len(stored))
+	for i := range counts {
+		counts[i]++
+		locks[i] = p.LockedUntil(counts[i], now)
+	}
+	return counts, locks, 0
+}

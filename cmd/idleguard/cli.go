@@ -21,10 +21,17 @@ import (
 )
 
 // parseFlags parses flags that may come before or after positional
-// arguments ("user add alice --config x.yaml").
+// arguments ("user add alice --config x.yaml"). An argument that starts
+// with "-" but names no flag is positional: a session id may begin with
+// "-" (URL-safe base64).
 func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
 	for {
+		if len(args) > 0 && !isFlag(fs, args[0]) {
+			pos = append(pos, args[0])
+			args = args[1:]
+			continue
+		}
 		if err := fs.Parse(args); err != nil {
 			return nil, err
 		}
@@ -37,12 +44,23 @@ func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-func openStore(ctx context.Context, configPath string) (*Config, *session.SQLite, error) {
+// isFlag reports whether arg is one of fs's flags (or a request for help).
+func isFlag(fs *flag.FlagSet, arg string) bool {
+	name, ok := strings.CutPrefix(arg, "-")
+	if !ok {
+		return false
+	}
+	name = strings.TrimPrefix(name, "-")
+	name, _, _ = strings.Cut(name, "=")
+	return name == "" || name == "h" || name == "help" || fs.Lookup(name) != nil
+}
+
+func openStore(ctx context.Context, configPath string) (*Config, database, error) {
 	cfg, _, err := loadConfig(configPath)
 	if err != nil {
 		return nil, nil, err
 	}
-	store, err := session.OpenSQLite(ctx, cfg.Database)
+	store, err := openDatabase(ctx, cfg.Database)
 	return cfg, store, err
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -18,11 +19,23 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/oauth2"
 
+	"github.com/idleguard/idleguard/migrations"
 	"github.com/idleguard/idleguard/oidc/oidctest"
 	"github.com/idleguard/idleguard/session"
+	"github.com/idleguard/idleguard/session/pgtest"
 )
 
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
 func writeConfig(t *testing.T, extra string) (string, string, string) {
+	t.Helper()
+	return writeConfigOn(t, filepath.Join(t.TempDir(), "idleguard.db"), extra)
+}
+
+// writeConfigOn writes a configuration whose database setting is database
+// (a SQLite path or a postgres:// URL) and returns its path, the issuer and
+// database.
+func writeConfigOn(t *testing.T, database, extra string) (string, string, string) {
 	t.Helper()
 	dir := t.TempDir()
 	addr := freePort(t)
@@ -39,8 +52,52 @@ clients:
   - client_id: mail
     client_secret: mail-secret-0123456789
     redirect_uris: [http://127.0.0.1:1/callback]
-%s`, addr, addr, filepath.Join(dir, "idleguard.db"), extra), 0o600))
-	return path, "http://" + addr, filepath.Join(dir, "idleguard.db")
+%s`, addr, addr, database, extra), 0o600))
+	return path, "http://" + addr, database
+}
+
+// eachBackend runs fn on a fresh SQLite file and on a fresh PostgreSQL
+// database: every command must work on both.
+func eachBackend(t *testing.T, fn func(t *testing.T, database string)) {
+	t.Run("sqlite", func(t *testing.T) { fn(t, filepath.Join(t.TempDir(), "idleguard.db")) })
+	t.Run("postgres", func(t *testing.T) { fn(t, pgtest.NewDatabase(t)) })
+}
+
+func TestMigrateCommand(t *testing.T) {
+	eachBackend(t, func(t *testing.T, database string) {
+		config, _, _ := writeConfigOn(t, database, "")
+		out, err := runCLI(t, "", "migrate", "--config", config)
+		require.NoError(t, err, out)
+		want, err := migrations.Latest(dialect(database))
+		require.NoError(t, err)
+		require.Contains(t, out, fmt.Sprintf("is at schema version %d", want))
+		out, err = runCLI(t, "", "migrate", "--config", config)
+		require.NoError(t, err, "migrating a current schema is a no-op")
+		require.Contains(t, out, fmt.Sprintf("is at schema version %d", want))
+		_, err = runCLI(t, "", "migrate", "extra", "--config", config)
+		require.ErrorContains(t, err, "usage: idleguard migrate")
+	})
+}
+
+// TestServeNeverPrintsTheDatabasePassword: the start banner names the
+// database without its password.
+func TestServeNeverPrintsTheDatabasePassword(t *testing.T) {
+	u, err := url.Parse(pgtest.NewDatabase(t))
+	require.NoError(t, err)
+	u.User = url.UserPassword(u.User.Username(), "pw-0123456789") // trust auth: any password is accepted
+	config, _, _ := writeConfigOn(t, u.String(), "")
+	cfg, _, err := loadConfig(config)
+	require.NoError(t, err)
+	var out bytes.Buffer
+	ctx, cancel := context.WithCancel(t.Context())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, cfg, false, &out, &bytes.Buffer{}, ready) }()
+	<-ready
+	cancel()
+	require.NoError(t, <-done)
+	require.Contains(t, out.String(), "database postgres://")
+	require.NotContains(t, out.String(), "pw-0123456789")
 }
 
 func runCLI(t *testing.T, stdin string, args ...string) (string, error) {
@@ -50,8 +107,10 @@ func runCLI(t *testing.T, stdin string, args ...string) (string, error) {
 	return out.String() + errOut.String(), err
 }
 
-func TestUserCommands(t *testing.T) {
-	config, _, db := writeConfig(t, "")
+func TestUserCommands(t *testing.T) { eachBackend(t, testUserCommands) }
+
+func testUserCommands(t *testing.T, db string) {
+	config, _, _ := writeConfigOn(t, db, "")
 	out, err := runCLI(t, "a long password\n", "user", "add", "alice", "--config", config, "--name", "Alice A", "--email", "alice@example.com")
 	require.NoError(t, err, out)
 	_, err = runCLI(t, "another password\n", "user", "add", "alice", "--config", config)
@@ -64,7 +123,7 @@ func TestUserCommands(t *testing.T) {
 	require.Contains(t, out, "alice")
 	require.Contains(t, out, "alice@example.com")
 
-	store, err := session.OpenSQLite(t.Context(), db)
+	store, err := openDatabase(t.Context(), db)
 	require.NoError(t, err)
 	u, err := store.UserByUsername(t.Context(), "alice")
 	require.NoError(t, err)
@@ -74,7 +133,7 @@ func TestUserCommands(t *testing.T) {
 
 	_, err = runCLI(t, "a new password\n", "user", "passwd", "alice", "--config", config)
 	require.NoError(t, err)
-	store, err = session.OpenSQLite(t.Context(), db)
+	store, err = openDatabase(t.Context(), db)
 	require.NoError(t, err)
 	u, err = store.UserByUsername(t.Context(), "alice")
 	require.NoError(t, err)
@@ -93,12 +152,14 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 	require.ErrorContains(t, err, "clients[0].idle_timeout")
 }
 
-func TestKeysRotate(t *testing.T) {
-	config, _, db := writeConfig(t, "")
+func TestKeysRotate(t *testing.T) { eachBackend(t, testKeysRotate) }
+
+func testKeysRotate(t *testing.T, db string) {
+	config, _, _ := writeConfigOn(t, db, "")
 	out, err := runCLI(t, "", "keys", "rotate", "--config", config)
 	require.NoError(t, err, out)
 	require.Contains(t, out, "new signing key")
-	store, err := session.OpenSQLite(t.Context(), db)
+	store, err := openDatabase(t.Context(), db)
 	require.NoError(t, err)
 	defer store.Close()
 	keys, err := store.SigningKeys(t.Context(), time.Now())
@@ -109,8 +170,10 @@ func TestKeysRotate(t *testing.T) {
 
 // TestSessionAndAuditCommands runs a provider in-process and manages its
 // sessions through the CLI, which goes through the admin API.
-func TestSessionAndAuditCommands(t *testing.T) {
-	config, issuer, _ := writeConfig(t, "")
+func TestSessionAndAuditCommands(t *testing.T) { eachBackend(t, testSessionAndAuditCommands) }
+
+func testSessionAndAuditCommands(t *testing.T, db string) {
+	config, issuer, _ := writeConfigOn(t, db, "")
 	_, err := runCLI(t, "a long password\n", "user", "add", "alice", "--config", config)
 	require.NoError(t, err)
 	defer serveInProcess(t, config, &bytes.Buffer{})()
@@ -162,6 +225,28 @@ func between(s, start, end string) string {
 	}
 	v, _, _ := strings.Cut(rest, end)
 	return v
+}
+
+// TestSessionIDsMayStartWithADash: a session id is URL-safe base64 and
+// one in 32 begins with "-"; it is an argument, not an unknown flag.
+func TestSessionIDsMayStartWithADash(t *testing.T) {
+	fs := flag.NewFlagSet("session", flag.ContinueOnError)
+	config := fs.String("config", "", "")
+	pos, err := parseFlags(fs, []string{"end", "-3vXwRySOmoPd7Q11JNbQQ", "--config", "x.yaml"})
+	require.NoError(t, err)
+	require.Equal(t, []string{"end", "-3vXwRySOmoPd7Q11JNbQQ"}, pos)
+	require.Equal(t, "x.yaml", *config)
+	_, err = parseFlags(fs, []string{"end", "--config"})
+	require.Error(t, err, "a flag without its value is still an error")
+}
+
+// TestUnreachablePostgresIsAClearError: a database that does not answer
+// stops the command with an error that names it, without its password.
+func TestUnreachablePostgresIsAClearError(t *testing.T) {
+	config, _, _ := writeConfigOn(t, "postgres://idleguard:pw-0123456789@"+freePort(t)+"/idleguard?connect_timeout=2", "")
+	_, err := runCLI(t, "", "migrate", "--config", config)
+	require.ErrorContains(t, err, "migrate postgres://idleguard:xxxxx@127.0.0.1:")
+	require.NotContains(t, err.Error(), "pw-0123456789")
 }
 
 // Issue 9, finding 9: a newline, NUL or U+202E in a recorded value must not

@@ -23,6 +23,7 @@ import (
 
 	"github.com/idleguard/idleguard/activity"
 	"github.com/idleguard/idleguard/oidc"
+	"github.com/idleguard/idleguard/session"
 )
 
 // demoConfig is the configuration `serve` uses when it is given no --config:
@@ -44,13 +45,15 @@ type Config struct {
 	// https, or http for localhost and loopback addresses only.
 	Issuer string `yaml:"issuer"`
 	Listen string `yaml:"listen"` // host:port to serve on
+	// Database is the path of a SQLite file, or a postgres:// (or
+	// postgresql://) URL of a PostgreSQL database shared by replicas.
+	Database string `yaml:"database"`
 	// TrustedProxies are the CIDRs (or single addresses) of the reverse
 	// proxies in front of the provider: only a request from one of them has
 	// its X-Forwarded-For or Forwarded header believed, to find the client
 	// address that sign-in throttling and the audit trail use. Empty (the
 	// default): the peer's address is the client's.
 	TrustedProxies []string `yaml:"trusted_proxies"`
-	Database       string   `yaml:"database"` // path of the SQLite database file
 
 	Session     SessionConfig     `yaml:"session"`
 	Keys        KeysConfig        `yaml:"keys"`
@@ -433,13 +436,15 @@ func (c *Config) Validate() error {
 	s, bc, lg := c.Session, c.Backchannel, c.Login
 	issuerMsg := ifSet(c.Issuer, func(v string) string { return urlProblem(v, issuerURL) })
 	listenMsg := ifSet(c.Listen, listenProblem)
+	databaseMsg := ifSet(c.Database, databaseProblem)
 	_, knownLevel := logLevels[c.Log.Level]
 	run([]check{
 		{c.Issuer == "", "issuer", "is required: the provider's public URL, as in the iss claim"},
 		{issuerMsg != "", "issuer", issuerMsg},
 		{c.Listen == "", "listen", "is required: host:port to serve on, e.g. 127.0.0.1:8080"},
 		{listenMsg != "", "listen", listenMsg},
-		{c.Database == "", "database", "is required: path of the SQLite database file"},
+		{c.Database == "", "database", "is required: path of the SQLite database file, or a postgres:// URL"},
+		{databaseMsg != "", "database", databaseMsg},
 
 		{s.IdleTimeout == 0, "session.idle_timeout", "is required: the longest anyone may be inactive before being signed out everywhere"},
 		{s.IdleTimeout < 0, "session.idle_timeout", "must be positive"},
@@ -619,6 +624,32 @@ func (c *Config) validateServes(cl *ClientConfig, p func(string) string, add fun
 			add(fmt.Sprintf("%s[%d]", p("serves"), j), fmt.Sprintf("%q is listed twice", id))
 		}
 	}
+}
+
+// databaseProblem checks a PostgreSQL URL (a file path is SQLite's and
+// needs no check); the message never repeats the password.
+//
+// A server beyond this host must be given an explicit sslmode: libpq's
+// default, prefer, falls back to plaintext and never verifies the server,
+// so an attacker on the path could read every session and key.
+func databaseProblem(v string) string {
+	if !session.IsPostgresURL(v) {
+		return ""
+	}
+	cfg, err := session.PostgresConfig(v)
+	if err != nil {
+		return "is not a usable PostgreSQL URL: " + err.Error()
+	}
+	u, _ := url.Parse(v) // PostgresConfig parsed it
+	if u.Query().Has("sslmode") {
+		return ""
+	}
+	host := cfg.ConnConfig.Host
+	if strings.HasPrefix(host, "/") || isLoopback(host) {
+		return ""
+	}
+	return fmt.Sprintf("names the server %q without sslmode: add ?sslmode=verify-full (with sslrootcert if your CA is private), "+
+		"or sslmode=disable only on a network you trust", host)
 }
 
 // scopeProblem returns what is wrong with scope sc of a client whose

@@ -387,6 +387,20 @@ func TestConfigValidateRules(t *testing.T) {
 		{"listen without port", func(c *Config, _ *ClientConfig) { c.Listen = "localhost" }, "listen: \"localhost\" is not host:port"},
 		{"listen with bad port", func(c *Config, _ *ClientConfig) { c.Listen = "localhost:http9" }, "listen: \"localhost:http9\": port must be a number"},
 		{"missing database", func(c *Config, _ *ClientConfig) { c.Database = "" }, "database: is required"},
+		{"postgres database", func(c *Config, _ *ClientConfig) {
+			c.Database = "postgres://idleguard:pw@db.internal:5432/idleguard?sslmode=verify-full"
+		}, ""},
+		{"postgresql scheme", func(c *Config, _ *ClientConfig) { c.Database = "postgresql://db.internal/idleguard?sslmode=require" }, ""},
+		{"postgres on loopback without sslmode", func(c *Config, _ *ClientConfig) { c.Database = "postgres://127.0.0.1:5432/idleguard" }, ""},
+		{"postgres on a unix socket without sslmode", func(c *Config, _ *ClientConfig) { c.Database = "postgres:///idleguard?host=/run/postgresql" }, ""},
+		{"remote postgres without sslmode", func(c *Config, _ *ClientConfig) { c.Database = "postgres://idleguard:pw@db.internal:5432/idleguard" },
+			"database: names the server \"db.internal\" without sslmode"},
+		{"postgres url with a bad port", func(c *Config, _ *ClientConfig) {
+			c.Database = "postgres://idleguard:s3cret@db.internal:port/idleguard"
+		},
+			"database: is not a usable PostgreSQL URL"},
+		{"postgres url with a bad option", func(c *Config, _ *ClientConfig) { c.Database = "postgres://db.internal/idleguard?sslmode=sometimes" },
+			"database: is not a usable PostgreSQL URL"},
 		{"missing idle timeout", func(c *Config, _ *ClientConfig) { c.Session.IdleTimeout = 0 }, "session.idle_timeout: is required"},
 		{"max lifetime below idle timeout", func(c *Config, _ *ClientConfig) { c.Session.MaxLifetime = d("5m") },
 			"session.max_lifetime: 5m0s is shorter than session.idle_timeout (15m0s)"},
@@ -658,4 +672,18 @@ func TestConfigLoad(t *testing.T) {
 	_, err = LoadConfig(bad)
 	require.ErrorContains(t, err, bad)
 	require.ErrorContains(t, err, "extra: unknown field")
+}
+
+// TestConfigPostgresPasswordStaysSecret: the password of a database URL
+// comes from the environment and appears in no error.
+func TestConfigPostgresPasswordStaysSecret(t *testing.T) {
+	t.Setenv("IG_TEST_PGPASS", "s3cret-pass")
+	cfg, err := ParseConfig([]byte(strings.Replace(minimalConfig, "database: ", "database: postgres://idleguard:${IG_TEST_PGPASS}@db.internal:5432/idleguard?sslmode=verify-full\n# was: ", 1)))
+	require.NoError(t, err)
+	require.Equal(t, "postgres://idleguard:s3cret-pass@db.internal:5432/idleguard?sslmode=verify-full", cfg.Database)
+
+	cfg.Database = "postgres://idleguard:s3cret-pass@db.internal:port/idleguard"
+	err = cfg.Validate()
+	require.ErrorContains(t, err, "database: is not a usable PostgreSQL URL")
+	require.NotContains(t, err.Error(), "s3cret-pass")
 }

@@ -23,6 +23,8 @@ import (
 	_ "modernc.org/sqlite"
 
 	"github.com/idleguard/idleguard/oidc/oidctest"
+	"github.com/idleguard/idleguard/session"
+	"github.com/idleguard/idleguard/session/pgtest"
 )
 
 // buildBinary compiles idleguard once per test run.
@@ -87,10 +89,30 @@ func (c *child) kill() {
 // TestKilledProviderDeliversLogoutAfterRestart ends a session, kills the
 // provider with SIGKILL while the logout is still undelivered, and checks
 // that the restarted provider delivers it.
+// It runs on both backends: the outbox survives in either.
 func TestKilledProviderDeliversLogoutAfterRestart(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
+	bin := buildBinary(t)
+	eachBackend(t, func(t *testing.T, db string) { testKilledProvider(t, bin, db) })
+}
+
+// countRows returns a function that runs a one-number query on the
+// database, beside the provider.
+func countRows(t *testing.T, database string) func(q string) (int, error) {
+	t.Helper()
+	if session.IsPostgresURL(database) {
+		conn := pgtest.Conn(t, database)
+		return func(q string) (n int, err error) { return n, conn.QueryRow(context.Background(), q).Scan(&n) }
+	}
+	reader, err := sql.Open("sqlite", "file:"+database+"?mode=ro")
+	require.NoError(t, err)
+	t.Cleanup(func() { reader.Close() })
+	return func(q string) (n int, err error) { return n, reader.QueryRow(q).Scan(&n) }
+}
+
+func testKilledProvider(t *testing.T, bin, db string) {
 	var mu sync.Mutex
 	accept := false
 	var got []string
@@ -109,7 +131,6 @@ func TestKilledProviderDeliversLogoutAfterRestart(t *testing.T) {
 	dir := t.TempDir()
 	addr := freePort(t)
 	issuer := "http://" + addr
-	db := filepath.Join(dir, "idleguard.db")
 	config := filepath.Join(dir, "idleguard.yaml")
 	require.NoError(t, os.WriteFile(config, fmt.Appendf(nil, `issuer: %s
 listen: %s
@@ -130,7 +151,6 @@ clients:
     access_token_ttl: 1s
 `, issuer, addr, db, rp.URL), 0o600))
 
-	bin := buildBinary(t)
 	add := exec.Command(bin, "user", "add", "alice", "--config", config)
 	add.Stdin = strings.NewReader("a long password\n")
 	out, err := add.CombinedOutput()
@@ -144,12 +164,9 @@ clients:
 
 	// Wait until the idle end is committed with its logout pending (the
 	// receiver refuses it), then kill the provider.
-	reader, err := sql.Open("sqlite", "file:"+db+"?mode=ro")
-	require.NoError(t, err)
-	defer reader.Close()
+	count := countRows(t, db)
 	require.Eventually(t, func() bool {
-		var attempts int
-		err := reader.QueryRow(`SELECT attempts FROM logout_outbox WHERE delivered_at IS NULL`).Scan(&attempts)
+		attempts, err := count(`SELECT attempts FROM logout_outbox WHERE delivered_at IS NULL`)
 		return err == nil && attempts >= 1
 	}, 15*time.Second, 50*time.Millisecond)
 	c.kill()
@@ -162,8 +179,7 @@ clients:
 		mu.Lock()
 		n := len(got)
 		mu.Unlock()
-		var delivered int
-		err := reader.QueryRow(`SELECT COUNT(*) FROM logout_outbox WHERE delivered_at IS NOT NULL`).Scan(&delivered)
+		delivered, err := count(`SELECT COUNT(*) FROM logout_outbox WHERE delivered_at IS NOT NULL`)
 		return n >= 1 && err == nil && delivered == 1
 	}, 15*time.Second, 50*time.Millisecond, "the logout is delivered (and recorded) after the restart")
 }

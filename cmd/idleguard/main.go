@@ -29,6 +29,7 @@ Usage:
   idleguard keys    rotate [--config FILE]
   idleguard session list USER | end SID | end-user USER [--config FILE]
   idleguard audit   [--user USER] [--sid SID] [--config FILE]
+  idleguard migrate [--config FILE]           bring the database schema up to date (serve does it too)
 
 Passwords are read from standard input.
 `
@@ -59,6 +60,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return sessionCmd(ctx, rest, stdout)
 	case "audit":
 		return auditCmd(ctx, rest, stdout)
+	case "migrate":
+		return migrateCmd(ctx, rest, stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -103,7 +106,7 @@ func serveCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 func serve(ctx context.Context, cfg *Config, demo bool, stdout, stderr io.Writer, ready chan<- string) error {
 	logger := cfg.Logger(stderr)
 	slog.SetDefault(logger) // the protocol library logs through the default
-	store, err := session.OpenSQLite(ctx, cfg.Database)
+	store, err := openDatabase(ctx, cfg.Database)
 	if err != nil {
 		return err
 	}
@@ -138,7 +141,7 @@ func serve(ctx context.Context, cfg *Config, demo bool, stdout, stderr io.Writer
 		MaxHeaderBytes:    32 << 10,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
-	fmt.Fprintf(stdout, "idleguard listening on http://%s (issuer %s, database %s)\n", ln.Addr(), cfg.Issuer, cfg.Database)
+	fmt.Fprintf(stdout, "idleguard listening on http://%s (issuer %s, database %s)\n", ln.Addr(), cfg.Issuer, session.RedactURL(cfg.Database))
 	if demo {
 		fmt.Fprintf(stdout, "demo configuration: sign in as %q with password %q\n", demoUser, demoPassword)
 	}
@@ -161,7 +164,7 @@ func serve(ctx context.Context, cfg *Config, demo bool, stdout, stderr io.Writer
 	return errors.Join(err, p.Close(shutdownCtx))
 }
 
-func seedDemoUser(ctx context.Context, store *session.SQLite) error {
+func seedDemoUser(ctx context.Context, store database) error {
 	if _, err := store.UserByUsername(ctx, demoUser); err == nil {
 		return nil
 	}

@@ -25,8 +25,13 @@ type Store interface {
 	UserByID(ctx context.Context, id string) (*session.User, error)
 	SetPassword(ctx context.Context, username, hash string) error
 	DeleteUser(ctx context.Context, username string) error
+	ListUsers(ctx context.Context) ([]*session.User, error)
 
 	CreateAuthSession(ctx context.Context, a *session.AuthSession) error
+	Reauthenticate(ctx context.Context, a *session.AuthSession) error
+	SetAppScopes(ctx context.Context, id string, scopes []string) error
+	TightenDeadlines(ctx context.Context, l session.Limits) error
+	EndMany(ctx context.Context, ends []session.End) error
 	AuthSession(ctx context.Context, id string) (*session.AuthSession, []*session.AppSession, error)
 	AuthSessions(ctx context.Context, ids []string) ([]*session.AuthSession, map[string][]*session.AppSession, error)
 	JoinApp(ctx context.Context, app *session.AppSession, auth session.ActivityUpdate, userID string) error
@@ -41,6 +46,7 @@ type Store interface {
 	DeliveryDone(ctx context.Context, o session.OutboxEntry, at time.Time, ok bool, next time.Time, errText string) error
 	PendingDeliveries(ctx context.Context) (int, error)
 	Deliveries(ctx context.Context, sid string) ([]session.OutboxEntry, error)
+	AddAudit(ctx context.Context, ev session.AuditEvent) error
 	PurgeDeliveries(ctx context.Context, before time.Time) (int64, error)
 	Audit(ctx context.Context, f session.AuditFilter) ([]session.AuditEvent, error)
 
@@ -56,13 +62,13 @@ type Store interface {
 	Secret(ctx context.Context, name string, gen func() []byte) ([]byte, error)
 	AddSigningKey(ctx context.Context, k session.SigningKey, retireOthers time.Time) error
 	SigningKeys(ctx context.Context, now time.Time) ([]session.SigningKey, error)
+	Ping(ctx context.Context) error
 
 	ReserveLoginAttempt(ctx context.Context, keys []string, now time.Time, p session.LoginPolicy) (session.LoginAttempt, time.Duration, error)
 	RefundLoginAttempt(ctx context.Context, a session.LoginAttempt) error
 	ForgetLoginFailures(ctx context.Context, keys []string) error
 	PurgeLoginFailures(ctx context.Context, now time.Time, p session.LoginPolicy) error
-	Reauthenticate(ctx context.Context, a *session.AuthSession) error
-	EndMany(ctx context.Context, ends []session.End) error
+
 	SessionChanges(ctx context.Context, after int64, limit int) ([]session.Change, error)
 	LastSessionChange(ctx context.Context) (int64, error)
 	PurgeSessionChanges(ctx context.Context, before time.Time) error
@@ -74,7 +80,7 @@ type Store interface {
 }
 
 // Run runs every behaviour test against stores made by open (a fresh,
-// empty store each time).
+// empty store each time), in parallel.
 func Run(t *testing.T, open func(t *testing.T) Store) {
 	for _, tc := range []struct {
 		name string
@@ -91,26 +97,44 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"OutboxClaimsAreExclusiveAndLapse", testOutboxClaims},
 		{"OutboxClaimPerDestination", testOutboxDestinations},
 		{"OutboxRetention", testOutboxRetention},
+		{"OutboxWorkersClaimDisjointRows", testOutboxClaimRace},
+		{"OutboxNoticeNamedTwiceInABatch", testOutboxBatchPair},
 		{"AuthRequestsAndCodes", testAuthRequests},
 		{"OneCodePerAuthRequest", testOneCodePerRequest},
 		{"ExpiredAuthRequestsArePurged", testPurgeAuthRequests},
 		{"RevokedTokensExpire", testRevoked},
 		{"SecretsAndKeys", testSecretsAndKeys},
+		{"Reauthenticate", testReauthenticate},
+		{"SetAppScopes", testSetAppScopes},
+		{"TightenDeadlinesOnlyEarlier", testTighten},
+		{"EndManyAndAppEnds", testEndMany},
+		{"SessionsOfUserInForce", testSessionsOfUser},
+		{"AuditFilterAndOrder", testAudit},
+		{"CodeRedeemedOnceUnderRace", testCodeRace},
+		{"ConcurrentEndsWriteOnce", testEndRace},
+		{"HostileKeysFindNothing", testHostileKeys},
 		{"LoginAttemptsAreCountedBeforeTheCheck", testLoginReserve},
 		{"LoginAttemptsRaceForTheLastSlot", testLoginReserveRace},
 		{"LoginRefundLiftsOnlyItsOwnLock", testLoginRefund},
 		{"LoginFailuresAreForgottenAndPurged", testLoginForgetPurge},
+		{"LoginAttemptsSharingKeysNeverDeadlock", testLoginReserveOrder},
 		{"ChangeFeedRecordsEveryChangeOtherReplicasMustSee", testChangeFeed},
 		{"ConditionalEndLosesToNewerActivity", testConditionalEnd},
 		{"LeaseHasOneHolderUntilItExpires", testLease},
 		{"RefreshRotationIsCompareAndSwap", testRefreshCAS},
+		{"OlderActivityNeverPullsTheDeadlineBack", testOlderView},
+		{"ConditionalAppEndWaitsForItsOwnDeadline", testConditionalAppEnd},
+		{"ChangeFeedReaderMissesNothingUnderConcurrency", testChangeFeedRace},
 		{"StreamsBelongToTheirReceiverAndAreBounded", testStreams},
 		{"EndQueuesSignalsOnTheReceiversStreams", testSignalsOnEnd},
 		{"SignalsStayUntilAcknowledged", testSignalAcks},
 		{"SignalPushesAreClaimedRetriedAndDone", testSignalPushes},
 		{"VerificationHasAMinimumInterval", testVerification},
 	} {
-		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel() // each case has a store of its own
+			tc.fn(t, open(t))
+		})
 	}
 }
 
@@ -150,9 +174,17 @@ func testUsers(t *testing.T, s Store) {
 	got, _ = s.UserByUsername(ctx, "alice")
 	require.Equal(t, "h2", got.PasswordHash)
 	require.ErrorIs(t, s.SetPassword(ctx, "nobody", "h"), session.ErrNotFound)
+	require.NoError(t, s.CreateUser(ctx, &session.User{Username: "aaron", PasswordHash: "h", CreatedAt: t0}))
+	users, err := s.ListUsers(ctx)
+	require.NoError(t, err)
+	require.Len(t, users, 2)
+	require.Equal(t, []string{"aaron", "alice"}, []string{users[0].Username, users[1].Username}, "ordered by username")
+	require.Equal(t, t0, users[1].CreatedAt)
+	require.NoError(t, s.Ping(ctx))
 	require.NoError(t, s.DeleteUser(ctx, "alice"))
 	_, err = s.UserByUsername(ctx, "alice")
 	require.ErrorIs(t, err, session.ErrNotFound)
+	require.ErrorIs(t, s.DeleteUser(ctx, "alice"), session.ErrNotFound)
 }
 
 func testSessionLifecycle(t *testing.T, s Store) {
@@ -319,12 +351,28 @@ func testOutbox(t *testing.T, s Store) {
 	require.Len(t, rows, 1)
 	require.Equal(t, 1, rows[0].Attempts)
 	require.Equal(t, "503", rows[0].LastError)
+	pending, err := s.PendingDeliveries(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, pending, "the delivered row is no longer pending")
+	all, err := s.Deliveries(ctx, a.ID)
+	require.NoError(t, err)
+	require.Len(t, all, 2)
+	require.Equal(t, "a", all[0].ClientID, "oldest first")
+	require.False(t, all[0].DeliveredAt.IsZero())
+	require.Equal(t, session.ReasonLogout, all[1].Reason)
+	require.Equal(t, t0.Add(time.Minute), all[1].NextAttemptAt)
+	other, err := s.Deliveries(ctx, "other-sid")
+	require.NoError(t, err)
+	require.Empty(t, other)
+	every, err := s.Deliveries(ctx, "")
+	require.NoError(t, err)
+	require.Len(t, every, 2, "an empty sid lists every delivery")
 	require.NoError(t, s.DeliveryDone(ctx, rows[0], t0.Add(time.Minute), false, time.Time{}, "gone"))
 	require.Empty(t, claim(t, s, "w", t0.Add(time.Hour), ""), "abandoned")
 	n, err = s.PendingDeliveries(ctx)
 	require.NoError(t, err)
 	require.Zero(t, n)
-	all, err := s.Deliveries(ctx, a.ID)
+	all, err = s.Deliveries(ctx, a.ID)
 	require.NoError(t, err)
 	require.Len(t, all, 2)
 	require.Empty(t, all[0].ClaimedBy, "a finished row holds no claim")
@@ -480,6 +528,51 @@ func testOutboxRetention(t *testing.T, s Store) {
 		"the audit keeps the record")
 }
 
+// testOutboxClaimRace: workers (at several processes) claiming at once
+// each take rows no other worker holds, and between them every due row,
+// without waiting for one another's claims to end.
+func testOutboxClaimRace(t *testing.T, s Store) {
+	const sessions, workers = 10, 4 // two rows a session: 20 rows, 5 a worker
+	for range sessions {
+		a := newSession(t, s, "u1", t0.Add(time.Hour))
+		endApps(t, s, a, t0, session.ReasonLogout, join(t, s, a, "a", time.Hour), join(t, s, a, "b", time.Hour))
+	}
+	got := make([][]session.OutboxEntry, workers)
+	errs := make([]error, workers)
+	race(workers, func(i int) {
+		got[i], errs[i] = s.ClaimDeliveries(context.Background(), session.DeliveryClaim{Worker: "w" + string(rune('0'+i)),
+			Now: t0, Until: t0.Add(time.Minute), Limit: 2 * sessions / workers})
+	})
+	seen := map[int64]string{}
+	for i, rows := range got {
+		require.NoError(t, errs[i])
+		require.Len(t, rows, 2*sessions/workers, "worker %d got a full batch", i)
+		for _, o := range rows {
+			require.NotContains(t, seen, o.ID, "row %d claimed by two workers", o.ID)
+			seen[o.ID] = o.ClaimedBy
+		}
+	}
+	require.Len(t, seen, 2*sessions)
+}
+
+// testOutboxBatchPair: a batch of ends that names one (client, sid) twice
+// queues one pending row, carrying the later notice.
+func testOutboxBatchPair(t *testing.T, s Store) {
+	ctx := t.Context()
+	a := newSession(t, s, "u1", t0.Add(time.Hour))
+	mail := join(t, s, a, "mail", time.Hour)
+	notice := session.LogoutNotice{ClientID: "mail", URI: "https://mail/bc", SID: a.ID, Subject: "u1", Reason: session.ReasonLogout}
+	later := notice
+	later.Reason = session.ReasonAdmin
+	require.NoError(t, s.EndMany(ctx, []session.End{{At: t0, Reason: session.ReasonLogout, UserID: "u1",
+		AppSessions: []session.EndedApp{{ID: mail.ID, ClientID: "mail"}}, Notices: []session.LogoutNotice{notice, later}}}))
+	rows, err := s.Deliveries(ctx, a.ID)
+	require.NoError(t, err)
+	require.Len(t, rows, 1, "one pending row per (client, sid)")
+	require.Equal(t, session.ReasonAdmin, rows[0].Reason, "the later notice wins")
+	require.Equal(t, t0, rows[0].NextAttemptAt)
+}
+
 func testAuthRequests(t *testing.T, s Store) {
 	ctx := t.Context()
 	require.NoError(t, s.SaveAuthRequest(ctx, "r1", []byte(`{"a":1}`), t0, t0.Add(10*time.Minute)))
@@ -592,6 +685,317 @@ func testSecretsAndKeys(t *testing.T, s Store) {
 	require.Len(t, keys, 1, "the old key has left the key set")
 }
 
+func testReauthenticate(t *testing.T, s Store) {
+	ctx := t.Context()
+	a := newSession(t, s, "u1", t0.Add(5*time.Minute))
+	later := t0.Add(3 * time.Minute)
+	re := *a
+	re.AuthTime, re.AMR, re.LastActiveAt, re.Deadline = later, []string{"pwd", "otp"}, later, later.Add(5*time.Minute)
+	require.NoError(t, s.Reauthenticate(ctx, &re))
+	got, _, err := s.AuthSession(ctx, a.ID)
+	require.NoError(t, err)
+	require.Equal(t, later, got.AuthTime)
+	require.Equal(t, []string{"pwd", "otp"}, got.AMR)
+	require.Equal(t, later, got.LastActiveAt)
+	require.Equal(t, later.Add(5*time.Minute), got.Deadline)
+	require.Equal(t, t0.Add(time.Hour), got.AbsoluteDeadline, "the absolute deadline stays")
+	events, err := s.Audit(ctx, session.AuditFilter{SID: a.ID})
+	require.NoError(t, err)
+	require.Equal(t, session.AuditSessionReauthented, events[len(events)-1].Kind)
+
+	require.NoError(t, s.EndSessions(ctx, session.End{At: later, Reason: session.ReasonLogout, AuthSessionID: a.ID}))
+	require.ErrorIs(t, s.Reauthenticate(ctx, &re), session.ErrNotFound, "an ended session is not revived")
+}
+
+func testSetAppScopes(t *testing.T, s Store) {
+	ctx := t.Context()
+	a := newSession(t, s, "u1", t0.Add(5*time.Minute))
+	app := join(t, s, a, "mail", 5*time.Minute)
+	require.NoError(t, s.SetAppScopes(ctx, app.ID, []string{"openid", "email"}))
+	_, apps, err := s.AuthSession(ctx, a.ID)
+	require.NoError(t, err)
+	require.Equal(t, []string{"openid", "email"}, apps[0].Scopes)
+	require.ErrorIs(t, s.SetAppScopes(ctx, "missing", []string{"openid"}), session.ErrNotFound)
+	require.NoError(t, s.EndSessions(ctx, session.End{At: t0, Reason: session.ReasonLogout, AppSessions: []session.EndedApp{{ID: app.ID, ClientID: "mail"}}}))
+	require.ErrorIs(t, s.SetAppScopes(ctx, app.ID, []string{"openid"}), session.ErrNotFound, "ended")
+}
+
+func testTighten(t *testing.T, s Store) {
+	ctx := t.Context()
+	get := func(id string) (*session.AuthSession, []*session.AppSession) {
+		t.Helper()
+		a, apps, err := s.AuthSession(ctx, id)
+		require.NoError(t, err)
+		return a, apps
+	}
+	plain := newSession(t, s, "u1", t0.Add(5*time.Minute))
+	banking := newSession(t, s, "u1", t0.Add(5*time.Minute))
+	join(t, s, banking, "bank", 5*time.Minute)
+	mailing := newSession(t, s, "u1", t0.Add(5*time.Minute))
+	join(t, s, mailing, "mail", 5*time.Minute)
+	watching := newSession(t, s, "u1", t0.Add(5*time.Minute))
+	video := &session.AppSession{ID: watching.ID + ".video", AuthSessionID: watching.ID, ClientID: "video", IdleExempt: true, JoinedAt: t0, LastActiveAt: t0}
+	require.NoError(t, s.JoinApp(ctx, video, session.ActivityUpdate{AuthSessionID: watching.ID, LastActiveAt: t0, IdleLimit: 5 * time.Minute,
+		Deadline: t0.Add(5 * time.Minute)}, "u1"))
+
+	// A looser policy changes nothing.
+	loose := session.Limits{IdleTimeout: time.Hour, MaxLifetime: 2 * time.Hour}
+	require.NoError(t, s.TightenDeadlines(ctx, loose))
+	got, _ := get(plain.ID)
+	require.Equal(t, 5*time.Minute, got.IdleLimit)
+	require.Equal(t, t0.Add(5*time.Minute), got.Deadline)
+	require.Equal(t, t0.Add(time.Hour), got.AbsoluteDeadline)
+
+	strict := session.Limits{IdleTimeout: 4 * time.Minute, MaxLifetime: 30 * time.Minute, Clients: map[string]session.ClientLimits{
+		"bank":  {IdleTimeout: time.Minute},
+		"mail":  {IdleTimeout: 10 * time.Minute, AppIdleTimeout: 3 * time.Minute},
+		"video": {IdleTimeout: 2 * time.Minute, Exempt: true},
+	}}
+	require.NoError(t, s.TightenDeadlines(ctx, strict))
+	got, _ = get(plain.ID)
+	require.Equal(t, 4*time.Minute, got.IdleLimit)
+	require.Equal(t, t0.Add(4*time.Minute), got.Deadline)
+	require.Equal(t, t0.Add(30*time.Minute), got.AbsoluteDeadline)
+	got, _ = get(banking.ID)
+	require.Equal(t, time.Minute, got.IdleLimit, "the stricter app pulls the session down")
+	require.Equal(t, t0.Add(time.Minute), got.Deadline)
+	got, apps := get(mailing.ID)
+	require.Equal(t, 4*time.Minute, got.IdleLimit)
+	require.Equal(t, t0.Add(3*time.Minute), apps[0].Deadline, "app_idle_timeout gives the app a deadline of its own")
+	got, apps = get(watching.ID)
+	require.Equal(t, 4*time.Minute, got.IdleLimit, "an exempt app does not pull the session down")
+	require.Equal(t, t0.Add(2*time.Minute), apps[0].Deadline)
+
+	// The same policy again is recorded as applied and skips the scan.
+	require.NoError(t, s.FlushActivity(ctx, []session.ActivityUpdate{{AuthSessionID: plain.ID, LastActiveAt: t0, IdleLimit: 5 * time.Minute,
+		Deadline: t0.Add(5 * time.Minute)}}))
+	require.NoError(t, s.TightenDeadlines(ctx, strict))
+	got, _ = get(plain.ID)
+	require.Equal(t, 5*time.Minute, got.IdleLimit, "unchanged policy: no scan")
+	strict.IdleTimeout = 3 * time.Minute
+	require.NoError(t, s.TightenDeadlines(ctx, strict))
+	got, _ = get(plain.ID)
+	require.Equal(t, 3*time.Minute, got.IdleLimit)
+}
+
+func testEndMany(t *testing.T, s Store) {
+	ctx := t.Context()
+	a, b := newSession(t, s, "u1", t0.Add(time.Minute)), newSession(t, s, "u2", t0.Add(time.Minute))
+	mail := join(t, s, a, "mail", 5*time.Minute)
+	video := join(t, s, b, "video", 5*time.Minute)
+	require.NoError(t, s.EndMany(ctx, nil))
+	require.NoError(t, s.EndMany(ctx, []session.End{
+		{At: t0.Add(time.Minute), Reason: session.ReasonIdleTimeout, Initiator: "system", UserID: "u1", AuthSessionID: a.ID, IdleLimit: 2 * time.Minute,
+			AppSessions: []session.EndedApp{{ID: mail.ID, ClientID: "mail"}}},
+		{At: t0.Add(time.Minute), Reason: session.ReasonIdleTimeout, Initiator: "system", UserID: "u2", AuthSessionID: b.ID},
+	}))
+	got, apps, err := s.AuthSession(ctx, a.ID)
+	require.NoError(t, err)
+	require.Equal(t, session.ReasonIdleTimeout, got.EndReason)
+	require.Equal(t, t0.Add(time.Minute), got.EndedAt)
+	require.Equal(t, 2*time.Minute, got.IdleLimit, "the limit in force at the end is recorded")
+	require.Equal(t, session.ReasonIdleTimeout, apps[0].EndReason)
+	got, apps, err = s.AuthSession(ctx, b.ID)
+	require.NoError(t, err)
+	require.False(t, got.Live())
+	require.Equal(t, 5*time.Minute, got.IdleLimit, "no limit given: the stored one stays")
+	require.True(t, apps[0].Live(), "an app left out of the end (exempt) outlives its session")
+
+	// The surviving app ends on its own later: an app_end event in the
+	// session's trail, and its logout.
+	require.NoError(t, s.EndSessions(ctx, session.End{At: t0.Add(time.Hour), Reason: session.ReasonMaxLifetime, Initiator: "system", UserID: "u2",
+		AuthSessionID: b.ID, AppSessions: []session.EndedApp{{ID: video.ID, ClientID: "video"}},
+		Notices: []session.LogoutNotice{{ClientID: "video", URI: "https://video/bc", SID: b.ID, Subject: "u2", Reason: session.ReasonMaxLifetime}}}))
+	got, apps, err = s.AuthSession(ctx, b.ID)
+	require.NoError(t, err)
+	require.Equal(t, session.ReasonIdleTimeout, got.EndReason, "the session's first reason stands")
+	require.Equal(t, session.ReasonMaxLifetime, apps[0].EndReason)
+	events, err := s.Audit(ctx, session.AuditFilter{SID: b.ID})
+	require.NoError(t, err)
+	last := events[len(events)-1]
+	require.Equal(t, session.AuditAppEnd, last.Kind)
+	require.Equal(t, "apps=video", last.Detail)
+	rows, err := s.Deliveries(ctx, b.ID)
+	require.NoError(t, err)
+	require.Len(t, rows, 1)
+
+	// An app ending alone is audited under its session's id.
+	c := newSession(t, s, "u3", t0.Add(time.Hour))
+	bank := join(t, s, c, "bank", 5*time.Minute)
+	require.NoError(t, s.EndSessions(ctx, session.End{At: t0, Reason: session.ReasonAppIdleTimeout, Initiator: "system", UserID: "u3",
+		AppSessions: []session.EndedApp{{ID: bank.ID, ClientID: "bank"}}}))
+	events, err = s.Audit(ctx, session.AuditFilter{SID: c.ID})
+	require.NoError(t, err)
+	last = events[len(events)-1]
+	require.Equal(t, session.AuditAppEnd, last.Kind)
+	require.Equal(t, "bank", last.ClientID)
+	require.Equal(t, string(session.ReasonAppIdleTimeout), last.Reason)
+	got, _, err = s.AuthSession(ctx, c.ID)
+	require.NoError(t, err)
+	require.True(t, got.Live(), "the authentication session goes on")
+}
+
+func testSessionsOfUser(t *testing.T, s Store) {
+	ctx := t.Context()
+	older := newSession(t, s, "u1", t0.Add(time.Hour))
+	newer := &session.AuthSession{ID: session.NewID(), UserID: "u1", AuthTime: t0.Add(time.Minute), LastActiveAt: t0.Add(time.Minute),
+		IdleLimit: 5 * time.Minute, AbsoluteDeadline: t0.Add(time.Hour), Deadline: t0.Add(6 * time.Minute)}
+	require.NoError(t, s.CreateAuthSession(ctx, newer))
+	gone := newSession(t, s, "u1", t0.Add(time.Hour))
+	exempt := newSession(t, s, "u1", t0.Add(time.Hour))
+	video := join(t, s, exempt, "video", time.Hour)
+	newSession(t, s, "u2", t0.Add(time.Hour))
+	require.NoError(t, s.EndSessions(ctx, session.End{At: t0, Reason: session.ReasonLogout, AuthSessionID: gone.ID}))
+	require.NoError(t, s.EndSessions(ctx, session.End{At: t0, Reason: session.ReasonIdleTimeout, AuthSessionID: exempt.ID}))
+
+	list, apps, err := s.SessionsOfUser(ctx, "u1", false)
+	require.NoError(t, err)
+	var ids []string
+	for _, a := range list {
+		ids = append(ids, a.ID)
+	}
+	require.Equal(t, newer.ID, ids[0], "newest first")
+	require.ElementsMatch(t, []string{newer.ID, older.ID, exempt.ID}, ids, "live sessions, and the ended one an exempt app outlives")
+	require.Equal(t, video.ID, apps[exempt.ID][0].ID)
+	list, _, err = s.SessionsOfUser(ctx, "u1", true)
+	require.NoError(t, err)
+	require.Len(t, list, 4)
+	list, _, err = s.SessionsOfUser(ctx, "nobody", true)
+	require.NoError(t, err)
+	require.Empty(t, list)
+}
+
+func testAudit(t *testing.T, s Store) {
+	ctx := t.Context()
+	for i, ev := range []session.AuditEvent{
+		{At: t0.Add(2 * time.Second), Kind: session.AuditLoginFailed, UserID: "u1", Detail: "second"},
+		{At: t0.Add(time.Second), Kind: session.AuditLoginFailed, UserID: "u1", Initiator: "203.0.113.9", Detail: "first"},
+		{At: t0.Add(3 * time.Second), Kind: session.AuditLoginFailed, UserID: "u2", SID: "s2", ClientID: "mail", Reason: "r", Detail: "third"},
+	} {
+		require.NoError(t, s.AddAudit(ctx, ev), i)
+	}
+	events, err := s.Audit(ctx, session.AuditFilter{UserID: "u1"})
+	require.NoError(t, err)
+	require.Len(t, events, 2)
+	require.Equal(t, "first", events[0].Detail, "oldest first")
+	require.Equal(t, "203.0.113.9", events[0].Initiator)
+	require.Equal(t, t0.Add(time.Second), events[0].At)
+	require.NotZero(t, events[0].ID)
+	events, err = s.Audit(ctx, session.AuditFilter{SID: "s2"})
+	require.NoError(t, err)
+	require.Len(t, events, 1)
+	require.Equal(t, session.AuditEvent{ID: events[0].ID, At: t0.Add(3 * time.Second), Kind: session.AuditLoginFailed, UserID: "u2", SID: "s2",
+		ClientID: "mail", Reason: "r", Detail: "third"}, events[0])
+	events, err = s.Audit(ctx, session.AuditFilter{Limit: 2})
+	require.NoError(t, err)
+	require.Len(t, events, 2)
+	events, err = s.Audit(ctx, session.AuditFilter{})
+	require.NoError(t, err)
+	require.Len(t, events, 3)
+}
+
+// race runs fn from n goroutines released together.
+func race(n int, fn func(i int)) {
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			fn(i)
+		})
+	}
+	close(start)
+	wg.Wait()
+}
+
+func testCodeRace(t *testing.T, s Store) {
+	ctx := t.Context()
+	require.NoError(t, s.SaveAuthRequest(ctx, "r1", []byte(`{}`), t0, t0.Add(time.Minute)))
+	require.NoError(t, s.SaveAuthCode(ctx, "r1", "code-hash"))
+	errs := make([]error, 8)
+	race(len(errs), func(i int) { _, _, errs[i] = s.AuthRequestByCode(ctx, "code-hash", t0) })
+	won := 0
+	for _, err := range errs {
+		if err == nil {
+			won++
+			continue
+		}
+		require.ErrorIs(t, err, session.ErrCodeReused, "every other exchange is a replay")
+	}
+	require.Equal(t, 1, won, "exactly one exchange redeems the code")
+}
+
+func testEndRace(t *testing.T, s Store) {
+	ctx := t.Context()
+	a := newSession(t, s, "u1", t0.Add(time.Minute))
+	mail := join(t, s, a, "mail", 5*time.Minute)
+	errs := make([]error, 6)
+	race(len(errs), func(i int) {
+		reason := []session.Reason{session.ReasonLogout, session.ReasonAdmin, session.ReasonIdleTimeout}[i%3]
+		errs[i] = s.EndSessions(ctx, session.End{At: t0, Reason: reason, UserID: "u1", AuthSessionID: a.ID,
+			AppSessions: []session.EndedApp{{ID: mail.ID, ClientID: "mail"}},
+			Notices:     []session.LogoutNotice{{ClientID: "mail", URI: "https://mail/bc", SID: a.ID, Subject: "u1", Reason: reason}}})
+	})
+	for _, err := range errs {
+		require.NoError(t, err)
+	}
+	events, err := s.Audit(ctx, session.AuditFilter{SID: a.ID})
+	require.NoError(t, err)
+	ends := 0
+	for _, e := range events {
+		if e.Kind == session.AuditSessionEnd || e.Kind == session.AuditAppEnd {
+			ends++
+		}
+	}
+	require.Equal(t, 1, ends, "one end is recorded")
+	rows, err := s.Deliveries(ctx, a.ID)
+	require.NoError(t, err)
+	require.Len(t, rows, 1, "one logout is queued")
+	got, _, err := s.AuthSession(ctx, a.ID)
+	require.NoError(t, err)
+	require.Equal(t, got.EndReason, rows[0].Reason, "the logout tells the reason that won")
+}
+
+// testHostileKeys: keys and text only an attacker sends (NUL, bytes that
+// are not UTF-8) find nothing and are recorded, never an internal error.
+func testHostileKeys(t *testing.T, s Store) {
+	ctx := t.Context()
+	for _, k := range []string{"a\x00b", "\xff\xfe", "\x00"} {
+		_, err := s.UserByUsername(ctx, k)
+		require.ErrorIs(t, err, session.ErrNotFound, "%q", k)
+		_, err = s.UserByID(ctx, k)
+		require.ErrorIs(t, err, session.ErrNotFound, "%q", k)
+		_, _, err = s.AuthSession(ctx, k)
+		require.ErrorIs(t, err, session.ErrNotFound, "%q", k)
+		many, _, err := s.AuthSessions(ctx, []string{k})
+		require.NoError(t, err)
+		require.Empty(t, many)
+		_, err = s.AuthRequestData(ctx, k, t0)
+		require.ErrorIs(t, err, session.ErrNotFound, "%q", k)
+		require.ErrorIs(t, s.SaveAuthCode(ctx, k, "h"), session.ErrNotFound, "%q", k)
+		_, _, err = s.AuthRequestByCode(ctx, k, t0)
+		require.ErrorIs(t, err, session.ErrNotFound, "%q", k)
+		require.ErrorIs(t, s.SetPassword(ctx, k, "h"), session.ErrNotFound, "%q", k)
+		list, _, err := s.SessionsOfUser(ctx, k, true)
+		require.NoError(t, err)
+		require.Empty(t, list)
+		_, err = s.Audit(ctx, session.AuditFilter{UserID: k, SID: k})
+		require.NoError(t, err)
+		_, err = s.Deliveries(ctx, k)
+		require.NoError(t, err)
+	}
+	require.NoError(t, s.AddAudit(ctx, session.AuditEvent{At: t0, Kind: session.AuditLoginFailed, UserID: "eve\x00\xff", Detail: "x\x00y\u202e"}))
+	events, err := s.Audit(ctx, session.AuditFilter{})
+	require.NoError(t, err)
+	require.Len(t, events, 1, "a failed sign-in with any username is recorded")
+	require.Contains(t, events[0].Detail, "x")
+
+	a := newSession(t, s, "u1", t0.Add(time.Hour))
+	app := &session.AppSession{ID: a.ID + ".mail", AuthSessionID: a.ID, ClientID: "mail", Scopes: []string{"openid", "x\x00\xff"}, JoinedAt: t0, LastActiveAt: t0}
+	require.NoError(t, s.JoinApp(ctx, app, session.ActivityUpdate{AuthSessionID: a.ID, LastActiveAt: t0, IdleLimit: time.Minute, Deadline: t0.Add(time.Minute)}, "u1"))
+	require.NoError(t, s.SetAppScopes(ctx, app.ID, []string{"\x00"}))
+}
+
 var loginPolicy = session.LoginPolicy{MaxFailures: 3, LockoutBase: time.Second, LockoutMax: time.Minute}
 
 func reserve(t *testing.T, s Store, at time.Time, keys ...string) (session.LoginAttempt, time.Duration) {
@@ -682,6 +1086,30 @@ func testLoginForgetPurge(t *testing.T, s Store) {
 	require.Zero(t, wait, "purged: counting from zero")
 }
 
+// testLoginReserveOrder: attempts naming the same keys in opposite orders,
+// at once, all complete (no deadlock, no error), and together pass the
+// limit exactly max_failures times.
+func testLoginReserveOrder(t *testing.T, s Store) {
+	const n = 20
+	errs := make([]error, n)
+	waits := make([]time.Duration, n)
+	race(n, func(i int) {
+		keys := []string{"u:frank", "a:7"}
+		if i%2 == 1 {
+			keys = []string{"a:7", "u:frank"}
+		}
+		_, waits[i], errs[i] = s.ReserveLoginAttempt(context.Background(), keys, t0, loginPolicy)
+	})
+	passed := 0
+	for i := range n {
+		require.NoError(t, errs[i])
+		if waits[i] == 0 {
+			passed++
+		}
+	}
+	require.Equal(t, loginPolicy.MaxFailures, passed)
+}
+
 func changedSIDs(t *testing.T, s Store, after int64) ([]string, int64) {
 	t.Helper()
 	changes, err := s.SessionChanges(t.Context(), after, 100)
@@ -754,9 +1182,6 @@ func testConditionalEnd(t *testing.T, s Store) {
 	require.Equal(t, 1, countEvents(t, s, a.ID, session.AuditSessionEnd), "one end on record, however often it is tried")
 }
 
-// auditCount counts the audit events of one kind for sid (main has the same
-// helper as countEvents: keep one at merge).
-
 func testLease(t *testing.T, s Store) {
 	ctx := t.Context()
 	for _, step := range []struct {
@@ -802,4 +1227,109 @@ func testRefreshCAS(t *testing.T, s Store) {
 	require.EqualValues(t, 2, gen)
 	_, err = s.RefreshGeneration(ctx, "nope")
 	require.ErrorIs(t, err, session.ErrNotFound)
+}
+
+// testOlderView: a replica whose memory lags another's writes an older
+// view; the stored deadline never moves before the activity already
+// stored, while a stricter limit still applies.
+func testOlderView(t *testing.T, s Store) {
+	ctx := t.Context()
+	a := newSession(t, s, "u1", t0.Add(5*time.Minute))
+	flush := func(last time.Duration, limit time.Duration) {
+		require.NoError(t, s.FlushActivity(ctx, []session.ActivityUpdate{{AuthSessionID: a.ID, LastActiveAt: t0.Add(last),
+			IdleLimit: limit, Deadline: t0.Add(last + limit)}}))
+	}
+	deadline := func() time.Time {
+		got, _, err := s.AuthSession(ctx, a.ID)
+		require.NoError(t, err)
+		return got.Deadline
+	}
+	flush(3*time.Minute, 5*time.Minute)
+	require.Equal(t, t0.Add(8*time.Minute), deadline())
+	flush(time.Minute, 5*time.Minute)
+	require.Equal(t, t0.Add(8*time.Minute), deadline(), "the older view keeps the stored activity's deadline")
+	flush(time.Minute, 2*time.Minute)
+	require.Equal(t, t0.Add(5*time.Minute), deadline(), "a stricter limit counts from the stored activity")
+}
+
+// testConditionalAppEnd: a sweeper's end of an application session alone
+// happens only if that session's own deadline is still due.
+func testConditionalAppEnd(t *testing.T, s Store) {
+	ctx := t.Context()
+	a := newSession(t, s, "u1", t0.Add(time.Hour))
+	app := join(t, s, a, "bank", time.Hour)
+	start, err := s.LastSessionChange(ctx)
+	require.NoError(t, err)
+	require.NoError(t, s.FlushActivity(ctx, []session.ActivityUpdate{{AuthSessionID: a.ID, LastActiveAt: t0.Add(time.Minute),
+		IdleLimit: time.Hour, Deadline: t0.Add(time.Hour),
+		Apps: []session.AppActivity{{ID: app.ID, LastActiveAt: t0.Add(time.Minute), Deadline: t0.Add(3 * time.Minute)}}}}))
+	end := session.End{At: t0.Add(2 * time.Minute), Reason: session.ReasonAppIdleTimeout, Initiator: "system", UserID: "u1",
+		AppSessions: []session.EndedApp{{ID: app.ID, ClientID: "bank"}},
+		Notices:     []session.LogoutNotice{{ClientID: "bank", URI: "https://bank.example/bc", SID: a.ID, Subject: "u1", Reason: session.ReasonAppIdleTimeout}},
+		IfDue:       t0.Add(2 * time.Minute)}
+	require.NoError(t, s.EndMany(ctx, []session.End{end}))
+	_, apps, err := s.AuthSession(ctx, a.ID)
+	require.NoError(t, err)
+	require.True(t, apps[0].Live(), "its deadline moved past the sweep")
+	sids, _ := changedSIDs(t, s, start)
+	require.Empty(t, sids)
+	require.Zero(t, countEvents(t, s, a.ID, session.AuditAppEnd))
+
+	end.At, end.IfDue = t0.Add(3*time.Minute), t0.Add(3*time.Minute)
+	require.NoError(t, s.EndMany(ctx, []session.End{end}))
+	_, apps, err = s.AuthSession(ctx, a.ID)
+	require.NoError(t, err)
+	require.False(t, apps[0].Live())
+	sids, _ = changedSIDs(t, s, start)
+	require.Equal(t, []string{a.ID}, sids)
+	require.Equal(t, 1, countEvents(t, s, a.ID, session.AuditAppEnd))
+	out, err := s.Deliveries(ctx, a.ID)
+	require.NoError(t, err)
+	require.Len(t, out, 1)
+}
+
+// testChangeFeedRace: while many transactions write change rows at once, a
+// reader that follows the feed by its last id sees every row: ids become
+// visible in the order they were taken.
+func testChangeFeedRace(t *testing.T, s Store) {
+	ctx := t.Context()
+	const n = 40
+	sessions := make([]*session.AuthSession, n)
+	for i := range sessions {
+		sessions[i] = newSession(t, s, "u1", t0.Add(time.Hour))
+	}
+	cursor, err := s.LastSessionChange(ctx)
+	require.NoError(t, err)
+	start := cursor
+	seen := 0
+	follow := func() {
+		changes, err := s.SessionChanges(ctx, cursor, 1000)
+		require.NoError(t, err)
+		if len(changes) > 0 {
+			seen, cursor = seen+len(changes), changes[len(changes)-1].ID
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		race(n, func(i int) {
+			if i%2 == 0 {
+				join(t, s, sessions[i], "bank", time.Hour)
+				return
+			}
+			require.NoError(t, s.EndSessions(ctx, session.End{At: t0, Reason: session.ReasonLogout, UserID: "u1", AuthSessionID: sessions[i].ID}))
+		})
+	}()
+	for running := true; running; {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		follow()
+	}
+	follow()
+	all, _ := changedSIDs(t, s, start)
+	require.Len(t, all, n)
+	require.Equal(t, n, seen, "the follower missed no row")
 }

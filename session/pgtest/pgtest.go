@@ -1,0 +1,310 @@
+// Package pgtest gives each test a fresh, empty PostgreSQL database on a
+// real server.
+//
+// Unless IDLEGUARD_TEST_POSTGRES names a server (a URL whose user may
+// create databases), the first test that asks starts a throwaway server from
+// Debian's binaries (/usr/lib/postgresql/*/bin): initdb into a temporary
+// directory, postgres on a free port of 127.0.0.1 and a unix socket in that
+// directory, durability switched off for speed. One server serves the whole
+// test binary; each test gets its own database, dropped when the test ends.
+// A package that uses pgtest stops the server from its TestMain:
+//
+//	func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+//
+// Without the binaries the tests are skipped, unless
+// IDLEGUARD_REQUIRE_POSTGRES=1 (CI), which makes them fail instead.
+// IDLEGUARD_POSTGRES_BIN names another directory of server binaries.
+package pgtest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Environment variables that steer the harness.
+const (
+	EnvServer  = "IDLEGUARD_TEST_POSTGRES"    // URL of a server to use instead of starting one
+	EnvRequire = "IDLEGUARD_REQUIRE_POSTGRES" // "1": fail, never skip, when PostgreSQL is unavailable
+	EnvBin     = "IDLEGUARD_POSTGRES_BIN"     // directory of initdb and postgres (default: Debian's newest)
+)
+
+var (
+	inMain  bool // Main runs the tests, and will stop the server
+	once    sync.Once
+	current *server
+	errSkip error // why the tests are skipped (no server binaries)
+	errFail error // why the server could not be started
+)
+
+// server is the PostgreSQL server the tests of this binary share.
+type server struct {
+	admin *pgxpool.Pool
+	base  *url.URL // the server's URL; each database replaces its path
+	dir   string   // temporary directory of a server we started, else ""
+	proc  *exec.Cmd
+	// strategy makes CREATE DATABASE copy files (PostgreSQL 15+), a third
+	// faster than logging every page for a database as small as ours.
+	strategy string
+	exited   chan struct{}
+}
+
+// Main runs the tests, then stops the server they started (if any).
+func Main(m *testing.M) int {
+	inMain = true
+	code := m.Run()
+	if current != nil {
+		current.stop()
+	}
+	return code
+}
+
+// NewDatabase creates an empty database and returns its URL; the database is
+// dropped when t ends (after the cleanups t registers later, such as closing
+// a store opened on it).
+func NewDatabase(t testing.TB) string {
+	t.Helper()
+	if !inMain {
+		t.Fatal("pgtest: call pgtest.Main from the package's TestMain, so that the server stops after the tests")
+	}
+	once.Do(func() { current, errSkip, errFail = start() })
+	switch {
+	case errFail != nil:
+		t.Fatalf("PostgreSQL: %v", errFail)
+	case errSkip != nil && os.Getenv(EnvRequire) == "1":
+		t.Fatalf("PostgreSQL required (%s=1) but unavailable: %v", EnvRequire, errSkip)
+	case errSkip != nil:
+		t.Skipf("PostgreSQL tests skipped: %v", errSkip)
+	}
+	name := "idleguard_test_" + randomHex(8)
+	ctx := context.Background()
+	if _, err := current.admin.Exec(ctx, "CREATE DATABASE "+name+" TEMPLATE template0"+current.strategy); err != nil {
+		t.Fatalf("create database: %v", err)
+	}
+	t.Cleanup(func() {
+		if _, err := current.admin.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+			t.Errorf("drop database %s: %v", name, err)
+		}
+	})
+	u := *current.base
+	u.Path = "/" + name
+	return u.String()
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// start connects to EnvServer or starts a server of our own.
+func start() (*server, error, error) {
+	if dsn := os.Getenv(EnvServer); dsn != "" {
+		s, err := connect(&server{}, dsn)
+		return s, nil, err
+	}
+	bin, err := findBinaries()
+	if err != nil {
+		return nil, err, nil
+	}
+	s, err := launch(bin)
+	return s, nil, err
+}
+
+func findBinaries() (string, error) {
+	if dir := os.Getenv(EnvBin); dir != "" {
+		if _, err := os.Stat(filepath.Join(dir, "initdb")); err != nil {
+			return "", fmt.Errorf("%s=%s: %w", EnvBin, dir, err)
+		}
+		return dir, nil
+	}
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	var usable []string
+	for _, d := range dirs {
+		if _, err := os.Stat(filepath.Join(d, "initdb")); err == nil {
+			usable = append(usable, d)
+		}
+	}
+	if len(usable) == 0 {
+		return "", fmt.Errorf("no server binaries under /usr/lib/postgresql/*/bin (apt-get install postgresql) and %s is unset", EnvServer)
+	}
+	sort.Slice(usable, func(i, j int) bool { return version(usable[i]) > version(usable[j]) })
+	return usable[0], nil
+}
+
+func version(binDir string) int {
+	v, _ := strconv.Atoi(filepath.Base(filepath.Dir(binDir)))
+	return v
+}
+
+// launch runs initdb and postgres as an unprivileged user (PostgreSQL
+// refuses to run as root) in a new temporary directory.
+func launch(bin string) (*server, error) {
+	dir, err := os.MkdirTemp("", "idleguard-pg-")
+	if err != nil {
+		return nil, err
+	}
+	s := &server{dir: dir, exited: make(chan struct{})}
+	cred, err := unprivileged(dir)
+	if err != nil {
+		s.stop()
+		return nil, err
+	}
+	data, logPath := filepath.Join(dir, "data"), filepath.Join(dir, "postgres.log")
+	initdb := exec.Command(filepath.Join(bin, "initdb"), "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync")
+	initdb.Dir, initdb.SysProcAttr = dir, sysProcAttr(cred)
+	if out, err := initdb.CombinedOutput(); err != nil {
+		s.stop()
+		return nil, fmt.Errorf("initdb: %w: %s", err, out)
+	}
+	port, err := freePort()
+	if err != nil {
+		s.stop()
+		return nil, err
+	}
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		s.stop()
+		return nil, err
+	}
+	defer logFile.Close()
+	s.proc = exec.Command(filepath.Join(bin, "postgres"), "-D", data, "-p", strconv.Itoa(port), "-k", dir,
+		"-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
+		"-c", "full_page_writes=off", "-c", "max_connections=300", "-c", "shared_buffers=32MB", "-c", "log_min_messages=warning")
+	s.proc.Dir, s.proc.SysProcAttr = dir, sysProcAttr(cred)
+	s.proc.Stdout, s.proc.Stderr = logFile, logFile
+	if err := s.proc.Start(); err != nil {
+		s.stop()
+		return nil, fmt.Errorf("start postgres: %w", err)
+	}
+	go func() { _ = s.proc.Wait(); close(s.exited) }()
+	if _, err := connect(s, fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)); err != nil {
+		out, _ := os.ReadFile(logPath)
+		s.stop()
+		return nil, fmt.Errorf("%w; server log:\n%s", err, out)
+	}
+	return s, nil
+}
+
+// unprivileged returns the credential to run the server with: none when we
+// are not root, else Debian's postgres user, who is given dir.
+func unprivileged(dir string) (*syscall.Credential, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return nil, fmt.Errorf("running as root, and PostgreSQL refuses root: need the postgres user (from Debian's postgresql package): %w", err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	if err := os.Chown(dir, uid, gid); err != nil {
+		return nil, err
+	}
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// connect opens the admin pool on dsn, waiting up to 30s for the server.
+func connect(s *server, dsn string) (*server, error) {
+	base, err := url.Parse(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", EnvServer, err)
+	}
+	s.base = base
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err = ping(ctx, s, dsn)
+		cancel()
+		if err == nil {
+			return s, nil
+		}
+		select {
+		case <-s.exited:
+			return nil, fmt.Errorf("postgres exited: %w", err)
+		default:
+		}
+		if s.exited == nil || time.Now().After(deadline) {
+			return nil, fmt.Errorf("connect to %s: %w", base.Redacted(), err)
+		}
+		time.Sleep(50 * time.Millisecond) // polling a starting server; no test waits on this
+	}
+}
+
+func ping(ctx context.Context, s *server, dsn string) error {
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return err
+	}
+	var version int
+	if err := pool.QueryRow(ctx, `SELECT current_setting('server_version_num')::int`).Scan(&version); err != nil {
+		pool.Close()
+		return err
+	}
+	if version >= 150000 {
+		s.strategy = " STRATEGY FILE_COPY"
+	}
+	s.admin = pool
+	return nil
+}
+
+// stop shuts a server we started down (fast shutdown: SIGINT) and removes
+// its directory.
+func (s *server) stop() {
+	if s.admin != nil {
+		s.admin.Close()
+	}
+	if s.proc != nil && s.proc.Process != nil {
+		_ = s.proc.Process.Signal(os.Interrupt)
+		select {
+		case <-s.exited:
+		case <-time.After(10 * time.Second):
+			_ = s.proc.Process.Kill()
+			<-s.exited
+		}
+	}
+	if s.dir != "" {
+		_ = os.RemoveAll(s.dir)
+	}
+}
+
+// Conn opens a plain connection to the database at dsn for a test that
+// inspects rows directly; it is closed when t ends.
+func Conn(t testing.TB, dsn string) *pgx.Conn {
+	t.Helper()
+	c, err := pgx.Connect(context.Background(), dsn)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	return c
+}
