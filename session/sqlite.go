@@ -26,6 +26,7 @@ type SQLite struct {
 	r *sql.DB
 
 	userByID *sql.Stmt // on every refresh and userinfo: prepared once
+	signals  signalStmts
 }
 
 // OpenSQLite opens (creating if needed) and migrates the database at path.
@@ -59,6 +60,10 @@ func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
 		s.Close()
 		return nil, fmt.Errorf("prepare: %w", err)
 	}
+	if err := s.signals.prepare(ctx, r, w); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("prepare: %w", err)
+	}
 	return s, nil
 }
 
@@ -68,7 +73,7 @@ func (s *SQLite) Close() error {
 	if s.userByID != nil {
 		err = s.userByID.Close()
 	}
-	return errors.Join(err, s.r.Close(), s.w.Close())
+	return errors.Join(err, s.signals.close(), s.r.Close(), s.w.Close())
 }
 
 // Ping checks that the database answers.
@@ -126,6 +131,11 @@ func queryAll[T any](ctx context.Context, db *sql.DB, scan func(scanner) (T, err
 	if err != nil {
 		return nil, err
 	}
+	return scanAll(rows, scan)
+}
+
+// scanAll scans every row of rows and closes them.
+func scanAll[T any](rows *sql.Rows, scan func(scanner) (T, error)) ([]T, error) {
 	defer rows.Close()
 	var out []T
 	for rows.Next() {

@@ -144,7 +144,7 @@ func (s *SQLite) CreateStream(ctx context.Context, st *Stream, max int) error {
 // Stream returns stream id of receiver; ErrNotFound when it does not exist
 // or belongs to another receiver.
 func (s *SQLite) Stream(ctx context.Context, receiver, id string) (*Stream, error) {
-	st, err := scanStream(s.r.QueryRowContext(ctx, `SELECT `+streamCols+` FROM ssf_streams WHERE id = ? AND receiver = ?`, id, receiver))
+	st, err := scanStream(s.signals.stream.QueryRowContext(ctx, id, receiver))
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", id, err)
 	}
@@ -246,8 +246,47 @@ func scanSignal(row scanner) (Signal, error) {
 // receiver, oldest first, if the stream is enabled (a paused stream holds
 // its events; SSF 1.0 section 8.1.2): one read, for the poll's hot path.
 func (s *SQLite) PendingSignals(ctx context.Context, receiver, streamID string, limit int) ([]Signal, error) {
-	return queryAll(ctx, s.r, scanSignal, `SELECT `+signalCols+` FROM ssf_events WHERE stream_id = ? AND receiver = ?
-		AND EXISTS (SELECT 1 FROM ssf_streams WHERE id = ? AND status = 'enabled') ORDER BY id LIMIT ?`, streamID, receiver, streamID, limit)
+	rows, err := s.signals.pending.QueryContext(ctx, streamID, receiver, limit)
+	if err != nil {
+		return nil, err
+	}
+	return scanAll(rows, scanSignal)
+}
+
+// signalStmts are the statements of a long poll's hot path, prepared once:
+// SQLite parses a statement anew on every unprepared call, which is most
+// of a poll's cost when an end wakes a hundred of them.
+type signalStmts struct {
+	stream, pending *sql.Stmt // on the read pool
+	ack, audit      *sql.Stmt // on the writer, used inside transactions
+}
+
+func (st *signalStmts) prepare(ctx context.Context, r, w *sql.DB) error {
+	var err error
+	prep := func(db *sql.DB, q string) *sql.Stmt {
+		if err != nil {
+			return nil
+		}
+		var stmt *sql.Stmt
+		stmt, err = db.PrepareContext(ctx, q)
+		return stmt
+	}
+	st.stream = prep(r, `SELECT `+streamCols+` FROM ssf_streams WHERE id = ? AND receiver = ?`)
+	st.pending = prep(r, `SELECT `+signalCols+` FROM ssf_events WHERE stream_id = ?1 AND receiver = ?2
+		AND EXISTS (SELECT 1 FROM ssf_streams WHERE id = ?1 AND status = 'enabled') ORDER BY id LIMIT ?3`)
+	st.ack = prep(w, `DELETE FROM ssf_events WHERE stream_id = ? AND receiver = ? AND jti = ? RETURNING `+signalCols)
+	st.audit = prep(w, insertAudit)
+	return err
+}
+
+func (st *signalStmts) close() error {
+	var errs []error
+	for _, stmt := range []*sql.Stmt{st.stream, st.pending, st.ack, st.audit} {
+		if stmt != nil {
+			errs = append(errs, stmt.Close())
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // LastSignalID returns the id of the newest queued event (0 when none): a
@@ -265,8 +304,9 @@ func (s *SQLite) LastSignalID(ctx context.Context) (int64, error) {
 func (s *SQLite) AckSignals(ctx context.Context, receiver, streamID string, acks []SignalAck, at time.Time) (int, error) {
 	n := 0
 	err := s.tx(ctx, func(tx *sql.Tx) error {
+		ack, audit := tx.StmtContext(ctx, s.signals.ack), tx.StmtContext(ctx, s.signals.audit)
 		for _, a := range acks {
-			g, err := scanSignal(tx.QueryRowContext(ctx, `DELETE FROM ssf_events WHERE stream_id = ? AND receiver = ? AND jti = ? RETURNING `+signalCols, streamID, receiver, a.JTI))
+			g, err := scanSignal(ack.QueryRowContext(ctx, streamID, receiver, a.JTI))
 			if errors.Is(err, sql.ErrNoRows) {
 				continue
 			}
@@ -274,8 +314,10 @@ func (s *SQLite) AckSignals(ctx context.Context, receiver, streamID string, acks
 				return fmt.Errorf("ack %s: %w", a.JTI, err)
 			}
 			n++
-			if err := auditSignal(ctx, tx, AuditSignalDelivered, g, at, ackDetail(a)); err != nil {
-				return err
+			if ev, ok := signalEvent(AuditSignalDelivered, g, at, ackDetail(a)); ok {
+				if err := addAudit(ctx, audit, ev); err != nil {
+					return err
+				}
 			}
 		}
 		return nil
