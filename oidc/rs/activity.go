@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -66,13 +67,23 @@ func (k *Kit) Flush(ctx context.Context) error {
 		events = append(events, ev)
 	}
 	for chunk := range slices.Chunk(events, maxBatch) {
-		if err := k.sendBatch(ctx, chunk); err != nil {
+		err := k.sendBatch(ctx, chunk)
+		if errors.Is(err, errNoBatchEndpoint) {
+			k.noBatch.Do(func() {
+				k.cfg.Logger.WarnContext(ctx, "rs: the provider has no POST /activity/batch; API traffic is not reported as activity")
+			})
+			return nil // an older provider: nothing to keep for
+		}
+		if err != nil {
 			k.keep(pending)
 			return err
 		}
 	}
 	return nil
 }
+
+// errNoBatchEndpoint means the provider answered 404 to a batch.
+var errNoBatchEndpoint = errors.New("no activity batch endpoint")
 
 // keep puts unsent activity back, unless newer activity replaced it.
 func (k *Kit) keep(unsent map[appSession]batchEvent) {
@@ -106,7 +117,10 @@ func (k *Kit) sendBatch(ctx context.Context, events []batchEvent) error {
 			Reason string `json:"reason"`
 		} `json:"results"`
 	}
-	if _, err := decodeAnswer(resp, &ans); err != nil {
+	if status, err := decodeAnswer(resp, &ans); err != nil {
+		if status == http.StatusNotFound {
+			return errNoBatchEndpoint
+		}
 		return err
 	}
 	if len(ans.Results) != len(events) {

@@ -108,6 +108,7 @@ type Kit struct {
 	streamID string
 	pollURL  string
 	acks     []string // applied, to acknowledge with the next poll
+	noBatch  sync.Once
 }
 
 // New reads the provider's metadata (OpenID Connect discovery and the SSF

@@ -357,6 +357,14 @@ func TestKitBatchesActivity(t *testing.T) {
 	require.NotEmpty(t, ev["jti"])
 	require.EqualValues(t, pr.clock.Now().Unix(), ev["at"], "the time of the latest request")
 	require.Equal(t, http.StatusUnauthorized, a.call(t, shop.AccessToken), "the provider said it is over")
+
+	t.Run("a provider without the endpoint", func(t *testing.T) {
+		rs.SetBatchEndpoint(a.kit, pr.srv.URL+"/no-such-endpoint")
+		admin := pr.signIn(oidctest.NewBrowser(pr.srv.URL, nil), "admin")
+		require.Equal(t, http.StatusOK, a.call(t, admin.AccessToken))
+		require.NoError(t, a.kit.Flush(t.Context()), "404: activity is dropped, not kept and resent every second")
+		require.Equal(t, http.StatusOK, a.call(t, admin.AccessToken), "and the API goes on")
+	})
 }
 
 func jsonSegment(seg string) ([]byte, error) { return base64.RawURLEncoding.DecodeString(seg) }
