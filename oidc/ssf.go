@@ -260,10 +260,35 @@ type signalHub struct {
 	last    int64
 	stopped chan struct{} // closed when the provider stops: polls answer now
 	stop    sync.Once
+	held    map[string]int // long polls held per stream
 }
 
+// maxHeldPolls bounds the long polls one stream may hold open in one
+// process; a poll beyond it answers at once, as with returnImmediately.
+// A receiver needs one; a runaway one cannot tie up the server.
+const maxHeldPolls = 4
+
 func newSignalHub() *signalHub {
-	return &signalHub{ch: make(chan struct{}), stopped: make(chan struct{})}
+	return &signalHub{ch: make(chan struct{}), stopped: make(chan struct{}), held: map[string]int{}}
+}
+
+// hold takes one of stream's long-poll slots; false when all are taken.
+func (h *signalHub) hold(stream string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.held[stream] >= maxHeldPolls {
+		return false
+	}
+	h.held[stream]++
+	return true
+}
+
+func (h *signalHub) release(stream string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.held[stream]--; h.held[stream] <= 0 {
+		delete(h.held, stream)
+	}
 }
 
 // close makes every long poll answer at once (a stopping provider must

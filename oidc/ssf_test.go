@@ -371,6 +371,41 @@ func TestSSFLongPoll(t *testing.T) {
 	require.Equal(t, http.StatusOK, r.code)
 	require.Len(t, r.sets, 1)
 
+	t.Run("a stream holds a bounded number of long polls", func(t *testing.T) {
+		for jti := range r.sets {
+			require.Empty(t, e.pollSETs(tok, st.StreamID, jti), "acknowledged: the queue is empty")
+		}
+		mail := e.browser().login(e.rp("mail"), "alice")
+		held := make(chan int, maxHeldPolls)
+		for range maxHeldPolls {
+			go func() {
+				req, _ := http.NewRequest(http.MethodPost, e.issuer+"/ssf/poll/"+st.StreamID, strings.NewReader(`{}`))
+				req.Header.Set("Authorization", "Bearer "+tok)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					held <- 0
+					return
+				}
+				resp.Body.Close()
+				held <- resp.StatusCode
+			}()
+		}
+		require.Eventually(t, func() bool {
+			e.p.signals.mu.Lock()
+			defer e.p.signals.mu.Unlock()
+			return e.p.signals.held[st.StreamID] == maxHeldPolls
+		}, 5*time.Second, time.Millisecond)
+		start := time.Now()
+		code, data := e.ssf(http.MethodPost, "/ssf/poll/"+st.StreamID, tok, `{}`)
+		require.Equal(t, http.StatusOK, code)
+		require.JSONEq(t, `{"sets":{}}`, string(data), "one poll too many answers at once")
+		require.Less(t, time.Since(start), 30*time.Second, "not held for PollWait")
+		require.NoError(t, e.p.Tracker().End(t.Context(), mail.sid, session.ReasonAdmin, "admin"))
+		for range maxHeldPolls {
+			require.Equal(t, http.StatusOK, <-held)
+		}
+	})
+
 	t.Run("an empty queue answers empty after the bound", func(t *testing.T) {
 		e := newEnv(t, withResourceServer("orders", "mail"), func(c *Config) { c.SSF.PollWait = 20 * time.Millisecond })
 		tok := e.serviceToken("orders")

@@ -544,8 +544,14 @@ func (p *Provider) poll(w http.ResponseWriter, r *http.Request, rs *Client) erro
 }
 
 // waitSignals returns up to limit events queued on an enabled stream,
-// waiting (unless now) up to SSF.PollWait for the first.
+// waiting (unless now, or the stream holds maxHeldPolls already) up to
+// SSF.PollWait for the first.
 func (p *Provider) waitSignals(ctx context.Context, receiver, id string, limit int, now bool) ([]session.Signal, error) {
+	if !now {
+		if now = !p.signals.hold(id); !now {
+			defer p.signals.release(id)
+		}
+	}
 	timer := time.NewTimer(p.cfg.SSF.PollWait)
 	defer timer.Stop()
 	for {
