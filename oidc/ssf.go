@@ -59,18 +59,23 @@ type SSFConfig struct {
 	WatchInterval time.Duration
 }
 
+// DefaultSSF holds the defaults of SSFConfig, for the configuration file
+// and the provider alike.
+var DefaultSSF = SSFConfig{MaxStreams: 5, PollWait: 20 * time.Second, VerificationInterval: 10 * time.Second,
+	WatchInterval: 250 * time.Millisecond}
+
 func (c *SSFConfig) setDefaults() {
 	if c.MaxStreams <= 0 {
-		c.MaxStreams = 5
+		c.MaxStreams = DefaultSSF.MaxStreams
 	}
 	if c.PollWait <= 0 {
-		c.PollWait = 20 * time.Second
+		c.PollWait = DefaultSSF.PollWait
 	}
 	if c.VerificationInterval <= 0 {
-		c.VerificationInterval = 10 * time.Second
+		c.VerificationInterval = DefaultSSF.VerificationInterval
 	}
 	if c.WatchInterval <= 0 {
-		c.WatchInterval = 250 * time.Millisecond
+		c.WatchInterval = DefaultSSF.WatchInterval
 	}
 }
 

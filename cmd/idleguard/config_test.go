@@ -106,6 +106,8 @@ func TestConfigDemoParses(t *testing.T) {
 	require.Equal(t, 10*time.Minute, video.Policy.IdleTimeout)
 	require.Equal(t, 5*time.Minute, video.AccessTokenTTL)
 
+	require.Equal(t, oidc.SSFConfig{MaxStreams: 5, PollWait: 20 * time.Second, VerificationInterval: 10 * time.Second}, pc.SSF)
+
 	api := byID["portal-api"]
 	require.NotNil(t, api)
 	require.True(t, api.ResourceServer)
@@ -518,6 +520,8 @@ func TestConfigValidateRules(t *testing.T) {
 		{"exempt idle above max lifetime", func(_ *Config, cl *ClientConfig) {
 			cl.IdleExempt, cl.IdleTimeout = true, d("9h")
 		}, "clients[0].idle_timeout: 9h0m0s is above session.max_lifetime (8h0m0s)"},
+		{"long poll as long as the write timeout", func(c *Config, _ *ClientConfig) { c.SSF.PollWait = d("30s") },
+			"ssf.poll_wait: must be positive and below the server's write timeout (30s)"},
 		{"resource server serving itself", func(_ *Config, cl *ClientConfig) { cl.ResourceServer, cl.Serves = true, []string{"app"} }, ""},
 		{"resource server serving an unknown app", func(_ *Config, cl *ClientConfig) { cl.ResourceServer, cl.Serves = true, []string{"app", "nope"} },
 			`clients[0].serves[1]: "nope" is not a configured client_id`},
