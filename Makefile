@@ -26,7 +26,7 @@ test-go: ## Run the Go tests with the race detector (PostgreSQL: a throwaway ser
 
 .PHONY: test-postgres
 test-postgres: ## Run only the tests that need PostgreSQL, failing if it is unavailable.
-	IDLEGUARD_REQUIRE_POSTGRES=1 $(GO) test -race -count=1 -run 'Postgres|Commands|KeysRotate|Migrate|Database|Killed|MissingServer' ./migrations ./session/... ./cmd/idleguard
+	IDLEGUARD_REQUIRE_POSTGRES=1 $(GO) test -race -count=1 -run 'Postgres|Commands|KeysRotate|Migrate|Database|Killed|MissingServer|StopsAndStarts' ./migrations ./session/... ./cmd/idleguard
 
 .PHONY: test-browser
 test-browser: ## Run the browser tests (Playwright driving /usr/bin/chromium).
@@ -46,8 +46,13 @@ fmt: ## Format the Go code.
 	gofmt -w $$(git ls-files '*.go')
 
 .PHONY: bench
-bench: ## Short benchmarks and a 10s load run (BENCHTIME=3s to lengthen; figures and long runs in README).
+bench: ## Benchmarks, a 10s load run, and PostgreSQL against SQLite (2 replicas, 100k ends, 1M no-op sweep; about 10 min; figures in README).
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(or $(BENCHTIME),1s) ./session ./oidc
 	$(GO) test -run '^$$' -bench 'SweepNothingDue' -benchmem -benchtime 1000x ./activity
 	$(GO) test -run '^$$' -bench 'SweepEndIdle/10k' -benchtime 1x ./activity
 	$(GO) run ./cmd/idleguard-load -duration 10s
+	$(GO) test -run '^$$' -bench 'PostgresSweepNothingDue/1M' -benchtime 2000x -timeout 20m ./activity
+	$(GO) test -run '^$$' -bench 'PostgresSweepEndIdle/100k' -benchtime 1x -timeout 20m ./activity
+	$(GO) run ./cmd/idleguard-load -database postgres -replicas 2 -compare-sqlite -mix introspect=100 -concurrency 8 -duration 10s
+	$(GO) run ./cmd/idleguard-load -database postgres -replicas 2 -compare-sqlite -mix heartbeat=100 -duration 10s
+	$(GO) run ./cmd/idleguard-load -database postgres -replicas 2 -duration 10s

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/idleguard/idleguard/session"
@@ -149,8 +150,11 @@ func (t *Tracker) merge(e *entry, auth *session.AuthSession, apps []*session.App
 	if e.auth.Live() && !auth.Live() {
 		e.auth.EndedAt, e.auth.EndReason, e.auth.EndedBy, e.auth.IdleLimit = auth.EndedAt, auth.EndReason, auth.EndedBy, auth.IdleLimit
 	}
-	if auth.AuthTime.After(e.auth.AuthTime) {
+	switch {
+	case auth.AuthTime.After(e.auth.AuthTime):
 		e.auth.AuthTime, e.auth.AMR = auth.AuthTime, auth.AMR
+	case auth.AuthTime.Equal(e.auth.AuthTime) && len(auth.AMR) > len(e.auth.AMR):
+		e.auth.AMR = auth.AMR // a step-up elsewhere: it only ever adds methods
 	}
 	e.auth.AbsoluteDeadline = minTime(e.auth.AbsoluteDeadline, auth.AbsoluteDeadline)
 	e.auth.LastActiveAt = maxTime(e.auth.LastActiveAt, auth.LastActiveAt)
@@ -185,21 +189,49 @@ func (t *Tracker) Sync(ctx context.Context) (int, error) {
 	defer t.syncMu.Unlock()
 	total := 0
 	for {
-		changes, err := t.store.SessionChanges(ctx, t.cursor, changeBatch)
-		if err != nil {
-			return total, fmt.Errorf("read change feed: %w", err)
-		}
-		if len(changes) == 0 {
-			return total, nil
-		}
-		n, err := t.reloadHeld(ctx, changes)
+		n, more, err := t.syncBatch(ctx)
 		total += n
-		if err != nil {
+		if err != nil || !more {
 			return total, err
 		}
-		t.cursor = changes[len(changes)-1].ID
-		if len(changes) < changeBatch {
-			return total, nil
+	}
+}
+
+// syncBatch applies one batch of the change feed from the cursor on, its
+// reads bounded by StaleAfter (a read that hangs counts as a failure), and
+// records whether it succeeded; more is whether the feed holds more rows.
+// Callers hold syncMu.
+func (t *Tracker) syncBatch(ctx context.Context) (n int, more bool, err error) {
+	started := t.cfg.Now()
+	ctx, cancel := context.WithTimeout(ctx, t.cfg.StaleAfter)
+	defer cancel()
+	defer func() { t.feed.record(started, err) }()
+	changes, err := t.store.SessionChanges(ctx, t.cursor, changeBatch)
+	if err != nil || len(changes) == 0 {
+		return 0, false, fmtErr("read change feed", err)
+	}
+	t.applyRevocations(changes)
+	if n, err = t.reloadHeld(ctx, changes); err != nil {
+		return n, false, err
+	}
+	t.cursor = changes[len(changes)-1].ID
+	return n, len(changes) == changeBatch, nil
+}
+
+// fmtErr wraps err with context, or returns nil.
+func fmtErr(context string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", context, err)
+}
+
+// applyRevocations passes the access tokens revoked at other replicas to
+// OnRevoke.
+func (t *Tracker) applyRevocations(changes []session.Change) {
+	for _, c := range changes {
+		if c.TokenID != "" && t.cfg.OnRevoke != nil {
+			t.cfg.OnRevoke(c.TokenID)
 		}
 	}
 }
@@ -210,7 +242,7 @@ func (t *Tracker) reloadHeld(ctx context.Context, changes []session.Change) (int
 	seen := make(map[string]bool, len(changes))
 	var held []string
 	for _, c := range changes {
-		if seen[c.SID] {
+		if c.SID == "" || seen[c.SID] {
 			continue
 		}
 		seen[c.SID] = true
@@ -235,11 +267,44 @@ func (t *Tracker) reloadHeld(ctx context.Context, changes []session.Change) (int
 	return len(auths), nil
 }
 
+// feedHealth remembers whether this replica keeps up with the change feed.
+type feedHealth struct {
+	lastRead atomic.Int64 // unix nanoseconds when the last successful read began
+	failing  atomic.Bool  // the last read failed
+}
+
+func (f *feedHealth) record(started time.Time, err error) {
+	if err != nil {
+		f.failing.Store(true)
+		return
+	}
+	f.lastRead.Store(started.UnixNano())
+	f.failing.Store(false)
+}
+
+// vouch returns ErrUnavailable when, with several replicas, reads of the
+// change feed have failed for longer than StaleAfter since the last one
+// that succeeded: an end at another replica may have passed this one by,
+// so it answers for no session (fail closed) until a read succeeds. A
+// replica whose feed works, or that has not been synced yet, vouches.
+// It costs two atomic loads: it guards every credential check.
+func (t *Tracker) vouch(now time.Time) error {
+	if !t.replicated() || !t.feed.failing.Load() {
+		return nil
+	}
+	if now.Sub(time.Unix(0, t.feed.lastRead.Load())) > t.cfg.StaleAfter {
+		return ErrUnavailable
+	}
+	return nil
+}
+
 // startSync reads where the change feed ends, so that a replica starting
 // now applies only what comes after (what came before is in the store it
 // loads sessions from), and starts the sync loop.
 func (t *Tracker) startSync(ctx context.Context) {
+	started := t.cfg.Now()
 	last, err := t.store.LastSessionChange(ctx)
+	t.feed.record(started, err)
 	if err != nil {
 		t.cfg.Logger.ErrorContext(ctx, "read change feed", "error", err)
 	}

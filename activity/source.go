@@ -16,6 +16,10 @@ const (
 	Introspection
 	Userinfo
 	Refresh
+	// API is a call to an API through a gateway that asks the provider
+	// (GET /forward-auth), or reported afterwards by an API that validates
+	// tokens itself (POST /activity/batch): the person used the app.
+	API
 )
 
 var sourceNames = []struct {
@@ -23,7 +27,7 @@ var sourceNames = []struct {
 	name string
 }{
 	{Login, "login"}, {SSO, "sso"}, {Heartbeat, "heartbeat"},
-	{Introspection, "introspection"}, {Userinfo, "userinfo"}, {Refresh, "refresh"},
+	{Introspection, "introspection"}, {Userinfo, "userinfo"}, {Refresh, "refresh"}, {API, "api"},
 }
 
 func (s Source) String() string {
@@ -39,7 +43,7 @@ func (s Source) String() string {
 // DefaultSources is what a client counts when its config has no activity
 // list: everything but refresh, because SPA libraries refresh on a timer
 // whether or not anyone is there.
-const DefaultSources = Login | SSO | Heartbeat | Introspection | Userinfo
+const DefaultSources = Login | SSO | Heartbeat | Introspection | Userinfo | API
 
 // ParseSources reads a client's `activity:` list. Login is always on.
 func ParseSources(names []string) (Source, error) {
@@ -53,8 +57,17 @@ func ParseSources(names []string) (Source, error) {
 			}
 		}
 		if !found {
-			return 0, fmt.Errorf("unknown activity source %q (want login, sso, heartbeat, introspection, userinfo or refresh)", name)
+			return 0, fmt.Errorf("unknown activity source %q (want %s)", name, knownSources())
 		}
 	}
 	return set, nil
+}
+
+// knownSources lists the source names for an error message: "a, b or c".
+func knownSources() string {
+	names := make([]string, len(sourceNames))
+	for i, n := range sourceNames {
+		names[i] = n.name
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
 }

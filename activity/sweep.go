@@ -78,8 +78,11 @@ func (t *Tracker) Close(ctx context.Context) error {
 // generation changed, or that the sweeper flagged (all of them when force).
 // It also evicts clean sessions unused for evictAfter.
 func (t *Tracker) Flush(ctx context.Context, force bool) error {
-	t.writeMu.Lock()
-	defer t.writeMu.Unlock()
+	unlock, err := t.lockWrites(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	now := t.cfg.Now()
 	var batch []pending
 	for i := range t.shards {
@@ -102,8 +105,11 @@ func (t *Tracker) Flush(ctx context.Context, force bool) error {
 
 // flushSession writes one session's unwritten activity now.
 func (t *Tracker) flushSession(ctx context.Context, sid string) error {
-	t.writeMu.Lock()
-	defer t.writeMu.Unlock()
+	unlock, err := t.lockWrites(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	sh := t.shard(sid)
 	sh.mu.Lock()
 	e, ok := sh.m[sid]
@@ -211,8 +217,10 @@ func (e *entry) hasLiveApp() bool {
 // turn out to be alive.
 //
 // With several replicas only the holder of the sweeper lease sweeps, it
-// judges each candidate after re-reading it from the store, and each end is
-// conditional on the stored deadline still being due (session.End.IfDue).
+// renews the lease before every batch after the first (a sweep of many
+// batches may outlast one lease time), it judges each candidate after
+// re-reading it from the store, and each end is conditional on the stored
+// deadline still being due (session.End.IfDue).
 func (t *Tracker) Sweep(ctx context.Context) (int, error) {
 	if ok, err := t.holdsSweeperLease(ctx); !ok || err != nil {
 		return 0, err
@@ -223,6 +231,14 @@ func (t *Tracker) Sweep(ctx context.Context) (int, error) {
 	total := 0
 	for {
 		now := t.cfg.Now()
+		if total > 0 {
+			// A long sweep renews its lease before each further batch, so that
+			// no other replica takes it over while this one still ends sessions;
+			// one that lost it stops.
+			if ok, err := t.holdsSweeperLease(ctx); !ok || err != nil {
+				return total, err
+			}
+		}
 		auth, err := t.store.DueAuthSessions(ctx, now, sweepBatch)
 		if err != nil {
 			return total, err
@@ -309,9 +325,10 @@ func endedSession(e session.End) string {
 // authentication session (idle_timeout or max_lifetime) and application
 // sessions with deadlines of their own (app_idle_timeout, or an exempt app's
 // own idle_timeout / max_lifetime). A candidate still alive is flagged for
-// flushing.
+// flushing. The sweep has just preloaded the candidates (with several
+// replicas, re-read them), so memory is as fresh as the store.
 func (t *Tracker) planExpiry(ctx context.Context, sid string, now time.Time) ([]session.End, int, error) {
-	sh, e, err := t.get(ctx, sid)
+	sh, e, err := t.load(ctx, sid)
 	if err != nil {
 		return nil, 0, err
 	}

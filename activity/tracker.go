@@ -27,6 +27,11 @@ var (
 	ErrRefreshReuse = errors.New("refresh token reuse")
 	// ErrStaleRefresh means a concurrent refresh already rotated the token.
 	ErrStaleRefresh = errors.New("refresh token already rotated")
+	// ErrUnavailable means that, with several replicas, this replica has not
+	// read the change feed for longer than StaleAfter: an end at another
+	// replica may have passed it by, so it vouches for no session (fail
+	// closed) until a read succeeds again.
+	ErrUnavailable = errors.New("session state unavailable: the change feed could not be read")
 )
 
 // SessionOverError is returned when a credential's session is over, with
@@ -70,6 +75,7 @@ type ClientPolicy struct {
 type Store interface {
 	CreateAuthSession(ctx context.Context, a *session.AuthSession) error
 	Reauthenticate(ctx context.Context, a *session.AuthSession) error
+	RaiseAssurance(ctx context.Context, a *session.AuthSession, at time.Time, detail string) error
 	AuthSession(ctx context.Context, id string) (*session.AuthSession, []*session.AppSession, error)
 	AuthSessions(ctx context.Context, ids []string) ([]*session.AuthSession, map[string][]*session.AppSession, error)
 	JoinApp(ctx context.Context, app *session.AppSession, auth session.ActivityUpdate, userID string) error
@@ -103,8 +109,12 @@ type Config struct {
 	Clients []string
 	// OnEnd is called (without locks held) after ends were committed, for
 	// example to wake the back-channel delivery worker.
-	OnEnd  func()
-	Logger *slog.Logger
+	OnEnd func()
+	// OnRevoke is called, with several replicas, for every access token id
+	// that the change feed says was revoked (at any replica, this one
+	// included), so that the provider refuses it from memory.
+	OnRevoke func(tokenID string)
+	Logger   *slog.Logger
 
 	// Replicas above 1 turns on what several replicas on one database need
 	// (see replica.go): the change feed, a re-read of the store before a
@@ -113,8 +123,13 @@ type Config struct {
 	// replica (the default) none of it runs.
 	Replicas     int
 	SyncInterval time.Duration // how often the change feed is polled; default 250ms
-	LeaseTime    time.Duration // the sweeper lease; default 3 x SweepInterval
-	ReplicaID    string        // this replica's name as a lease holder; default random
+	// StaleAfter is how long a replica whose reads of the change feed fail
+	// goes on vouching for sessions after its last successful read; then
+	// every credential check answers ErrUnavailable. A read that hangs is
+	// abandoned after StaleAfter too. Default 4 x SyncInterval (1s).
+	StaleAfter time.Duration
+	LeaseTime  time.Duration // the sweeper lease; default 3 x SweepInterval
+	ReplicaID  string        // this replica's name as a lease holder; default random
 }
 
 // Tracker is the in-memory, authoritative view of session activity, backed by
@@ -137,13 +152,16 @@ type Tracker struct {
 	// (Join, Reauthenticate, Flush): each takes its snapshot under it, so a
 	// write computed from an older snapshot can never land after a newer one
 	// and leave a stored deadline later than the true one.
-	writeMu sync.Mutex
+	// It is a channel of one slot so that a request can give up waiting for
+	// it when its context ends (lockWrites).
+	writeMu chan struct{}
 
 	stats stats
 
 	syncMu    sync.Mutex // one Sync at a time
 	cursor    int64      // last change feed row applied; under syncMu
-	lastPurge time.Time  // of the change feed; under the sweep loop
+	feed      feedHealth
+	lastPurge time.Time // of the change feed; under the sweep loop
 
 	closeOnce sync.Once
 	stop      chan struct{}
@@ -171,6 +189,18 @@ type appState struct {
 	persistedChains map[string]uint64
 }
 
+// lockWrites takes writeMu, or gives up with ctx's error when ctx ends
+// first: a request never waits for a write of the background loops (a
+// flush stuck on a database that does not answer) beyond its deadline.
+func (t *Tracker) lockWrites(ctx context.Context) (unlock func(), err error) {
+	select {
+	case t.writeMu <- struct{}{}:
+		return func() { <-t.writeMu }, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("wait for the writer: %w", context.Cause(ctx))
+	}
+}
+
 // New returns a tracker. Call Run to start the flush and sweep loops.
 func New(cfg Config, store Store) *Tracker {
 	if cfg.Now == nil {
@@ -191,13 +221,16 @@ func New(cfg Config, store Store) *Tracker {
 	if cfg.SyncInterval <= 0 {
 		cfg.SyncInterval = DefaultSyncInterval
 	}
+	if cfg.StaleAfter <= 0 {
+		cfg.StaleAfter = 4 * cfg.SyncInterval
+	}
 	if cfg.LeaseTime <= 0 {
 		cfg.LeaseTime = 3 * cfg.SweepInterval
 	}
 	if cfg.ReplicaID == "" {
 		cfg.ReplicaID = session.NewID()
 	}
-	t := &Tracker{cfg: cfg, store: store, seed: maphash.MakeSeed(), stop: make(chan struct{})}
+	t := &Tracker{cfg: cfg, store: store, seed: maphash.MakeSeed(), stop: make(chan struct{}), writeMu: make(chan struct{}, 1)}
 	for i := range t.shards {
 		t.shards[i].m = make(map[string]*entry)
 	}
@@ -359,27 +392,30 @@ func (t *Tracker) loadedApp(a *session.AppSession) *appState {
 	return &appState{AppSession: *a, policy: pol, persistedLast: a.LastActiveAt, persistedChains: maps.Clone(a.RefreshChains)}
 }
 
-// preload loads the sessions among ids that are not in memory, in batches.
+// preload loads the sessions among ids that are not in memory, in one read.
+// With several replicas it re-reads those in memory too and merges what the
+// store knows, so that the sweeper judges every candidate by the store's
+// latest view without a read per session.
 func (t *Tracker) preload(ctx context.Context, ids []string) error {
-	var missing []string
+	var read []string
 	for _, id := range ids {
 		sh := t.shard(id)
 		sh.mu.Lock()
 		_, ok := sh.m[id]
 		sh.mu.Unlock()
-		if !ok {
-			missing = append(missing, id)
+		if !ok || t.replicated() {
+			read = append(read, id)
 		}
 	}
-	if len(missing) == 0 {
+	if len(read) == 0 {
 		return nil
 	}
-	auths, apps, err := t.store.AuthSessions(ctx, missing)
+	auths, apps, err := t.store.AuthSessions(ctx, read)
 	if err != nil {
 		return err
 	}
 	for _, a := range auths {
-		t.install(a, apps[a.ID])
+		t.mergeLoaded(a, apps[a.ID])
 	}
 	return nil
 }
@@ -458,6 +494,9 @@ func (t *Tracker) status(e *entry, a *appState, now time.Time) Status {
 // Session returns the status of an authentication session without counting
 // as activity.
 func (t *Tracker) Session(ctx context.Context, sid string) (Status, error) {
+	if err := t.vouch(t.cfg.Now()); err != nil {
+		return Status{}, err
+	}
 	sh, e, err := t.get(ctx, sid)
 	if err != nil {
 		return Status{}, err
@@ -496,6 +535,18 @@ func (t *Tracker) Check(ctx context.Context, appSessionID string) (Status, error
 // activity written at other replicas: they lag the truth by at most the
 // flush slack, and never run ahead of it.
 func (t *Tracker) Touch(ctx context.Context, appSessionID string, src Source, at time.Time) (Status, error) {
+	return t.TouchFor(ctx, appSessionID, src, at, nil)
+}
+
+// TouchFor is Touch for a credential that only some clients' tokens may
+// use: an API behind a gateway, a resource server reporting for the apps
+// it serves. Activity is recorded only when accept (nil: any) takes the
+// application session's client; otherwise the status is returned with
+// nothing recorded, and the caller refuses the credential.
+func (t *Tracker) TouchFor(ctx context.Context, appSessionID string, src Source, at time.Time, accept func(clientID string) bool) (Status, error) {
+	if err := t.vouch(t.cfg.Now()); err != nil {
+		return Status{}, err
+	}
 	if src == 0 {
 		if err := t.reloadHeldOne(ctx, SessionID(appSessionID)); err != nil {
 			return Status{}, err
@@ -513,7 +564,7 @@ func (t *Tracker) Touch(ctx context.Context, appSessionID string, src Source, at
 		sh.mu.Unlock()
 		return Status{}, fmt.Errorf("app session %s: %w", appSessionID, session.ErrNotFound)
 	}
-	if src != 0 && a.policy.Sources&src != 0 && t.appValid(e, a, now) {
+	if src != 0 && a.policy.Sources&src != 0 && (accept == nil || accept(a.ClientID)) && t.appValid(e, a, now) {
 		t.record(e, a, !a.policy.Exempt, src, at, now)
 	}
 	st, urgent := t.status(e, a, now), t.behindNearDeadline(e, now)
@@ -563,6 +614,9 @@ func (t *Tracker) record(e *entry, a *appState, shared bool, src Source, at, now
 // behalf of a client, typically sso (an authorize request answered from the
 // existing session). It reports whether the session is valid.
 func (t *Tracker) TouchSession(ctx context.Context, sid, clientID string, src Source) (Status, error) {
+	if err := t.vouch(t.cfg.Now()); err != nil {
+		return Status{}, err
+	}
 	sh, e, err := t.get(ctx, sid)
 	if err != nil {
 		return Status{}, err
@@ -637,8 +691,11 @@ func (t *Tracker) lockValid(ctx context.Context, sid string) (*shard, *entry, ti
 // Reauthenticate records a fresh sign-in into a valid session (prompt=login,
 // max_age): it counts as login activity and sets a new auth_time.
 func (t *Tracker) Reauthenticate(ctx context.Context, sid string, amr []string) (Status, error) {
-	t.writeMu.Lock()
-	defer t.writeMu.Unlock()
+	unlock, err := t.lockWrites(ctx)
+	if err != nil {
+		return Status{}, err
+	}
+	defer unlock()
 	sh, e, now, err := t.lockValid(ctx, sid)
 	if err != nil {
 		return Status{}, err
@@ -658,13 +715,40 @@ func (t *Tracker) Reauthenticate(ctx context.Context, sid string, amr []string) 
 	return t.status(e, nil, now), nil
 }
 
+// RaiseAssurance records a step-up of a valid session: a second factor
+// presented inside it, so that its amr becomes amr (a superset of the one
+// it had). auth_time stays that of the sign-in, so max_age still counts
+// from the password. Written through with a change feed row, so that every
+// replica sees the raised assurance within one sync interval.
+func (t *Tracker) RaiseAssurance(ctx context.Context, sid string, amr []string, detail string) (Status, error) {
+	sh, e, now, err := t.lockValid(ctx, sid)
+	if err != nil {
+		return Status{}, err
+	}
+	upd := e.auth
+	upd.AMR = slices.Clone(amr)
+	sh.mu.Unlock()
+	if err := t.store.RaiseAssurance(ctx, &upd, now, detail); err != nil {
+		return Status{}, fmt.Errorf("raise assurance of %s: %w", sid, err)
+	}
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if len(upd.AMR) > len(e.auth.AMR) {
+		e.auth.AMR = upd.AMR
+	}
+	return t.status(e, nil, now), nil
+}
+
 // Join returns the live application session of clientID in session sid,
 // creating it if the client has none (the provider is about to issue it a
 // code or tokens). Joining a stricter app tightens the effective limit at
 // once, and that is written through.
 func (t *Tracker) Join(ctx context.Context, sid, clientID string, scopes []string) (Status, error) {
-	t.writeMu.Lock()
-	defer t.writeMu.Unlock()
+	unlock, err := t.lockWrites(ctx)
+	if err != nil {
+		return Status{}, err
+	}
+	defer unlock()
 	for attempt := 0; attempt < 3; attempt++ {
 		sh, e, now, err := t.lockValid(ctx, sid)
 		if err != nil {
@@ -779,6 +863,9 @@ func (t *Tracker) NewRefreshChain(ctx context.Context, appSessionID string) (str
 // returned. A newer one can only exist if a crash lost the flush of its
 // rotation (tokens are MAC-protected), and is accepted.
 func (t *Tracker) CheckRefresh(ctx context.Context, appSessionID, chain string, gen uint64) (Status, error) {
+	if err := t.vouch(t.cfg.Now()); err != nil {
+		return Status{}, err
+	}
 	sh, e, err := t.getApp(ctx, appSessionID)
 	if err != nil {
 		return Status{}, err
@@ -819,6 +906,9 @@ func (t *Tracker) CheckRefresh(ctx context.Context, appSessionID, chain string, 
 // with the next activity flush; with several it is written at once by a
 // compare-and-swap, so that of two replicas exactly one rotates.
 func (t *Tracker) RotateRefresh(ctx context.Context, appSessionID, chain string, gen uint64) (Status, uint64, error) {
+	if err := t.vouch(t.cfg.Now()); err != nil {
+		return Status{}, 0, err
+	}
 	sh, e, err := t.getApp(ctx, appSessionID)
 	if err != nil {
 		return Status{}, 0, err

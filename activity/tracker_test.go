@@ -167,3 +167,41 @@ func TestStricterConfigurationTightensStoredDeadlines(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 2, n)
 }
+
+// TestTouchForRecordsOnlyForAcceptedClients pins TouchFor: a use of a
+// credential that only some clients' tokens may make (a gateway check for
+// another app's API) is answered with the status and records nothing; the
+// same use by an accepted client is activity. The status says whose the
+// credential is either way, so that the caller can refuse it.
+func TestTouchForRecordsOnlyForAcceptedClients(t *testing.T) {
+	c := &clock{t: time.Now().Truncate(time.Second)}
+	tr, _ := newTracker(t, filepath.Join(t.TempDir(), "a.db"), c)
+	st, err := tr.Start(t.Context(), "u1", []string{"pwd"})
+	require.NoError(t, err)
+	app, err := tr.Join(t.Context(), st.SID, "mail", []string{"openid"})
+	require.NoError(t, err)
+	onlyVideo := func(id string) bool { return id == "video" }
+	onlyMail := func(id string) bool { return id == "mail" }
+
+	c.Advance(9 * time.Minute)
+	got, err := tr.TouchFor(t.Context(), app.AppSessionID, API, time.Time{}, onlyVideo)
+	require.NoError(t, err)
+	require.Equal(t, "mail", got.ClientID)
+	require.Equal(t, time.Minute, got.Deadline.Sub(got.Now), "refused: nothing recorded")
+	require.Zero(t, tr.Stats().Activity["api"])
+
+	got, err = tr.TouchFor(t.Context(), app.AppSessionID, API, time.Time{}, onlyMail)
+	require.NoError(t, err)
+	require.Equal(t, 10*time.Minute, got.Deadline.Sub(got.Now), "accepted: api activity")
+	require.EqualValues(t, 1, tr.Stats().Activity["api"])
+}
+
+func TestParseSourcesKnowsAPI(t *testing.T) {
+	set, err := ParseSources([]string{"api"})
+	require.NoError(t, err)
+	require.Equal(t, Login|API, set)
+	require.NotZero(t, DefaultSources&API, "api is on by default")
+	require.Zero(t, DefaultSources&Refresh)
+	_, err = ParseSources([]string{"clicks"})
+	require.ErrorContains(t, err, "want login, sso, heartbeat, introspection, userinfo, refresh or api")
+}

@@ -42,7 +42,15 @@ type authRequest struct {
 	SID      string    `json:"sid,omitempty"`
 	AuthTime time.Time `json:"auth_time,omitzero"`
 	AMR      []string  `json:"amr,omitempty"`
+	ACR      string    `json:"acr,omitempty"`
 	IsDone   bool      `json:"done,omitempty"`
+	// WantACR is the assurance the app asked for (acr_values, or an
+	// essential acr claim): the weakest acr it named that the provider
+	// knows, or "".
+	WantACR string `json:"want_acr,omitempty"`
+	// Pending is set while the person has proved some factors but the
+	// request needs more (see mfa.go).
+	Pending *pendingFactor `json:"pending,omitempty"`
 	// Set when the code is issued: the application session it joins.
 	AppSessionID string `json:"app_session_id,omitempty"`
 }
@@ -50,7 +58,7 @@ type authRequest struct {
 var _ op.AuthRequest = (*authRequest)(nil)
 
 func (a *authRequest) GetID() string                          { return a.ID }
-func (a *authRequest) GetACR() string                         { return "" }
+func (a *authRequest) GetACR() string                         { return a.ACR }
 func (a *authRequest) GetAMR() []string                       { return a.AMR }
 func (a *authRequest) GetAudience() []string                  { return []string{a.ClientID} }
 func (a *authRequest) GetAuthTime() time.Time                 { return a.AuthTime }
@@ -157,7 +165,7 @@ var knownPrompts = []string{zoidc.PromptNone, zoidc.PromptLogin, zoidc.PromptCon
 
 // newAuthRequest validates and stores an authorization request bound to the
 // browser whose token hashes to browser.
-func (p *Provider) newAuthRequest(ctx context.Context, req *zoidc.AuthRequest, browser string) (*authRequest, error) {
+func (p *Provider) newAuthRequest(ctx context.Context, req *zoidc.AuthRequest, claims, browser string) (*authRequest, error) {
 	c, ok := p.clients[req.ClientID]
 	if !ok {
 		return nil, zoidc.ErrInvalidClient()
@@ -165,10 +173,14 @@ func (p *Provider) newAuthRequest(ctx context.Context, req *zoidc.AuthRequest, b
 	if err := validateAuthRequest(c, req); err != nil {
 		return nil, err
 	}
+	want, err := wantedACR(req.ACRValues, claims)
+	if err != nil {
+		return nil, err
+	}
 	a := &authRequest{
 		ID: session.NewID(), CreatedAt: p.now(), ClientID: req.ClientID, RedirectURI: req.RedirectURI,
 		State: req.State, Nonce: req.Nonce, Scopes: c.CodeScopes(dedupe(req.Scopes)), ResponseType: req.ResponseType,
-		ResponseMode: req.ResponseMode, MaxAge: req.MaxAge, LoginHint: req.LoginHint, Browser: browser,
+		ResponseMode: req.ResponseMode, MaxAge: req.MaxAge, LoginHint: req.LoginHint, Browser: browser, WantACR: want,
 		Prompt: dedupe(slices.DeleteFunc(slices.Clone(req.Prompt), func(v string) bool { return !slices.Contains(knownPrompts, v) })),
 	}
 	if req.CodeChallenge != "" {

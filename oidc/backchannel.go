@@ -191,7 +191,7 @@ type queue[T any] interface {
 }
 
 func newDispatcher[T any](p *Provider, q queue[T]) *dispatcher[T] {
-	return &dispatcher[T]{p: p, q: q, worker: session.NewID(), freed: make(chan struct{}), dests: map[string]*destination{}}
+	return &dispatcher[T]{p: p, q: q, worker: p.cfg.Session.ReplicaID, freed: make(chan struct{}), dests: map[string]*destination{}}
 }
 
 // logoutQueue is the back-channel logout outbox.

@@ -33,13 +33,33 @@ type Client struct {
 	// Scopes are the scopes the client may be granted; empty means
 	// DefaultScopes. See CodeScopes and ServiceScopes.
 	Scopes []string
-	// ResourceServer marks a client that serves APIs (resource_server):
-	// it may manage Shared Signals streams and report batched activity.
-	ResourceServer bool
-	// Serves are the ids of the apps whose APIs this resource server
-	// serves (default: its own id).
-	Serves []string
 	Policy activity.ClientPolicy
+	// ResourceServer marks a client that stands for APIs rather than an
+	// app people sign in to: it may report activity in batches (POST
+	// /activity/batch) for the apps it serves.
+	ResourceServer bool
+	// Serves are the ids of the apps whose tokens its APIs accept; empty
+	// means the client's own id. See ServesApp.
+	Serves []string
+	// RequireMFA: signing in to this app, or arriving by SSO, needs a
+	// second factor in the session (acr mfa or better).
+	RequireMFA bool
+	// RequirePhishingResistant: this app needs a passkey in the session
+	// (acr phr).
+	RequirePhishingResistant bool
+}
+
+// ServesApp reports whether resource server c accepts the tokens of app
+// clientID: one of its Serves, or its own id when it lists none. A client
+// that is not a resource server serves nothing.
+func (c *Client) ServesApp(clientID string) bool {
+	if !c.ResourceServer {
+		return false
+	}
+	if len(c.Serves) == 0 {
+		return clientID == c.ID
+	}
+	return slices.Contains(c.Serves, clientID)
 }
 
 // DefaultScopes are the OpenID Connect scopes the provider issues: openid,

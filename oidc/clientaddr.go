@@ -9,11 +9,17 @@ import (
 
 // clientAddress is the address of the client that sent r. The peer's
 // address is the answer unless the peer is one of the trusted proxies; then
-// the hops its proxies recorded are read from the right (the Forwarded
-// header of RFC 7239 when present, else X-Forwarded-For), and the first hop
+// the hops its proxies recorded are read from the right, and the first hop
 // that is not a trusted proxy is the client. A value that cannot be parsed
 // stops the walk at the proxy that wrote it: an address a client made up
 // is never believed.
+//
+// The hops are read from the Forwarded header of RFC 7239 and from
+// X-Forwarded-For. Most proxies maintain one of the two and pass the other
+// through as the client sent it, so when a request carries both and they
+// name different clients, one of them is the client's own: the peer is the
+// answer then, and a forged header never chooses the address a client is
+// counted under.
 //
 // WARNING: list only proxies that overwrite or append to these headers;
 // trusting a proxy that passes a client's own header through lets anyone
@@ -26,10 +32,22 @@ func clientAddress(r *http.Request, trusted []netip.Prefix) string {
 	if !isTrusted(peer, trusted) {
 		return peer.String()
 	}
-	hops := forwardedFor(r.Header.Values("Forwarded"))
-	if hops == nil {
-		hops = xForwardedFor(r.Header.Values("X-Forwarded-For"))
+	fwd, xff := r.Header.Values("Forwarded"), r.Header.Values("X-Forwarded-For")
+	byFwd := walkHops(peer, forwardedFor(fwd), trusted)
+	byXFF := walkHops(peer, xForwardedFor(xff), trusted)
+	switch {
+	case len(fwd) == 0:
+		return byXFF.String()
+	case len(xff) == 0 || byFwd == byXFF:
+		return byFwd.String()
 	}
+	return peer.String()
+}
+
+// walkHops reads hops from the right, starting at the trusted peer, and
+// returns the first address that is not a trusted proxy (or the last
+// trusted one, when a hop cannot be parsed or none is left).
+func walkHops(peer netip.Addr, hops []string, trusted []netip.Prefix) netip.Addr {
 	cur := peer
 	for i := len(hops) - 1; i >= 0 && isTrusted(cur, trusted); i-- {
 		next := peerAddr(hops[i])
@@ -38,7 +56,7 @@ func clientAddress(r *http.Request, trusted []netip.Prefix) string {
 		}
 		cur = next
 	}
-	return cur.String()
+	return cur
 }
 
 func isTrusted(a netip.Addr, trusted []netip.Prefix) bool {

@@ -53,6 +53,34 @@ func (c *BackchannelConfig) setDefaults() {
 	}
 }
 
+// MFAMode is login.mfa: when a second factor is asked.
+type MFAMode string
+
+// The login.mfa modes.
+const (
+	// MFAWhenRequired (the default) asks a second factor only when an app
+	// requires it (require_mfa, require_phishing_resistant) or asks for it
+	// (acr_values, an essential acr claim), by step-up inside the session.
+	MFAWhenRequired MFAMode = "when_required"
+	// MFAAlways also asks a person who has a factor for it at every sign-in.
+	MFAAlways MFAMode = "always"
+	// MFARequired also makes a person without a factor enroll one at the
+	// next sign-in, before reaching any app.
+	MFARequired MFAMode = "required"
+)
+
+// MFAModes are the login.mfa values.
+var MFAModes = []MFAMode{MFAWhenRequired, MFAAlways, MFARequired}
+
+// MFAConfig configures second factors.
+type MFAConfig struct {
+	Mode MFAMode
+	// SecretKey (keys.secret_key, 32 bytes) seals TOTP secrets and keys
+	// the hashes of recovery codes, so that a copy of the database alone
+	// does not reveal them. Empty: secrets are stored as they are.
+	SecretKey []byte
+}
+
 // LoginConfig tunes the defence against password guessing (the same rule
 // for every store backend).
 type LoginConfig = session.LoginPolicy

@@ -66,7 +66,8 @@ func TestDiscoveryAdvertisesExactlyWhatWorks(t *testing.T) {
 		"subject_types_supported":                       []string{"public"},
 		"request_parameter_supported":                   false,
 		"request_uri_parameter_supported":               false,
-		"claims_parameter_supported":                    false,
+		"claims_parameter_supported":                    true, // an essential acr claim is honoured (issue 11)
+		"acr_values_supported":                          []string{"pwd", "mfa", "phr"},
 		"frontchannel_logout_supported":                 true,
 		"frontchannel_logout_session_supported":         true,
 		"backchannel_logout_supported":                  true,

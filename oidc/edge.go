@@ -11,12 +11,27 @@ import (
 	"net/url"
 	"runtime/debug"
 	"strings"
+	"time"
 
 	zoidc "github.com/zitadel/oidc/v3/pkg/oidc"
+	"github.com/zitadel/oidc/v3/pkg/op"
+
+	"github.com/idleguard/idleguard/activity"
+	"github.com/idleguard/idleguard/session"
 )
 
 // maxBody bounds every request body.
 const maxBody = 64 << 10
+
+// bodyLimit is the bound of a request body to path: maxBody, but for the
+// batched activity of resource servers, which authenticate before it is
+// read.
+func bodyLimit(path string) int64 {
+	if path == "/activity/batch" {
+		return maxBatchBody
+	}
+	return maxBody
+}
 
 // maxAuthorizeQuery bounds an authorization request, query and body
 // together (boundAuthorize); every legitimate one is far smaller, and it is
@@ -38,8 +53,14 @@ func (p *Provider) edge(next http.Handler) http.Handler {
 		h.Set("X-Frame-Options", "DENY")
 		h.Set("Referrer-Policy", "no-referrer")
 		if r.Body != nil {
-			r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+			r.Body = http.MaxBytesReader(w, r.Body, bodyLimit(r.URL.Path))
 		}
+		// No request waits on the database longer than its budget: every
+		// store call takes this context (rule 10 of issue 10).
+		ctx, cancel := context.WithTimeout(ctx, p.requestBudget(r))
+		defer cancel()
+		r = r.WithContext(ctx)
+		w = retryAfter{w}
 		defer func() {
 			if v := recover(); v != nil {
 				if v == http.ErrAbortHandler {
@@ -53,21 +74,95 @@ func (p *Provider) edge(next http.Handler) http.Handler {
 	})
 }
 
+// requestBudget is how long a request may take before its store calls give
+// up: DatabaseTimeout. The login form's POST, whose password check may
+// queue for verifyQueueWait (not the database's wait), gets that much more,
+// and bounds each of its phases of database work by DatabaseTimeout itself
+// (dbBudget).
+func (p *Provider) requestBudget(r *http.Request) time.Duration {
+	if r.Method == http.MethodPost && r.URL.Path == "/login" {
+		return 3*p.cfg.DatabaseTimeout + verifyQueueWait
+	}
+	return p.cfg.DatabaseTimeout
+}
+
+// dbBudget bounds one phase of a request's database work by
+// DatabaseTimeout.
+func (p *Provider) dbBudget(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, p.cfg.DatabaseTimeout)
+}
+
 // serverError logs err, the cause, with the request id and answers 500
-// without detail. Pages a browser sees turn it into a readable page
+// without detail, or 503 temporarily_unavailable when the database could not
+// be reached in time. Pages a browser sees turn it into a readable page
 // (browserPage).
 func (p *Provider) serverError(w http.ResponseWriter, r *http.Request, err error) {
+	if unavailable(err) {
+		p.logUnavailable(r.Context(), err)
+		writeJSON(w, http.StatusServiceUnavailable, temporarilyUnavailable(r.Context()))
+		return
+	}
 	p.internalError(w, r, http.StatusInternalServerError, err)
 }
+
+// retryAfterSeconds is what a 503 tells a client to wait before it tries
+// again.
+const retryAfterSeconds = "5"
+
+// unavailable reports whether err means that the state a request needs
+// could not be had: the database did not answer in time or could not be
+// reached, or (several replicas) this replica cannot vouch for sessions.
+func unavailable(err error) bool {
+	return errors.Is(err, activity.ErrUnavailable) || session.IsUnavailable(err)
+}
+
+func (p *Provider) logUnavailable(ctx context.Context, err error) {
+	p.cfg.Logger.ErrorContext(ctx, "unavailable", slog.Any("error", err))
+}
+
+// temporarilyUnavailable is the OAuth error of a request that could not be
+// served for want of the database (RFC 6749 section 4.1.2.1's
+// temporarily_unavailable), naming the request id.
+func temporarilyUnavailable(ctx context.Context) *zoidc.Error {
+	return &zoidc.Error{ErrorType: "temporarily_unavailable",
+		Description: "the service is temporarily unavailable; try again shortly (request id " + requestID(ctx) + ")"}
+}
+
+// unavailableOr returns, for an error of unavailability, the protocol
+// layer's 503 temporarily_unavailable (which it answers as is, also when
+// it wraps it as the parent of another error), and err otherwise.
+func (p *Provider) unavailableOr(ctx context.Context, err error) error {
+	if err == nil || !unavailable(err) {
+		return err
+	}
+	p.logUnavailable(ctx, err)
+	return op.NewStatusError(temporarilyUnavailable(ctx), http.StatusServiceUnavailable)
+}
+
+// retryAfter adds Retry-After to every 503 that carries none.
+type retryAfter struct{ http.ResponseWriter }
+
+func (w retryAfter) WriteHeader(status int) {
+	if status == http.StatusServiceUnavailable && w.Header().Get("Retry-After") == "" {
+		w.Header().Set("Retry-After", retryAfterSeconds)
+	}
+	w.ResponseWriter.WriteHeader(status)
+}
+
+func (w retryAfter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // hideInternal logs an error that is not an OAuth error (a failed write,
 // say) with its cause, and returns server_error naming only the request id:
 // the protocol layer would otherwise put the internal text in the
-// error_description of the redirect to the application.
+// error_description of the redirect to the application. An error of
+// unavailability becomes temporarily_unavailable (503).
 func (p *Provider) hideInternal(ctx context.Context, err error) error {
 	var oe *zoidc.Error
 	if err == nil || errors.As(err, &oe) {
 		return err
+	}
+	if unavailable(err) {
+		return p.unavailableOr(ctx, err)
 	}
 	p.cfg.Logger.ErrorContext(ctx, "server error", slog.Any("error", err))
 	return zoidc.ErrServerError().WithDescription("internal error, request id %s", requestID(ctx))
@@ -84,6 +179,12 @@ func (p *Provider) browserPage(next http.Handler) http.Handler {
 		}}
 		next.ServeHTTP(rec, r)
 		if !rec.caught {
+			return
+		}
+		if rec.status == http.StatusServiceUnavailable {
+			p.messagePage(w, r, rec.status, "Temporarily unavailable",
+				"The sign-in service cannot complete your request right now. Nothing was changed. Please try again in a moment "+
+					"(reference "+requestID(r.Context())+").")
 			return
 		}
 		if rec.status >= 500 {
@@ -123,11 +224,16 @@ func (p *Provider) hideInternalErrors(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rec := &errorCatcher{ResponseWriter: w, onRedirect: func(h http.Header) { p.hideRedirectedError(r, h) },
 			catch: func(status int, contentType string) bool {
-				return status >= 500 || (status >= 400 && strings.HasPrefix(contentType, "text/plain"))
+				return (status >= 500 && status != http.StatusServiceUnavailable) ||
+					(status >= 400 && strings.HasPrefix(contentType, "text/plain"))
 			}}
 		next.ServeHTTP(rec, r)
 		switch {
 		case !rec.caught:
+		case rec.status >= 500 && errors.Is(r.Context().Err(), context.DeadlineExceeded):
+			// The database did not answer within the request's time.
+			p.logUnavailable(r.Context(), fmt.Errorf("protocol layer: %s", bytes.TrimSpace(rec.body.Bytes())))
+			writeJSON(w, http.StatusServiceUnavailable, temporarilyUnavailable(r.Context()))
 		case rec.status >= 500:
 			p.internalError(w, r, rec.status, fmt.Errorf("protocol layer: %s", bytes.TrimSpace(rec.body.Bytes())))
 		default:

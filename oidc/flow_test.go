@@ -193,7 +193,7 @@ func TestKeyRotationKeepsOldTokensVerifiable(t *testing.T) {
 	e := newEnv(t)
 	mail := e.rp("mail")
 	old := e.browser().login(mail, "alice")
-	_, err := e.p.keys.Rotate(t.Context(), KeyRetention(e.cfg))
+	_, err := e.p.keys.Rotate(t.Context())
 	require.NoError(t, err)
 
 	fresh := e.browser().login(mail, "alice")

@@ -132,6 +132,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	for _, o := range opts {
 		o(&e.cfg)
 	}
+	e.issuer = e.cfg.Issuer
 	e.open()
 	e.addUser("alice")
 	return e
@@ -212,7 +213,9 @@ func (rt recordingTransport) RoundTrip(req *http.Request) (*http.Response, error
 func (e *env) browser() *browser {
 	jar, err := cookiejar.New(nil)
 	require.NoError(e.t, err)
-	issuerHost := e.srv.Listener.Addr().String()
+	issuer, err := url.Parse(e.issuer)
+	require.NoError(e.t, err)
+	issuerHost := issuer.Host
 	b := &browser{t: e.t, e: e}
 	b.client = &http.Client{Jar: jar, Transport: recordingTransport{b}, CheckRedirect: func(req *http.Request, _ []*http.Request) error {
 		if req.URL.Host != issuerHost {

@@ -1,6 +1,7 @@
 package oidc
 
 import (
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -28,24 +29,43 @@ type KeyStore interface {
 // SupportedAlgorithms are the signing algorithms `keys.algorithm` accepts.
 var SupportedAlgorithms = []string{string(jose.RS256), string(jose.ES256), string(jose.EdDSA)}
 
-// Keys holds the provider's signing keys in memory: the newest signs, every
-// unretired one is published in the JWKS so that tokens signed before a
-// rotation still verify.
+// Keys holds the provider's signing keys in memory: the newest one in force
+// signs, every unretired one is published in the JWKS so that tokens signed
+// before a rotation still verify.
+//
+// With several replicas a new key is published before it signs: Rotate
+// dates it PublishDelay ahead, every replica reloads the keys at least that
+// often (housekeeping), so by the time any replica signs with it every
+// replica publishes it and verifies its tokens. A token with a key id this
+// replica does not know makes it re-read the keys (at most once a second),
+// in case its last reload failed.
 type Keys struct {
 	store KeyStore
-	alg   jose.SignatureAlgorithm
-	now   func() time.Time
+	cfg   KeysConfig
 
-	mu      sync.RWMutex
-	current *signingKey
-	public  []op.Key
-	byID    map[string]*jose.JSONWebKey
+	mu         sync.RWMutex
+	keys       []*signingKey // newest first
+	public     []op.Key
+	byID       map[string]*jose.JSONWebKey
+	lastReload time.Time // of a reload for an unknown key id
+}
+
+// KeysConfig configures Keys.
+type KeysConfig struct {
+	Algorithm string // RS256, ES256 or EdDSA
+	Now       func() time.Time
+	// Retention is how long a rotated-out key stays published (KeyRetention).
+	Retention time.Duration
+	// PublishDelay is how long a rotated key is published before it signs
+	// (KeyPublishDelay): 0 with one replica.
+	PublishDelay time.Duration
 }
 
 type signingKey struct {
-	id  string
-	alg jose.SignatureAlgorithm
-	key crypto.Signer
+	id    string
+	alg   jose.SignatureAlgorithm
+	key   crypto.Signer
+	since time.Time // signs from then on
 }
 
 func (k *signingKey) SignatureAlgorithm() jose.SignatureAlgorithm { return k.alg }
@@ -64,27 +84,45 @@ func (k *publicKey) Use() string                        { return "sig" }
 func (k *publicKey) Key() any                           { return k.key }
 
 // LoadKeys reads the stored keys, generating a first key (or a new one when
-// the configured algorithm changed) when needed.
-func LoadKeys(ctx context.Context, store KeyStore, alg string, now func() time.Time) (*Keys, error) {
-	k := &Keys{store: store, alg: jose.SignatureAlgorithm(alg), now: now}
+// the newest stored key has another algorithm than the configured one).
+func LoadKeys(ctx context.Context, store KeyStore, cfg KeysConfig) (*Keys, error) {
+	k := &Keys{store: store, cfg: cfg}
 	if err := k.Reload(ctx); err != nil {
 		return nil, err
 	}
 	k.mu.RLock()
-	need := k.current == nil || k.current.alg != k.alg
+	first, changed := len(k.keys) == 0, len(k.keys) > 0 && k.keys[0].alg != k.alg()
 	k.mu.RUnlock()
-	if need {
-		if _, err := k.Rotate(ctx, 0); err != nil {
+	switch {
+	case first:
+		// Nothing signs yet, so nothing waits for publication; replicas that
+		// start together on a fresh database may each add one, and each
+		// stays published for Retention.
+		now := k.cfg.Now()
+		if _, err := k.add(ctx, now, now.Add(cfg.Retention)); err != nil {
+			return nil, err
+		}
+	case changed:
+		if _, err := k.Rotate(ctx); err != nil {
 			return nil, err
 		}
 	}
 	return k, nil
 }
 
-// Rotate adds a new current key. Older keys stay published for keep (the
-// longest lifetime of a token they may have signed), then leave the JWKS.
-func (k *Keys) Rotate(ctx context.Context, keep time.Duration) (string, error) {
-	priv, err := generateKey(k.alg)
+func (k *Keys) alg() jose.SignatureAlgorithm { return jose.SignatureAlgorithm(k.cfg.Algorithm) }
+
+// Rotate adds a new key that signs from PublishDelay on. The keys before it
+// stay published for Retention after that, the longest lifetime of a token
+// they may have signed, then leave the JWKS.
+func (k *Keys) Rotate(ctx context.Context) (string, error) {
+	since := k.cfg.Now().Add(k.cfg.PublishDelay)
+	return k.add(ctx, since, since.Add(k.cfg.Retention))
+}
+
+// add stores a new key that signs from since, retiring the others at retire.
+func (k *Keys) add(ctx context.Context, since, retire time.Time) (string, error) {
+	priv, err := generateKey(k.alg())
 	if err != nil {
 		return "", err
 	}
@@ -92,9 +130,8 @@ func (k *Keys) Rotate(ctx context.Context, keep time.Duration) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	now := k.now()
-	sk := session.SigningKey{ID: session.NewID(), Algorithm: string(k.alg), PrivateDER: der, CreatedAt: now}
-	if err := k.store.AddSigningKey(ctx, sk, now.Add(keep)); err != nil {
+	sk := session.SigningKey{ID: session.NewID(), Algorithm: string(k.alg()), PrivateDER: der, CreatedAt: since}
+	if err := k.store.AddSigningKey(ctx, sk, retire); err != nil {
 		return "", fmt.Errorf("store signing key: %w", err)
 	}
 	return sk.ID, k.Reload(ctx)
@@ -113,17 +150,17 @@ func generateKey(alg jose.SignatureAlgorithm) (crypto.Signer, error) {
 	return nil, fmt.Errorf("keys.algorithm %q is not supported (want RS256, ES256 or EdDSA)", alg)
 }
 
-// Reload re-reads the keys from the store (after `idleguard keys rotate` in
-// another process, say).
+// Reload re-reads the keys from the store (after a rotation at another
+// replica or by `idleguard keys rotate`, say).
 func (k *Keys) Reload(ctx context.Context) error {
-	stored, err := k.store.SigningKeys(ctx, k.now())
+	stored, err := k.store.SigningKeys(ctx, k.cfg.Now())
 	if err != nil {
 		return fmt.Errorf("load signing keys: %w", err)
 	}
-	var current *signingKey
-	var public []op.Key
+	keys := make([]*signingKey, 0, len(stored))
+	public := make([]op.Key, 0, len(stored))
 	byID := make(map[string]*jose.JSONWebKey, len(stored))
-	for i, s := range stored {
+	for _, s := range stored {
 		parsed, err := x509.ParsePKCS8PrivateKey(s.PrivateDER)
 		if err != nil {
 			return fmt.Errorf("signing key %s: %w", s.ID, err)
@@ -133,26 +170,34 @@ func (k *Keys) Reload(ctx context.Context) error {
 			return fmt.Errorf("signing key %s: not a signer", s.ID)
 		}
 		alg := jose.SignatureAlgorithm(s.Algorithm)
-		if i == 0 {
-			current = &signingKey{id: s.ID, alg: alg, key: signer}
-		}
+		keys = append(keys, &signingKey{id: s.ID, alg: alg, key: signer, since: s.CreatedAt})
 		public = append(public, &publicKey{id: s.ID, alg: alg, key: signer.Public()})
 		byID[s.ID] = &jose.JSONWebKey{Key: signer.Public(), KeyID: s.ID, Algorithm: s.Algorithm, Use: "sig"}
 	}
 	k.mu.Lock()
-	k.current, k.public, k.byID = current, public, byID
+	k.keys, k.public, k.byID = keys, public, byID
 	k.mu.Unlock()
 	return nil
 }
 
-// Signing returns the current signing key.
+// Signing returns the current signing key: the newest in force. Before any
+// is (only a store whose every key waits for publication), the oldest.
 func (k *Keys) Signing() op.SigningKey {
+	now := k.cfg.Now()
 	k.mu.RLock()
 	defer k.mu.RUnlock()
-	return k.current
+	for _, s := range k.keys {
+		if !now.Before(s.since) {
+			return s
+		}
+	}
+	if len(k.keys) == 0 {
+		return nil
+	}
+	return k.keys[len(k.keys)-1]
 }
 
-// Public returns every published key.
+// Public returns every published key, those waiting to sign included.
 func (k *Keys) Public() []op.Key {
 	k.mu.RLock()
 	defer k.mu.RUnlock()
@@ -182,17 +227,66 @@ func (k *Keys) VerifyKey(kid string) (*jose.JSONWebKey, bool) {
 	return j, ok
 }
 
+// verifyKey is VerifyKey that re-reads the keys once when kid is unknown, at
+// most once a second (a key id is the sender's to choose).
+func (k *Keys) verifyKey(ctx context.Context, kid string) (*jose.JSONWebKey, bool) {
+	if key, ok := k.VerifyKey(kid); ok {
+		return key, true
+	}
+	now := k.cfg.Now()
+	k.mu.Lock()
+	due := now.Sub(k.lastReload) >= time.Second
+	if due {
+		k.lastReload = now
+	}
+	k.mu.Unlock()
+	if !due {
+		return nil, false
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second) // a token check never waits long on the database
+	defer cancel()
+	if k.Reload(ctx) != nil {
+		return nil, false
+	}
+	return k.VerifyKey(kid)
+}
+
 // VerifySignature implements oidc.KeySet for zitadel's verifiers, from memory.
-func (k *Keys) VerifySignature(_ context.Context, jws *jose.JSONWebSignature) ([]byte, error) {
+func (k *Keys) VerifySignature(ctx context.Context, jws *jose.JSONWebSignature) ([]byte, error) {
 	if len(jws.Signatures) != 1 {
 		return nil, fmt.Errorf("want exactly one signature")
 	}
 	kid := jws.Signatures[0].Header.KeyID
-	key, ok := k.VerifyKey(kid)
+	key, ok := k.verifyKey(ctx, kid)
 	if !ok {
 		return nil, fmt.Errorf("unknown key id %q", kid)
 	}
 	return jws.Verify(key)
+}
+
+// DefaultHousekeepInterval is how often a provider purges what has expired
+// and reloads its keys, unless Config.HousekeepInterval says otherwise.
+const DefaultHousekeepInterval = 30 * time.Second
+
+// KeyPublishDelay is how long, with several replicas, a rotated key is
+// published before it signs: two housekeeping intervals, by which every
+// replica has reloaded the keys (each does once an interval). With one
+// replica a new key signs at once.
+func KeyPublishDelay(cfg Config) time.Duration {
+	if cfg.Session.Replicas <= 1 {
+		return 0
+	}
+	return 2 * cmp.Or(cfg.HousekeepInterval, DefaultHousekeepInterval)
+}
+
+// KeysConfigOf is the key configuration of a provider configured by cfg.
+func KeysConfigOf(cfg Config) KeysConfig {
+	kc := KeysConfig{Algorithm: cmp.Or(cfg.KeyAlgorithm, string(jose.RS256)), Now: cfg.Now,
+		Retention: KeyRetention(cfg), PublishDelay: KeyPublishDelay(cfg)}
+	if kc.Now == nil {
+		kc.Now = time.Now
+	}
+	return kc
 }
 
 // KeyRetention is how long a rotated-out key stays published: the longest

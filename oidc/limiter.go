@@ -110,6 +110,8 @@ func inFlightLimit(key string) int {
 		return inFlightPerUser
 	case 'd':
 		return inFlightPerDevice
+	case 'm': // second-factor codes of one person
+		return inFlightPerUser
 	}
 	return inFlightPerAddress
 }
@@ -254,24 +256,29 @@ type passwordAttempt struct {
 	device             string        // a device of user that this browser proved, or ""
 }
 
+// formFailure answers a refused sign-in form (the login page, or the
+// account page's confirmation) with status and the view's message.
+type formFailure func(status int, v loginView)
+
 // checkPassword runs one attempt through the limiter. It answers the
-// browser itself unless the password is right, and reports whether it was.
-func (p *Provider) checkPassword(w http.ResponseWriter, r *http.Request, req *authRequest, a *passwordAttempt) bool {
+// browser itself (through fail) unless the password is right, and reports
+// whether it was.
+func (p *Provider) checkPassword(w http.ResponseWriter, r *http.Request, a *passwordAttempt, fail formFailure) bool {
 	ctx := r.Context()
 	keys := p.limiter.keys(a)
 	release, err := p.limiter.enter(ctx, keys)
 	if err != nil {
-		p.loginThrottled(w, r, req, a, time.Second, "Another sign-in to this account is in progress. Try again in a moment.")
+		p.loginThrottled(w, a, time.Second, "Another sign-in to this account is in progress. Try again in a moment.", fail)
 		return false
 	}
 	defer release()
-	attempt, wait, err := p.limiter.store.ReserveLoginAttempt(ctx, keys, p.now(), p.limiter.policy)
+	attempt, wait, err := p.reserveLoginAttempt(ctx, keys)
 	if err != nil {
 		p.serverError(w, r, err)
 		return false
 	}
 	if wait > 0 {
-		p.loginThrottled(w, r, req, a, wait, fmt.Sprintf("Too many failed attempts. Try again in %s.", humanDuration(max(wait.Round(time.Second), time.Second))))
+		p.loginThrottled(w, a, wait, fmt.Sprintf("Too many failed attempts. Try again in %s.", humanDuration(max(wait.Round(time.Second), time.Second))), fail)
 		return false
 	}
 	hash := ""
@@ -280,13 +287,15 @@ func (p *Provider) checkPassword(w http.ResponseWriter, r *http.Request, req *au
 	}
 	right, err := p.limiter.verify(ctx, hash, a.password)
 	if err != nil {
-		p.passwordNotChecked(w, r, req, a, attempt, err)
+		p.passwordNotChecked(w, r, a, attempt, err, fail)
 		return false
 	}
+	ctx, cancel := p.dbBudget(ctx) // the wait for the check was not the database's
+	defer cancel()
 	if !right || a.user == nil {
 		p.counters.loginFailed.Add(1)
 		p.audit(ctx, session.AuditEvent{At: p.now(), Kind: session.AuditLoginFailed, UserID: userID(a.user), Detail: p.loginDetail(ctx, a)})
-		p.showLogin(w, r, http.StatusUnauthorized, req, loginView{Error: "Wrong username or password.", Username: a.username})
+		fail(http.StatusUnauthorized, loginView{Error: "Wrong username or password.", Username: a.username})
 		return false
 	}
 	if err := p.limiter.succeeded(ctx, attempt); err != nil {
@@ -296,9 +305,17 @@ func (p *Provider) checkPassword(w http.ResponseWriter, r *http.Request, req *au
 	return true
 }
 
+// reserveLoginAttempt counts an attempt in the store, within one database
+// budget.
+func (p *Provider) reserveLoginAttempt(ctx context.Context, keys []string) (session.LoginAttempt, time.Duration, error) {
+	ctx, cancel := p.dbBudget(ctx)
+	defer cancel()
+	return p.limiter.store.ReserveLoginAttempt(ctx, keys, p.now(), p.limiter.policy)
+}
+
 // passwordNotChecked gives back an attempt whose password was never checked
 // (the client went away, or the checks were busy).
-func (p *Provider) passwordNotChecked(w http.ResponseWriter, r *http.Request, req *authRequest, a *passwordAttempt, attempt session.LoginAttempt, err error) {
+func (p *Provider) passwordNotChecked(w http.ResponseWriter, r *http.Request, a *passwordAttempt, attempt session.LoginAttempt, err error, fail formFailure) {
 	ctx := r.Context()
 	if rerr := p.limiter.store.RefundLoginAttempt(context.WithoutCancel(ctx), attempt); rerr != nil {
 		p.cfg.Logger.WarnContext(ctx, "login throttle: refund", "error", rerr)
@@ -309,14 +326,14 @@ func (p *Provider) passwordNotChecked(w http.ResponseWriter, r *http.Request, re
 	}
 	p.cfg.Logger.WarnContext(ctx, "login refused: password checks busy", "address", a.address)
 	w.Header().Set("Retry-After", "5")
-	p.showLogin(w, r, http.StatusServiceUnavailable, req, loginView{Username: a.username,
+	fail(http.StatusServiceUnavailable, loginView{Username: a.username,
 		Error: "Too many people are signing in right now. Try again in a few seconds."})
 }
 
-func (p *Provider) loginThrottled(w http.ResponseWriter, r *http.Request, req *authRequest, a *passwordAttempt, wait time.Duration, msg string) {
+func (p *Provider) loginThrottled(w http.ResponseWriter, a *passwordAttempt, wait time.Duration, msg string, fail formFailure) {
 	p.counters.loginSlow.Add(1)
 	w.Header().Set("Retry-After", fmt.Sprint(int(wait.Seconds()+0.999)))
-	p.showLogin(w, r, http.StatusTooManyRequests, req, loginView{Username: a.username, Error: msg})
+	fail(http.StatusTooManyRequests, loginView{Username: a.username, Error: msg})
 }
 
 func userID(u *session.User) string {

@@ -151,7 +151,9 @@ func TestClientAddressBelievesOnlyTrustedProxies(t *testing.T) {
 		{"spoofed left part ignored", "10.1.2.3:5000", "10.9.9.9, 203.0.113.9", "", proxies, "203.0.113.9"},
 		{"garbage stops at the proxy", "10.1.2.3:5000", "not-an-ip", "", proxies, "10.1.2.3"},
 		{"no header", "10.1.2.3:5000", "", "", proxies, "10.1.2.3"},
-		{"forwarded wins", "10.1.2.3:5000", "198.51.100.1", `for=192.0.2.60;proto=http, for="[2001:db8:cafe::17]:4711"`, proxies, "192.0.2.60"},
+		{"forwarded alone", "10.1.2.3:5000", "", `for=192.0.2.60;proto=http, for="[2001:db8:cafe::17]:4711"`, proxies, "192.0.2.60"},
+		{"forwarded and x-forwarded-for agree", "10.1.2.3:5000", "192.0.2.60, 2001:db8:cafe::17", `for=192.0.2.60, for="[2001:db8:cafe::17]:4711"`, proxies, "192.0.2.60"},
+		{"they disagree: one is the client's own", "10.1.2.3:5000", "198.51.100.1", `for=192.0.2.60;proto=http, for="[2001:db8:cafe::17]:4711"`, proxies, "10.1.2.3"},
 		{"forwarded unknown", "10.1.2.3:5000", "", `for=unknown`, proxies, "10.1.2.3"},
 		{"ipv6 peer", "[2001:db8::1]:443", "198.51.100.4", "", proxies, "198.51.100.4"},
 		{"mapped ipv4", "[::ffff:10.1.2.3]:443", "198.51.100.4", "", proxies, "198.51.100.4"},
@@ -324,5 +326,30 @@ func TestSimultaneousRightPasswordsAllSignIn(t *testing.T) {
 	wg.Wait()
 	for i, c := range codes {
 		require.Equal(t, http.StatusFound, c, "sign-in %d of %d: %v", i+1, n, codes)
+	}
+}
+
+// Behind a proxy that appends to X-Forwarded-For (nginx's
+// $proxy_add_x_forwarded_for, most load balancers) and passes a Forwarded
+// header through untouched, a client that sends its own Forwarded header
+// must not choose the address it is counted under.
+func TestForgedForwardedBehindAnXFFProxyDoesNotEscapeTheAddressLimit(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")} }) // MaxFailures 3
+	b := e.browser()
+	guess := func(i int) *http.Response {
+		return postLogin(t, b, b.loginForm(loginPage(t, b, e.rp("mail")), "nobody"+string(rune('a'+i)), "guess"),
+			"X-Forwarded-For", "203.0.113.9", // what the proxy appended: the attacker's address
+			"Forwarded", "for=198.51.100."+string(rune('1'+i))) // what the attacker sent
+	}
+	for i := range 3 {
+		resp := guess(i)
+		require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+		resp.Body.Close()
+	}
+	resp := guess(3)
+	require.Equal(t, http.StatusTooManyRequests, resp.StatusCode, "a forged Forwarded header is not a fresh address")
+	resp.Body.Close()
+	for _, ev := range failedLogins(t, e) {
+		require.NotContains(t, ev.Detail, "address=198.51.100.", "the audit does not name an address the client made up")
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/zitadel/oidc/v3/pkg/op"
 
 	"github.com/idleguard/idleguard/activity"
+	"github.com/idleguard/idleguard/oidc/mfa"
 	"github.com/idleguard/idleguard/session"
 )
 
@@ -83,6 +84,7 @@ func (p *Provider) checkCSRF(r *http.Request) bool {
 
 type loginView struct {
 	Title, Client, Notice, Error, AuthRequestID, CSRF, Username string
+	Passkeys                                                    bool // offer a sign-in with a passkey
 }
 
 type messageView struct {
@@ -173,6 +175,10 @@ func (p *Provider) loginPage(w http.ResponseWriter, r *http.Request) {
 			p.serverError(w, r, err)
 			return
 		case err == nil && st.Active && !p.needsFreshLogin(req, st):
+			if need := p.requiredACR(req); !satisfies(st.AMR, need) {
+				p.stepUp(w, r, req, st, need)
+				return
+			}
 			// prompt=none is how silent renew works (a hidden iframe on a
 			// timer): never activity, or a forgotten tab would stay signed in.
 			if !req.hasPrompt(zoidc.PromptNone) {
@@ -218,7 +224,8 @@ func (p *Provider) showLogin(w http.ResponseWriter, r *http.Request, status int,
 	if u, err := url.Parse(req.RedirectURI); err == nil && u.Scheme != "" && u.Host != "" {
 		formAction += " " + u.Scheme + "://" + u.Host
 	}
-	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; img-src 'self'; form-action "+formAction+
+	v.Passkeys = p.passkeys != nil
+	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; img-src 'self'; script-src 'self'; connect-src 'self'; form-action "+formAction+
 		"; frame-ancestors 'none'; base-uri 'none'")
 	p.render(w, r, status, "login.html", v)
 }
@@ -226,55 +233,73 @@ func (p *Provider) showLogin(w http.ResponseWriter, r *http.Request, status int,
 // loginSubmit checks a username and password through the limiter, and
 // signs the person in.
 func (p *Provider) loginSubmit(w http.ResponseWriter, r *http.Request) {
-	ctx := r.Context()
 	if err := r.ParseForm(); err != nil {
 		p.messagePage(w, r, http.StatusBadRequest, "Bad request", "The form could not be read.")
 		return
 	}
-	id := r.PostFormValue("authRequestID")
-	req, ok := p.browserAuthRequest(w, r, id)
-	if !ok {
+	req, a, ok := p.loginAttempt(w, r)
+	if !ok || !p.checkPassword(w, r, a, func(status int, v loginView) { p.showLogin(w, r, status, req, v) }) {
 		return
+	}
+	ctx, cancel := p.dbBudget(r.Context())
+	defer cancel()
+	r = r.WithContext(ctx)
+	p.rememberDevice(w, a.user)
+	if pending, err := p.secondFactorNeeded(ctx, r, req, a.user.ID); err != nil || pending != nil {
+		if err != nil {
+			p.serverError(w, r, err)
+			return
+		}
+		p.askFactor(w, r, req, pending)
+		return
+	}
+	st, err := p.signIn(ctx, p.sessionCookie(r), a.user.ID, []string{mfa.AMRPassword})
+	if err != nil {
+		p.serverError(w, r, err)
+		return
+	}
+	p.audit(ctx, session.AuditEvent{At: p.now(), Kind: session.AuditLoginSucceeded, UserID: a.user.ID, SID: st.SID, Detail: p.loginDetail(ctx, a)})
+	p.completeLogin(w, r, req, st)
+}
+
+// loginAttempt reads a submitted login form: its authorization request,
+// which must be this browser's, the CSRF token, and the person named.
+func (p *Provider) loginAttempt(w http.ResponseWriter, r *http.Request) (*authRequest, *passwordAttempt, bool) {
+	ctx, cancel := p.dbBudget(r.Context())
+	defer cancel()
+	r = r.WithContext(ctx)
+	req, ok := p.browserAuthRequest(w, r, r.PostFormValue("authRequestID"))
+	if !ok {
+		return nil, nil, false
 	}
 	if !req.sentBy(r) {
 		p.otherBrowser(w, r)
-		return
+		return nil, nil, false
 	}
 	if !p.checkCSRF(r) {
 		p.showLogin(w, r, http.StatusForbidden, req, loginView{Error: "Your sign-in form expired. Please try again."})
-		return
+		return nil, nil, false
 	}
 	a := &passwordAttempt{username: strings.TrimSpace(r.PostFormValue("username")), password: r.PostFormValue("password"),
 		address: requestAddress(ctx)}
 	if a.username == "" || a.password == "" || len(a.username) > 200 || len(a.password) > 1024 {
 		p.showLogin(w, r, http.StatusBadRequest, req, loginView{Error: "Enter your username and password.", Username: a.username})
-		return
+		return nil, nil, false
 	}
 	var err error
 	a.user, err = p.store.UserByUsername(ctx, a.username)
 	if err != nil && !errors.Is(err, session.ErrNotFound) {
 		p.serverError(w, r, err)
-		return
+		return nil, nil, false
 	}
 	a.device = p.knownDevice(r, a.user)
-	if !p.checkPassword(w, r, req, a) {
-		return
-	}
-	st, err := p.signIn(ctx, p.sessionCookie(r), a.user.ID)
-	if err != nil {
-		p.serverError(w, r, err)
-		return
-	}
-	p.rememberDevice(w, a.user)
-	p.audit(ctx, session.AuditEvent{At: p.now(), Kind: session.AuditLoginSucceeded, UserID: a.user.ID, SID: st.SID, Detail: p.loginDetail(ctx, a)})
-	p.completeLogin(w, r, req, st)
+	return req, a, true
 }
 
 // signIn records a successful password sign-in: a fresh sign-in into the
 // browser's live session of the same person, or a new session (ending the
 // browser's previous one if it belonged to someone else).
-func (p *Provider) signIn(ctx context.Context, oldSID, userID string) (activity.Status, error) {
-	amr := []string{"pwd"}
+func (p *Provider) signIn(ctx context.Context, oldSID, userID string, amr []string) (activity.Status, error) {
 	if oldSID != "" {
 		if old, err := p.tracker.Session(ctx, oldSID); err == nil && old.Active {
 			if old.UserID == userID {
@@ -292,18 +317,58 @@ func (p *Provider) signIn(ctx context.Context, oldSID, userID string) (activity.
 // completeLogin binds the authorization request to the session and sends
 // the browser back to the protocol's callback, which issues the code.
 func (p *Provider) completeLogin(w http.ResponseWriter, r *http.Request, req *authRequest, st activity.Status) {
+	if target, ok := p.bindLogin(w, r, req, st); ok {
+		http.Redirect(w, r, target, http.StatusFound)
+	}
+}
+
+// bindLogin completes req with session st (its acr is the session's), sets
+// the session cookie and returns the callback that issues the code; it
+// answers the browser itself when that fails.
+func (p *Provider) bindLogin(w http.ResponseWriter, r *http.Request, req *authRequest, st activity.Status) (string, bool) {
 	req.UserID, req.SID, req.AuthTime, req.AMR, req.IsDone = st.UserID, st.SID, st.AuthTime, st.AMR, true
+	req.ACR = mfa.ACR(st.AMR)
 	if err := p.saveAuthRequest(r.Context(), req); err != nil {
 		p.serverError(w, r, err)
-		return
+		return "", false
 	}
 	enc, err := p.cookies.Encode(sessionCookieName, st.SID)
 	if err != nil {
 		p.serverError(w, r, err)
-		return
+		return "", false
 	}
 	p.setCookie(w, sessionCookieName, enc, st.AbsoluteDeadline)
-	http.Redirect(w, r, op.AuthCallbackURL(p.op)(r.Context(), req.ID), http.StatusFound)
+	return op.AuthCallbackURL(p.op)(r.Context(), req.ID), true
+}
+
+// secondFactorNeeded returns the pending factor a password sign-in of
+// userID still needs, or nil when the password is enough.
+func (p *Provider) secondFactorNeeded(ctx context.Context, r *http.Request, req *authRequest, userID string) (*pendingFactor, error) {
+	f, err := p.factors.Of(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	var previous []string // the live session this sign-in renews: its factors are asked again
+	if sid := p.sessionCookie(r); sid != "" {
+		if old, err := p.tracker.Session(ctx, sid); err == nil && old.Active && old.UserID == userID {
+			previous = old.AMR
+		}
+	}
+	need := p.signInACR(req, f, previous)
+	if satisfies([]string{mfa.AMRPassword}, need) && !p.mustEnroll(f, need) {
+		return nil, nil
+	}
+	return &pendingFactor{UserID: userID, AMR: []string{mfa.AMRPassword}, Need: need}, nil
+}
+
+// stepUp asks the person of live session st for the factor that req needs
+// (a step-up inside the SSO session: no password again).
+func (p *Provider) stepUp(w http.ResponseWriter, r *http.Request, req *authRequest, st activity.Status, need string) {
+	if req.hasPrompt(zoidc.PromptNone) {
+		p.stepUpNeeded(w, r, req)
+		return
+	}
+	p.askFactor(w, r, req, &pendingFactor{UserID: st.UserID, AMR: st.AMR, SID: st.SID, Need: need})
 }
 
 func (p *Provider) audit(ctx context.Context, ev session.AuditEvent) {

@@ -137,21 +137,35 @@ func (k idTokenKeys) VerifySignature(ctx context.Context, jws *jose.JSONWebSigna
 }
 
 // validRedirect is the post-logout redirect that zitadel validated against
-// the client's registration, or "" for none.
+// the client's registration, or "" for none. Without a registered one,
+// zitadel answers its default (the signed-out page itself), with the state
+// appended when one was sent: that is none too, or the signed-out page
+// would send the browser on to a ticketless copy of itself.
 func (p *Provider) validRedirect(req *op.EndSessionRequest) string {
-	if req.RedirectURI == p.op.DefaultLogoutRedirectURI() {
+	def := p.op.DefaultLogoutRedirectURI()
+	if req.RedirectURI == def || strings.HasPrefix(req.RedirectURI, def+"?") {
 		return ""
 	}
 	return req.RedirectURI
 }
 
-// logoutURL seals a ticket into a link to one of the logout pages.
+// logoutURL seals a ticket into a link to one of the logout pages. The
+// ticket is sealed under the page's path, so that it opens that page only:
+// the ticket of "Sign out?" (a session not yet ended) must never open the
+// signed-out page.
 func (p *Provider) logoutURL(path string, t logoutTicket) (string, error) {
-	enc, err := p.tickets.Encode("logout", t)
+	enc, err := p.tickets.Encode(path, t)
 	if err != nil {
 		return "", err
 	}
 	return p.issuer() + path + "?t=" + url.QueryEscape(enc), nil
+}
+
+// openTicket unseals the ticket that a link or form to the page at path
+// carries; it reports false for a ticket made for another page, forged or
+// expired.
+func (p *Provider) openTicket(path, raw string, t *logoutTicket) bool {
+	return p.tickets.Decode(path, raw, t) == nil
 }
 
 type confirmView struct {
@@ -163,7 +177,7 @@ type confirmView struct {
 func (p *Provider) logoutConfirm(w http.ResponseWriter, r *http.Request) {
 	var t logoutTicket
 	raw := r.URL.Query().Get("t")
-	if p.tickets.Decode("logout", raw, &t) != nil || t.SID == "" {
+	if !p.openTicket("/logout/confirm", raw, &t) || t.SID == "" {
 		p.messagePage(w, r, http.StatusBadRequest, "Sign-out link expired", "This sign-out link is unknown or has expired.")
 		return
 	}
@@ -176,7 +190,7 @@ func (p *Provider) logoutConfirm(w http.ResponseWriter, r *http.Request) {
 func (p *Provider) logoutConfirmed(w http.ResponseWriter, r *http.Request) {
 	var t logoutTicket
 	raw := r.PostFormValue("t")
-	if p.tickets.Decode("logout", raw, &t) != nil || t.SID == "" || !p.checkCSRF(r) || p.sessionCookie(r) != t.SID {
+	if !p.openTicket("/logout/confirm", raw, &t) || t.SID == "" || !p.checkCSRF(r) || p.sessionCookie(r) != t.SID {
 		p.messagePage(w, r, http.StatusBadRequest, "Sign-out link expired", "This sign-out form is unknown or has expired. Nothing was changed.")
 		return
 	}
@@ -259,7 +273,7 @@ type loggedOutView struct {
 // "signed out" over a live session would be a lie the person acts on.
 func (p *Provider) loggedOut(w http.ResponseWriter, r *http.Request) {
 	var t logoutTicket
-	if p.tickets.Decode("logout", r.URL.Query().Get("t"), &t) != nil || p.browserSessionGoesOn(r, t.SID) {
+	if !p.openTicket("/logged-out", r.URL.Query().Get("t"), &t) || p.browserSessionGoesOn(r, t.SID) {
 		p.messagePage(w, r, http.StatusBadRequest, "Sign-out link expired",
 			"This sign-out link is unknown, has expired, or belongs to another sign-in. This browser's sign-in was not changed.")
 		return
@@ -303,10 +317,12 @@ func (p *Provider) loggedOut(w http.ResponseWriter, r *http.Request) {
 // session other than ended, the one a logout ticket names.
 func (p *Provider) browserSessionGoesOn(r *http.Request, ended string) bool {
 	sid := p.sessionCookie(r)
-	if sid == "" || sid == ended {
-		return false
-	}
-	st, err := p.tracker.Session(r.Context(), sid)
+	return sid != "" && sid != ended && p.liveSession(r.Context(), sid)
+}
+
+// liveSession reports whether session sid is known and not over.
+func (p *Provider) liveSession(ctx context.Context, sid string) bool {
+	st, err := p.tracker.Session(ctx, sid)
 	return err == nil && st.Active
 }
 

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -21,6 +22,7 @@ import (
 	"github.com/zitadel/oidc/v3/pkg/op"
 
 	"github.com/idleguard/idleguard/activity"
+	"github.com/idleguard/idleguard/oidc/mfa"
 	"github.com/idleguard/idleguard/session"
 	"github.com/idleguard/idleguard/static"
 	"github.com/idleguard/idleguard/templates"
@@ -44,6 +46,7 @@ type Store interface {
 	AdminStore
 	LoginThrottleStore
 	SignalStore
+	FactorStore
 	Ping(ctx context.Context) error
 }
 
@@ -57,8 +60,14 @@ type Config struct {
 	KeyAlgorithm   string          // RS256 (default), ES256 or EdDSA
 	IDTokenTTL     time.Duration   // default 10m
 	AuthRequestTTL time.Duration   // default 10m
+	// DatabaseTimeout bounds how long a request waits on the database (every
+	// store call takes the request's context); past it the request answers
+	// 503 temporarily_unavailable. Default DefaultDatabaseTimeout.
+	DatabaseTimeout time.Duration
 	// HousekeepInterval is how often expired authorization requests,
-	// revocations and login failures are purged and keys reloaded; default 30s.
+	// revocations and login failures are purged and keys reloaded; default
+	// DefaultHousekeepInterval. With several replicas a rotated key is
+	// published for two of these before it signs (KeyPublishDelay).
 	HousekeepInterval time.Duration
 	// AdminTokenHash is the SHA-256 of the admin API bearer token; empty disables the admin API.
 	AdminTokenHash []byte
@@ -67,6 +76,7 @@ type Config struct {
 	// SSF tunes the Shared Signals transmitter; pushed SETs follow
 	// Backchannel's timeout, concurrency and retry rules.
 	SSF SSFConfig
+	MFA MFAConfig
 	// TrustedProxies are the networks of the reverse proxies whose
 	// X-Forwarded-For or Forwarded header names the client; empty: the
 	// peer's address is the client's. See clientAddress.
@@ -77,6 +87,10 @@ type Config struct {
 	// HTTPClient posts back-channel logouts; default has Backchannel.Timeout.
 	HTTPClient *http.Client
 }
+
+// DefaultDatabaseTimeout is how long a request waits on the database unless
+// Config.DatabaseTimeout says otherwise.
+const DefaultDatabaseTimeout = 5 * time.Second
 
 // Provider is the whole OpenID provider: protocol endpoints, login pages,
 // activity endpoints, logout propagation and admin API.
@@ -95,7 +109,9 @@ type Provider struct {
 	handler  http.Handler
 	pages    *template.Template
 	limiter  *loginLimiter
-	revoked  sync.Map // access token id -> struct{}
+	factors  *mfa.Factors
+	passkeys *mfa.Passkeys // nil when the issuer's host is an IP address
+	revoked  sync.Map      // access token id -> struct{}
 	verified *verifiedCache
 	signers  signerCache
 	counters counters
@@ -136,6 +152,22 @@ func cookieCodec(ctx context.Context, store SecretStore, name string) (*secureco
 	return securecookie.New(hashKey, blockKey), nil
 }
 
+// replicaName names this process where several share the database: as the
+// sweeper lease's holder and the claimant of outbox rows. Host and process
+// id tell an operator which replica holds what; the random part keeps a
+// restarted process (or a reused pid) apart from its predecessor.
+func replicaName() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "replica"
+	}
+	return fmt.Sprintf("%.40s/%d/%s", host, os.Getpid(), session.NewID()[:8])
+}
+
+// ReplicaID is this provider's name in the leases and outbox claims it
+// takes.
+func (p *Provider) ReplicaID() string { return p.cfg.Session.ReplicaID }
+
 // New builds a provider on store. It loads (or creates) the signing keys and
 // secrets; call Run to start the background work and Handler to serve.
 func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
@@ -152,8 +184,11 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 	if cfg.AuthRequestTTL <= 0 {
 		cfg.AuthRequestTTL = 10 * time.Minute
 	}
+	if cfg.DatabaseTimeout <= 0 {
+		cfg.DatabaseTimeout = DefaultDatabaseTimeout
+	}
 	if cfg.HousekeepInterval <= 0 {
-		cfg.HousekeepInterval = 30 * time.Second
+		cfg.HousekeepInterval = DefaultHousekeepInterval
 	}
 	if cfg.KeyAlgorithm == "" {
 		cfg.KeyAlgorithm = "RS256"
@@ -161,6 +196,9 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 	cfg.Backchannel.setDefaults()
 	cfg.SSF.setDefaults()
 	cfg.Login = cfg.Login.WithDefaults()
+	if cfg.Session.ReplicaID == "" {
+		cfg.Session.ReplicaID = replicaName()
+	}
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: cfg.Backchannel.Timeout,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
@@ -186,7 +224,7 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 	p.signals = newSignalHub()
 	p.receivers = signalReceivers(cfg.Clients)
 
-	if p.keys, err = LoadKeys(ctx, store, cfg.KeyAlgorithm, cfg.Now); err != nil {
+	if p.keys, err = LoadKeys(ctx, store, KeysConfigOf(cfg)); err != nil {
 		return nil, err
 	}
 	mac, err := store.Secret(ctx, "refresh_mac", randomBytes(32))
@@ -211,16 +249,21 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		return nil, err
 	}
 	p.limiter = newLoginLimiter(store, cfg.Login, cfg.Now, throttleKey)
+	if p.cfg.MFA.Mode == "" {
+		p.cfg.MFA.Mode = MFAWhenRequired
+	}
+	if p.factors, err = mfa.NewFactors(ctx, store, cfg.MFA.SecretKey, mfa.IssuerLabel(cfg.Issuer), cfg.Now); err != nil {
+		return nil, fmt.Errorf("keys.secret_key: %w", err)
+	}
+	if p.passkeys, err = mfa.NewPasskeys(cfg.Issuer, store, cfg.Now); err != nil {
+		cfg.Logger.WarnContext(ctx, "passkeys are off", "reason", err)
+	}
 	cryptoKey, err := store.Secret(ctx, "token_crypto", randomBytes(32))
 	if err != nil {
 		return nil, err
 	}
-	revoked, err := store.RevokedTokens(ctx, cfg.Now())
-	if err != nil {
+	if err := p.loadRevoked(ctx); err != nil {
 		return nil, err
-	}
-	for _, id := range revoked {
-		p.revoked.Store(id, struct{}{})
 	}
 
 	sess := cfg.Session
@@ -236,6 +279,7 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		return pol, true
 	}
 	sess.OnEnd = p.signalled
+	sess.OnRevoke = func(id string) { p.revoked.Store(id, struct{}{}) }
 	for id := range p.clients {
 		sess.Clients = append(sess.Clients, id)
 	}
@@ -302,8 +346,23 @@ func (p *Provider) routes() http.Handler {
 	page := func(h http.HandlerFunc) http.Handler { return p.browserPage(h) }
 	mux.Handle("GET /login", page(p.loginPage))
 	mux.Handle("POST /login", page(p.loginSubmit))
+	mux.Handle("GET /login/factor", page(p.factorPage))
+	mux.Handle("POST /login/factor", page(p.factorSubmit))
+	mux.Handle("POST /login/enroll", page(p.enrollSubmit))
+	mux.Handle("GET /account", page(p.accountPage))
+	mux.Handle("POST /account/confirm", page(p.accountConfirm))
+	mux.Handle("POST /account/confirm/passkey", page(p.accountConfirmPasskey))
+	mux.Handle("POST /account/totp", page(p.accountTOTPStart))
+	mux.Handle("POST /account/totp/confirm", page(p.accountTOTPConfirm))
+	mux.Handle("POST /account/passkeys/delete", page(p.accountPasskeyDelete))
+	mux.Handle("POST /account/passkeys", page(p.accountPasskeyAdd))
+	mux.Handle("POST /login/passkey", page(p.loginPasskey))
+	mux.HandleFunc("POST /passkey/begin", p.passkeyBegin)
 	mux.HandleFunc("POST /activity", p.bearerCORS(p.postActivity))
 	mux.HandleFunc("GET /session", p.bearerCORS(p.getSession))
+	mux.HandleFunc("POST /activity/batch", p.activityBatch)
+	mux.Handle("/activity/batch", postOnly(http.NotFoundHandler())) // no browser calls it: no preflight
+	mux.HandleFunc("/forward-auth", p.forwardAuth)                  // any method: gateways forward the API call's
 	mux.HandleFunc("OPTIONS /activity", p.preflight)
 	mux.HandleFunc("OPTIONS /session", p.preflight)
 	mux.Handle("GET /logged-out", page(p.loggedOut))
@@ -348,6 +407,11 @@ func (p *Provider) routes() http.Handler {
 func (p *Provider) Run(ctx context.Context) {
 	ctx, p.runCancel = context.WithCancel(ctx)
 	p.tracker.Run(ctx)
+	// The tracker now follows the change feed from its end; a revocation
+	// at another replica since New loaded them is in the store.
+	if err := p.loadRevoked(ctx); err != nil {
+		p.cfg.Logger.ErrorContext(ctx, "load revoked tokens", "error", err)
+	}
 	p.running.Add(3)
 	go func() { defer p.running.Done(); p.deliveryLoop(ctx) }()
 	go func() { defer p.running.Done(); p.housekeeping(ctx) }()
@@ -388,7 +452,10 @@ type purger interface {
 
 // purge drops what can no longer matter: expired authorization requests,
 // revocations of tokens that have expired anyway (memory and database), and
-// finished outbox rows older than Backchannel.Retention.
+// finished outbox rows older than Backchannel.Retention. It also learns the
+// revocations that other replicas on the database took since (an access
+// token revoked at one replica is refused at every other within one
+// HousekeepInterval).
 func (p *Provider) purge(ctx context.Context) error {
 	if pu, ok := p.store.(purger); ok {
 		if err := pu.PurgeAuthRequests(ctx, p.now()); err != nil {
@@ -402,8 +469,12 @@ func (p *Provider) purge(ctx context.Context) error {
 		}
 		return true
 	})
-	if _, err := p.store.PurgeRevokedTokens(ctx, now); err != nil {
+	live, err := p.store.RevokedTokens(ctx, now) // purges the expired ones too
+	if err != nil {
 		return err
+	}
+	for _, id := range live {
+		p.revoked.Store(id, struct{}{})
 	}
 	if _, err := p.store.PurgeDeliveries(ctx, now.Add(-p.cfg.Backchannel.Retention)); err != nil {
 		return err
@@ -415,9 +486,27 @@ func (p *Provider) purge(ctx context.Context) error {
 	if n > 0 {
 		p.cfg.Logger.WarnContext(ctx, "signals nobody collected within backchannel.retry_for were dropped", "count", n)
 	}
+	if err := p.store.PurgeCeremonies(ctx, now); err != nil {
+		return err
+	}
 	return p.limiter.purge(ctx)
 }
 
+// loadRevoked reads the revocations of unexpired access tokens into memory,
+// where every use of a token checks them.
+func (p *Provider) loadRevoked(ctx context.Context) error {
+	revoked, err := p.store.RevokedTokens(ctx, p.now())
+	if err != nil {
+		return fmt.Errorf("load revoked tokens: %w", err)
+	}
+	for _, id := range revoked {
+		p.revoked.Store(id, struct{}{})
+	}
+	return nil
+}
+
+// revokeTokenID revokes an access token here at once, and at every other
+// replica through the change feed (within one sync interval).
 func (p *Provider) revokeTokenID(ctx context.Context, id string, exp time.Time) error {
 	if err := p.store.RevokeToken(ctx, id, exp); err != nil {
 		return err
@@ -436,6 +525,14 @@ var (
 // useToken checks a person's access token id against the clock and the
 // session, recording activity from src where the token's client counts it.
 func (p *Provider) useToken(ctx context.Context, tokenID string, src activity.Source, at time.Time) (activity.Status, error) {
+	return p.useTokenFor(ctx, tokenID, src, at, nil)
+}
+
+// useTokenFor is useToken for a use that only the tokens of some clients may
+// make (accept; nil: any): the activity is recorded only for those, and the
+// caller refuses the others by the returned status's ClientID.
+func (p *Provider) useTokenFor(ctx context.Context, tokenID string, src activity.Source, at time.Time,
+	accept func(clientID string) bool) (activity.Status, error) {
 	id, err := parseTokenID(tokenID)
 	if err != nil || id.appSessionID == "" {
 		return activity.Status{}, errTokenInvalid
@@ -446,7 +543,7 @@ func (p *Provider) useToken(ctx context.Context, tokenID string, src activity.So
 	if !p.now().Before(id.expires) {
 		return activity.Status{}, errTokenExpired
 	}
-	st, err := p.tracker.Touch(ctx, id.appSessionID, src, at)
+	st, err := p.tracker.TouchFor(ctx, id.appSessionID, src, at, accept)
 	if err != nil {
 		if errors.Is(err, session.ErrNotFound) {
 			return activity.Status{}, errTokenInvalid

@@ -87,6 +87,8 @@ type cluster struct {
 	replicas []*replica
 	mu       sync.Mutex
 	target   int
+	rotate   bool  // each request that names no replica goes to the next one
+	served   []int // requests forwarded to each replica
 }
 
 func newCluster(t *testing.T, db backend, n int, opts ...envOption) *cluster {
@@ -116,6 +118,7 @@ func newCluster(t *testing.T, db backend, n int, opts ...envOption) *cluster {
 			c.cfg = cfg
 		}
 	}
+	c.served = make([]int, n)
 	c.db, c.p = c.replicas[0].store, c.replicas[0].p
 	c.store, _ = c.db.(*session.SQLite)
 	c.users = c.db
@@ -127,11 +130,15 @@ func newCluster(t *testing.T, db backend, n int, opts ...envOption) *cluster {
 // current target, as a load balancer without sticky sessions would.
 func (c *cluster) balance(w http.ResponseWriter, r *http.Request) {
 	c.mu.Lock()
+	if c.rotate {
+		c.target = (c.target + 1) % len(c.replicas)
+	}
 	i := c.target
-	c.mu.Unlock()
 	if h := r.Header.Get(replicaHeader); h != "" {
 		i, _ = strconv.Atoi(h)
 	}
+	c.served[i]++
+	c.mu.Unlock()
 	u, _ := url.Parse(c.replicas[i].srv.URL)
 	httputil.NewSingleHostReverseProxy(u).ServeHTTP(w, r)
 }
@@ -139,7 +146,7 @@ func (c *cluster) balance(w http.ResponseWriter, r *http.Request) {
 // via sends every following request that names no replica to replica i.
 func (c *cluster) via(i int) *cluster {
 	c.mu.Lock()
-	c.target = i
+	c.target, c.rotate = i, false
 	c.mu.Unlock()
 	return c
 }
@@ -592,5 +599,35 @@ func TestReplicasEndLatency(t *testing.T) {
 		slices.Sort(took)
 		t.Logf("%s: an end at A is refused at B after p50 %s, p99 %s, max %s (%d ends)",
 			db.name, took[n/2], took[(n*99+99)/100-1], took[n-1], n)
+	})
+}
+
+// API traffic across replicas: gateway checks and batched activity that
+// land only on replica B keep a session alive at replica A's sweeper, and an
+// end at replica A is refused by B's gateway check and batch once the change
+// feed has reached B.
+func TestReplicasAPITraffic(t *testing.T) {
+	onEveryBackend(t, func(t *testing.T, db backend) {
+		c := newCluster(t, db, 2, withResourceServer("api", "bank"), withAdmin)
+		bank := c.via(0).browser().login(c.rp("bank"), "alice") // 5m limit
+		require.Zero(t, c.tick(), "replica A takes the sweeper lease")
+		for range 3 { // 24 minutes, traffic at replica B only
+			c.clock.Advance(4 * time.Minute)
+			c.via(1)
+			requireForward(t, c.forwardAuth(http.MethodGet, "aud=bank", bank.fresh(c.env)), http.StatusOK, "")
+			require.Zero(t, c.tick())
+			c.clock.Advance(4 * time.Minute)
+			c.via(1)
+			_, res := c.batch("api", events(jtiEvent(t, bank, nil)))
+			require.Equal(t, []batchResult{{Live: true}}, res)
+			require.Zero(t, c.tick())
+		}
+		code, _ := c.via(0).adminCall(http.MethodPost, "/admin/sessions/"+bank.sid+"/end", adminToken)
+		require.Equal(t, http.StatusOK, code)
+		c.sync()
+		c.via(1)
+		requireForward(t, c.forwardAuth(http.MethodGet, "aud=bank", bank.AccessToken), http.StatusUnauthorized, "admin")
+		_, res := c.batch("api", events(jtiEvent(t, bank, nil)))
+		require.Equal(t, []batchResult{{Reason: "admin"}}, res)
 	})
 }

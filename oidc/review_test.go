@@ -1,7 +1,9 @@
 package oidc
 
 import (
+	"html"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -149,4 +151,89 @@ func TestAdminViewShowsLiveActivityWithoutWriting(t *testing.T) {
 	after, _, err := e.store.AuthSession(t.Context(), mail.sid)
 	require.NoError(t, err)
 	require.Equal(t, stored.LastActiveAt, after.LastActiveAt, "looking wrote nothing")
+}
+
+// A state sent to end_session without a post_logout_redirect_uri has
+// nowhere to go back to (RP-Initiated Logout 1.0 section 2: it is passed
+// back only to a redirect URI). It was appended to the signed-out page's
+// own path, so the page that had just signed the person out sent them on
+// to a ticketless copy of itself: "This browser's sign-in was not changed".
+func TestStateWithoutRedirectLeavesThePersonOnTheSignedOutPage(t *testing.T) {
+	e := newEnv(t)
+	b := e.browser()
+	mail := b.login(e.rp("mail"), "alice")
+	resp := b.endSession(mail, "", "xyz")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	page := body(t, resp)
+	require.Contains(t, page, "You have been signed out")
+	require.NotContains(t, page, "/logged-out", "the signed-out page sends the browser nowhere")
+	require.NotContains(t, page, "location.replace")
+	require.False(t, active(t, e, mail.AccessToken))
+}
+
+// An app that still holds the ID token of an earlier session (it missed the
+// idle end: no back-channel logout) sends the browser to end_session with
+// it, after the person signed in again. The hint's session was over, so
+// nothing ended, and the signed-out page refused to speak for the
+// browser's live session: the person who pressed "Sign out" on a shared
+// computer stayed signed in to every app, told only that a link had
+// expired. RP-Initiated Logout 1.0 section 2: when the hint is not the
+// browser's current session, ask the person.
+func TestStaleHintAsksAboutTheBrowsersOwnSession(t *testing.T) {
+	e := newEnv(t)
+	b := e.browser()
+	stale := b.login(e.rp("bank"), "alice")
+	e.clock.Advance(6 * time.Minute) // bank's 5m limit: the session is over
+	mail := b.login(e.rp("mail"), "alice")
+	require.NotEqual(t, stale.sid, mail.sid, "a new session")
+
+	resp := b.endSession(stale, "http://127.0.0.1:1/bank/", "")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	page := body(t, resp)
+	require.Contains(t, page, "Sign out everywhere", "the person is asked about this browser's session")
+	require.True(t, active(t, e, mail.AccessToken), "nothing of the live session ends before the person confirms")
+
+	resp, err := b.client.PostForm(e.issuer+"/logout/confirm", url.Values{
+		"t": {html.UnescapeString(between(page, `name="t" value="`, `"`))}, "csrf": {between(page, `name="csrf" value="`, `"`)}})
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Contains(t, body(t, resp), `href="http://127.0.0.1:1/bank/"`)
+	require.False(t, active(t, e, mail.AccessToken), "confirmed: the browser's session is over")
+}
+
+// A hint for the browser's own live session signs out at once, as before.
+func TestHintOfTheBrowsersSessionSignsOutAtOnce(t *testing.T) {
+	e := newEnv(t)
+	b := e.browser()
+	mail := b.login(e.rp("mail"), "alice")
+	resp := b.endSession(mail, "", "")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Contains(t, body(t, resp), "You have been signed out")
+	require.False(t, active(t, e, mail.AccessToken))
+}
+
+// The confirmation page's ticket and the signed-out page's ticket were
+// sealed alike, so the ticket of "Sign out?" (a session not yet ended)
+// opened the signed-out page: it cleared the browser's cookie and said
+// "signed out of every application" while the session and every app went
+// on. A ticket opens only the page it was made for.
+func TestConfirmationTicketDoesNotOpenTheSignedOutPage(t *testing.T) {
+	e := newEnv(t)
+	b := e.browser()
+	mail := b.login(e.rp("mail"), "alice")
+	resp, err := b.client.Get(e.issuer + "/end_session?client_id=mail")
+	require.NoError(t, err)
+	page := body(t, resp)
+	require.Contains(t, page, "Sign out everywhere")
+	ticket := html.UnescapeString(between(page, `name="t" value="`, `"`))
+	require.NotEmpty(t, ticket)
+
+	resp, err = b.client.Get(e.issuer + "/logged-out?t=" + url.QueryEscape(ticket))
+	require.NoError(t, err)
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	require.NotContains(t, body(t, resp), "You have been signed out")
+	for _, c := range resp.Cookies() {
+		require.NotEqual(t, sessionCookieName, c.Name, "the browser's sign-in is not touched")
+	}
+	require.True(t, active(t, e, mail.AccessToken))
 }

@@ -22,6 +22,9 @@ const maxTokenIDLength = 256
 // which would let any client store forged ids of any length and expiry.
 func (s *server) Revocation(ctx context.Context, r *op.ClientRequest[zoidc.RevocationRequest]) (*op.Response, error) {
 	if err := s.p.revoke(ctx, r.Data.Token, r.Client.GetID()); err != nil {
+		if unavailable(err) { // not revoked: never answered as if it were
+			return nil, s.p.unavailableOr(ctx, err)
+		}
 		return nil, op.RevocationError(err)
 	}
 	return op.NewResponse(nil), nil
@@ -47,7 +50,7 @@ func (p *Provider) revoke(ctx context.Context, token, clientID string) *zoidc.Er
 	if tid.appSessionID != "" {
 		st, err := p.tracker.Check(ctx, tid.appSessionID)
 		if err != nil {
-			return nil
+			return unknownOrUnavailable(err)
 		}
 		owner, live = st.ClientID, st.Active
 	}
@@ -63,13 +66,24 @@ func (p *Provider) revoke(ctx context.Context, token, clientID string) *zoidc.Er
 	return nil
 }
 
+// unknownOrUnavailable is the answer to a token whose session could not be
+// checked: success for a token that is not (or no longer) valid (RFC 7009
+// section 2.2), but an error when the database did not answer, for then
+// nothing was revoked and success would be a lie.
+func unknownOrUnavailable(err error) *zoidc.Error {
+	if !unavailable(err) {
+		return nil
+	}
+	return zoidc.ErrServerError().WithParent(err)
+}
+
 // revokeRefresh ends the application session of a refresh token: RFC 7009
 // section 2.1 asks that revoking a refresh token revoke the access tokens of
 // the same grant, and every token of an app session dies with it.
 func (p *Provider) revokeRefresh(ctx context.Context, rt refreshToken, clientID string) *zoidc.Error {
 	st, err := p.tracker.Check(ctx, rt.app)
 	if err != nil {
-		return nil
+		return unknownOrUnavailable(err)
 	}
 	if st.ClientID != clientID {
 		return zoidc.ErrUnauthorizedClient().WithDescription("token was not issued to this client")

@@ -115,3 +115,28 @@ func TestRevokeOfAnEndedSessionsTokenStoresNothing(t *testing.T) {
 	rows, mem := revocations(t, e)
 	require.Equal(t, [2]int{0, 0}, [2]int{rows, mem})
 }
+
+// An access token revoked at one replica (RFC 7009) was refused there only:
+// every other replica kept accepting it (introspection, userinfo,
+// heartbeats) until it restarted or the token expired, since revocations
+// were read from the database only at start. Each replica's housekeeping
+// now reads them.
+func TestReplicasRevokedAccessTokenIsRefusedEverywhere(t *testing.T) {
+	onEveryBackend(t, func(t *testing.T, db backend) {
+		c := newCluster(t, db, 2)
+		b := c.via(0).browser()
+		mail := b.login(c.rp("mail"), "alice")
+		require.True(t, c.introspectAt(1, mail.AccessToken), "replica B knows the token")
+
+		c.via(0)
+		revoke(t, c.env, "mail", mail.AccessToken, "access_token")
+		require.False(t, c.introspectAt(0, mail.AccessToken), "refused at once where it was revoked")
+
+		require.NoError(t, c.replicas[1].p.purge(t.Context())) // one round of replica B's housekeeping
+		require.False(t, c.introspectAt(1, mail.AccessToken), "refused at the other replica after its housekeeping")
+		c.via(1)
+		code, _ := c.userinfo(mail.AccessToken)
+		require.Equal(t, http.StatusUnauthorized, code)
+		require.Equal(t, http.StatusUnauthorized, c.heartbeat(mail.AccessToken))
+	})
+}

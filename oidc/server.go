@@ -14,6 +14,7 @@ import (
 	"github.com/zitadel/oidc/v3/pkg/op"
 
 	"github.com/idleguard/idleguard/activity"
+	"github.com/idleguard/idleguard/oidc/mfa"
 )
 
 // server extends zitadel's LegacyServer where idleguard's rules differ:
@@ -61,7 +62,8 @@ func (s *server) Discovery(ctx context.Context, r *op.Request[struct{}]) (*op.Re
 		"code_challenge_methods_supported":              []string{string(zoidc.CodeChallengeMethodS256)},
 		"request_parameter_supported":                   false,
 		"request_uri_parameter_supported":               false,
-		"claims_parameter_supported":                    false,
+		"claims_parameter_supported":                    true, // for an essential acr (see wantedACR)
+		"acr_values_supported":                          mfa.ACRValues,
 		"frontchannel_logout_supported":                 true,
 		"frontchannel_logout_session_supported":         true,
 		"backchannel_logout_supported":                  true,
@@ -78,7 +80,7 @@ func (s *server) Discovery(ctx context.Context, r *op.Request[struct{}]) (*op.Re
 // issuedClaims are the claims the provider puts in ID tokens and userinfo
 // answers (profile: name, preferred_username; email: email,
 // email_verified).
-var issuedClaims = []string{"iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "amr", "azp", "at_hash", "c_hash",
+var issuedClaims = []string{"iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr", "azp", "at_hash", "c_hash",
 	"sid", "client_id", "name", "preferred_username", "email", "email_verified"}
 
 // Authorize stores a validated authorization request, bound to the browser
@@ -104,7 +106,7 @@ func (s *server) Authorize(ctx context.Context, r *op.ClientRequest[zoidc.AuthRe
 		return nil, err
 	}
 	browser, cookie := s.p.bindBrowser(r.Header)
-	req, err := s.p.newAuthRequest(ctx, r.Data, browser)
+	req, err := s.p.newAuthRequest(ctx, r.Data, r.Form.Get("claims"), browser)
 	if err != nil {
 		return nil, zoidc.DefaultToServerError(err, "unable to save the authorization request")
 	}
@@ -141,7 +143,7 @@ func (s *server) Introspect(ctx context.Context, r *op.Request[op.IntrospectionR
 	resp, err := s.p.introspect(ctx, id)
 	if err != nil {
 		if !isTokenError(err) {
-			return nil, err
+			return nil, s.p.hideInternal(ctx, err)
 		}
 		return inactive, nil
 	}
@@ -163,7 +165,7 @@ func (s *server) UserInfo(ctx context.Context, r *op.Request[zoidc.UserInfoReque
 		if isTokenError(err) {
 			return nil, invalidToken(err.Error())
 		}
-		return nil, err
+		return nil, s.p.hideInternal(ctx, err)
 	}
 	info := new(zoidc.UserInfo)
 	if err := s.p.fillUserinfo(ctx, info, st.UserID, st.Scopes); err != nil {
@@ -171,7 +173,7 @@ func (s *server) UserInfo(ctx context.Context, r *op.Request[zoidc.UserInfoReque
 		if errors.As(err, &oe) {
 			return nil, invalidToken(oe.Description)
 		}
-		return nil, err
+		return nil, s.p.hideInternal(ctx, err)
 	}
 	return op.NewResponse(info), nil
 }
@@ -237,9 +239,29 @@ func (s *server) EndSession(ctx context.Context, r *op.Request[zoidc.EndSessionR
 	if req.IDTokenHintClaims != nil {
 		sid = req.IDTokenHintClaims.SessionID
 	}
+	if own := s.p.sessionCookie(&http.Request{Header: r.Header}); own != "" && sid != "" && own != sid &&
+		s.p.liveSession(ctx, own) {
+		return s.p.askAboutOwnSession(ctx, sid, own, req)
+	}
 	target, err := s.p.endAndFrontchannel(ctx, sid, req)
 	if err != nil {
 		return nil, s.p.hideInternal(ctx, err)
+	}
+	return op.NewRedirect(target), nil
+}
+
+// askAboutOwnSession answers an id_token_hint that names another session
+// than the browser's live one (an app holding the ID token of an earlier
+// session): what the hint names ends, and the person is asked whether to
+// end the browser's own session too (RP-Initiated Logout 1.0 section 2),
+// instead of being left signed in.
+func (p *Provider) askAboutOwnSession(ctx context.Context, hinted, own string, req *op.EndSessionRequest) (*op.Redirect, error) {
+	if err := p.endForLogout(ctx, hinted, req); err != nil {
+		return nil, p.hideInternal(ctx, err)
+	}
+	target, err := p.logoutURL("/logout/confirm", logoutTicket{SID: own, Redirect: p.validRedirect(req), ClientID: req.ClientID})
+	if err != nil {
+		return nil, err
 	}
 	return op.NewRedirect(target), nil
 }

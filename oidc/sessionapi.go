@@ -150,6 +150,20 @@ func (p *Provider) sessionOfExpiredToken(ctx context.Context, id string) (activi
 	return st, errTokenExpired // alive: the app must renew its token
 }
 
+// whyExpired turns the refusal of an expired access token (err
+// errTokenExpired) into the end of its session when that is over, so that
+// the caller learns why (a page woken from sleep, an API told to refuse);
+// any other result of using token id passes through.
+func (p *Provider) whyExpired(ctx context.Context, id string, st activity.Status, err error) (activity.Status, error) {
+	if !errors.Is(err, errTokenExpired) {
+		return st, err
+	}
+	if over, oerr := p.sessionOfExpiredToken(ctx, id); errors.Is(oerr, activity.ErrSessionOver) {
+		return over, oerr
+	}
+	return st, err
+}
+
 // activityRequest is the optional body of POST /activity.
 type activityRequest struct {
 	// LastInteraction is the time of the person's last interaction, in Unix
@@ -212,12 +226,7 @@ func (p *Provider) postActivity(w http.ResponseWriter, r *http.Request, id strin
 		}
 	}
 	st, err := p.useToken(r.Context(), id, activity.Heartbeat, at)
-	if errors.Is(err, errTokenExpired) {
-		// Learn why, if it is the session that is over (a page woken from sleep).
-		if over, oerr := p.sessionOfExpiredToken(r.Context(), id); errors.Is(oerr, activity.ErrSessionOver) {
-			st, err = over, oerr
-		}
-	}
+	st, err = p.whyExpired(r.Context(), id, st, err)
 	switch {
 	case errors.Is(err, activity.ErrSessionOver) || isTokenError(err):
 		writeBearerError(w, err)

@@ -30,7 +30,7 @@ func benchEndReachesLongPolls(b *testing.B, alg string) {
 	const receivers = 100
 	opts := []envOption{withKeyAlgorithm(alg)}
 	for i := range receivers {
-		opts = append(opts, withResourceServer(fmt.Sprintf("rs%03d", i), "mail"))
+		opts = append(opts, withSignalReceiver(fmt.Sprintf("rs%03d", i), "mail"))
 	}
 	e := newBenchEnv(b, opts...)
 	defer e.Close()

@@ -21,7 +21,7 @@ import (
 
 // withResourceServer adds a resource server (a receiver of Shared
 // Signals) that serves the named apps; its secret is "<id>-secret".
-func withResourceServer(id string, serves ...string) envOption {
+func withSignalReceiver(id string, serves ...string) envOption {
 	return func(cfg *Config) {
 		cfg.Clients = append(cfg.Clients, &Client{ID: id, SecretHash: HashSecret(id + "-secret"), AuthMethod: zoidc.AuthMethodBasic,
 			GrantTypes: []zoidc.GrantType{zoidc.GrantTypeClientCredentials}, ResourceServer: true, Serves: serves,
@@ -146,7 +146,7 @@ func TestSSFTransmitterMetadata(t *testing.T) {
 }
 
 func TestSSFStreamLifecycle(t *testing.T) {
-	e := newEnv(t, withResourceServer("orders", "mail"))
+	e := newEnv(t, withSignalReceiver("orders", "mail"))
 	tok := e.serviceToken("orders")
 
 	st := e.createStream(tok, `{"description":"orders API"}`)
@@ -202,7 +202,7 @@ func TestSSFStreamLifecycle(t *testing.T) {
 // things wrong, and an attacker with the wrong kind of token: each gets
 // the spec's status, and nothing changes.
 func TestSSFRefusesMalformedAndForeignRequests(t *testing.T) {
-	e := newEnv(t, withResourceServer("orders", "mail"), withResourceServer("billing", "bank"),
+	e := newEnv(t, withSignalReceiver("orders", "mail"), withSignalReceiver("billing", "bank"),
 		func(c *Config) { c.SSF.MaxStreams = 2 })
 	tok, other := e.serviceToken("orders"), e.serviceToken("billing")
 	mine := e.createStream(tok, requestRevoked)
@@ -274,7 +274,7 @@ func TestSSFRefusesMalformedAndForeignRequests(t *testing.T) {
 // session-revoked SET, the streams of exactly the resource servers that
 // serve that app, and stays there until acknowledged.
 func TestSSFSessionRevokedSET(t *testing.T) {
-	e := newEnv(t, withResourceServer("orders", "mail", "bank"), withResourceServer("billing", "bank"))
+	e := newEnv(t, withSignalReceiver("orders", "mail", "bank"), withSignalReceiver("billing", "bank"))
 	orders, billing := e.serviceToken("orders"), e.serviceToken("billing")
 	ordersStream, billingStream := e.createStream(orders, requestRevoked), e.createStream(billing, requestRevoked)
 	quiet := e.createStream(orders, `{}`) // asked for nothing
@@ -337,7 +337,7 @@ func TestSSFSessionRevokedSET(t *testing.T) {
 }
 
 func TestSSFLongPoll(t *testing.T) {
-	e := newEnv(t, withResourceServer("orders", "mail"), func(c *Config) { c.SSF.PollWait = time.Minute })
+	e := newEnv(t, withSignalReceiver("orders", "mail"), func(c *Config) { c.SSF.PollWait = time.Minute })
 	tok := e.serviceToken("orders")
 	st := e.createStream(tok, requestRevoked)
 	mail := e.browser().login(e.rp("mail"), "alice")
@@ -407,7 +407,7 @@ func TestSSFLongPoll(t *testing.T) {
 	})
 
 	t.Run("an empty queue answers empty after the bound", func(t *testing.T) {
-		e := newEnv(t, withResourceServer("orders", "mail"), func(c *Config) { c.SSF.PollWait = 20 * time.Millisecond })
+		e := newEnv(t, withSignalReceiver("orders", "mail"), func(c *Config) { c.SSF.PollWait = 20 * time.Millisecond })
 		tok := e.serviceToken("orders")
 		st := e.createStream(tok, requestRevoked)
 		code, data := e.ssf(http.MethodPost, "/ssf/poll/"+st.StreamID, tok, `{}`)
@@ -417,7 +417,7 @@ func TestSSFLongPoll(t *testing.T) {
 }
 
 func TestSSFPollBatchesAndAcks(t *testing.T) {
-	e := newEnv(t, withResourceServer("orders", "mail", "bank", "refresher"))
+	e := newEnv(t, withSignalReceiver("orders", "mail", "bank", "refresher"))
 	tok := e.serviceToken("orders")
 	st := e.createStream(tok, requestRevoked)
 	b := e.browser()
@@ -488,7 +488,7 @@ func newPushReceiver(t *testing.T, failures int) *pushReceiver {
 }
 
 func TestSSFPushRetriedUntilAccepted(t *testing.T) {
-	e := newEnv(t, withResourceServer("orders", "mail"))
+	e := newEnv(t, withSignalReceiver("orders", "mail"))
 	tok := e.serviceToken("orders")
 	rcv := newPushReceiver(t, 2)
 	e.createStream(tok, `{"delivery":{"method":"`+session.MethodPush+`","endpoint_url":"`+rcv.srv.URL+`/ssf","authorization_header":"Bearer rcv-secret"},
@@ -533,7 +533,7 @@ func (e *env) verifySETAt(raw string) map[string]any {
 }
 
 func TestSSFVerificationEvent(t *testing.T) {
-	e := newEnv(t, withResourceServer("orders", "mail"))
+	e := newEnv(t, withSignalReceiver("orders", "mail"))
 	tok := e.serviceToken("orders")
 	st := e.createStream(tok, `{}`)
 	code, data := e.ssf(http.MethodPost, "/ssf/verify", tok, `{"stream_id":"`+st.StreamID+`","state":"VGhpcyBpcyBhIHN0YXRl"}`)
@@ -556,7 +556,7 @@ func TestSSFVerificationEvent(t *testing.T) {
 // TestSSFPausedHoldsDisabledDrops: a paused stream sends nothing and keeps
 // its events; a disabled one keeps nothing (SSF 1.0 section 8.1.2).
 func TestSSFPausedHoldsDisabledDrops(t *testing.T) {
-	e := newEnv(t, withResourceServer("orders", "mail", "bank"))
+	e := newEnv(t, withSignalReceiver("orders", "mail", "bank"))
 	tok := e.serviceToken("orders")
 	st := e.createStream(tok, requestRevoked)
 	setStatus := func(status string) {
@@ -601,7 +601,7 @@ func TestSSFAcrossReplicas(t *testing.T) {
 }
 
 func ssfAcrossReplicas(t *testing.T, db backend) {
-	c := newCluster(t, db, 2, withResourceServer("orders", "mail"))
+	c := newCluster(t, db, 2, withSignalReceiver("orders", "mail"))
 	c.replicas[1].p.Run(t.Context())
 	t.Cleanup(func() { require.NoError(t, c.replicas[1].p.Close(context.Background())) })
 	tok := c.via(0).serviceToken("orders")

@@ -17,6 +17,7 @@ import (
 	"github.com/zitadel/oidc/v3/pkg/op"
 
 	"github.com/idleguard/idleguard/activity"
+	"github.com/idleguard/idleguard/oidc/mfa"
 	"github.com/idleguard/idleguard/session"
 )
 
@@ -34,6 +35,8 @@ type AuthRequestStore interface {
 	AuthRequestData(ctx context.Context, id string, now time.Time) ([]byte, error)
 	SaveAuthCode(ctx context.Context, id, codeHash string) error
 	AuthRequestByCode(ctx context.Context, codeHash string, now time.Time) (string, []byte, error)
+	// AuthRequestOfCode reads a code's request without redeeming it.
+	AuthRequestOfCode(ctx context.Context, codeHash string, now time.Time) ([]byte, error)
 	PurgeAuthRequests(ctx context.Context, now time.Time) error
 }
 
@@ -57,6 +60,10 @@ var (
 	_ op.CanSetUserinfoFromRequest      = storage{}
 	_ op.CanTerminateSessionFromRequest = storage{}
 )
+
+// maxCodeLength bounds an authorization code presented for exchange: far
+// above the codes this provider issues.
+const maxCodeLength = 512
 
 func hashCode(code string) string {
 	sum := sha256.Sum256([]byte(code))
@@ -110,7 +117,8 @@ func (p *Provider) browserAuthRequest(w http.ResponseWriter, r *http.Request, id
 	return req, true
 }
 
-func (s storage) AuthRequestByID(ctx context.Context, id string) (op.AuthRequest, error) {
+func (s storage) AuthRequestByID(ctx context.Context, id string) (_ op.AuthRequest, err error) {
+	defer func() { err = s.p.unavailableOr(ctx, err) }()
 	a, err := s.p.authRequest(ctx, id)
 	if err != nil {
 		return nil, zoidc.ErrInvalidRequest().WithDescription("unknown or expired authorization request").WithParent(err)
@@ -122,8 +130,9 @@ func (s storage) AuthRequestByID(ctx context.Context, id string) (op.AuthRequest
 // redeemed is refused, and its application session is ended with reason
 // code_reuse, which revokes every token issued from it (RFC 6749 section
 // 4.1.2): someone other than the app had the code.
-func (s storage) AuthRequestByCode(ctx context.Context, code string) (op.AuthRequest, error) {
-	if len(code) > 512 {
+func (s storage) AuthRequestByCode(ctx context.Context, code string) (_ op.AuthRequest, err error) {
+	defer func() { err = s.p.unavailableOr(ctx, err) }()
+	if len(code) > maxCodeLength {
 		return nil, zoidc.ErrInvalidGrant().WithDescription("invalid code")
 	}
 	_, data, err := s.p.store.AuthRequestByCode(ctx, hashCode(code), s.p.now())
@@ -219,7 +228,8 @@ func (p *Provider) appSessionOf(req op.TokenRequest) string {
 	return ""
 }
 
-func (s storage) CreateAccessToken(ctx context.Context, req op.TokenRequest) (string, time.Time, error) {
+func (s storage) CreateAccessToken(ctx context.Context, req op.TokenRequest) (_ string, _ time.Time, err error) {
+	defer func() { err = s.p.unavailableOr(ctx, err) }()
 	if cc, ok := req.(*clientCredentialsRequest); ok {
 		c := s.p.clients[cc.clientID]
 		exp := s.p.now().Add(c.AccessTokenTTL)
@@ -237,8 +247,8 @@ func (s storage) CreateAccessToken(ctx context.Context, req op.TokenRequest) (st
 	return newUserTokenID(app, exp), exp, nil
 }
 
-func (s storage) CreateAccessAndRefreshTokens(ctx context.Context, req op.TokenRequest, _ string) (string, string, time.Time, error) {
-	var err error
+func (s storage) CreateAccessAndRefreshTokens(ctx context.Context, req op.TokenRequest, _ string) (_, _ string, _ time.Time, err error) {
+	defer func() { err = s.p.unavailableOr(ctx, err) }()
 	app := s.p.appSessionOf(req)
 	if app == "" {
 		return "", "", time.Time{}, zoidc.ErrUnsupportedGrantType()
@@ -261,7 +271,8 @@ func (s storage) CreateAccessAndRefreshTokens(ctx context.Context, req op.TokenR
 	return newUserTokenID(app, exp), s.p.refresh.token(rt), exp, nil
 }
 
-func (s storage) TokenRequestByRefreshToken(ctx context.Context, token string) (op.RefreshTokenRequest, error) {
+func (s storage) TokenRequestByRefreshToken(ctx context.Context, token string) (_ op.RefreshTokenRequest, err error) {
+	defer func() { err = s.p.unavailableOr(ctx, err) }()
 	rt, err := s.p.refresh.parse(token)
 	if err != nil {
 		return nil, zoidc.ErrInvalidGrant().WithDescription("invalid refresh token")
@@ -371,7 +382,8 @@ func (s storage) SetUserinfoFromScopes(context.Context, *zoidc.UserInfo, string,
 	return nil
 }
 
-func (s storage) SetUserinfoFromRequest(ctx context.Context, info *zoidc.UserInfo, req op.IDTokenRequest, scopes []string) error {
+func (s storage) SetUserinfoFromRequest(ctx context.Context, info *zoidc.UserInfo, req op.IDTokenRequest, scopes []string) (err error) {
+	defer func() { err = s.p.unavailableOr(ctx, err) }()
 	if err := s.p.fillUserinfo(ctx, info, req.GetSubject(), scopes); err != nil {
 		return err
 	}
@@ -381,6 +393,9 @@ func (s storage) SetUserinfoFromRequest(ctx context.Context, info *zoidc.UserInf
 		sid = r.SID
 	case *refreshRequest:
 		sid = r.sid
+		// The protocol library takes acr only from an authorization
+		// request; a refreshed ID token says the session's, as it is now.
+		info.AppendClaims("acr", mfa.ACR(r.amr))
 	}
 	if sid != "" {
 		info.AppendClaims("sid", sid)

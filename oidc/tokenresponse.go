@@ -2,6 +2,9 @@ package oidc
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -11,25 +14,25 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 	zoidc "github.com/zitadel/oidc/v3/pkg/oidc"
 	"github.com/zitadel/oidc/v3/pkg/op"
+
+	"github.com/idleguard/idleguard/session"
 )
 
 // CodeExchange redeems an authorization code. It differs from the library's
-// in two ways: a code issued with a code_challenge always needs its
-// code_verifier (RFC 9700 section 2.1.1), confidential client or not; and
-// the tokens are made by tokenResponse.
+// in three ways: who presents the code is checked before the code counts as
+// used (checkCodeHolder); a code issued with a code_challenge always needs
+// its code_verifier (RFC 9700 section 2.1.1), confidential client or not;
+// and the tokens are made by tokenResponse.
 func (s *server) CodeExchange(ctx context.Context, r *op.ClientRequest[zoidc.AccessTokenRequest]) (*op.Response, error) {
+	if err := s.p.checkCodeHolder(ctx, r.Client, r.Data); err != nil {
+		return nil, err
+	}
 	req, err := op.AuthRequestByCode(ctx, s.p.op.Storage(), r.Data.Code)
 	if err != nil {
 		return nil, err
 	}
-	if err := op.AuthorizeCodeChallenge(r.Data.CodeVerifier, req.GetCodeChallenge()); err != nil {
+	if err := checkCodeRequest(req, r.Client, r.Data); err != nil {
 		return nil, err
-	}
-	if r.Client.GetID() != req.GetClientID() {
-		return nil, zoidc.ErrInvalidGrant()
-	}
-	if r.Data.RedirectURI != req.GetRedirectURI() {
-		return nil, zoidc.ErrInvalidGrant().WithDescription("redirect_uri does not correspond")
 	}
 	needsRefresh := slices.Contains(req.GetScopes(), zoidc.ScopeOfflineAccess) && op.ValidateGrantType(r.Client, zoidc.GrantTypeRefreshToken)
 	resp, err := s.p.tokenResponse(ctx, req.(*authRequest), r.Client, r.Data.Code, needsRefresh)
@@ -37,6 +40,45 @@ func (s *server) CodeExchange(ctx context.Context, r *op.ClientRequest[zoidc.Acc
 		return nil, err
 	}
 	return op.NewResponse(resp), nil
+}
+
+// checkCodeHolder refuses a code exchange by anyone but the code's client,
+// with its redirect URI and PKCE verifier, before the code is redeemed. A
+// code alone is not a credential: someone who read it (in a log, a
+// browser's history, a Referer) and presents it through another client, or
+// without the verifier, must neither use it up before the app's own
+// exchange nor, after it, end the app session as a replay would.
+func (p *Provider) checkCodeHolder(ctx context.Context, client op.Client, d *zoidc.AccessTokenRequest) error {
+	if len(d.Code) > maxCodeLength {
+		return zoidc.ErrInvalidGrant().WithDescription("invalid code")
+	}
+	data, err := p.store.AuthRequestOfCode(ctx, hashCode(d.Code), p.now())
+	if errors.Is(err, session.ErrNotFound) {
+		return zoidc.ErrInvalidGrant().WithDescription("invalid code")
+	}
+	if err != nil {
+		return fmt.Errorf("read the request of a code: %w", err)
+	}
+	var a authRequest
+	if err := json.Unmarshal(data, &a); err != nil {
+		return fmt.Errorf("auth request of a code: %w", err)
+	}
+	return checkCodeRequest(&a, client, d)
+}
+
+// checkCodeRequest is what a code exchange must match in the request the
+// code was issued for: its PKCE challenge, its client, its redirect URI.
+func checkCodeRequest(req op.AuthRequest, client op.Client, d *zoidc.AccessTokenRequest) error {
+	if err := op.AuthorizeCodeChallenge(d.CodeVerifier, req.GetCodeChallenge()); err != nil {
+		return err
+	}
+	if client.GetID() != req.GetClientID() {
+		return zoidc.ErrInvalidGrant()
+	}
+	if d.RedirectURI != req.GetRedirectURI() {
+		return zoidc.ErrInvalidGrant().WithDescription("redirect_uri does not correspond")
+	}
+	return nil
 }
 
 // RefreshToken is the refresh-token grant, with tokens made by tokenResponse.

@@ -768,13 +768,28 @@ func (p *Postgres) SessionsOfUser(ctx context.Context, userID string, withEnded 
 
 // --- revoked access tokens ---
 
-// RevokeToken records that one access token was revoked (RFC 7009).
+// RevokeToken records that one access token was revoked (RFC 7009), with a
+// row of the change feed that names it (Change.TokenID), so that every
+// replica refuses it. The row is dated at the token's expiry, so that the
+// feed keeps it while the token could still be presented.
 func (p *Postgres) RevokeToken(ctx context.Context, tokenID string, expires time.Time) error {
 	if !storable(tokenID) {
 		return errors.New("revoke token: the token id is not UTF-8 text")
 	}
-	_, err := p.pool.Exec(ctx, `INSERT INTO revoked_tokens (token_id, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING`, tokenID, ms(expires))
-	return err
+	return p.tx(ctx, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `INSERT INTO revoked_tokens (token_id, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING`, tokenID, ms(expires))
+		if err != nil || tag.RowsAffected() == 0 {
+			return err // revoked before: its change is on the feed already
+		}
+		b := &pgx.Batch{}
+		b.Queue(`SELECT pg_advisory_xact_lock($1)`, int64(changeFeedLock))
+		b.Queue(`INSERT INTO session_changes (sid, at, token_id) VALUES ('', $1, $2)`, ms(expires), tokenID)
+		b.Queue(`SELECT pg_notify($1, '')`, ChangesChannel)
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return fmt.Errorf("change feed: %w", err)
+		}
+		return nil
+	})
 }
 
 // RevokedTokens returns the ids of revoked tokens that have not expired by
@@ -853,6 +868,21 @@ func (p *Postgres) SaveAuthCode(ctx context.Context, id, codeHash string) error 
 		return fmt.Errorf("auth request %s already has a code: %w", id, ErrConflict)
 	}
 	return err
+}
+
+// AuthRequestOfCode returns the data of the unexpired request that a code
+// was issued for, redeemed or not, without redeeming it: the token endpoint
+// checks who presents the code before the code counts as used.
+func (p *Postgres) AuthRequestOfCode(ctx context.Context, codeHash string, now time.Time) ([]byte, error) {
+	if !storable(codeHash) {
+		return nil, fmt.Errorf("auth code: %w", ErrNotFound)
+	}
+	var data string
+	err := p.pool.QueryRow(ctx, `SELECT data FROM auth_requests WHERE code_hash = $1 AND expires_at > $2`, codeHash, ms(now)).Scan(&data)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("auth code: %w", ErrNotFound)
+	}
+	return []byte(data), err
 }
 
 // AuthRequestByCode redeems a code: the first call returns the request it
@@ -1069,7 +1099,7 @@ func (p *Postgres) ClaimDeliveries(ctx context.Context, c DeliveryClaim) ([]Outb
 	out, err := pgQueryAll(ctx, p.pool, scanOutbox, `WITH due AS (SELECT id FROM logout_outbox
 			WHERE `+where+` AND `+outboxPending+` AND next_attempt_at <= $3 AND (claimed_until IS NULL OR claimed_until <= $3)
 			ORDER BY next_attempt_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)
-		UPDATE logout_outbox SET claimed_by = $1, claimed_until = $2 WHERE id IN (SELECT id FROM due)
+		UPDATE logout_outbox SET claimed_by = $1, claimed_until = $2, `+claimNoteSQL+` WHERE id IN (SELECT id FROM due)
 		RETURNING `+outboxCols, args...)
 	if err != nil {
 		return nil, fmt.Errorf("claim deliveries: %w", err)
@@ -1203,9 +1233,9 @@ func addChanges(ctx context.Context, tx pgx.Tx, sids []string, at []int64) error
 func (p *Postgres) SessionChanges(ctx context.Context, after int64, limit int) ([]Change, error) {
 	return pgQueryAll(ctx, p.pool, func(row scanner) (Change, error) {
 		var c Change
-		err := row.Scan(&c.ID, &c.SID)
+		err := row.Scan(&c.ID, &c.SID, &c.TokenID)
 		return c, err
-	}, `SELECT id, sid FROM session_changes WHERE id > $1 ORDER BY id LIMIT $2`, after, limit)
+	}, `SELECT id, sid, COALESCE(token_id, '') FROM session_changes WHERE id > $1 ORDER BY id LIMIT $2`, after, limit)
 }
 
 // LastSessionChange returns the id of the newest row of the change feed (0

@@ -738,10 +738,24 @@ func (s *SQLite) SessionsOfUser(ctx context.Context, userID string, withEnded bo
 
 // --- revoked access tokens ---
 
-// RevokeToken records that one access token was revoked (RFC 7009).
+// RevokeToken records that one access token was revoked (RFC 7009), with a
+// row of the change feed that names it (Change.TokenID), so that every
+// replica refuses it. The row is dated at the token's expiry, so that the
+// feed keeps it while the token could still be presented.
 func (s *SQLite) RevokeToken(ctx context.Context, tokenID string, expires time.Time) error {
-	_, err := s.w.ExecContext(ctx, `INSERT INTO revoked_tokens (token_id, expires_at) VALUES (?, ?) ON CONFLICT DO NOTHING`, tokenID, ms(expires))
-	return err
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `INSERT INTO revoked_tokens (token_id, expires_at) VALUES (?, ?) ON CONFLICT DO NOTHING`, tokenID, ms(expires))
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			return err // revoked before: its change is on the feed already
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO session_changes (sid, at, token_id) VALUES ('', ?, ?)`, ms(expires), tokenID); err != nil {
+			return fmt.Errorf("change feed: %w", err)
+		}
+		return nil
+	})
 }
 
 // RevokedTokens returns the ids of revoked tokens that have not expired by now,
@@ -800,6 +814,18 @@ func (s *SQLite) SaveAuthCode(ctx context.Context, id, codeHash string) error {
 		return fmt.Errorf("auth request %s already has a code: %w", id, ErrConflict)
 	}
 	return err
+}
+
+// AuthRequestOfCode returns the data of the unexpired request that a code
+// was issued for, redeemed or not, without redeeming it: the token endpoint
+// checks who presents the code before the code counts as used.
+func (s *SQLite) AuthRequestOfCode(ctx context.Context, codeHash string, now time.Time) ([]byte, error) {
+	var data string
+	err := s.r.QueryRowContext(ctx, `SELECT data FROM auth_requests WHERE code_hash = ? AND expires_at > ?`, codeHash, ms(now)).Scan(&data)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("auth code: %w", ErrNotFound)
+	}
+	return []byte(data), err
 }
 
 // AuthRequestByCode redeems a code: the first call returns the request it
@@ -1010,7 +1036,7 @@ func (s *SQLite) ClaimDeliveries(ctx context.Context, c DeliveryClaim) ([]Outbox
 		where, args = `true`, args[:2]
 	}
 	args = append(args, ms(c.Now), ms(c.Now), c.Limit)
-	out, err := queryAll(ctx, s.w, scanOutbox, `UPDATE logout_outbox SET claimed_by = ?, claimed_until = ?
+	out, err := queryAll(ctx, s.w, scanOutbox, `UPDATE logout_outbox SET claimed_by = ?, claimed_until = ?, `+claimNoteSQL+`
 		WHERE id IN (SELECT id FROM logout_outbox WHERE `+where+` AND `+outboxPending+` AND next_attempt_at <= ?
 			AND (claimed_until IS NULL OR claimed_until <= ?) ORDER BY next_attempt_at, id LIMIT ?)
 		RETURNING `+outboxCols, args...)
@@ -1136,9 +1162,9 @@ func addChange(ctx context.Context, e execer, sid string, at time.Time) error {
 func (s *SQLite) SessionChanges(ctx context.Context, after int64, limit int) ([]Change, error) {
 	return queryAll(ctx, s.r, func(row scanner) (Change, error) {
 		var c Change
-		err := row.Scan(&c.ID, &c.SID)
+		err := row.Scan(&c.ID, &c.SID, &c.TokenID)
 		return c, err
-	}, `SELECT id, sid FROM session_changes WHERE id > ? ORDER BY id LIMIT ?`, after, limit)
+	}, `SELECT id, sid, COALESCE(token_id, '') FROM session_changes WHERE id > ? ORDER BY id LIMIT ?`, after, limit)
 }
 
 // LastSessionChange returns the id of the newest row of the change feed (0

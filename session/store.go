@@ -33,11 +33,26 @@ func deliveryOutcome(o OutboxEntry, at time.Time, ok bool, next time.Time, errTe
 		kind = AuditLogoutAbandoned
 	}
 	detail := fmt.Sprintf("jti=%s attempt=%d uri=%s", o.JTI, o.Attempts+1, o.URI)
+	if strings.HasPrefix(o.LastError, lapsedClaimNote) {
+		detail += " lapsed_claim=true"
+	}
 	if errText != "" {
 		detail += " error=" + errText
 	}
 	return AuditEvent{At: at, Kind: kind, SID: o.SID, UserID: o.Subject, ClientID: o.ClientID, Reason: string(o.Reason), Detail: detail}
 }
+
+// lapsedClaimNote begins an outbox row's last_error when a worker claims it
+// from one whose claim lapsed (a replica that died, or hung, mid-delivery):
+// that attempt's outcome is unknown, so the app may get this jti twice. The
+// next attempt's audit event says so (lapsed_claim=true): a killed worker
+// cannot audit its own attempt, so this is where the duplicate is counted.
+const lapsedClaimNote = "claim lapsed: "
+
+// claimNoteSQL is the assignment a claim makes: it notes a lapsed claim
+// (claimed_by is set only while a claim is held, or after it lapsed).
+const claimNoteSQL = `last_error = CASE WHEN claimed_by IS NULL THEN last_error
+	ELSE '` + lapsedClaimNote + `' || claimed_by || ' may have delivered it' END`
 
 // staleDelivery marks the audit event of an attempt whose UPDATE changed no
 // row (affected 0): the row was delivered elsewhere already, or replaced by a

@@ -135,11 +135,13 @@ type End struct {
 }
 
 // Change is one row of the change feed: authentication session SID was
-// ended, joined by an app, reauthenticated or given other scopes. Replicas
-// apply the feed in ID order.
+// ended, joined by an app, reauthenticated or given other scopes; or, with
+// SID empty, access token TokenID was revoked. Replicas apply the feed in
+// ID order.
 type Change struct {
-	ID  int64
-	SID string
+	ID      int64
+	SID     string
+	TokenID string
 }
 
 // EndedApp names an application session ended by an End.

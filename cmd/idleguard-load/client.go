@@ -13,6 +13,8 @@ import (
 	"net/url"
 	"regexp"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,16 +22,17 @@ import (
 	"golang.org/x/oauth2"
 )
 
-// loopbackOnly refuses any request that is not for the provider under test,
-// so that a misdirected redirect can never send load elsewhere.
+// loopbackOnly refuses any request that is not for the provider under test
+// (its issuer or one of its replicas), so that a misdirected redirect can
+// never send load elsewhere.
 type loopbackOnly struct {
-	host string
-	next http.RoundTripper
+	hosts []string
+	next  http.RoundTripper
 }
 
 func (l loopbackOnly) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.URL.Host != l.host {
-		return nil, fmt.Errorf("refusing request to %s: the load goes to %s only", r.URL.Host, l.host)
+	if !slices.Contains(l.hosts, r.URL.Host) {
+		return nil, fmt.Errorf("refusing request to %s: the load goes to %s only", r.URL.Host, strings.Join(l.hosts, ", "))
 	}
 	return l.next.RoundTrip(r)
 }
@@ -59,12 +62,16 @@ type loadSession struct {
 }
 
 func newLoadClient(p *provider, concurrency int) *loadClient {
-	conns := max(concurrency, signInWorkers())
+	conns := max(concurrency, signInWorkers()) * len(p.replicas)
 	tr := &http.Transport{
 		MaxIdleConns: conns, MaxIdleConnsPerHost: conns,
 		IdleConnTimeout: time.Minute, ResponseHeaderTimeout: 30 * time.Second,
 	}
-	c := &loadClient{p: p, tr: tr, rt: loopbackOnly{host: p.host, next: tr}, timeout: 30 * time.Second}
+	hosts := []string{p.host}
+	for _, r := range p.replicas {
+		hosts = append(hosts, r.host)
+	}
+	c := &loadClient{p: p, tr: tr, rt: loopbackOnly{hosts: hosts, next: tr}, timeout: 30 * time.Second}
 	c.plain = &http.Client{Transport: c.rt, Timeout: c.timeout,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	oauth := func(id string) *oauth2.Config {
@@ -229,9 +236,9 @@ func (c *loadClient) do(req *http.Request) (int, []byte, error) {
 
 var activeTrue = []byte(`"active":true`)
 
-func (c *loadClient) introspect(ctx context.Context, s *loadSession) error {
+func (c *loadClient) introspect(ctx context.Context, base string, s *loadSession) error {
 	body := "token=" + url.QueryEscape(*s.access.Load())
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, c.p.issuer+"/oauth/introspect", bytes.NewReader([]byte(body)))
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/oauth/introspect", bytes.NewReader([]byte(body)))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Authorization", c.apiBasic)
 	code, data, err := c.do(req)
@@ -244,21 +251,21 @@ func (c *loadClient) introspect(ctx context.Context, s *loadSession) error {
 	return nil
 }
 
-func (c *loadClient) bearer(ctx context.Context, method, path string, s *loadSession, want []byte) error {
-	req, _ := http.NewRequestWithContext(ctx, method, c.p.issuer+path, nil)
+func (c *loadClient) bearer(ctx context.Context, method, url string, s *loadSession, want []byte) error {
+	req, _ := http.NewRequestWithContext(ctx, method, url, nil)
 	req.Header.Set("Authorization", "Bearer "+*s.access.Load())
 	code, data, err := c.do(req)
 	if err != nil {
 		return err
 	}
 	if code != http.StatusOK || (want != nil && !bytes.Contains(data, want)) {
-		return fmt.Errorf("%s %s: %d %.120s", method, path, code, data)
+		return fmt.Errorf("%s %s: %d %.120s", method, url, code, data)
 	}
 	return nil
 }
 
-func (c *loadClient) health(ctx context.Context) error {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.p.issuer+"/healthz", nil)
+func (c *loadClient) health(ctx context.Context, base string) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/healthz", nil)
 	code, data, err := c.do(req)
 	if err != nil {
 		return err
@@ -270,9 +277,9 @@ func (c *loadClient) health(ctx context.Context) error {
 }
 
 // refresh rotates the session's refresh token; the caller holds s.mu.
-func (c *loadClient) refresh(ctx context.Context, s *loadSession) error {
+func (c *loadClient) refresh(ctx context.Context, base string, s *loadSession) error {
 	form := url.Values{"grant_type": {"refresh_token"}, "refresh_token": {s.refresh}}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, c.p.issuer+"/oauth/token", bytes.NewReader([]byte(form.Encode())))
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/oauth/token", bytes.NewReader([]byte(form.Encode())))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Authorization", c.appBasic)
 	code, data, err := c.do(req)
@@ -306,8 +313,9 @@ func (c *loadClient) ssoAuthorize(ctx context.Context, s *loadSession) error {
 	return nil
 }
 
-// op runs one request of kind k on a random session and returns its
-// latency (for refresh, from when the session's token was free).
+// op runs one request of kind k on a random session, at a random replica
+// (SSO: through the issuer, as a browser), and returns its latency (for
+// refresh, from when the session's token was free).
 func (c *loadClient) op(ctx context.Context, k kind, sessions []*loadSession, rng *rand.Rand) (time.Duration, error) {
 	s := sessions[rng.IntN(len(sessions))]
 	if k == kindRefresh {
@@ -325,21 +333,24 @@ func (c *loadClient) op(ctx context.Context, k kind, sessions []*loadSession, rn
 		}
 		defer s.mu.Unlock()
 	}
+	base := c.p.replicas[rng.IntN(len(c.p.replicas))].base
 	start := time.Now()
 	var err error
 	switch k {
 	case kindIntrospect:
-		err = c.introspect(ctx, s)
+		err = c.introspect(ctx, base, s)
 	case kindHeartbeat:
-		err = c.bearer(ctx, http.MethodPost, "/activity", s, activeTrue)
+		err = c.bearer(ctx, http.MethodPost, base+"/activity", s, activeTrue)
 	case kindStatus:
-		err = c.bearer(ctx, http.MethodGet, "/session", s, activeTrue)
+		err = c.bearer(ctx, http.MethodGet, base+"/session", s, activeTrue)
 	case kindUserinfo:
-		err = c.bearer(ctx, http.MethodGet, "/userinfo", s, nil)
+		err = c.bearer(ctx, http.MethodGet, base+"/userinfo", s, nil)
 	case kindHealth:
-		err = c.health(ctx)
+		err = c.health(ctx, base)
+	case kindForwardAuth:
+		err = c.bearer(ctx, http.MethodGet, base+"/forward-auth?aud=load-app", s, nil)
 	case kindRefresh:
-		err = c.refresh(ctx, s)
+		err = c.refresh(ctx, base, s)
 	case kindSSO:
 		err = c.ssoAuthorize(ctx, s)
 	}

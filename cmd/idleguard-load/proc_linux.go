@@ -22,7 +22,7 @@ func setChildAttrs(cmd *exec.Cmd) {
 // started (VmRSS and VmHWM of /proc/PID/status).
 type memInfo struct{ rss, peak int64 }
 
-func (p *provider) memory() memInfo {
+func (p *replica) memory() memInfo {
 	f, err := os.Open("/proc/" + strconv.Itoa(p.cmd.Process.Pid) + "/status")
 	if err != nil {
 		return memInfo{}
@@ -56,7 +56,7 @@ func (p *provider) memory() memInfo {
 // resetPeak resets the provider's VmHWM to its current RSS (writing 5 to
 // /proc/PID/clear_refs, Linux 4.0+), so that the peak reported for the run
 // does not include start-up. It reports whether that worked.
-func (p *provider) resetPeak() bool {
+func (p *replica) resetPeak() bool {
 	return os.WriteFile("/proc/"+strconv.Itoa(p.cmd.Process.Pid)+"/clear_refs", []byte("5"), 0) == nil
 }
 
@@ -65,7 +65,7 @@ func (p *provider) resetPeak() bool {
 const clockTicks = 100
 
 // cpuTime is the provider's user+system CPU time so far.
-func (p *provider) cpuTime() time.Duration {
+func (p *replica) cpuTime() time.Duration {
 	data, err := os.ReadFile("/proc/" + strconv.Itoa(p.cmd.Process.Pid) + "/stat")
 	if err != nil {
 		return 0

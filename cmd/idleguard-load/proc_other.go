@@ -13,10 +13,10 @@ func setChildAttrs(*exec.Cmd) {}
 
 type memInfo struct{ rss, peak int64 }
 
-func (p *provider) memory() memInfo { return memInfo{} }
+func (p *replica) memory() memInfo { return memInfo{} }
 
-func (p *provider) resetPeak() bool { return false }
+func (p *replica) resetPeak() bool { return false }
 
-func (p *provider) cpuTime() time.Duration { return 0 }
+func (p *replica) cpuTime() time.Duration { return 0 }
 
 func selfCPUTime() time.Duration { return 0 }

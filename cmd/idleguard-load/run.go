@@ -21,17 +21,18 @@ import (
 type kind int
 
 const (
-	kindIntrospect kind = iota // POST /oauth/introspect by the resource server
-	kindHeartbeat              // POST /activity with the access token
-	kindRefresh                // refresh-token grant (rotation, ID token and access token signed)
-	kindSSO                    // a second app's authorize answered from the session, up to the code
-	kindStatus                 // GET /session (not activity)
-	kindUserinfo               // GET /userinfo
-	kindHealth                 // GET /healthz: the floor of an HTTP round trip to the provider
+	kindIntrospect  kind = iota // POST /oauth/introspect by the resource server
+	kindHeartbeat               // POST /activity with the access token
+	kindRefresh                 // refresh-token grant (rotation, ID token and access token signed)
+	kindSSO                     // a second app's authorize answered from the session, up to the code
+	kindStatus                  // GET /session (not activity)
+	kindUserinfo                // GET /userinfo
+	kindHealth                  // GET /healthz: the floor of an HTTP round trip to the provider
+	kindForwardAuth             // GET /forward-auth?aud=load-app, as a gateway asks before an API call
 	numKinds
 )
 
-var kindName = [numKinds]string{"introspect", "heartbeat", "refresh", "sso", "status", "userinfo", "health"}
+var kindName = [numKinds]string{"introspect", "heartbeat", "refresh", "sso", "status", "userinfo", "health", "forwardauth"}
 
 func kindNames() []string { return kindName[:] }
 
@@ -207,6 +208,7 @@ type reportData struct {
 	peakReset                     bool // rssEnd.peak excludes start-up
 	providerCPU, loadCPU          time.Duration
 	db                            dbFiles
+	writes                        dbWrites
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
@@ -218,7 +220,8 @@ func report(w io.Writer, d reportData) {
 	if o.seedSQL > 0 {
 		fmt.Fprintf(w, " + %d idle-but-live sessions SEEDED BY SQL (in the database only, never used, not in the provider's memory)", o.seedSQL)
 	}
-	fmt.Fprintf(w, "\n  %s signing keys, %s access tokens, %d workers, mix %s, %.1fs", o.alg, o.token, o.concurrency, o.mix, secs)
+	fmt.Fprintf(w, "\n  %d provider(s) on %s, %s signing keys, %s access tokens, %d workers, mix %s, %.1fs", o.replicas, o.database,
+		o.alg, o.token, o.concurrency, o.mix, secs)
 	if res.interrupted {
 		fmt.Fprint(w, " (INTERRUPTED)")
 	}
@@ -262,9 +265,46 @@ func report(w io.Writer, d reportData) {
 			d.providerCPU.Seconds(), float64(d.providerCPU.Microseconds())/float64(total), float64(total)/d.providerCPU.Seconds(),
 			d.loadCPU.Seconds(), secs, numCPU())
 	}
-	live := o.sessions + o.seedSQL
-	fmt.Fprintf(w, "database: %s + wal %s = %s for %d sessions (%d users): %.0f bytes/session\n",
-		mb(d.db.db), mb(d.db.wal), mb(d.db.db+d.db.wal), live, o.sessions, float64(d.db.db+d.db.wal)/float64(live))
+	if d.db.db > 0 {
+		live := o.sessions + o.seedSQL
+		fmt.Fprintf(w, "database: %s + wal %s = %s for %d sessions (%d users): %.0f bytes/session\n",
+			mb(d.db.db), mb(d.db.wal), mb(d.db.db+d.db.wal), live, o.sessions, float64(d.db.db+d.db.wal)/float64(live))
+	}
+	reportWrites(w, d.writes, res, total)
+}
+
+// reportWrites prints PostgreSQL's writes during the run: what coalescing
+// leaves of the activity the requests carried.
+func reportWrites(w io.Writer, wr dbWrites, res *result, total int64) {
+	if !wr.ok || wr.elapsed <= 0 || total == 0 {
+		return
+	}
+	secs := wr.elapsed.Seconds()
+	fmt.Fprintf(w, "PostgreSQL writes during the run: %d write transactions (%.1f/s, %.4f per request), WAL %.1f kB (%.1f bytes per request)\n",
+		wr.xids, float64(wr.xids)/secs, float64(wr.xids)/float64(total), float64(wr.walBytes)/1024, float64(wr.walBytes)/float64(total))
+	if hb := int64(len(res.latencies[kindHeartbeat])); hb == total {
+		fmt.Fprintf(w, "  heartbeats only: %.4f write transactions per heartbeat\n", float64(wr.xids)/float64(hb))
+	}
+}
+
+// compare prints each kind's throughput in got as a share of ref (the
+// SQLite baseline of the same run).
+func compare(w io.Writer, o options, ref, got *result) {
+	fmt.Fprintf(w, "\n%d provider(s) on %s against one provider on SQLite, same options, same machine, one after the other:\n", o.replicas, o.database)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "kind\tSQLite req/s\tthis run req/s\tshare\t")
+	var refTotal, gotTotal float64
+	for k := range numKinds {
+		if o.mix[k] == 0 {
+			continue
+		}
+		r := float64(len(ref.latencies[k])) / ref.elapsed.Seconds()
+		g := float64(len(got.latencies[k])) / got.elapsed.Seconds()
+		refTotal, gotTotal = refTotal+r, gotTotal+g
+		fmt.Fprintf(tw, "%s\t%.0f\t%.0f\t%.0f%%\t\n", kindName[k], r, g, 100*g/max(r, 1e-9))
+	}
+	fmt.Fprintf(tw, "total\t%.0f\t%.0f\t%.0f%%\t\n", refTotal, gotTotal, 100*gotTotal/max(refTotal, 1e-9))
+	tw.Flush()
 }
 
 func numCPU() int { return runtime.NumCPU() }

@@ -14,12 +14,27 @@ const loadPassword = "load-test-password"
 
 func userName(i int) string { return fmt.Sprintf("load-%07d", i) }
 
+// userStore is what seeding needs of either backend.
+type userStore interface {
+	CreateUser(ctx context.Context, u *session.User) error
+	Close() error
+}
+
+// openUsers opens (and migrates) the database setting: a postgres:// URL
+// or a SQLite file.
+func openUsers(ctx context.Context, database string) (userStore, error) {
+	if session.IsPostgresURL(database) {
+		return session.OpenPostgres(ctx, database)
+	}
+	return session.OpenSQLite(ctx, database)
+}
+
 // seedUsers creates the database (migrating it) and n users with a cheap
 // argon2id hash (t=1, 8 KiB), so that signing n people in through the
 // login form costs little CPU. The hash records its parameters;
 // verification honours them.
-func seedUsers(ctx context.Context, dbPath string, n int) error {
-	store, err := session.OpenSQLite(ctx, dbPath)
+func seedUsers(ctx context.Context, database string, n int) error {
+	store, err := openUsers(ctx, database)
 	if err != nil {
 		return err
 	}

@@ -10,13 +10,17 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 	"unicode"
 
+	qrcode "github.com/skip2/go-qrcode"
+
 	"github.com/idleguard/idleguard/oidc"
+	"github.com/idleguard/idleguard/oidc/mfa"
 	"github.com/idleguard/idleguard/session"
 )
 
@@ -88,24 +92,25 @@ func userCmd(ctx context.Context, args []string, stdin io.Reader, stdout io.Writ
 		return err
 	}
 	if len(pos) == 0 {
-		return errors.New("usage: idleguard user add|list|passwd|delete [NAME]")
+		return errors.New("usage: idleguard user add|list|passwd|delete|totp [NAME], idleguard user mfa reset NAME")
 	}
-	_, store, err := openStore(ctx, *configPath)
+	cfg, store, err := openStore(ctx, *configPath)
 	if err != nil {
 		return err
 	}
 	defer store.Close()
+	factors, err := mfa.NewFactors(ctx, store, cfg.secretKey(), mfa.IssuerLabel(cfg.Issuer), time.Now)
+	if err != nil {
+		return fmt.Errorf("keys.secret_key: %w", err)
+	}
 	if pos[0] == "list" {
-		users, err := store.ListUsers(ctx)
-		if err != nil {
-			return err
+		return listUsers(ctx, store, factors, stdout)
+	}
+	if pos[0] == "mfa" {
+		if len(pos) != 3 || pos[1] != "reset" || pos[2] == "" {
+			return errors.New("usage: idleguard user mfa reset NAME")
 		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "USERNAME\tNAME\tEMAIL\tSUBJECT")
-		for _, u := range users {
-			fmt.Fprintln(tw, printable(u.Username, u.Name, u.Email, u.ID))
-		}
-		return tw.Flush()
+		return resetMFA(ctx, store, factors, *configPath, pos[2], stdout)
 	}
 	if len(pos) != 2 || pos[1] == "" {
 		return fmt.Errorf("usage: idleguard user %s NAME", pos[0])
@@ -131,18 +136,12 @@ func userCmd(ctx context.Context, args []string, stdin io.Reader, stdout io.Writ
 			return err
 		}
 		fmt.Fprintf(stdout, "password of %s changed\n", username)
+	case "totp":
+		return enrollTOTP(ctx, store, factors, username, stdout)
 	case "delete":
 		// End the person's sessions first (through the running provider,
 		// which holds them), so that no app keeps them signed in.
-		ended := "no provider to end their sessions through (admin.token unset)"
-		if api, err := newAdminClient(*configPath); err == nil {
-			var out map[string]int
-			if err := api.call(ctx, http.MethodPost, "/admin/users/"+url.PathEscape(username)+"/sessions/end", &out); err != nil {
-				ended = "their sessions could not be ended: " + err.Error()
-			} else {
-				ended = fmt.Sprintf("ended %d live session(s)", out["ended"])
-			}
-		}
+		ended := endUserSessions(ctx, *configPath, username)
 		if err := store.DeleteUser(ctx, username); err != nil {
 			return err
 		}
@@ -150,6 +149,81 @@ func userCmd(ctx context.Context, args []string, stdin io.Reader, stdout io.Writ
 	default:
 		return fmt.Errorf("unknown user command %q", pos[0])
 	}
+	return nil
+}
+
+// endUserSessions ends username's sessions through the running provider
+// (which holds them) and says how that went.
+func endUserSessions(ctx context.Context, configPath, username string) string {
+	api, err := newAdminClient(configPath)
+	if err != nil {
+		return "no provider to end their sessions through (admin.token unset)"
+	}
+	var out map[string]int
+	if err := api.call(ctx, http.MethodPost, "/admin/users/"+url.PathEscape(username)+"/sessions/end", &out); err != nil {
+		return "their sessions could not be ended: " + err.Error()
+	}
+	return fmt.Sprintf("ended %d live session(s)", out["ended"])
+}
+
+func listUsers(ctx context.Context, store database, factors *mfa.Factors, stdout io.Writer) error {
+	users, err := store.ListUsers(ctx)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "USERNAME\tNAME\tEMAIL\tSUBJECT\tFACTORS")
+	for _, u := range users {
+		f, err := factors.Of(ctx, u.ID)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(tw, printable(u.Username, u.Name, u.Email, u.ID, f.String()))
+	}
+	return tw.Flush()
+}
+
+// enrollTOTP enrolls (or replaces) username's TOTP factor and prints its
+// otpauth URI as the first line, then the recovery codes, then, on a
+// terminal, the QR code.
+func enrollTOTP(ctx context.Context, store database, factors *mfa.Factors, username string, stdout io.Writer) error {
+	u, err := store.UserByUsername(ctx, username)
+	if err != nil {
+		return fmt.Errorf("user %s: %w", username, err)
+	}
+	en, err := factors.NewEnrollment(u.Username)
+	if err != nil {
+		return err
+	}
+	codes, err := factors.Enroll(ctx, u.ID, en.Secret, 0, "cli")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, en.URI)
+	for _, c := range codes {
+		fmt.Fprintln(stdout, c)
+	}
+	if f, ok := stdout.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			if q, err := qrcode.New(en.URI, qrcode.Low); err == nil {
+				fmt.Fprint(stdout, q.ToSmallString(false))
+			}
+		}
+	}
+	return nil
+}
+
+// resetMFA removes every second factor of username and ends their sessions
+// (a session's assurance came from factors that no longer exist).
+func resetMFA(ctx context.Context, store database, factors *mfa.Factors, configPath, username string, stdout io.Writer) error {
+	u, err := store.UserByUsername(ctx, username)
+	if err != nil {
+		return fmt.Errorf("user %s: %w", username, err)
+	}
+	if err := factors.Reset(ctx, u.ID, "cli"); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "removed every second factor of %s; %s\n", username, endUserSessions(ctx, configPath, username))
 	return nil
 }
 
@@ -172,15 +246,17 @@ func keysCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	keys, err := oidc.LoadKeys(ctx, store, pcfg.KeyAlgorithm, time.Now)
+	kc := oidc.KeysConfigOf(pcfg)
+	keys, err := oidc.LoadKeys(ctx, store, kc)
 	if err != nil {
 		return err
 	}
-	id, err := keys.Rotate(ctx, oidc.KeyRetention(pcfg))
+	id, err := keys.Rotate(ctx)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "new signing key %s (%s); older keys stay published for %s\n", id, pcfg.KeyAlgorithm, oidc.KeyRetention(pcfg))
+	fmt.Fprintf(stdout, "new signing key %s (%s), signing in %s once every replica publishes it; older keys stay published for %s after that\n",
+		id, kc.Algorithm, kc.PublishDelay, kc.Retention)
 	return nil
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	_ "embed"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -84,11 +85,19 @@ type SessionConfig struct {
 	// replicas"). Default 1.
 	Replicas     int      `yaml:"replicas"`
 	SyncInterval Duration `yaml:"sync_interval"` // how often a replica polls the change feed; default 250ms
+	// DatabaseTimeout bounds how long a request waits on the database before
+	// it answers 503; default 5s.
+	DatabaseTimeout Duration `yaml:"database_timeout"`
 }
 
 // KeysConfig chooses the signing keys.
 type KeysConfig struct {
 	Algorithm string `yaml:"algorithm"` // one of oidc.SupportedAlgorithms; default RS256
+	// SecretKey (32 bytes as 64 hex characters; give it as ${VAR}) seals
+	// TOTP secrets and keys recovery code hashes, so that a copy of the
+	// database alone reveals neither. Optional; keep it: secrets sealed
+	// with it cannot be read without it.
+	SecretKey string `yaml:"secret_key"`
 }
 
 // TokensConfig holds provider-wide token lifetimes. Access token lifetimes
@@ -131,6 +140,11 @@ type BackchannelConfig struct {
 // LoginConfig tunes the defence against password guessing; see
 // oidc.LoginConfig.
 type LoginConfig struct {
+	// MFA is when a second factor is asked: when_required (default: only
+	// for apps that require or ask for it), always (at every sign-in of a
+	// person who has one), required (and a person without one enrolls one
+	// at the next sign-in).
+	MFA         string   `yaml:"mfa"`
 	MaxFailures int      `yaml:"max_failures"` // default 5
 	LockoutBase Duration `yaml:"lockout_base"` // default 1s
 	LockoutMax  Duration `yaml:"lockout_max"`  // default 15m
@@ -187,14 +201,20 @@ type ClientConfig struct {
 	// Activity lists the sources that count as the person being there; see
 	// activity.ParseSources. Absent: all but refresh. login is always on.
 	Activity []string `yaml:"activity"`
-	// ResourceServer marks a client that serves APIs: it may manage Shared
-	// Signals streams (with a token of its client_credentials grant) and
-	// report batched API activity. It needs a client_secret.
+
+	// ResourceServer marks a client that stands for APIs: it reports the
+	// calls its APIs validated themselves (POST /activity/batch) for the
+	// apps it Serves. It needs a client secret.
 	ResourceServer bool `yaml:"resource_server"`
-	// Serves lists the client ids of the apps whose APIs this resource
-	// server serves: their session ends are sent to its streams and their
-	// tokens' activity is accepted from it. Default: its own id.
+	// Serves lists the client ids whose tokens its APIs accept. Absent: its
+	// own id.
 	Serves []string `yaml:"serves"`
+
+	// RequireMFA: signing in to this app, or arriving by SSO, needs a
+	// second factor in the session (asked by step-up when missing).
+	RequireMFA bool `yaml:"require_mfa"`
+	// RequirePhishingResistant: this app needs a passkey in the session.
+	RequirePhishingResistant bool `yaml:"require_phishing_resistant"`
 }
 
 // Duration is a time.Duration written as a Go duration string ("90s", "5m",
@@ -334,8 +354,12 @@ func (c *Config) setDefaults() {
 	setDuration(&c.Session.SweepInterval, defaultSweepInterval)
 	setDuration(&c.Session.FlushInterval, defaultFlushInterval)
 	setDuration(&c.Session.SyncInterval, activity.DefaultSyncInterval)
+	setDuration(&c.Session.DatabaseTimeout, oidc.DefaultDatabaseTimeout)
 	if c.Session.Replicas == 0 {
 		c.Session.Replicas = 1
+	}
+	if c.Login.MFA == "" {
+		c.Login.MFA = string(oidc.MFAWhenRequired)
 	}
 	if c.Keys.Algorithm == "" {
 		c.Keys.Algorithm = defaultAlgorithm
@@ -391,9 +415,6 @@ func (c *Config) setDefaults() {
 		}
 		if cl.Activity == nil { // an explicit empty list means login only
 			cl.Activity = strings.Split(activity.DefaultSources.String(), ",")
-		}
-		if cl.ResourceServer && len(cl.Serves) == 0 {
-			cl.Serves = []string{cl.ID}
 		}
 		if cl.AccessTokenTTL == 0 {
 			ttl := defaultAccessTokenTTL
@@ -473,6 +494,7 @@ func (c *Config) Validate() error {
 		{s.FlushInterval <= 0, "session.flush_interval", "must be positive"},
 		{s.Replicas < 0, "session.replicas", "must be 1 or more: how many providers share the database"},
 		{s.SyncInterval <= 0, "session.sync_interval", "must be positive"},
+		{s.DatabaseTimeout <= 0, "session.database_timeout", "must be positive: how long a request waits on the database before it answers 503"},
 
 		{!slices.Contains(oidc.SupportedAlgorithms, c.Keys.Algorithm), "keys.algorithm",
 			fmt.Sprintf("%q is not supported (want %s)", c.Keys.Algorithm, strings.Join(oidc.SupportedAlgorithms, ", "))},
@@ -494,6 +516,8 @@ func (c *Config) Validate() error {
 			fmt.Sprintf("must be positive and below the server's write timeout (%s)", serverWriteTimeout)},
 		{c.SSF.VerificationInterval <= 0, "ssf.verification_interval", "must be positive"},
 
+		{!slices.Contains(oidc.MFAModes, oidc.MFAMode(lg.MFA)), "login.mfa", fmt.Sprintf("%q is not a mode (want when_required, always or required)", lg.MFA)},
+		{c.Keys.SecretKey != "" && !isHexKey(c.Keys.SecretKey), "keys.secret_key", "must be 32 bytes written as 64 hexadecimal characters (openssl rand -hex 32)"},
 		{lg.MaxFailures <= 0, "login.max_failures", "must be positive"},
 		{lg.LockoutBase <= 0, "login.lockout_base", "must be positive"},
 		{lg.LockoutMax < lg.LockoutBase, "login.lockout_max",
@@ -512,6 +536,9 @@ func (c *Config) Validate() error {
 	firstUse := make(map[string]int)
 	for i := range c.Clients {
 		c.validateClient(i, firstUse, add, run)
+	}
+	for i := range c.Clients {
+		c.validateServes(i, firstUse, add)
 	}
 
 	if len(problems) > 0 {
@@ -621,28 +648,25 @@ func (c *Config) validateClient(i int, firstUse map[string]int, add func(path, m
 			add(fmt.Sprintf("%s[%d]", p("activity"), j), err.Error())
 		}
 	}
-	c.validateServes(cl, p, add)
 }
 
-// validateServes checks the resource-server fields of cl: a resource
-// server authenticates with a secret, and serves configured apps only.
-func (c *Config) validateServes(cl *ClientConfig, p func(string) string, add func(path, msg string)) {
-	if !cl.ResourceServer {
-		if len(cl.Serves) > 0 {
-			add(p("serves"), "needs resource_server: true")
-		}
-		return
-	}
-	if zoidc.AuthMethod(cl.AuthMethod) == zoidc.AuthMethodNone {
-		add(p("resource_server"), "needs a confidential client (a client_secret)")
+// validateServes checks the resource server fields of client i against
+// every configured client id (known).
+func (c *Config) validateServes(i int, known map[string]int, add func(path, msg string)) {
+	cl := &c.Clients[i]
+	p := fmt.Sprintf("clients[%d].", i)
+	switch {
+	case cl.ResourceServer && cl.AuthMethod == string(zoidc.AuthMethodNone):
+		add(p+"resource_server", "needs a confidential client (a client_secret): resource servers authenticate")
+	case !cl.ResourceServer && cl.Serves != nil:
+		add(p+"serves", "has no meaning without resource_server: true")
 	}
 	for j, id := range cl.Serves {
-		known := slices.ContainsFunc(c.Clients, func(o ClientConfig) bool { return o.ID == id })
-		switch {
-		case !known:
-			add(fmt.Sprintf("%s[%d]", p("serves"), j), fmt.Sprintf("%q is not a configured client_id", id))
-		case slices.Contains(cl.Serves[:j], id):
-			add(fmt.Sprintf("%s[%d]", p("serves"), j), fmt.Sprintf("%q is listed twice", id))
+		path := fmt.Sprintf("%sserves[%d]", p, j)
+		if _, ok := known[id]; !ok {
+			add(path, fmt.Sprintf("%q is not a configured client_id", id))
+		} else if slices.Contains(cl.Serves[:j], id) {
+			add(path, fmt.Sprintf("%q is listed twice", id))
 		}
 	}
 }
@@ -798,8 +822,9 @@ func (c *Config) ProviderConfig() (oidc.Config, error) {
 			Replicas:      c.Session.Replicas,
 			SyncInterval:  d(c.Session.SyncInterval),
 		},
-		KeyAlgorithm: c.Keys.Algorithm,
-		IDTokenTTL:   d(c.Tokens.IDTokenTTL),
+		KeyAlgorithm:    c.Keys.Algorithm,
+		IDTokenTTL:      d(c.Tokens.IDTokenTTL),
+		DatabaseTimeout: d(c.Session.DatabaseTimeout),
 		Backchannel: oidc.BackchannelConfig{
 			Timeout:        d(c.Backchannel.Timeout),
 			Concurrency:    c.Backchannel.Concurrency,
@@ -816,6 +841,7 @@ func (c *Config) ProviderConfig() (oidc.Config, error) {
 			LockoutBase: d(c.Login.LockoutBase),
 			LockoutMax:  d(c.Login.LockoutMax),
 		},
+		MFA: oidc.MFAConfig{Mode: oidc.MFAMode(c.Login.MFA), SecretKey: c.secretKey()},
 	}
 	if c.Admin.Token != "" {
 		pc.AdminTokenHash = oidc.HashSecret(c.Admin.Token)
@@ -831,18 +857,20 @@ func (c *Config) ProviderConfig() (oidc.Config, error) {
 			return oidc.Config{}, fmt.Errorf("clients[%d].activity: %w", i, err)
 		}
 		client := &oidc.Client{
-			ID:                     cl.ID,
-			AuthMethod:             zoidc.AuthMethod(cl.AuthMethod),
-			RedirectURIs:           slices.Clone(cl.RedirectURIs),
-			PostLogoutRedirectURIs: slices.Clone(cl.PostLogoutRedirectURIs),
-			BackchannelLogoutURI:   cl.BackchannelLogoutURI,
-			FrontchannelLogoutURI:  cl.FrontchannelLogoutURI,
-			WebOrigins:             slices.Clone(cl.WebOrigins),
-			AccessTokenTTL:         d(cl.AccessTokenTTL),
-			OpaqueAccessTokens:     cl.AccessTokenFormat == "opaque",
-			Scopes:                 slices.Clone(cl.Scopes),
-			ResourceServer:         cl.ResourceServer,
-			Serves:                 slices.Clone(cl.Serves),
+			ID:                       cl.ID,
+			AuthMethod:               zoidc.AuthMethod(cl.AuthMethod),
+			RedirectURIs:             slices.Clone(cl.RedirectURIs),
+			PostLogoutRedirectURIs:   slices.Clone(cl.PostLogoutRedirectURIs),
+			BackchannelLogoutURI:     cl.BackchannelLogoutURI,
+			FrontchannelLogoutURI:    cl.FrontchannelLogoutURI,
+			WebOrigins:               slices.Clone(cl.WebOrigins),
+			AccessTokenTTL:           d(cl.AccessTokenTTL),
+			OpaqueAccessTokens:       cl.AccessTokenFormat == "opaque",
+			Scopes:                   slices.Clone(cl.Scopes),
+			RequireMFA:               cl.RequireMFA || cl.RequirePhishingResistant,
+			RequirePhishingResistant: cl.RequirePhishingResistant,
+			ResourceServer:           cl.ResourceServer,
+			Serves:                   slices.Clone(cl.Serves),
 			Policy: activity.ClientPolicy{
 				IdleTimeout:          d(cl.IdleTimeout),
 				AppIdleTimeout:       d(cl.AppIdleTimeout),
@@ -860,6 +888,20 @@ func (c *Config) ProviderConfig() (oidc.Config, error) {
 		pc.Clients = append(pc.Clients, client)
 	}
 	return pc, nil
+}
+
+func isHexKey(s string) bool {
+	b, err := hex.DecodeString(s)
+	return err == nil && len(b) == 32
+}
+
+// secretKey is keys.secret_key decoded (validated), or nil.
+func (c *Config) secretKey() []byte {
+	b, _ := hex.DecodeString(c.Keys.SecretKey)
+	if len(b) != 32 {
+		return nil
+	}
+	return b
 }
 
 // envRef matches a ${NAME} reference to an environment variable.

@@ -336,7 +336,7 @@ func TestConfigDefaults(t *testing.T) {
 	require.Equal(t, BackchannelConfig{Timeout: Duration(5 * time.Second), Concurrency: 8, PerDestination: 2, Retention: Duration(7 * 24 * time.Hour),
 		RetryFor: Duration(24 * time.Hour), InitialBackoff: Duration(time.Second), MaxBackoff: Duration(5 * time.Minute),
 		PollInterval: Duration(time.Second)}, cfg.Backchannel)
-	require.Equal(t, LoginConfig{MaxFailures: 5, LockoutBase: Duration(time.Second), LockoutMax: Duration(15 * time.Minute)}, cfg.Login)
+	require.Equal(t, LoginConfig{MFA: "when_required", MaxFailures: 5, LockoutBase: Duration(time.Second), LockoutMax: Duration(15 * time.Minute)}, cfg.Login)
 	require.Equal(t, LogConfig{Format: "text", Level: "info"}, cfg.Log)
 	require.Empty(t, cfg.TrustedProxies, "no proxy is trusted unless configured")
 
@@ -410,6 +410,8 @@ func TestConfigValidateRules(t *testing.T) {
 			"session.sweep_interval: must be positive"},
 		{"negative replicas", func(c *Config, _ *ClientConfig) { c.Session.Replicas = -2 }, "session.replicas: must be 1 or more"},
 		{"zero sync interval", func(c *Config, _ *ClientConfig) { c.Session.SyncInterval = d("-1ms") }, "session.sync_interval: must be positive"},
+		{"negative database timeout", func(c *Config, _ *ClientConfig) { c.Session.DatabaseTimeout = d("-1s") },
+			"session.database_timeout: must be positive"},
 		{"ES256 keys", func(c *Config, _ *ClientConfig) { c.Keys.Algorithm = "ES256" }, ""},
 		{"EdDSA keys", func(c *Config, _ *ClientConfig) { c.Keys.Algorithm = "EdDSA" }, ""},
 		{"short admin token", func(c *Config, _ *ClientConfig) { c.Admin.Token = "admin" }, "admin.token: is too short"},
@@ -520,16 +522,21 @@ func TestConfigValidateRules(t *testing.T) {
 		{"exempt idle above max lifetime", func(_ *Config, cl *ClientConfig) {
 			cl.IdleExempt, cl.IdleTimeout = true, d("9h")
 		}, "clients[0].idle_timeout: 9h0m0s is above session.max_lifetime (8h0m0s)"},
-		{"long poll as long as the write timeout", func(c *Config, _ *ClientConfig) { c.SSF.PollWait = d("30s") },
-			"ssf.poll_wait: must be positive and below the server's write timeout (30s)"},
-		{"resource server serving itself", func(_ *Config, cl *ClientConfig) { cl.ResourceServer, cl.Serves = true, []string{"app"} }, ""},
-		{"resource server serving an unknown app", func(_ *Config, cl *ClientConfig) { cl.ResourceServer, cl.Serves = true, []string{"app", "nope"} },
-			`clients[0].serves[1]: "nope" is not a configured client_id`},
-		{"serves without resource_server", func(_ *Config, cl *ClientConfig) { cl.Serves = []string{"app"} },
-			"clients[0].serves: needs resource_server: true"},
+
+		{"resource server of itself", func(_ *Config, cl *ClientConfig) { cl.ResourceServer = true }, ""},
+		{"resource server of named apps", func(_ *Config, cl *ClientConfig) { cl.ResourceServer, cl.Serves = true, []string{"app"} }, ""},
 		{"public resource server", func(_ *Config, cl *ClientConfig) {
 			cl.ResourceServer, cl.AuthMethod, cl.Secret = true, "none", ""
 		}, "clients[0].resource_server: needs a confidential client"},
+		{"serves without resource server", func(_ *Config, cl *ClientConfig) { cl.Serves = []string{"app"} },
+			"clients[0].serves: has no meaning without resource_server: true"},
+		{"serves an unknown app", func(_ *Config, cl *ClientConfig) { cl.ResourceServer, cl.Serves = true, []string{"app", "mail"} },
+			"clients[0].serves[1]: \"mail\" is not a configured client_id"},
+		{"serves an app twice", func(_ *Config, cl *ClientConfig) { cl.ResourceServer, cl.Serves = true, []string{"app", "app"} },
+			"clients[0].serves[1]: \"app\" is listed twice"},
+		{"api activity off", func(_ *Config, cl *ClientConfig) { cl.Activity = []string{"sso", "heartbeat"} }, ""},
+		{"long poll as long as the write timeout", func(c *Config, _ *ClientConfig) { c.SSF.PollWait = d("30s") },
+			"ssf.poll_wait: must be positive and below the server's write timeout (30s)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -561,6 +568,7 @@ session:
   flush_interval: 3s
   replicas: 3
   sync_interval: 100ms
+  database_timeout: 2s
 keys:
   algorithm: ES256
 tokens:
@@ -598,6 +606,12 @@ clients:
   - client_id: spa
     token_endpoint_auth_method: none
     redirect_uris: [http://127.0.0.1:9002/cb]
+  - client_id: reports-api
+    client_secret: ${IG_TEST_BANK}
+    grant_types: [client_credentials]
+    scopes: []
+    resource_server: true
+    serves: [bank, spa]
 `))
 	require.NoError(t, err)
 	pc, err := cfg.ProviderConfig()
@@ -608,6 +622,7 @@ clients:
 		SweepInterval: 2 * time.Second, FlushInterval: 3 * time.Second, Replicas: 3, SyncInterval: 100 * time.Millisecond}, pc.Session)
 	require.Equal(t, "ES256", pc.KeyAlgorithm)
 	require.Equal(t, 7*time.Minute, pc.IDTokenTTL)
+	require.Equal(t, 2*time.Second, pc.DatabaseTimeout)
 	require.Equal(t, oidc.HashSecret("admin-token-0123456789"), pc.AdminTokenHash)
 	require.Equal(t, oidc.BackchannelConfig{Timeout: 4 * time.Second, Concurrency: 3, PerDestination: 1, Retention: 720 * time.Hour, RetryFor: time.Hour,
 		InitialBackoff: 2 * time.Second, MaxBackoff: time.Minute, PollInterval: time.Second}, pc.Backchannel)
@@ -618,7 +633,7 @@ clients:
 	require.Nil(t, pc.Logger)
 	require.Nil(t, pc.HTTPClient)
 
-	require.Len(t, pc.Clients, 2)
+	require.Len(t, pc.Clients, 3)
 	bank := pc.Clients[0]
 	require.Equal(t, &oidc.Client{
 		ID:                     "bank",
@@ -652,6 +667,14 @@ clients:
 	require.Equal(t, activity.DefaultSources, spa.Policy.Sources)
 	require.Equal(t, oidc.DefaultScopes, spa.Scopes)
 	require.Zero(t, spa.Policy.IdleTimeout)
+	require.False(t, spa.ResourceServer)
+	require.False(t, spa.ServesApp("spa"), "an app serves no API")
+
+	api := pc.Clients[2]
+	require.True(t, api.ResourceServer)
+	require.Equal(t, []string{"bank", "spa"}, api.Serves)
+	require.True(t, api.ServesApp("bank"))
+	require.False(t, api.ServesApp("reports-api"), "serves lists the apps; its own id only when it lists none")
 
 	t.Run("refuses an invalid configuration", func(t *testing.T) {
 		cfg.Clients[1].Secret = "a-secret-for-a-public-client"

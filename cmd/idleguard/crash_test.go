@@ -46,7 +46,9 @@ func freePort(t *testing.T) string {
 
 // child is a provider running as a separate process.
 type child struct {
-	cmd *exec.Cmd
+	cmd     *exec.Cmd
+	replica string // its name in leases and outbox claims, from its start banner
+	log     string // its standard error
 }
 
 func startChild(t *testing.T, bin, config string) *child {
@@ -54,26 +56,31 @@ func startChild(t *testing.T, bin, config string) *child {
 	cmd := exec.Command(bin, "serve", "--config", config)
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
-	cmd.Stderr = io.Discard
+	logFile, err := os.CreateTemp(t.TempDir(), "provider-*.log")
+	require.NoError(t, err)
+	defer logFile.Close()
+	cmd.Stderr = logFile
 	require.NoError(t, cmd.Start())
-	ready := make(chan struct{})
+	banner := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
 			if strings.Contains(sc.Text(), "listening on") {
-				close(ready)
+				banner <- sc.Text()
 				break
 			}
 		}
 		_, _ = io.Copy(io.Discard, stdout)
 	}()
+	c := &child{cmd: cmd, log: logFile.Name()}
 	select {
-	case <-ready:
+	case line := <-banner:
+		_, c.replica, _ = strings.Cut(line, "replica ")
+		c.replica = strings.TrimSuffix(c.replica, ")")
 	case <-time.After(30 * time.Second):
 		_ = cmd.Process.Kill()
 		t.Fatal("provider did not start")
 	}
-	c := &child{cmd: cmd}
 	t.Cleanup(func() { c.kill() })
 	return c
 }
@@ -110,6 +117,25 @@ func countRows(t *testing.T, database string) func(q string) (int, error) {
 	require.NoError(t, err)
 	t.Cleanup(func() { reader.Close() })
 	return func(q string) (n int, err error) { return n, reader.QueryRow(q).Scan(&n) }
+}
+
+// lapseClaims ends the outbox claims a killed provider left: a claim lapses
+// 2 x backchannel.timeout + 30 s after it was taken, and the test moves it
+// into the past instead of waiting (the kill may land while a delivery
+// attempt holds its row).
+func lapseClaims(t *testing.T, database string) {
+	t.Helper()
+	const q = `UPDATE logout_outbox SET claimed_until = 0 WHERE claimed_until IS NOT NULL AND delivered_at IS NULL`
+	if session.IsPostgresURL(database) {
+		_, err := pgtest.Conn(t, database).Exec(context.Background(), q)
+		require.NoError(t, err)
+		return
+	}
+	db, err := sql.Open("sqlite", "file:"+database+"?_pragma=busy_timeout(5000)")
+	require.NoError(t, err)
+	defer db.Close()
+	_, err = db.Exec(q)
+	require.NoError(t, err)
 }
 
 func testKilledProvider(t *testing.T, bin, db string) {
@@ -170,6 +196,7 @@ clients:
 		return err == nil && attempts >= 1
 	}, 15*time.Second, 50*time.Millisecond)
 	c.kill()
+	lapseClaims(t, db)
 
 	mu.Lock()
 	accept = true

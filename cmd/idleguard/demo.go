@@ -29,6 +29,7 @@ tests, which need other ports and limits of seconds.
 // demoFlags are the demo's knobs. Zero durations keep demo.yaml's values.
 type demoFlags struct {
 	db, ports                                   string
+	mfa                                         string // login.mfa; "": demo.yaml's
 	sessionIdle, portalIdle, spaIdle, videoIdle time.Duration
 	warnBefore, heartbeat, checkEvery           time.Duration
 }
@@ -50,6 +51,7 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.DurationVar(&f.warnBefore, "warn-before", 20*time.Second, "the browser library's warning, this long before the deadline")
 	fs.DurationVar(&f.heartbeat, "heartbeat", 10*time.Second, "the browser library's shortest time between two heartbeats")
 	fs.DurationVar(&f.checkEvery, "check-interval", 15*time.Second, "how often the browser library reads the session's status")
+	fs.StringVar(&f.mfa, "mfa", "", "login.mfa: when_required, always or required (default: demo.yaml's)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -130,6 +132,9 @@ func demoSetup(f demoFlags) (*Config, demoapps.Config, error) {
 		return s
 	}
 	cfg.Database = f.db
+	if f.mfa != "" {
+		cfg.Login.MFA = f.mfa
+	}
 	cfg.Issuer = hostPort(cfg.Issuer)
 	host, _, err := net.SplitHostPort(cfg.Listen)
 	if err != nil {

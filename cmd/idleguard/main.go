@@ -141,7 +141,8 @@ func serve(ctx context.Context, cfg *Config, demo bool, stdout, stderr io.Writer
 		MaxHeaderBytes:    32 << 10,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
-	fmt.Fprintf(stdout, "idleguard listening on http://%s (issuer %s, database %s)\n", ln.Addr(), cfg.Issuer, session.RedactURL(cfg.Database))
+	fmt.Fprintf(stdout, "idleguard listening on http://%s (issuer %s, database %s, replica %s)\n", ln.Addr(), cfg.Issuer,
+		session.RedactURL(cfg.Database), p.ReplicaID())
 	if demo {
 		fmt.Fprintf(stdout, "demo configuration: sign in as %q with password %q\n", demoUser, demoPassword)
 	}

@@ -58,6 +58,10 @@ type server struct {
 	admin *pgxpool.Pool
 	base  *url.URL // the server's URL; each database replaces its path
 	dir   string   // temporary directory of a server we started, else ""
+	bin   string   // of a server we started: its binaries, data directory, port and user
+	data  string
+	port  int
+	cred  *syscall.Credential
 	proc  *exec.Cmd
 	// strategy makes CREATE DATABASE copy files (PostgreSQL 15+), a third
 	// faster than logging every page for a database as small as ours.
@@ -87,22 +91,36 @@ func NewDatabase(t testing.TB) string {
 	switch {
 	case errFail != nil:
 		t.Fatalf("PostgreSQL: %v", errFail)
-	case errSkip != nil && os.Getenv(EnvRequire) == "1":
-		t.Fatalf("PostgreSQL required (%s=1) but unavailable: %v", EnvRequire, errSkip)
 	case errSkip != nil:
-		t.Skipf("PostgreSQL tests skipped: %v", errSkip)
+		skipOrFail(t, errSkip)
 	}
+	return current.newDatabase(t)
+}
+
+// skipOrFail skips t because PostgreSQL is unavailable, or fails it under
+// EnvRequire.
+func skipOrFail(t testing.TB, why error) {
+	t.Helper()
+	if os.Getenv(EnvRequire) == "1" {
+		t.Fatalf("PostgreSQL required (%s=1) but unavailable: %v", EnvRequire, why)
+	}
+	t.Skipf("PostgreSQL tests skipped: %v", why)
+}
+
+// newDatabase creates an empty database on s, dropped when t ends.
+func (s *server) newDatabase(t testing.TB) string {
+	t.Helper()
 	name := "idleguard_test_" + randomHex(8)
 	ctx := context.Background()
-	if _, err := current.admin.Exec(ctx, "CREATE DATABASE "+name+" TEMPLATE template0"+current.strategy); err != nil {
+	if _, err := s.admin.Exec(ctx, "CREATE DATABASE "+name+" TEMPLATE template0"+s.strategy); err != nil {
 		t.Fatalf("create database: %v", err)
 	}
 	t.Cleanup(func() {
-		if _, err := current.admin.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+		if _, err := s.admin.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
 			t.Errorf("drop database %s: %v", name, err)
 		}
 	})
-	u := *current.base
+	u := *s.base
 	u.Path = "/" + name
 	return u.String()
 }
@@ -160,46 +178,56 @@ func launch(bin string) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &server{dir: dir, exited: make(chan struct{})}
-	cred, err := unprivileged(dir)
-	if err != nil {
+	s := &server{dir: dir, bin: bin, data: filepath.Join(dir, "data")}
+	if s.cred, err = unprivileged(dir); err != nil {
 		s.stop()
 		return nil, err
 	}
-	data, logPath := filepath.Join(dir, "data"), filepath.Join(dir, "postgres.log")
-	initdb := exec.Command(filepath.Join(bin, "initdb"), "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync")
-	initdb.Dir, initdb.SysProcAttr = dir, sysProcAttr(cred)
+	initdb := exec.Command(filepath.Join(bin, "initdb"), "-D", s.data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync")
+	initdb.Dir, initdb.SysProcAttr = dir, sysProcAttr(s.cred)
 	if out, err := initdb.CombinedOutput(); err != nil {
 		s.stop()
 		return nil, fmt.Errorf("initdb: %w: %s", err, out)
 	}
-	port, err := freePort()
-	if err != nil {
+	if s.port, err = freePort(); err != nil {
 		s.stop()
 		return nil, err
 	}
-	logFile, err := os.Create(logPath)
-	if err != nil {
+	if err := s.run(); err != nil {
 		s.stop()
 		return nil, err
-	}
-	defer logFile.Close()
-	s.proc = exec.Command(filepath.Join(bin, "postgres"), "-D", data, "-p", strconv.Itoa(port), "-k", dir,
-		"-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
-		"-c", "full_page_writes=off", "-c", "max_connections=300", "-c", "shared_buffers=32MB", "-c", "log_min_messages=warning")
-	s.proc.Dir, s.proc.SysProcAttr = dir, sysProcAttr(cred)
-	s.proc.Stdout, s.proc.Stderr = logFile, logFile
-	if err := s.proc.Start(); err != nil {
-		s.stop()
-		return nil, fmt.Errorf("start postgres: %w", err)
-	}
-	go func() { _ = s.proc.Wait(); close(s.exited) }()
-	if _, err := connect(s, fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", port)); err != nil {
-		out, _ := os.ReadFile(logPath)
-		s.stop()
-		return nil, fmt.Errorf("%w; server log:\n%s", err, out)
 	}
 	return s, nil
+}
+
+// run starts postgres on the server's data directory and port, and waits
+// until it answers.
+func (s *server) run() error {
+	logPath := filepath.Join(s.dir, "postgres.log")
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o666)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	if s.cred != nil {
+		_ = os.Chown(logPath, int(s.cred.Uid), int(s.cred.Gid))
+	}
+	s.proc = exec.Command(filepath.Join(s.bin, "postgres"), "-D", s.data, "-p", strconv.Itoa(s.port), "-k", s.dir,
+		"-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
+		"-c", "full_page_writes=off", "-c", "max_connections=300", "-c", "shared_buffers=32MB", "-c", "log_min_messages=warning")
+	s.proc.Dir, s.proc.SysProcAttr = s.dir, sysProcAttr(s.cred)
+	s.proc.Stdout, s.proc.Stderr = logFile, logFile
+	if err := s.proc.Start(); err != nil {
+		return fmt.Errorf("start postgres: %w", err)
+	}
+	exited := make(chan struct{})
+	s.exited = exited
+	go func() { _ = s.proc.Wait(); close(exited) }()
+	if _, err := connect(s, fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", s.port)); err != nil {
+		out, _ := os.ReadFile(logPath)
+		return fmt.Errorf("%w; server log:\n%s", err, out)
+	}
+	return nil
 }
 
 // unprivileged returns the credential to run the server with: none when we
@@ -277,23 +305,35 @@ func ping(ctx context.Context, s *server, dsn string) error {
 	return nil
 }
 
-// stop shuts a server we started down (fast shutdown: SIGINT) and removes
-// its directory.
+// stop shuts a server we started down and removes its directory.
 func (s *server) stop() {
 	if s.admin != nil {
 		s.admin.Close()
+		s.admin = nil
 	}
-	if s.proc != nil && s.proc.Process != nil {
-		_ = s.proc.Process.Signal(os.Interrupt)
-		select {
-		case <-s.exited:
-		case <-time.After(10 * time.Second):
-			_ = s.proc.Process.Kill()
-			<-s.exited
-		}
-	}
+	s.halt()
 	if s.dir != "" {
 		_ = os.RemoveAll(s.dir)
+	}
+}
+
+// halt stops the postgres process of a server we started (fast shutdown:
+// SIGINT, which drops every connection), keeping its data.
+func (s *server) halt() {
+	if s.proc == nil || s.proc.Process == nil {
+		return
+	}
+	select {
+	case <-s.exited:
+		return
+	default:
+	}
+	_ = s.proc.Process.Signal(os.Interrupt)
+	select {
+	case <-s.exited:
+	case <-time.After(10 * time.Second):
+		_ = s.proc.Process.Kill()
+		<-s.exited
 	}
 }
 
@@ -308,3 +348,71 @@ func Conn(t testing.TB, dsn string) *pgx.Conn {
 	t.Cleanup(func() { _ = c.Close(context.Background()) })
 	return c
 }
+
+// Server is a PostgreSQL server of its own for one test (or one tool), which
+// it may stop and start again: for tests of what the provider does while the
+// database is away. Unlike the shared server of NewDatabase, stopping it
+// disturbs no other test.
+type Server struct{ s *server }
+
+// Launch starts a throwaway server from Debian's binaries (or EnvBin) in a
+// temporary directory; Close stops it and removes the directory.
+func Launch() (*Server, error) {
+	bin, err := findBinaries()
+	if err != nil {
+		return nil, err
+	}
+	s, err := launch(bin)
+	if err != nil {
+		return nil, err
+	}
+	return &Server{s: s}, nil
+}
+
+// NewServer launches a server for t, closed when t ends. Without server
+// binaries t is skipped (failed under EnvRequire); EnvServer is no help
+// here, since a test must not stop a server it does not own.
+func NewServer(t testing.TB) *Server {
+	t.Helper()
+	bin, err := findBinaries()
+	if err != nil {
+		skipOrFail(t, err)
+	}
+	s, err := launch(bin)
+	if err != nil {
+		t.Fatalf("PostgreSQL: %v", err)
+	}
+	t.Cleanup(s.stop)
+	return &Server{s: s}
+}
+
+// NewDatabase creates an empty database on the server, dropped when t ends
+// (the server must be running then).
+func (s *Server) NewDatabase(t testing.TB) string {
+	t.Helper()
+	return s.s.newDatabase(t)
+}
+
+// CreateDatabase creates an empty database named name and returns its URL.
+func (s *Server) CreateDatabase(ctx context.Context, name string) (string, error) {
+	if _, err := s.s.admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()+" TEMPLATE template0"+s.s.strategy); err != nil {
+		return "", fmt.Errorf("create database %s: %w", name, err)
+	}
+	u := *s.s.base
+	u.Path = "/" + name
+	return u.String(), nil
+}
+
+// Stop shuts the server down (fast shutdown: every connection is dropped,
+// new ones are refused) and keeps its data.
+func (s *Server) Stop() {
+	s.s.admin.Close()
+	s.s.halt()
+}
+
+// Start starts a stopped server again, on the same port with the same data,
+// and waits until it answers.
+func (s *Server) Start() error { return s.s.run() }
+
+// Close stops the server and removes its files.
+func (s *Server) Close() { s.s.stop() }

@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/idleguard/idleguard/session/pgtest"
@@ -48,4 +49,23 @@ func TestMissingServerSkipsUnlessRequired(t *testing.T) {
 	require.Error(t, err, out)
 	require.Contains(t, out, "--- FAIL")
 	require.Contains(t, out, "PostgreSQL required")
+}
+
+// TestServerStopsAndStarts stops a server of the test's own and starts it
+// again: a connection fails while it is down, and the data is still there.
+func TestServerStopsAndStarts(t *testing.T) {
+	srv := pgtest.NewServer(t)
+	dsn := srv.NewDatabase(t)
+	c := pgtest.Conn(t, dsn)
+	_, err := c.Exec(t.Context(), `CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)`)
+	require.NoError(t, err)
+
+	srv.Stop()
+	_, err = pgx.Connect(t.Context(), dsn)
+	require.Error(t, err, "the server is down")
+
+	require.NoError(t, srv.Start())
+	var x int
+	require.NoError(t, pgtest.Conn(t, dsn).QueryRow(t.Context(), `SELECT x FROM kept`).Scan(&x))
+	require.Equal(t, 42, x)
 }

@@ -54,6 +54,7 @@ type Store interface {
 	AuthRequestData(ctx context.Context, id string, now time.Time) ([]byte, error)
 	SaveAuthCode(ctx context.Context, id, codeHash string) error
 	AuthRequestByCode(ctx context.Context, codeHash string, now time.Time) (string, []byte, error)
+	AuthRequestOfCode(ctx context.Context, codeHash string, now time.Time) ([]byte, error)
 	PurgeAuthRequests(ctx context.Context, now time.Time) error
 
 	RevokeToken(ctx context.Context, tokenID string, expires time.Time) error
@@ -76,6 +77,22 @@ type Store interface {
 	ReleaseLease(ctx context.Context, name, holder string) error
 	RefreshGeneration(ctx context.Context, chainID string) (uint64, error)
 	RotateRefreshChain(ctx context.Context, chainID string, from uint64) (bool, error)
+
+	SetTOTP(ctx context.Context, f session.TOTPFactor, recoveryHashes []string, by string) error
+	TOTP(ctx context.Context, userID string) (*session.TOTPFactor, error)
+	UseTOTPStep(ctx context.Context, userID string, step int64) (bool, error)
+	UseRecoveryCode(ctx context.Context, userID, hash string, at time.Time) (bool, error)
+	AddWebAuthnCredential(ctx context.Context, c session.WebAuthnCredential, by string) error
+	WebAuthnCredentials(ctx context.Context, userID string) ([]*session.WebAuthnCredential, error)
+	WebAuthnCredential(ctx context.Context, id []byte) (*session.WebAuthnCredential, error)
+	UseWebAuthnCredential(ctx context.Context, id []byte, signCount uint32, at time.Time) (bool, error)
+	DeleteWebAuthnCredential(ctx context.Context, userID string, id []byte, at time.Time, by string) error
+	ResetMFA(ctx context.Context, userID string, at time.Time, by string) error
+	Factors(ctx context.Context, userID string) (session.Factors, error)
+	PutCeremony(ctx context.Context, id, userID string, data []byte, expires time.Time) error
+	TakeCeremony(ctx context.Context, id string, now time.Time) (string, []byte, error)
+	PurgeCeremonies(ctx context.Context, now time.Time) error
+	RaiseAssurance(ctx context.Context, a *session.AuthSession, at time.Time, detail string) error
 	SignalStore
 }
 
@@ -119,9 +136,16 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"LoginFailuresAreForgottenAndPurged", testLoginForgetPurge},
 		{"LoginAttemptsSharingKeysNeverDeadlock", testLoginReserveOrder},
 		{"ChangeFeedRecordsEveryChangeOtherReplicasMustSee", testChangeFeed},
+		{"RevocationsAreOnTheChangeFeed", testRevocationFeed},
 		{"ConditionalEndLosesToNewerActivity", testConditionalEnd},
 		{"LeaseHasOneHolderUntilItExpires", testLease},
 		{"RefreshRotationIsCompareAndSwap", testRefreshCAS},
+		{"TOTPStepIsUsedOnce", testTOTPStep},
+		{"RecoveryCodesWorkOnce", testRecoveryCodes},
+		{"PasskeysCounterAndRemoval", testPasskeys},
+		{"FactorsResetAndCascade", testFactorsReset},
+		{"CeremonyIsTakenOnceBeforeItExpires", testCeremonies},
+		{"RaiseAssuranceIsOnTheChangeFeed", testRaiseAssurance},
 		{"OlderActivityNeverPullsTheDeadlineBack", testOlderView},
 		{"ConditionalAppEndWaitsForItsOwnDeadline", testConditionalAppEnd},
 		{"ChangeFeedReaderMissesNothingUnderConcurrency", testChangeFeedRace},
@@ -445,6 +469,7 @@ func testOutboxClaims(t *testing.T, s Store) {
 	require.Len(t, second, 1, "the claim lapsed")
 	require.Equal(t, first[0].JTI, second[0].JTI, "delivered again with the same jti")
 	require.Equal(t, "other", second[0].ClaimedBy)
+	require.Contains(t, second[0].LastError, "claim lapsed: dead may have delivered it")
 
 	// The first worker's failure comes too late to reschedule the row.
 	require.NoError(t, s.DeliveryDone(ctx, first[0], t0.Add(time.Minute), false, t0.Add(time.Hour), "timeout"))
@@ -459,6 +484,11 @@ func testOutboxClaims(t *testing.T, s Store) {
 	require.NoError(t, err)
 	require.Equal(t, 1, rows[0].Attempts, "delivered once")
 	require.Equal(t, 2, countEvents(t, s, a.ID, session.AuditLogoutDelivered), "the duplicate is counted in the audit")
+	events, err := s.Audit(ctx, session.AuditFilter{SID: a.ID})
+	require.NoError(t, err)
+	require.True(t, slices.ContainsFunc(events, func(e session.AuditEvent) bool {
+		return e.Kind == session.AuditLogoutDelivered && strings.Contains(e.Detail, "lapsed_claim=true") && !strings.Contains(e.Detail, "stale=true")
+	}), "the attempt after a lapsed claim says so: the dead worker may have delivered too")
 }
 
 // countEvents counts the audit events of one kind for sid.
@@ -588,17 +618,27 @@ func testAuthRequests(t *testing.T, s Store) {
 	require.ErrorIs(t, s.SaveAuthRequest(ctx, "r1", []byte(`{"a":3}`), t0, t0.Add(10*time.Minute)), session.ErrConflict,
 		"a request with a code is frozen")
 
-	id, data, err := s.AuthRequestByCode(ctx, "hash", t0.Add(time.Minute))
+	data, err = s.AuthRequestOfCode(ctx, "hash", t0.Add(time.Minute))
 	require.NoError(t, err)
+	require.JSONEq(t, `{"a":2}`, string(data), "a code's request can be read before it is redeemed")
+	id, data, err := s.AuthRequestByCode(ctx, "hash", t0.Add(time.Minute))
+	require.NoError(t, err, "reading it redeemed nothing")
 	require.Equal(t, "r1", id)
 	require.JSONEq(t, `{"a":2}`, string(data))
 	id, data, err = s.AuthRequestByCode(ctx, "hash", t0.Add(2*time.Minute))
 	require.ErrorIs(t, err, session.ErrCodeReused, "a code works once; a replay is recognised")
 	require.Equal(t, "r1", id)
 	require.JSONEq(t, `{"a":2}`, string(data), "a replay names what the code gave")
+	data, err = s.AuthRequestOfCode(ctx, "hash", t0.Add(2*time.Minute))
+	require.NoError(t, err)
+	require.JSONEq(t, `{"a":2}`, string(data), "and after")
 	_, _, err = s.AuthRequestByCode(ctx, "hash", t0.Add(10*time.Minute))
 	require.ErrorIs(t, err, session.ErrNotFound, "expired")
+	_, err = s.AuthRequestOfCode(ctx, "hash", t0.Add(10*time.Minute))
+	require.ErrorIs(t, err, session.ErrNotFound, "expired")
 	_, _, err = s.AuthRequestByCode(ctx, "other", t0)
+	require.ErrorIs(t, err, session.ErrNotFound)
+	_, err = s.AuthRequestOfCode(ctx, "other", t0)
 	require.ErrorIs(t, err, session.ErrNotFound)
 
 	require.NoError(t, s.SaveAuthRequest(ctx, "r2", []byte(`{}`), t0, t0.Add(10*time.Minute)))
@@ -1153,6 +1193,31 @@ func testChangeFeed(t *testing.T, s Store) {
 	require.NoError(t, s.PurgeSessionChanges(ctx, t0.Add(2*time.Minute)))
 	sids, _ = changedSIDs(t, s, start)
 	require.Equal(t, []string{a.ID, a.ID}, sids, "rows before the cut are gone")
+}
+
+// testRevocationFeed: a revoked access token is named on the change feed
+// once, however often it is revoked, so that every replica refuses it.
+func testRevocationFeed(t *testing.T, s Store) {
+	ctx := t.Context()
+	start, err := s.LastSessionChange(ctx)
+	require.NoError(t, err)
+	require.NoError(t, s.RevokeToken(ctx, "t1", t0.Add(time.Minute)))
+	require.NoError(t, s.RevokeToken(ctx, "t1", t0.Add(time.Minute)))
+	require.NoError(t, s.RevokeToken(ctx, "t2", t0.Add(time.Hour)))
+	changes, err := s.SessionChanges(ctx, start, 100)
+	require.NoError(t, err)
+	var revoked []string
+	for _, c := range changes {
+		require.Empty(t, c.SID, "a revocation names no session to reload")
+		revoked = append(revoked, c.TokenID)
+	}
+	require.Equal(t, []string{"t1", "t2"}, revoked)
+
+	require.NoError(t, s.PurgeSessionChanges(ctx, t0.Add(30*time.Minute)))
+	changes, err = s.SessionChanges(ctx, start, 100)
+	require.NoError(t, err)
+	require.Len(t, changes, 1, "kept while the token could be presented: t2 expires later")
+	require.Equal(t, "t2", changes[0].TokenID)
 }
 
 func testConditionalEnd(t *testing.T, s Store) {

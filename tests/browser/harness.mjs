@@ -32,7 +32,7 @@ async function freePorts(n) {
  * provider or the apps shows up) and starts `idleguard demo` with the test
  * limits. Returns its URLs, a temp dir and stop(), which returns the log.
  */
-export async function startDemo() {
+export async function startDemo({ args: extra = [] } = {}) {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'idleguard-browser-'));
   const bin = path.join(dir, 'idleguard');
   await promisify(execFile)('go', ['build', '-race', '-o', bin, './cmd/idleguard'], { cwd: repo, maxBuffer: 1 << 24 });
@@ -41,7 +41,7 @@ export async function startDemo() {
   const args = ['demo', '--db', path.join(dir, 'idleguard.db'), '--ports', [id, portal, spa, video].join(','),
     '--idle-timeout', s(LIMITS.session), '--portal-idle', s(LIMITS.portal), '--spa-idle', s(LIMITS.spa),
     '--video-idle', s(LIMITS.video), '--warn-before', s(LIMITS.warnBefore), '--heartbeat', s(LIMITS.heartbeat),
-    '--check-interval', s(LIMITS.check)];
+    '--check-interval', s(LIMITS.check), ...extra];
   const child = spawn(bin, args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
   const killOnExit = () => child.kill('SIGKILL');
   process.once('exit', killOnExit);
