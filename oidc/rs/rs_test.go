@@ -76,7 +76,7 @@ func newProvider(t *testing.T) *provider {
 	t.Cleanup(pr.srv.Close)
 	app := func(id string) *oidc.Client {
 		return &oidc.Client{ID: id, SecretHash: oidc.HashSecret(id + "-secret"), AuthMethod: zoidc.AuthMethodBasic,
-			RedirectURIs: []string{"http://127.0.0.1:1/" + id + "/callback"}, AccessTokenTTL: 10 * time.Minute,
+			RedirectURIs: []string{"http://127.0.0.1:1/" + id + "/callback"}, AccessTokenTTL: 30 * time.Minute,
 			GrantTypes: []zoidc.GrantType{zoidc.GrantTypeCode, zoidc.GrantTypeRefreshToken},
 			Policy:     activity.ClientPolicy{IdleTimeout: 30 * time.Minute, Sources: activity.DefaultSources}}
 	}
@@ -220,7 +220,7 @@ func TestKitVerifiesTokens(t *testing.T) {
 	idToken, _ := shop.Extra("id_token").(string)
 	require.Equal(t, http.StatusUnauthorized, a.call(t, idToken), "an ID token is not an access token")
 
-	pr.clock.Advance(11 * time.Minute)
+	pr.clock.Advance(31 * time.Minute)
 	require.Equal(t, http.StatusUnauthorized, a.call(t, shop.AccessToken), "expired")
 }
 
@@ -365,6 +365,28 @@ func TestKitBatchesActivity(t *testing.T) {
 		require.NoError(t, a.kit.Flush(t.Context()), "404: activity is dropped, not kept and resent every second")
 		require.Equal(t, http.StatusOK, a.call(t, admin.AccessToken), "and the API goes on")
 	})
+}
+
+// TestKitActivityKeepsTheSessionAlive: the API's traffic, batched to the
+// provider's real POST /activity/batch, is the person's activity: no
+// heartbeat, yet the session outlives its idle limit counted from sign-in,
+// and ends that limit after the last call.
+func TestKitActivityKeepsTheSessionAlive(t *testing.T) {
+	pr := newProvider(t)
+	a := startAPI(t, pr)
+	shop := pr.signIn(oidctest.NewBrowser(pr.srv.URL, nil), "shop") // shop: 30m idle limit
+	live := func() bool {
+		st, err := pr.provider().Tracker().Session(t.Context(), sid(t, shop.AccessToken))
+		require.NoError(t, err)
+		return st.Active
+	}
+	pr.clock.Advance(25 * time.Minute)
+	require.Equal(t, http.StatusOK, a.call(t, shop.AccessToken))
+	require.NoError(t, a.kit.Flush(t.Context()))
+	pr.clock.Advance(25 * time.Minute)
+	require.True(t, live(), "50 minutes after sign-in, 25 after the last API call")
+	pr.clock.Advance(6 * time.Minute)
+	require.False(t, live(), "31 minutes after the last API call")
 }
 
 func jsonSegment(seg string) ([]byte, error) { return base64.RawURLEncoding.DecodeString(seg) }
