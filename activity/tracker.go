@@ -66,6 +66,9 @@ type ClientPolicy struct {
 	Exempt               bool          // idle_exempt: does not pull the shared limit down
 	Sources              Source        // activity sources that count for this client
 	BackchannelLogoutURI string
+	// SignalReceivers are the resource servers whose Shared Signals
+	// streams hear of this app's session ends.
+	SignalReceivers []string
 }
 
 // Store is the persistence the tracker needs.
@@ -1035,6 +1038,10 @@ func (t *Tracker) endApp(e *entry, a *appState, end *session.End, now time.Time,
 	if a.policy.BackchannelLogoutURI != "" {
 		end.Notices = append(end.Notices, session.LogoutNotice{ClientID: a.ClientID, URI: a.policy.BackchannelLogoutURI,
 			SID: e.auth.ID, Subject: e.auth.UserID, Reason: reason})
+	}
+	if len(a.policy.SignalReceivers) > 0 {
+		end.Signals = append(end.Signals, session.SignalNotice{ClientID: a.ClientID, SID: e.auth.ID, Subject: e.auth.UserID,
+			Reason: reason, Receivers: a.policy.SignalReceivers})
 	}
 }
 

@@ -87,11 +87,17 @@ func (p *Provider) deliveryLoop(ctx context.Context) {
 	tick := time.NewTicker(p.cfg.Backchannel.PollInterval)
 	defer tick.Stop()
 	defer p.outbox.wait()
+	defer p.pushes.wait()
 	others := true
 	for {
 		_, freed, err := p.outbox.fill(ctx, others)
 		if err != nil && ctx.Err() == nil {
 			p.cfg.Logger.ErrorContext(ctx, "back-channel delivery", "error", err)
+		}
+		// Push destinations are the receivers' own: always "others".
+		_, pushed, err := p.pushes.fill(ctx, true)
+		if err != nil && ctx.Err() == nil {
+			p.cfg.Logger.ErrorContext(ctx, "signal push", "error", err)
 		}
 		others = false
 		select {
@@ -101,6 +107,7 @@ func (p *Provider) deliveryLoop(ctx context.Context) {
 			others = true
 		case <-p.wake:
 		case <-freed:
+		case <-pushed:
 		}
 	}
 }
@@ -108,10 +115,21 @@ func (p *Provider) deliveryLoop(ctx context.Context) {
 // DeliverDue delivers every due row it can claim and waits for those
 // deliveries (and any already in flight) to finish; it returns how many it
 // started. The background loop does the same without waiting.
+//
+// It drives both durable queues: back-channel logouts and pushed SETs.
 func (p *Provider) DeliverDue(ctx context.Context) (int, error) {
+	n, err := drain(ctx, p.outbox)
+	if err != nil {
+		return n, err
+	}
+	m, err := drain(ctx, p.pushes)
+	return n + m, err
+}
+
+func drain[T any](ctx context.Context, d *dispatcher[T]) (int, error) {
 	total := 0
 	for {
-		n, freed, err := p.outbox.fill(ctx, true)
+		n, freed, err := d.fill(ctx, true)
 		total += n
 		if err != nil {
 			return total, err
@@ -136,8 +154,12 @@ func (p *Provider) DeliverDue(ctx context.Context) (int, error) {
 // MaxBackoff), and then by one probe at a time. Rows are claimed from the
 // shared outbox only when a slot is free for them, so nothing this process
 // cannot start now is held away from other processes.
-type dispatcher struct {
+//
+// It serves any durable queue of deliveries (the logout outbox, the Shared
+// Signals push queue): q says where rows go and how one is delivered.
+type dispatcher[T any] struct {
 	p      *Provider
+	q      queue[T]
 	worker string // claimed_by: this process
 
 	mu       sync.Mutex
@@ -156,12 +178,36 @@ type destination struct {
 	openUntil time.Time // no new attempt before this
 }
 
-func newDispatcher(p *Provider) *dispatcher {
-	return &dispatcher{p: p, worker: p.cfg.Session.ReplicaID, freed: make(chan struct{}), dests: map[string]*destination{}}
+// queue is a durable queue of deliveries of type T that several processes
+// claim rows from.
+type queue[T any] interface {
+	// destinations lists the configured destinations, sorted; rows of
+	// others are claimed one at a time (claimOthers).
+	destinations() []string
+	claim(ctx context.Context, c session.DeliveryClaim) ([]T, error)
+	destination(row T) string
+	// deliver makes one attempt, records it and reports whether it succeeded.
+	deliver(ctx context.Context, row T) bool
+}
+
+func newDispatcher[T any](p *Provider, q queue[T]) *dispatcher[T] {
+	return &dispatcher[T]{p: p, q: q, worker: p.cfg.Session.ReplicaID, freed: make(chan struct{}), dests: map[string]*destination{}}
+}
+
+// logoutQueue is the back-channel logout outbox.
+type logoutQueue struct{ p *Provider }
+
+func (q logoutQueue) destinations() []string { return q.p.backchannelURIs }
+func (q logoutQueue) claim(ctx context.Context, c session.DeliveryClaim) ([]session.OutboxEntry, error) {
+	return q.p.store.ClaimDeliveries(ctx, c)
+}
+func (q logoutQueue) destination(o session.OutboxEntry) string { return o.URI }
+func (q logoutQueue) deliver(ctx context.Context, o session.OutboxEntry) bool {
+	return q.p.deliver(ctx, o)
 }
 
 // free returns how many more deliveries to uri may start now.
-func (d *dispatcher) free(uri string, now time.Time) int {
+func (d *dispatcher[T]) free(uri string, now time.Time) int {
 	cfg := d.p.cfg.Backchannel
 	dst := d.dests[uri]
 	if dst == nil {
@@ -180,8 +226,8 @@ func (d *dispatcher) free(uri string, now time.Time) int {
 
 // destinations lists the URIs of the configured clients, rotated so that
 // each round offers the free slots to a different one first.
-func (d *dispatcher) destinations() []string {
-	uris := d.p.backchannelURIs
+func (d *dispatcher[T]) destinations() []string {
+	uris := d.q.destinations()
 	if len(uris) == 0 {
 		return nil
 	}
@@ -197,7 +243,7 @@ func (d *dispatcher) destinations() []string {
 // It returns how many it started and a channel that is closed when a
 // delivery in flight finishes (nil when nothing is in flight), taken under
 // the same lock, so that no finish can slip between the two.
-func (d *dispatcher) fill(ctx context.Context, others bool) (int, <-chan struct{}, error) {
+func (d *dispatcher[T]) fill(ctx context.Context, others bool) (int, <-chan struct{}, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	started, err := d.claimAll(ctx, others)
@@ -207,7 +253,7 @@ func (d *dispatcher) fill(ctx context.Context, others bool) (int, <-chan struct{
 	return started, d.freed, err
 }
 
-func (d *dispatcher) claimAll(ctx context.Context, others bool) (int, error) {
+func (d *dispatcher[T]) claimAll(ctx context.Context, others bool) (int, error) {
 	started := 0
 	for _, uri := range d.destinations() {
 		n, err := d.claim(ctx, session.DeliveryClaim{URI: uri})
@@ -225,8 +271,8 @@ func (d *dispatcher) claimAll(ctx context.Context, others bool) (int, error) {
 
 // claimOthers claims rows of unconfigured destinations one at a time, each
 // within its own destination's limit.
-func (d *dispatcher) claimOthers(ctx context.Context) (int, error) {
-	except := slices.Clone(d.p.backchannelURIs)
+func (d *dispatcher[T]) claimOthers(ctx context.Context) (int, error) {
+	except := slices.Clone(d.q.destinations())
 	for uri := range d.dests {
 		if !slices.Contains(except, uri) && d.free(uri, d.p.now()) == 0 {
 			except = append(except, uri)
@@ -234,35 +280,35 @@ func (d *dispatcher) claimOthers(ctx context.Context) (int, error) {
 	}
 	started := 0
 	for d.inFlight < d.p.cfg.Backchannel.Concurrency {
-		rows, err := d.p.store.ClaimDeliveries(ctx, d.request(session.DeliveryClaim{Except: except}, 1))
+		rows, err := d.q.claim(ctx, d.request(session.DeliveryClaim{Except: except}, 1))
 		if err != nil || len(rows) == 0 {
 			return started, err
 		}
-		o := rows[0]
-		if d.free(o.URI, d.p.now()) > 0 {
+		o, uri := rows[0], d.q.destination(rows[0])
+		if d.free(uri, d.p.now()) > 0 {
 			d.start(ctx, o)
 			started++
 		}
-		if d.free(o.URI, d.p.now()) == 0 {
-			except = append(except, o.URI)
+		if d.free(uri, d.p.now()) == 0 {
+			except = append(except, uri)
 		}
 	}
 	return started, nil
 }
 
-func (d *dispatcher) request(c session.DeliveryClaim, limit int) session.DeliveryClaim {
+func (d *dispatcher[T]) request(c session.DeliveryClaim, limit int) session.DeliveryClaim {
 	now := d.p.now()
 	c.Worker, c.Now, c.Until, c.Limit = d.worker, now, now.Add(d.p.claimTTL()), limit
 	return c
 }
 
 // claim claims and starts up to the free slots of one destination.
-func (d *dispatcher) claim(ctx context.Context, c session.DeliveryClaim) (int, error) {
+func (d *dispatcher[T]) claim(ctx context.Context, c session.DeliveryClaim) (int, error) {
 	n := d.free(c.URI, d.p.now())
 	if n == 0 {
 		return 0, nil
 	}
-	rows, err := d.p.store.ClaimDeliveries(ctx, d.request(c, n))
+	rows, err := d.q.claim(ctx, d.request(c, n))
 	for _, o := range rows {
 		d.start(ctx, o)
 	}
@@ -270,18 +316,19 @@ func (d *dispatcher) claim(ctx context.Context, c session.DeliveryClaim) (int, e
 }
 
 // start runs one delivery in its own goroutine. Callers hold d.mu.
-func (d *dispatcher) start(ctx context.Context, o session.OutboxEntry) {
+func (d *dispatcher[T]) start(ctx context.Context, o T) {
+	uri := d.q.destination(o)
 	d.inFlight++
-	d.dests[o.URI].inFlight++
+	d.dests[uri].inFlight++
 	d.running.Add(1)
 	go func() {
 		defer d.running.Done()
-		d.finished(o.URI, d.p.deliver(ctx, o))
+		d.finished(uri, d.q.deliver(ctx, o))
 	}()
 }
 
 // finished frees a slot and moves the destination's circuit breaker.
-func (d *dispatcher) finished(uri string, ok bool) {
+func (d *dispatcher[T]) finished(uri string, ok bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.inFlight--
@@ -302,11 +349,11 @@ func (d *dispatcher) finished(uri string, ok bool) {
 		}
 		dst.trips++
 		dst.openUntil = d.p.now().Add(cool)
-		d.p.cfg.Logger.Warn("back-channel destination failing: paused", "uri", uri, "failures", dst.failures, "until", dst.openUntil)
+		d.p.cfg.Logger.Warn("delivery destination failing: paused", "uri", uri, "failures", dst.failures, "until", dst.openUntil)
 	}
 }
 
-func (d *dispatcher) wait() { d.running.Wait() }
+func (d *dispatcher[T]) wait() { d.running.Wait() }
 
 // claimTTL is how long a claim holds a row: longer than any one attempt
 // (the POST's timeout, signing and the write that records it), so that only
@@ -318,17 +365,8 @@ func (p *Provider) claimTTL() time.Duration { return 2*p.cfg.Backchannel.Timeout
 func (p *Provider) deliver(ctx context.Context, o session.OutboxEntry) bool {
 	err := p.post(ctx, o)
 	now := p.now()
-	var next time.Time
-	errText := ""
-	if err != nil {
-		errText = err.Error()
-		if now.Sub(o.CreatedAt) < p.cfg.Backchannel.RetryFor {
-			next = now.Add(p.backoff(o.Attempts))
-		}
-	}
-	// Recorded even when the process is stopping: a POST that was delivered
-	// must not be delivered again for want of a write.
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	next, errText := p.retryAt(now, o.CreatedAt, o.Attempts, err)
+	rctx, cancel := recordContext(ctx)
 	defer cancel()
 	if derr := p.store.DeliveryDone(rctx, o, now, err == nil, next, errText); derr != nil {
 		p.cfg.Logger.ErrorContext(ctx, "record delivery", "jti", o.JTI, "error", derr)
@@ -346,6 +384,27 @@ func (p *Provider) deliver(ctx context.Context, o session.OutboxEntry) bool {
 		p.cfg.Logger.InfoContext(ctx, "back-channel logout will be retried", "client", o.ClientID, "sid", o.SID, "at", next, "error", err)
 	}
 	return err == nil
+}
+
+// retryAt is when a delivery first queued at created, after attempts
+// failed ones, is tried again following err (zero: not again, it is
+// abandoned after Backchannel.RetryFor; or it succeeded), and the error's
+// text to record.
+func (p *Provider) retryAt(now, created time.Time, attempts int, err error) (time.Time, string) {
+	if err == nil {
+		return time.Time{}, ""
+	}
+	if now.Sub(created) >= p.cfg.Backchannel.RetryFor {
+		return time.Time{}, err.Error()
+	}
+	return now.Add(p.backoff(attempts)), err.Error()
+}
+
+// recordContext is the context a delivery's outcome is recorded with:
+// even when the process is stopping, since a POST that was delivered must
+// not be delivered again for want of a write.
+func recordContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 }
 
 // backoff is exponential with full jitter: a random delay in

@@ -63,7 +63,8 @@ type env struct {
 	clock  *clock
 	dbPath string
 	store  *session.SQLite
-	users  userCreator // where addUser adds people, when not store
+	mu     sync.RWMutex // guards p, which restart replaces
+	users  userCreator  // where addUser adds people, when not store
 	p      *Provider
 	srv    *httptest.Server
 	issuer string
@@ -110,13 +111,15 @@ type envOption func(*Config)
 func newEnv(t *testing.T, opts ...envOption) *env {
 	t.Helper()
 	e := &env{t: t, clock: newClock(), dbPath: filepath.Join(t.TempDir(), "idleguard.db")}
-	var handler http.Handler = http.NotFoundHandler()
-	var mu sync.RWMutex
 	e.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.RLock()
-		h := handler
-		mu.RUnlock()
-		h.ServeHTTP(w, r)
+		e.mu.RLock()
+		p := e.p
+		e.mu.RUnlock()
+		if p == nil {
+			http.NotFound(w, r)
+			return
+		}
+		p.ServeHTTP(w, r) // the provider in force: restart replaces it
 	}))
 	t.Cleanup(e.srv.Close)
 	e.issuer = e.srv.URL
@@ -131,9 +134,6 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 	}
 	e.issuer = e.cfg.Issuer
 	e.open()
-	mu.Lock()
-	handler = e.p
-	mu.Unlock()
 	e.addUser("alice")
 	return e
 }
@@ -146,8 +146,11 @@ func (e *env) open() {
 	e.store, err = session.OpenSQLite(t.Context(), e.dbPath)
 	require.NoError(t, err)
 	t.Cleanup(func() { e.store.Close() })
-	e.p, err = New(t.Context(), e.cfg, e.store)
+	p, err := New(t.Context(), e.cfg, e.store)
 	require.NoError(t, err)
+	e.mu.Lock()
+	e.p = p
+	e.mu.Unlock()
 }
 
 // restart flushes and closes the provider (a graceful stop) and starts a

@@ -45,6 +45,7 @@ type Store interface {
 	OutboxStore
 	AdminStore
 	LoginThrottleStore
+	SignalStore
 	FactorStore
 	Ping(ctx context.Context) error
 }
@@ -72,7 +73,10 @@ type Config struct {
 	AdminTokenHash []byte
 	Backchannel    BackchannelConfig
 	Login          LoginConfig
-	MFA            MFAConfig
+	// SSF tunes the Shared Signals transmitter; pushed SETs follow
+	// Backchannel's timeout, concurrency and retry rules.
+	SSF SSFConfig
+	MFA MFAConfig
 	// TrustedProxies are the networks of the reverse proxies whose
 	// X-Forwarded-For or Forwarded header names the client; empty: the
 	// peer's address is the client's. See clientAddress.
@@ -112,7 +116,12 @@ type Provider struct {
 	signers  signerCache
 	counters counters
 	wake     chan struct{}
-	outbox   *dispatcher
+	outbox   *dispatcher[session.OutboxEntry]
+	pushes   *dispatcher[session.Signal]
+	signals  *signalHub
+	// receivers maps each app to the resource servers that serve it: the
+	// receivers of its session-revoked events.
+	receivers map[string][]string
 	// backchannelURIs are the configured clients' back-channel logout URIs,
 	// sorted: the destinations the dispatcher serves.
 	backchannelURIs []string
@@ -185,6 +194,7 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		cfg.KeyAlgorithm = "RS256"
 	}
 	cfg.Backchannel.setDefaults()
+	cfg.SSF.setDefaults()
 	cfg.Login = cfg.Login.WithDefaults()
 	if cfg.Session.ReplicaID == "" {
 		cfg.Session.ReplicaID = replicaName()
@@ -209,7 +219,10 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		}
 	}
 	slices.Sort(p.backchannelURIs)
-	p.outbox = newDispatcher(p)
+	p.outbox = newDispatcher(p, queue[session.OutboxEntry](logoutQueue{p}))
+	p.pushes = newDispatcher(p, queue[session.Signal](pushQueue{p}))
+	p.signals = newSignalHub()
+	p.receivers = signalReceivers(cfg.Clients)
 
 	if p.keys, err = LoadKeys(ctx, store, KeysConfigOf(cfg)); err != nil {
 		return nil, err
@@ -261,9 +274,11 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		if !ok {
 			return activity.ClientPolicy{}, false
 		}
-		return c.Policy, true
+		pol := c.Policy
+		pol.SignalReceivers = p.receivers[id]
+		return pol, true
 	}
-	sess.OnEnd = p.wakeDelivery
+	sess.OnEnd = p.signalled
 	sess.OnRevoke = func(id string) { p.revoked.Store(id, struct{}{}) }
 	for id := range p.clients {
 		sess.Clients = append(sess.Clients, id)
@@ -360,6 +375,16 @@ func (p *Provider) routes() http.Handler {
 	mux.HandleFunc("GET /admin/deliveries", p.admin(p.adminDeliveries))
 	mux.HandleFunc("GET /metrics", p.admin(p.metricsHandler().ServeHTTP))
 	mux.Handle("GET /static/", http.StripPrefix("/static/", static.Handler()))
+	mux.HandleFunc("GET /.well-known/ssf-configuration", p.ssfConfiguration)
+	mux.HandleFunc("POST /ssf/streams", p.receiverAPI(p.createStream))
+	mux.HandleFunc("GET /ssf/streams", p.receiverAPI(p.readStreams))
+	mux.HandleFunc("PATCH /ssf/streams", p.receiverAPI(p.changeStream))
+	mux.HandleFunc("PUT /ssf/streams", p.receiverAPI(p.changeStream))
+	mux.HandleFunc("DELETE /ssf/streams", p.receiverAPI(p.deleteStream))
+	mux.HandleFunc("GET /ssf/status", p.receiverAPI(p.readStatus))
+	mux.HandleFunc("POST /ssf/status", p.receiverAPI(p.updateStatus))
+	mux.HandleFunc("POST /ssf/verify", p.receiverAPI(p.verifyStream))
+	mux.HandleFunc("POST /ssf/poll/{stream}", p.receiverAPI(p.poll))
 	protocol = p.hideInternalErrors(protocol)
 	mux.Handle("/authorize", p.browserPage(p.boundAuthorize(p.authorizeErrorPage(protocol))))
 	mux.Handle("/authorize/callback", p.browserPage(protocol))
@@ -387,13 +412,15 @@ func (p *Provider) Run(ctx context.Context) {
 	if err := p.loadRevoked(ctx); err != nil {
 		p.cfg.Logger.ErrorContext(ctx, "load revoked tokens", "error", err)
 	}
-	p.running.Add(2)
+	p.running.Add(3)
 	go func() { defer p.running.Done(); p.deliveryLoop(ctx) }()
 	go func() { defer p.running.Done(); p.housekeeping(ctx) }()
+	go func() { defer p.running.Done(); p.signalLoop(ctx) }()
 }
 
 // Close stops background work and flushes unwritten activity.
 func (p *Provider) Close(ctx context.Context) error {
+	p.signals.close()
 	if p.runCancel != nil {
 		p.runCancel()
 	}
@@ -451,6 +478,13 @@ func (p *Provider) purge(ctx context.Context) error {
 	}
 	if _, err := p.store.PurgeDeliveries(ctx, now.Add(-p.cfg.Backchannel.Retention)); err != nil {
 		return err
+	}
+	n, err := p.store.PurgeSignals(ctx, now.Add(-p.cfg.Backchannel.RetryFor))
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		p.cfg.Logger.WarnContext(ctx, "signals nobody collected within backchannel.retry_for were dropped", "count", n)
 	}
 	if err := p.store.PurgeCeremonies(ctx, now); err != nil {
 		return err

@@ -548,6 +548,7 @@ type pgEnds struct {
 	outboxAt    []int64
 	changes     []string
 	changesAt   []int64
+	signals     []pgSignal
 }
 
 // endColumns are the arrays one set UPDATE reads, a row per ended id.
@@ -690,6 +691,9 @@ func (w *pgEnds) insert(ctx context.Context, tx pgx.Tx) error {
 		}
 	}
 	if err := insertNotices(ctx, tx, w.outbox, w.outboxAt); err != nil {
+		return err
+	}
+	if err := pgInsertSignals(ctx, tx, w.signals); err != nil {
 		return err
 	}
 	return addChanges(ctx, tx, w.changes, w.changesAt)

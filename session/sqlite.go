@@ -26,6 +26,7 @@ type SQLite struct {
 	r *sql.DB
 
 	userByID *sql.Stmt // on every refresh and userinfo: prepared once
+	signals  signalStmts
 }
 
 // OpenSQLite opens (creating if needed) and migrates the database at path.
@@ -59,6 +60,10 @@ func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
 		s.Close()
 		return nil, fmt.Errorf("prepare: %w", err)
 	}
+	if err := s.signals.prepare(ctx, r, w); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("prepare: %w", err)
+	}
 	return s, nil
 }
 
@@ -68,7 +73,7 @@ func (s *SQLite) Close() error {
 	if s.userByID != nil {
 		err = s.userByID.Close()
 	}
-	return errors.Join(err, s.r.Close(), s.w.Close())
+	return errors.Join(err, s.signals.close(), s.r.Close(), s.w.Close())
 }
 
 // Ping checks that the database answers.
@@ -126,6 +131,11 @@ func queryAll[T any](ctx context.Context, db *sql.DB, scan func(scanner) (T, err
 	if err != nil {
 		return nil, err
 	}
+	return scanAll(rows, scan)
+}
+
+// scanAll scans every row of rows and closes them.
+func scanAll[T any](rows *sql.Rows, scan func(scanner) (T, error)) ([]T, error) {
 	defer rows.Close()
 	var out []T
 	for rows.Next() {
@@ -626,7 +636,7 @@ func (s *SQLite) EndMany(ctx context.Context, ends []End) error {
 }
 
 type endStmts struct {
-	auth, authDue, app, appDue, outbox, audit, change *sql.Stmt
+	auth, authDue, app, appDue, outbox, audit, change, signals *sql.Stmt
 }
 
 func prepareEnd(ctx context.Context, tx *sql.Tx) (*endStmts, error) {
@@ -649,6 +659,7 @@ func prepareEnd(ctx context.Context, tx *sql.Tx) (*endStmts, error) {
 	st.change = prep(insertChange)
 	st.outbox = prep(insertOutbox)
 	st.audit = prep(insertAudit)
+	st.signals = prep(insertSignals)
 	if err != nil {
 		st.close()
 		return nil, fmt.Errorf("prepare end: %w", err)
@@ -657,7 +668,7 @@ func prepareEnd(ctx context.Context, tx *sql.Tx) (*endStmts, error) {
 }
 
 func (st *endStmts) close() {
-	for _, s := range []*sql.Stmt{st.auth, st.authDue, st.app, st.appDue, st.outbox, st.audit, st.change} {
+	for _, s := range []*sql.Stmt{st.auth, st.authDue, st.app, st.appDue, st.outbox, st.audit, st.change, st.signals} {
 		if s != nil {
 			s.Close()
 		}

@@ -88,6 +88,10 @@ type endWriter interface {
 	writeAudit(ctx context.Context, ev AuditEvent) error
 	// addChange writes a change feed row for authentication session sid.
 	addChange(ctx context.Context, sid string, at int64) error
+	// addSignals queues n's session-revoked event on every stream of its
+	// receivers that delivers it, each with a fresh jti and txn shared by
+	// the SETs of one end.
+	addSignals(ctx context.Context, at int64, txn string, n SignalNotice) error
 }
 
 // applyEnd writes one End through w. Rows already ended keep their first
@@ -127,6 +131,24 @@ func applyEnd(ctx context.Context, w endWriter, e End) error {
 		}
 		if err := w.addOutbox(ctx, at, n); err != nil {
 			return fmt.Errorf("outbox %s: %w", n.ClientID, err)
+		}
+	}
+	return queueSignals(ctx, w, e, at, endedNow)
+}
+
+// queueSignals queues the Shared Signals events of the apps of e that
+// ended now (SignalNotice), in the end's transaction.
+func queueSignals(ctx context.Context, w endWriter, e End, at int64, endedNow map[string]bool) error {
+	txn := ""
+	for _, n := range e.Signals {
+		if !endedNow[n.ClientID] || len(n.Receivers) == 0 {
+			continue
+		}
+		if txn == "" {
+			txn = NewID()
+		}
+		if err := w.addSignals(ctx, at, txn, n); err != nil {
+			return fmt.Errorf("signals of %s: %w", n.ClientID, err)
 		}
 	}
 	return nil

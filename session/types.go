@@ -123,6 +123,9 @@ type End struct {
 	AuthSessionID string
 	AppSessions   []EndedApp
 	Notices       []LogoutNotice
+	// Signals are the Shared Signals session-revoked events of the ended
+	// applications, queued in the same transaction as the end.
+	Signals []SignalNotice
 	// IfDue, when set, makes a sweeper's end conditional on the store: the
 	// authentication session (or, for an end of application sessions alone,
 	// each of them) ends only if its stored deadline is at or before IfDue.

@@ -61,6 +61,7 @@ type Config struct {
 	Tokens      TokensConfig      `yaml:"tokens"`
 	Admin       AdminConfig       `yaml:"admin"`
 	Backchannel BackchannelConfig `yaml:"backchannel"`
+	SSF         SSFConfig         `yaml:"ssf"`
 	Login       LoginConfig       `yaml:"login"`
 	Log         LogConfig         `yaml:"log"`
 	Clients     []ClientConfig    `yaml:"clients"`
@@ -111,6 +112,17 @@ type AdminConfig struct {
 	// Give it from the environment (${NAME}), never literally in the file.
 	Token string `yaml:"token"`
 }
+
+// SSFConfig tunes the Shared Signals transmitter; see oidc.SSFConfig.
+type SSFConfig struct {
+	MaxStreams           int      `yaml:"max_streams"`           // per receiver; default 5
+	PollWait             Duration `yaml:"poll_wait"`             // longest a long poll is held; default 20s
+	VerificationInterval Duration `yaml:"verification_interval"` // min_verification_interval; default 10s
+}
+
+// serverWriteTimeout is the HTTP server's WriteTimeout: a long poll must
+// answer before it.
+const serverWriteTimeout = 30 * time.Second
 
 // BackchannelConfig tunes back-channel logout delivery; see
 // oidc.BackchannelConfig.
@@ -362,6 +374,11 @@ func (c *Config) setDefaults() {
 	setDuration(&c.Backchannel.InitialBackoff, bc.InitialBackoff)
 	setDuration(&c.Backchannel.MaxBackoff, bc.MaxBackoff)
 	setDuration(&c.Backchannel.PollInterval, bc.PollInterval)
+	if c.SSF.MaxStreams == 0 {
+		c.SSF.MaxStreams = oidc.DefaultSSF.MaxStreams
+	}
+	setDuration(&c.SSF.PollWait, oidc.DefaultSSF.PollWait)
+	setDuration(&c.SSF.VerificationInterval, oidc.DefaultSSF.VerificationInterval)
 
 	lp := session.DefaultLoginPolicy
 	if c.Login.MaxFailures == 0 {
@@ -491,6 +508,10 @@ func (c *Config) Validate() error {
 		{bc.MaxBackoff < bc.InitialBackoff, "backchannel.max_backoff",
 			fmt.Sprintf("%s is shorter than backchannel.initial_backoff (%s)", bc.MaxBackoff, bc.InitialBackoff)},
 		{bc.PollInterval <= 0, "backchannel.poll_interval", "must be positive"},
+		{c.SSF.MaxStreams <= 0, "ssf.max_streams", "must be positive"},
+		{c.SSF.PollWait <= 0 || time.Duration(c.SSF.PollWait) >= serverWriteTimeout, "ssf.poll_wait",
+			fmt.Sprintf("must be positive and below the server's write timeout (%s)", serverWriteTimeout)},
+		{c.SSF.VerificationInterval <= 0, "ssf.verification_interval", "must be positive"},
 
 		{!slices.Contains(oidc.MFAModes, oidc.MFAMode(lg.MFA)), "login.mfa", fmt.Sprintf("%q is not a mode (want when_required, always or required)", lg.MFA)},
 		{c.Keys.SecretKey != "" && !isHexKey(c.Keys.SecretKey), "keys.secret_key", "must be 32 bytes written as 64 hexadecimal characters (openssl rand -hex 32)"},
@@ -811,6 +832,7 @@ func (c *Config) ProviderConfig() (oidc.Config, error) {
 			MaxBackoff:     d(c.Backchannel.MaxBackoff),
 			PollInterval:   d(c.Backchannel.PollInterval),
 		},
+		SSF: oidc.SSFConfig{MaxStreams: c.SSF.MaxStreams, PollWait: d(c.SSF.PollWait), VerificationInterval: d(c.SSF.VerificationInterval)},
 		Login: oidc.LoginConfig{
 			MaxFailures: c.Login.MaxFailures,
 			LockoutBase: d(c.Login.LockoutBase),

@@ -75,7 +75,7 @@ func TestConfigDemoParses(t *testing.T) {
 
 	pc, err := cfg.ProviderConfig()
 	require.NoError(t, err)
-	require.Len(t, pc.Clients, 3)
+	require.Len(t, pc.Clients, 4)
 	byID := make(map[string]*oidc.Client)
 	for _, c := range pc.Clients {
 		byID[c.ID] = c
@@ -105,6 +105,14 @@ func TestConfigDemoParses(t *testing.T) {
 	require.True(t, video.Policy.Exempt)
 	require.Equal(t, 10*time.Minute, video.Policy.IdleTimeout)
 	require.Equal(t, 5*time.Minute, video.AccessTokenTTL)
+
+	require.Equal(t, oidc.SSFConfig{MaxStreams: 5, PollWait: 20 * time.Second, VerificationInterval: 10 * time.Second}, pc.SSF)
+
+	api := byID["portal-api"]
+	require.NotNil(t, api)
+	require.True(t, api.ResourceServer)
+	require.Equal(t, []string{"portal"}, api.Serves)
+	require.Equal(t, []zoidc.GrantType{zoidc.GrantTypeClientCredentials}, api.GrantTypes)
 }
 
 func TestConfigEnvExpansion(t *testing.T) {
@@ -527,6 +535,8 @@ func TestConfigValidateRules(t *testing.T) {
 		{"serves an app twice", func(_ *Config, cl *ClientConfig) { cl.ResourceServer, cl.Serves = true, []string{"app", "app"} },
 			"clients[0].serves[1]: \"app\" is listed twice"},
 		{"api activity off", func(_ *Config, cl *ClientConfig) { cl.Activity = []string{"sso", "heartbeat"} }, ""},
+		{"long poll as long as the write timeout", func(c *Config, _ *ClientConfig) { c.SSF.PollWait = d("30s") },
+			"ssf.poll_wait: must be positive and below the server's write timeout (30s)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -180,9 +180,13 @@ func demoSetup(f demoFlags) (*Config, demoapps.Config, error) {
 		return demoapps.App{ClientID: id, ClientSecret: cl.Secret, URL: "http://localhost:" + port,
 			Listen: net.JoinHostPort(host, port), IdleTimeout: time.Duration(cl.IdleTimeout), Exempt: cl.IdleExempt}
 	}
+	portal := app("portal", ports[1])
+	if api := byID["portal-api"]; api != nil {
+		portal.API = demoapps.APIClient{ClientID: api.ID, ClientSecret: api.Secret}
+	}
 	apps := demoapps.Config{
 		Issuer: cfg.Issuer, SessionIdleTimeout: time.Duration(cfg.Session.IdleTimeout),
-		Portal: app("portal", ports[1]), SPA: app("spa", ports[2]), Video: app("video", ports[3]),
+		Portal: portal, SPA: app("spa", ports[2]), Video: app("video", ports[3]),
 		Library: demoapps.Library{WarnBefore: f.warnBefore, HeartbeatInterval: f.heartbeat, CheckInterval: f.checkEvery},
 	}
 	strictest := apps.SessionIdleTimeout

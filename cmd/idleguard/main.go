@@ -136,7 +136,7 @@ func serve(ctx context.Context, cfg *Config, demo bool, stdout, stderr io.Writer
 		Handler:           p,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       15 * time.Second,
-		WriteTimeout:      30 * time.Second,
+		WriteTimeout:      serverWriteTimeout, // above ssf.poll_wait
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    32 << 10,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),

@@ -93,6 +93,7 @@ type Store interface {
 	TakeCeremony(ctx context.Context, id string, now time.Time) (string, []byte, error)
 	PurgeCeremonies(ctx context.Context, now time.Time) error
 	RaiseAssurance(ctx context.Context, a *session.AuthSession, at time.Time, detail string) error
+	SignalStore
 }
 
 // Run runs every behaviour test against stores made by open (a fresh,
@@ -148,6 +149,11 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"OlderActivityNeverPullsTheDeadlineBack", testOlderView},
 		{"ConditionalAppEndWaitsForItsOwnDeadline", testConditionalAppEnd},
 		{"ChangeFeedReaderMissesNothingUnderConcurrency", testChangeFeedRace},
+		{"StreamsBelongToTheirReceiverAndAreBounded", testStreams},
+		{"EndQueuesSignalsOnTheReceiversStreams", testSignalsOnEnd},
+		{"SignalsStayUntilAcknowledged", testSignalAcks},
+		{"SignalPushesAreClaimedRetriedAndDone", testSignalPushes},
+		{"VerificationHasAMinimumInterval", testVerification},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel() // each case has a store of its own

@@ -26,6 +26,16 @@ type App struct {
 	Listen       string        // host:port to serve on
 	IdleTimeout  time.Duration // the client's idle_timeout
 	Exempt       bool          // the client's idle_exempt
+	// API is the app's own API client (resource_server: true, serving this
+	// app), when the app serves GET /api/orders through the resource-server
+	// kit; empty ClientID: no API.
+	API APIClient
+}
+
+// APIClient is the client an app's API authenticates as at the provider.
+type APIClient struct {
+	ClientID     string
+	ClientSecret string
 }
 
 // Library tunes the browser library on every page (its options warnBefore,

@@ -75,6 +75,10 @@ func newEnv(t *testing.T) *env {
 			AccessTokenTTL: time.Minute,
 			Policy: activity.ClientPolicy{IdleTimeout: 5 * time.Minute, Sources: activity.DefaultSources,
 				BackchannelLogoutURI: app.URL + "/backchannel-logout"},
+		}, {
+			ID: "portal-api", SecretHash: oidc.HashSecret("portal-api-test-secret"), AuthMethod: zoidc.AuthMethodBasic,
+			GrantTypes: []zoidc.GrantType{zoidc.GrantTypeClientCredentials}, ResourceServer: true, Serves: []string{"portal"},
+			AccessTokenTTL: time.Hour,
 		}},
 		Session:     activity.Config{IdleTimeout: time.Hour, MaxLifetime: 12 * time.Hour, SweepInterval: time.Second},
 		Backchannel: oidc.BackchannelConfig{PollInterval: 100 * time.Millisecond, InitialBackoff: 100 * time.Millisecond},
@@ -90,7 +94,8 @@ func newEnv(t *testing.T) *env {
 	require.NoError(t, store.CreateUser(t.Context(), &session.User{Username: "demo", PasswordHash: hash, Name: "Demo User",
 		Email: "demo@example.com", EmailVerified: true, CreatedAt: time.Now()}))
 
-	portalApp := App{ClientID: "portal", ClientSecret: "portal-test-secret", URL: app.URL, IdleTimeout: 5 * time.Minute}
+	portalApp := App{ClientID: "portal", ClientSecret: "portal-test-secret", URL: app.URL, IdleTimeout: 5 * time.Minute,
+		API: APIClient{ClientID: "portal-api", ClientSecret: "portal-api-test-secret"}}
 	portal, err := NewServerApp(t.Context(), Config{Issuer: idp.URL, SessionIdleTimeout: time.Hour, Portal: portalApp, Logger: logger},
 		portalApp, portalCopy)
 	require.NoError(t, err)
@@ -313,4 +318,34 @@ func TestLogoutRoute(t *testing.T) {
 		_, page = e.get(browser, "/")
 		require.Contains(t, page, `<code id="reason">logout</code>`)
 	})
+}
+
+// TestPortalAPIRefusesAnEndedSessionAtOnce: the portal's API checks the
+// portal's JWT access tokens itself (the resource-server kit) and refuses
+// one as soon as the provider ends its session, though the token has not
+// expired.
+func TestPortalAPIRefusesAnEndedSessionAtOnce(t *testing.T) {
+	e := newEnv(t)
+	browser, sid := e.signIn()
+	resp, body := e.get(browser, "/api/token")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(body), &tok))
+	orders := func() int {
+		req, err := http.NewRequest(http.MethodGet, e.portalURL+"/api/orders", nil)
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	require.Equal(t, http.StatusOK, orders())
+	resp, _ = e.get(browser, "/api/orders")
+	require.Equal(t, http.StatusUnauthorized, resp.StatusCode, "no token, no orders")
+
+	require.NoError(t, e.p.Tracker().End(t.Context(), sid, session.ReasonAdmin, "admin"))
+	require.Eventually(t, func() bool { return orders() == http.StatusUnauthorized }, 10*time.Second, 5*time.Millisecond)
 }

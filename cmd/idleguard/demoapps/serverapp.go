@@ -16,6 +16,8 @@ import (
 
 	gooidc "github.com/coreos/go-oidc/v3/oidc"
 	"golang.org/x/oauth2"
+
+	"github.com/idleguard/idleguard/oidc/rs"
 )
 
 // appCopy is what differs between the portal and the video app.
@@ -134,7 +136,31 @@ func NewServerApp(ctx context.Context, cfg Config, app App, copy appCopy) (*Serv
 	a.mux.HandleFunc("GET /frontchannel-logout", a.frontchannelLogout)
 	a.mux.HandleFunc("GET /debug/logouts", a.debugLogouts)
 	a.mux.Handle("GET /assets/", assetHandler())
+	if app.API.ClientID != "" {
+		if err := a.mountAPI(ctx); err != nil {
+			return nil, fmt.Errorf("api: %w", err)
+		}
+	}
 	return a, nil
+}
+
+// mountAPI serves the app's API, GET /api/orders, behind the
+// resource-server kit: it accepts the app's access tokens while the
+// person's session lasts, refuses them as soon as the provider ends it
+// (session-revoked over Shared Signals), and its traffic is the person's
+// activity (batched to the provider). The kit runs until ctx ends.
+func (a *ServerApp) mountAPI(ctx context.Context) error {
+	kit, err := rs.New(ctx, rs.Config{Issuer: a.cfg.Issuer, ClientID: a.app.API.ClientID, ClientSecret: a.app.API.ClientSecret,
+		Audiences: []string{a.app.ClientID}, HTTPClient: a.cfg.HTTPClient, Logger: a.cfg.Logger})
+	if err != nil {
+		return err
+	}
+	go kit.Run(ctx)
+	a.mux.Handle("GET /api/orders", kit.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, _ := rs.ClaimsFrom(r.Context())
+		writeJSON(w, http.StatusOK, map[string]any{"subject": c.Subject, "orders": []string{"#1001 espresso beans", "#1002 grinder"}})
+	})))
+	return nil
 }
 
 // ServeHTTP serves the app.
