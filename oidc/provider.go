@@ -446,10 +446,6 @@ func (p *Provider) housekeeping(ctx context.Context) {
 	}
 }
 
-type purger interface {
-	PurgeAuthRequests(ctx context.Context, now time.Time) error
-}
-
 // purge drops what can no longer matter: expired authorization requests,
 // revocations of tokens that have expired anyway (memory and database), and
 // finished outbox rows older than Backchannel.Retention. It also learns the
@@ -457,12 +453,10 @@ type purger interface {
 // token revoked at one replica is refused at every other within one
 // HousekeepInterval).
 func (p *Provider) purge(ctx context.Context) error {
-	if pu, ok := p.store.(purger); ok {
-		if err := pu.PurgeAuthRequests(ctx, p.now()); err != nil {
-			return err
-		}
-	}
 	now := p.now()
+	if err := p.store.PurgeAuthRequests(ctx, now); err != nil {
+		return err
+	}
 	p.revoked.Range(func(k, _ any) bool {
 		if id, err := parseTokenID(k.(string)); err != nil || now.After(id.expires) {
 			p.revoked.Delete(k)
