@@ -770,7 +770,7 @@ func (s *SQLite) RevokedTokens(ctx context.Context, now time.Time) ([]string, er
 // PurgeRevokedTokens deletes the revocations of tokens that have expired by
 // now (an expired token is refused anyway) and returns how many it deleted.
 func (s *SQLite) PurgeRevokedTokens(ctx context.Context, now time.Time) (int64, error) {
-	return s.purgeBatches(ctx, `DELETE FROM revoked_tokens WHERE token_id IN (SELECT token_id FROM revoked_tokens WHERE expires_at < ? LIMIT 1000)`, ms(now))
+	return s.purgeBatches(ctx, "revoked_tokens", "token_id", `expires_at < ?`, ms(now))
 }
 
 // --- authorization requests ---
@@ -1098,13 +1098,14 @@ func (s *SQLite) DeliveryDone(ctx context.Context, o OutboxEntry, at time.Time, 
 // before (the audit keeps their record), in batches so that the writer is
 // never held long, and returns how many it deleted.
 func (s *SQLite) PurgeDeliveries(ctx context.Context, before time.Time) (int64, error) {
-	return s.purgeBatches(ctx, `DELETE FROM logout_outbox WHERE id IN (SELECT id FROM logout_outbox
-		WHERE (delivered_at IS NOT NULL OR abandoned_at IS NOT NULL) AND COALESCE(delivered_at, abandoned_at) < ? LIMIT 1000)`, ms(before))
+	return s.purgeBatches(ctx, "logout_outbox", "id",
+		`(delivered_at IS NOT NULL OR abandoned_at IS NOT NULL) AND COALESCE(delivered_at, abandoned_at) < ?`, ms(before))
 }
 
-// purgeBatches runs q, a DELETE of at most purgeBatch rows, until it
-// deletes fewer.
-func (s *SQLite) purgeBatches(ctx context.Context, q string, args ...any) (int64, error) {
+// purgeBatches deletes the rows of table that match where, purgeBatch at
+// a time (see purgeQuery), until a batch deletes fewer.
+func (s *SQLite) purgeBatches(ctx context.Context, table, key, where string, args ...any) (int64, error) {
+	q := purgeQuery(table, key, where)
 	return purgeLoop(func() (int64, error) {
 		res, err := s.w.ExecContext(ctx, q, args...)
 		if err != nil {

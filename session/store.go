@@ -229,6 +229,12 @@ func sortDue(rows []OutboxEntry) {
 // writer is never held long.
 const purgeBatch = 1000
 
+// purgeQuery is a DELETE of at most purgeBatch rows of table (whose key
+// column is key) among those that match where.
+func purgeQuery(table, key, where string) string {
+	return fmt.Sprintf(`DELETE FROM %[1]s WHERE %[2]s IN (SELECT %[2]s FROM %[1]s WHERE %[3]s LIMIT %[4]d)`, table, key, where, purgeBatch)
+}
+
 // purgeLoop runs del, a DELETE of at most purgeBatch rows that returns how
 // many it deleted, until it deletes fewer, and returns the total.
 func purgeLoop(del func() (int64, error)) (int64, error) {
