@@ -406,25 +406,37 @@ func (t *Tracker) loadedApp(a *session.AppSession) *appState {
 func (t *Tracker) preload(ctx context.Context, ids []string) error {
 	var read []string
 	for _, id := range ids {
-		sh := t.shard(id)
-		sh.mu.Lock()
-		_, ok := sh.m[id]
-		sh.mu.Unlock()
-		if !ok || t.replicated() {
+		if t.replicated() || !t.held(id) {
 			read = append(read, id)
 		}
 	}
-	if len(read) == 0 {
-		return nil
+	_, err := t.readMerged(ctx, read)
+	return err
+}
+
+// held reports whether memory holds session sid.
+func (t *Tracker) held(sid string) bool {
+	sh := t.shard(sid)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	_, ok := sh.m[sid]
+	return ok
+}
+
+// readMerged reads sessions ids from the store in one read and merges them
+// into memory (see mergeLoaded); it returns how many the store had.
+func (t *Tracker) readMerged(ctx context.Context, ids []string) (int, error) {
+	if len(ids) == 0 {
+		return 0, nil
 	}
-	auths, apps, err := t.store.AuthSessions(ctx, read)
+	auths, apps, err := t.store.AuthSessions(ctx, ids)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	for _, a := range auths {
 		t.mergeLoaded(a, apps[a.ID])
 	}
-	return nil
+	return len(auths), nil
 }
 
 func (e *entry) app(id string) *appState {
