@@ -126,6 +126,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"TightenDeadlinesOnlyEarlier", testTighten},
 		{"EndManyAndAppEnds", testEndMany},
 		{"SessionsOfUserInForce", testSessionsOfUser},
+		{"AuthSessionsReadsALongBatchWhole", testAuthSessionsLongBatch},
 		{"AuditFilterAndOrder", testAudit},
 		{"CodeRedeemedOnceUnderRace", testCodeRace},
 		{"ConcurrentEndsWriteOnce", testEndRace},
@@ -245,6 +246,33 @@ func testSessionLifecycle(t *testing.T, s Store) {
 	require.Equal(t, a.ID, many[0].ID)
 	require.Len(t, manyApps[a.ID], 1)
 	require.Equal(t, map[string]uint64{"c1": 1}, manyApps[a.ID][0].RefreshChains)
+}
+
+// testAuthSessionsLongBatch reads more sessions at once than one IN list
+// of a backend may carry (SQLite reads 500 ids a statement): every session,
+// its apps and their refresh chains come back, wherever the chunks split.
+func testAuthSessionsLongBatch(t *testing.T, s Store) {
+	ctx := t.Context()
+	const n = 1001
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = newSession(t, s, "u1", t0.Add(5*time.Minute)).ID
+	}
+	last := &session.AuthSession{ID: ids[n-1], UserID: "u1"}
+	app := join(t, s, last, "bank", 2*time.Minute)
+	require.NoError(t, s.AddRefreshChain(ctx, app.ID, "c1", 1, t0))
+
+	many, apps, err := s.AuthSessions(ctx, ids)
+	require.NoError(t, err)
+	require.Len(t, many, n)
+	require.Len(t, apps[last.ID], 1)
+	require.Equal(t, map[string]uint64{"c1": 1}, apps[last.ID][0].RefreshChains)
+	require.Empty(t, apps[ids[0]])
+
+	list, byID, err := s.SessionsOfUser(ctx, "u1", false)
+	require.NoError(t, err)
+	require.Len(t, list, n)
+	require.Len(t, byID[last.ID], 1)
 }
 
 func testOneLiveAppPerPair(t *testing.T, s Store) {
