@@ -69,6 +69,26 @@ func (f Factors) String() string {
 	return strings.Join(parts, ", ")
 }
 
+// The audit events of second factors, written alike by both backends.
+
+func totpEnrolledEvent(f TOTPFactor, recoveryCodes int, by string) AuditEvent {
+	return AuditEvent{At: f.CreatedAt, Kind: AuditFactorEnrolled, UserID: f.UserID, Initiator: by,
+		Detail: fmt.Sprintf("factor=totp recovery_codes=%d", recoveryCodes)}
+}
+
+func passkeyEnrolledEvent(c WebAuthnCredential, by string) AuditEvent {
+	return AuditEvent{At: c.CreatedAt, Kind: AuditFactorEnrolled, UserID: c.UserID, Initiator: by, Detail: "factor=passkey name=" + c.Name}
+}
+
+// factorRemovedEvent records the removal of factor (passkey, or all).
+func factorRemovedEvent(userID, factor string, at time.Time, by string) AuditEvent {
+	return AuditEvent{At: at, Kind: AuditFactorRemoved, UserID: userID, Initiator: by, Detail: "factor=" + factor}
+}
+
+func stepUpEvent(a *AuthSession, at time.Time, detail string) AuditEvent {
+	return AuditEvent{At: at, Kind: AuditStepUp, UserID: a.UserID, SID: a.ID, Detail: "amr=" + strings.Join(a.AMR, ",") + " " + detail}
+}
+
 // SetTOTP enrolls (or replaces) the TOTP factor of f.UserID together with
 // its recovery codes (keyed hashes), in one transaction, with an audit event.
 // lastStep is the step of the code that confirmed the enrollment (0 when
@@ -89,8 +109,7 @@ func (s *SQLite) SetTOTP(ctx context.Context, f TOTPFactor, recoveryHashes []str
 				return fmt.Errorf("add recovery code: %w", err)
 			}
 		}
-		return addAudit(ctx, auditVia{tx}, AuditEvent{At: f.CreatedAt, Kind: AuditFactorEnrolled, UserID: f.UserID, Initiator: by,
-			Detail: fmt.Sprintf("factor=totp recovery_codes=%d", len(recoveryHashes))})
+		return addAudit(ctx, auditVia{tx}, totpEnrolledEvent(f, len(recoveryHashes), by))
 	})
 }
 
@@ -139,8 +158,7 @@ func (s *SQLite) AddWebAuthnCredential(ctx context.Context, c WebAuthnCredential
 		if err != nil {
 			return fmt.Errorf("add passkey of %s: %w", c.UserID, err)
 		}
-		return addAudit(ctx, auditVia{tx}, AuditEvent{At: c.CreatedAt, Kind: AuditFactorEnrolled, UserID: c.UserID, Initiator: by,
-			Detail: "factor=passkey name=" + c.Name})
+		return addAudit(ctx, auditVia{tx}, passkeyEnrolledEvent(c, by))
 	})
 }
 
@@ -192,7 +210,7 @@ func (s *SQLite) DeleteWebAuthnCredential(ctx context.Context, userID string, id
 		if err := mustAffect(res, err, "passkey of "+userID); err != nil {
 			return err
 		}
-		return addAudit(ctx, auditVia{tx}, AuditEvent{At: at, Kind: AuditFactorRemoved, UserID: userID, Initiator: by, Detail: "factor=passkey"})
+		return addAudit(ctx, auditVia{tx}, factorRemovedEvent(userID, "passkey", at, by))
 	})
 }
 
@@ -204,7 +222,7 @@ func (s *SQLite) ResetMFA(ctx context.Context, userID string, at time.Time, by s
 				return fmt.Errorf("reset factors of %s: %w", userID, err)
 			}
 		}
-		return addAudit(ctx, auditVia{tx}, AuditEvent{At: at, Kind: AuditFactorRemoved, UserID: userID, Initiator: by, Detail: "factor=all"})
+		return addAudit(ctx, auditVia{tx}, factorRemovedEvent(userID, "all", at, by))
 	})
 }
 
@@ -265,7 +283,6 @@ func (s *SQLite) RaiseAssurance(ctx context.Context, a *AuthSession, at time.Tim
 		if err := addChange(ctx, tx, a.ID, at); err != nil {
 			return err
 		}
-		return addAudit(ctx, auditVia{tx}, AuditEvent{At: at, Kind: AuditStepUp, UserID: a.UserID, SID: a.ID,
-			Detail: "amr=" + strings.Join(a.AMR, ",") + " " + detail})
+		return addAudit(ctx, auditVia{tx}, stepUpEvent(a, at, detail))
 	})
 }

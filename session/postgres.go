@@ -301,7 +301,7 @@ func (p *Postgres) Reauthenticate(ctx context.Context, a *AuthSession) error {
 		if err := pgAffect(tag, err, "auth session "+a.ID); err != nil {
 			return err
 		}
-		if err := pgAudit(ctx, tx, AuditEvent{At: a.AuthTime, Kind: AuditSessionReauthented, UserID: a.UserID, SID: a.ID}); err != nil {
+		if err := pgAudit(ctx, tx, reauthenticatedEvent(a)); err != nil {
 			return err
 		}
 		return addChanges(ctx, tx, []string{a.ID}, []int64{ms(a.AuthTime)})

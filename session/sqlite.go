@@ -292,7 +292,7 @@ func (s *SQLite) Reauthenticate(ctx context.Context, a *AuthSession) error {
 		if err := addChange(ctx, tx, a.ID, a.AuthTime); err != nil {
 			return err
 		}
-		return addAudit(ctx, auditVia{tx}, AuditEvent{At: a.AuthTime, Kind: AuditSessionReauthented, UserID: a.UserID, SID: a.ID})
+		return addAudit(ctx, auditVia{tx}, reauthenticatedEvent(a))
 	})
 }
 

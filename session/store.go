@@ -22,6 +22,10 @@ func appJoinEvent(app *AppSession, auth ActivityUpdate, userID string) AuditEven
 		Detail: fmt.Sprintf("app_session=%s idle_limit=%s exempt=%t", app.ID, auth.IdleLimit, app.IdleExempt)}
 }
 
+func reauthenticatedEvent(a *AuthSession) AuditEvent {
+	return AuditEvent{At: a.AuthTime, Kind: AuditSessionReauthented, UserID: a.UserID, SID: a.ID}
+}
+
 // deliveryOutcome is what DeliveryDone records: the audit event and which
 // of the three updates of the outbox row applies (its Kind).
 func deliveryOutcome(o OutboxEntry, at time.Time, ok bool, next time.Time, errText string) AuditEvent {
