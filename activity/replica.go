@@ -88,7 +88,7 @@ func (t *Tracker) behindNearDeadline(e *entry, now time.Time) bool {
 	}
 	soon := now.Add(t.nearMargin())
 	if e.auth.Live() && e.auth.LastActiveAt.After(e.persistedLast) {
-		if stored := minTime(e.persistedLast.Add(e.persistedLimit), e.auth.AbsoluteDeadline); !soon.Before(stored) {
+		if stored := Deadline(e.persistedLast, e.persistedLimit, e.auth.AbsoluteDeadline); !soon.Before(stored) {
 			return true
 		}
 	}

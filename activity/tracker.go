@@ -673,7 +673,7 @@ func (t *Tracker) Start(ctx context.Context, userID string, amr []string) (Statu
 		ID: session.NewID(), UserID: userID, AuthTime: now, AMR: amr, LastActiveAt: now,
 		IdleLimit: t.cfg.IdleTimeout, AbsoluteDeadline: now.Add(t.cfg.MaxLifetime),
 	}
-	a.Deadline = minTime(now.Add(a.IdleLimit), a.AbsoluteDeadline)
+	a.Deadline = Deadline(now, a.IdleLimit, a.AbsoluteDeadline)
 	if err := t.store.CreateAuthSession(ctx, &a); err != nil {
 		return Status{}, fmt.Errorf("start session: %w", err)
 	}
@@ -721,7 +721,7 @@ func (t *Tracker) Reauthenticate(ctx context.Context, sid string, amr []string) 
 	}
 	upd := e.auth
 	upd.AuthTime, upd.AMR, upd.LastActiveAt = now, amr, now
-	upd.Deadline = minTime(now.Add(t.limit(e)), upd.AbsoluteDeadline)
+	upd.Deadline = Deadline(now, t.limit(e), upd.AbsoluteDeadline)
 	sh.mu.Unlock()
 	if err := t.store.Reauthenticate(ctx, &upd); err != nil {
 		return Status{}, err
