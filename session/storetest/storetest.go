@@ -524,13 +524,7 @@ func countEvents(t *testing.T, s Store, sid, kind string) int {
 	t.Helper()
 	events, err := s.Audit(t.Context(), session.AuditFilter{SID: sid})
 	require.NoError(t, err)
-	n := 0
-	for _, e := range events {
-		if e.Kind == kind {
-			n++
-		}
-	}
-	return n
+	return countKind(events, kind)
 }
 
 // testOutboxDestinations: a claim takes rows of one destination, up to its
