@@ -69,26 +69,6 @@ func (f Factors) String() string {
 	return strings.Join(parts, ", ")
 }
 
-// The audit events of second factors, written alike by both backends.
-
-func totpEnrolledEvent(f TOTPFactor, recoveryCodes int, by string) AuditEvent {
-	return AuditEvent{At: f.CreatedAt, Kind: AuditFactorEnrolled, UserID: f.UserID, Initiator: by,
-		Detail: fmt.Sprintf("factor=totp recovery_codes=%d", recoveryCodes)}
-}
-
-func passkeyEnrolledEvent(c WebAuthnCredential, by string) AuditEvent {
-	return AuditEvent{At: c.CreatedAt, Kind: AuditFactorEnrolled, UserID: c.UserID, Initiator: by, Detail: "factor=passkey name=" + c.Name}
-}
-
-// factorRemovedEvent records the removal of factor (passkey, or all).
-func factorRemovedEvent(userID, factor string, at time.Time, by string) AuditEvent {
-	return AuditEvent{At: at, Kind: AuditFactorRemoved, UserID: userID, Initiator: by, Detail: "factor=" + factor}
-}
-
-func stepUpEvent(a *AuthSession, at time.Time, detail string) AuditEvent {
-	return AuditEvent{At: at, Kind: AuditStepUp, UserID: a.UserID, SID: a.ID, Detail: "amr=" + strings.Join(a.AMR, ",") + " " + detail}
-}
-
 // SetTOTP enrolls (or replaces) the TOTP factor of f.UserID together with
 // its recovery codes (keyed hashes), in one transaction, with an audit event.
 // lastStep is the step of the code that confirmed the enrollment (0 when

@@ -26,6 +26,24 @@ func reauthenticatedEvent(a *AuthSession) AuditEvent {
 	return AuditEvent{At: a.AuthTime, Kind: AuditSessionReauthented, UserID: a.UserID, SID: a.ID}
 }
 
+func totpEnrolledEvent(f TOTPFactor, recoveryCodes int, by string) AuditEvent {
+	return AuditEvent{At: f.CreatedAt, Kind: AuditFactorEnrolled, UserID: f.UserID, Initiator: by,
+		Detail: fmt.Sprintf("factor=totp recovery_codes=%d", recoveryCodes)}
+}
+
+func passkeyEnrolledEvent(c WebAuthnCredential, by string) AuditEvent {
+	return AuditEvent{At: c.CreatedAt, Kind: AuditFactorEnrolled, UserID: c.UserID, Initiator: by, Detail: "factor=passkey name=" + c.Name}
+}
+
+// factorRemovedEvent records the removal of factor (passkey, or all).
+func factorRemovedEvent(userID, factor string, at time.Time, by string) AuditEvent {
+	return AuditEvent{At: at, Kind: AuditFactorRemoved, UserID: userID, Initiator: by, Detail: "factor=" + factor}
+}
+
+func stepUpEvent(a *AuthSession, at time.Time, detail string) AuditEvent {
+	return AuditEvent{At: at, Kind: AuditStepUp, UserID: a.UserID, SID: a.ID, Detail: "amr=" + strings.Join(a.AMR, ",") + " " + detail}
+}
+
 // deliveryOutcome is what DeliveryDone records: the audit event and which
 // of the three updates of the outbox row applies (its Kind).
 func deliveryOutcome(o OutboxEntry, at time.Time, ok bool, next time.Time, errText string) AuditEvent {
