@@ -1180,9 +1180,11 @@ func (s *SQLite) LastSessionChange(ctx context.Context) (int64, error) {
 	return id, err
 }
 
-// PurgeSessionChanges deletes change feed rows written before before.
+// PurgeSessionChanges deletes change feed rows written before before, in
+// batches, as the PostgreSQL store does, so that the writer is never held
+// long.
 func (s *SQLite) PurgeSessionChanges(ctx context.Context, before time.Time) error {
-	_, err := s.w.ExecContext(ctx, `DELETE FROM session_changes WHERE at < ?`, ms(before))
+	_, err := s.purgeBatches(ctx, "session_changes", "id", `at < ?`, ms(before))
 	return err
 }
 

@@ -5,6 +5,7 @@ package storetest
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -127,6 +128,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"EndManyAndAppEnds", testEndMany},
 		{"SessionsOfUserInForce", testSessionsOfUser},
 		{"AuthSessionsReadsALongBatchWhole", testAuthSessionsLongBatch},
+		{"PurgesRunPastOneBatch", testPurgeBatches},
 		{"AuditFilterAndOrder", testAudit},
 		{"CodeRedeemedOnceUnderRace", testCodeRace},
 		{"ConcurrentEndsWriteOnce", testEndRace},
@@ -1240,6 +1242,24 @@ func testRevocationFeed(t *testing.T, s Store) {
 	require.NoError(t, err)
 	require.Len(t, changes, 1, "kept while the token could be presented: t2 expires later")
 	require.Equal(t, "t2", changes[0].TokenID)
+}
+
+// testPurgeBatches purges more rows than one purge statement deletes (a
+// thousand): the purge goes on until every row is gone, in both the
+// revocations and the change feed.
+func testPurgeBatches(t *testing.T, s Store) {
+	ctx := t.Context()
+	const n = 2001
+	for i := range n {
+		require.NoError(t, s.RevokeToken(ctx, fmt.Sprintf("t%d", i), t0))
+	}
+	purged, err := s.PurgeRevokedTokens(ctx, t0.Add(time.Millisecond))
+	require.NoError(t, err)
+	require.EqualValues(t, n, purged)
+	require.NoError(t, s.PurgeSessionChanges(ctx, t0.Add(time.Millisecond)))
+	changes, err := s.SessionChanges(ctx, 0, 3*n)
+	require.NoError(t, err)
+	require.Empty(t, changes)
 }
 
 func testConditionalEnd(t *testing.T, s Store) {
