@@ -87,7 +87,13 @@ func applyBenchPragmas(tb testing.TB) {
 }
 
 func benchTracker(store activity.Store, now func() time.Time) *activity.Tracker {
-	return activity.New(activity.Config{
+	return activity.New(benchConfig(now), store)
+}
+
+// benchConfig is the configuration of the benchmarks' tracker: one client,
+// benchClient, stricter than the provider.
+func benchConfig(now func() time.Time) activity.Config {
+	return activity.Config{
 		IdleTimeout: benchProviderIdle, MaxLifetime: benchMaxLifetime, SweepInterval: time.Second,
 		Now:    now,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -97,7 +103,7 @@ func benchTracker(store activity.Store, now func() time.Time) *activity.Tracker 
 			}
 			return activity.ClientPolicy{IdleTimeout: benchAppIdle, Sources: activity.DefaultSources, BackchannelLogoutURI: benchBackchannel}, true
 		},
-	}, store)
+	}
 }
 
 // openRaw opens the database file for seeding, outside the store, with

@@ -6,7 +6,7 @@ import (
 	"github.com/idleguard/idleguard/session"
 )
 
-// The rules of the idle model (../shared/idle-model.md), as pure functions
+// The rules of the idle model (docs/idle-model.md), as pure functions
 // of their inputs. The tracker feeds them from memory; policy_test.go
 // tables them apart from any store or HTTP.
 

@@ -10,8 +10,6 @@ package activity_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"testing"
 	"time"
@@ -28,17 +26,9 @@ func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 // replicaBenchTracker is benchTracker as one of two replicas: it takes the
 // sweeper lease and ends sessions only while their stored deadline is due.
 func replicaBenchTracker(store activity.Store) *activity.Tracker {
-	return activity.New(activity.Config{
-		IdleTimeout: benchProviderIdle, MaxLifetime: benchMaxLifetime, SweepInterval: time.Second,
-		Replicas: 2, Now: time.Now,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Client: func(id string) (activity.ClientPolicy, bool) {
-			if id != benchClient {
-				return activity.ClientPolicy{}, false
-			}
-			return activity.ClientPolicy{IdleTimeout: benchAppIdle, Sources: activity.DefaultSources, BackchannelLogoutURI: benchBackchannel}, true
-		},
-	}, store)
+	cfg := benchConfig(time.Now)
+	cfg.Replicas = 2
+	return activity.New(cfg, store)
 }
 
 // seedPostgres inserts n sessions in the shape seedSessions gives SQLite:

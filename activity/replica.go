@@ -88,7 +88,7 @@ func (t *Tracker) behindNearDeadline(e *entry, now time.Time) bool {
 	}
 	soon := now.Add(t.nearMargin())
 	if e.auth.Live() && e.auth.LastActiveAt.After(e.persistedLast) {
-		if stored := minTime(e.persistedLast.Add(e.persistedLimit), e.auth.AbsoluteDeadline); !soon.Before(stored) {
+		if stored := Deadline(e.persistedLast, e.persistedLimit, e.auth.AbsoluteDeadline); !soon.Before(stored) {
 			return true
 		}
 	}
@@ -113,14 +113,7 @@ func (t *Tracker) reload(ctx context.Context, sid string) (*entry, error) {
 // reloadHeldOne reloads session sid if memory holds it (several replicas
 // only; a session not in memory is loaded fresh anyway).
 func (t *Tracker) reloadHeldOne(ctx context.Context, sid string) error {
-	if !t.replicated() {
-		return nil
-	}
-	sh := t.shard(sid)
-	sh.mu.Lock()
-	_, ok := sh.m[sid]
-	sh.mu.Unlock()
-	if !ok {
+	if !t.replicated() || !t.held(sid) {
 		return nil
 	}
 	_, err := t.reload(ctx, sid)
@@ -246,25 +239,12 @@ func (t *Tracker) reloadHeld(ctx context.Context, changes []session.Change) (int
 			continue
 		}
 		seen[c.SID] = true
-		sh := t.shard(c.SID)
-		sh.mu.Lock()
-		_, ok := sh.m[c.SID]
-		sh.mu.Unlock()
-		if ok {
+		if t.held(c.SID) {
 			held = append(held, c.SID)
 		}
 	}
-	if len(held) == 0 {
-		return 0, nil
-	}
-	auths, apps, err := t.store.AuthSessions(ctx, held)
-	if err != nil {
-		return 0, fmt.Errorf("reload changed sessions: %w", err)
-	}
-	for _, a := range auths {
-		t.mergeLoaded(a, apps[a.ID])
-	}
-	return len(auths), nil
+	n, err := t.readMerged(ctx, held)
+	return n, fmtErr("reload changed sessions", err)
 }
 
 // feedHealth remembers whether this replica keeps up with the change feed.

@@ -250,13 +250,14 @@ func (t *Tracker) Sweep(ctx context.Context) (int, error) {
 		if len(auth) == 0 && len(apps) == 0 {
 			return total, nil
 		}
-		if err := t.preload(ctx, append(auth, apps...)); err != nil {
+		candidates := append(auth, apps...)
+		if err := t.preload(ctx, candidates); err != nil {
 			return total, err
 		}
 		var ends []session.End
 		seen := make(map[string]bool, len(auth)+len(apps))
 		alive := 0
-		for _, sid := range append(auth, apps...) {
+		for _, sid := range candidates {
 			if seen[sid] {
 				continue
 			}

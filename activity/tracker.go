@@ -406,25 +406,37 @@ func (t *Tracker) loadedApp(a *session.AppSession) *appState {
 func (t *Tracker) preload(ctx context.Context, ids []string) error {
 	var read []string
 	for _, id := range ids {
-		sh := t.shard(id)
-		sh.mu.Lock()
-		_, ok := sh.m[id]
-		sh.mu.Unlock()
-		if !ok || t.replicated() {
+		if t.replicated() || !t.held(id) {
 			read = append(read, id)
 		}
 	}
-	if len(read) == 0 {
-		return nil
+	_, err := t.readMerged(ctx, read)
+	return err
+}
+
+// held reports whether memory holds session sid.
+func (t *Tracker) held(sid string) bool {
+	sh := t.shard(sid)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	_, ok := sh.m[sid]
+	return ok
+}
+
+// readMerged reads sessions ids from the store in one read and merges them
+// into memory (see mergeLoaded); it returns how many the store had.
+func (t *Tracker) readMerged(ctx context.Context, ids []string) (int, error) {
+	if len(ids) == 0 {
+		return 0, nil
 	}
-	auths, apps, err := t.store.AuthSessions(ctx, read)
+	auths, apps, err := t.store.AuthSessions(ctx, ids)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	for _, a := range auths {
 		t.mergeLoaded(a, apps[a.ID])
 	}
-	return nil
+	return len(auths), nil
 }
 
 func (e *entry) app(id string) *appState {
@@ -661,7 +673,7 @@ func (t *Tracker) Start(ctx context.Context, userID string, amr []string) (Statu
 		ID: session.NewID(), UserID: userID, AuthTime: now, AMR: amr, LastActiveAt: now,
 		IdleLimit: t.cfg.IdleTimeout, AbsoluteDeadline: now.Add(t.cfg.MaxLifetime),
 	}
-	a.Deadline = minTime(now.Add(a.IdleLimit), a.AbsoluteDeadline)
+	a.Deadline = Deadline(now, a.IdleLimit, a.AbsoluteDeadline)
 	if err := t.store.CreateAuthSession(ctx, &a); err != nil {
 		return Status{}, fmt.Errorf("start session: %w", err)
 	}
@@ -709,7 +721,7 @@ func (t *Tracker) Reauthenticate(ctx context.Context, sid string, amr []string) 
 	}
 	upd := e.auth
 	upd.AuthTime, upd.AMR, upd.LastActiveAt = now, amr, now
-	upd.Deadline = minTime(now.Add(t.limit(e)), upd.AbsoluteDeadline)
+	upd.Deadline = Deadline(now, t.limit(e), upd.AbsoluteDeadline)
 	sh.mu.Unlock()
 	if err := t.store.Reauthenticate(ctx, &upd); err != nil {
 		return Status{}, err

@@ -41,9 +41,6 @@ type Migration struct {
 	SQL     string
 }
 
-// All returns the embedded SQLite migrations sorted by version.
-func All() ([]Migration, error) { return Of(SQLite) }
-
 // Of returns the embedded migrations of a dialect sorted by version.
 func Of(d Dialect) ([]Migration, error) {
 	entries, err := fs.Glob(files, path.Join(d.dir(), "*.up.sql"))

@@ -55,7 +55,7 @@ func TestApplyIsIdempotent(t *testing.T) {
 	require.NoError(t, Apply(t.Context(), db))
 	var n int
 	require.NoError(t, db.QueryRow(`SELECT COUNT(*) FROM schema_migrations`).Scan(&n))
-	all, _ := All()
+	all, _ := Of(SQLite)
 	require.Equal(t, len(all), n)
 }
 

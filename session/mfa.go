@@ -89,8 +89,7 @@ func (s *SQLite) SetTOTP(ctx context.Context, f TOTPFactor, recoveryHashes []str
 				return fmt.Errorf("add recovery code: %w", err)
 			}
 		}
-		return addAudit(ctx, auditVia{tx}, AuditEvent{At: f.CreatedAt, Kind: AuditFactorEnrolled, UserID: f.UserID, Initiator: by,
-			Detail: fmt.Sprintf("factor=totp recovery_codes=%d", len(recoveryHashes))})
+		return addAudit(ctx, auditVia{tx}, totpEnrolledEvent(f, len(recoveryHashes), by))
 	})
 }
 
@@ -139,8 +138,7 @@ func (s *SQLite) AddWebAuthnCredential(ctx context.Context, c WebAuthnCredential
 		if err != nil {
 			return fmt.Errorf("add passkey of %s: %w", c.UserID, err)
 		}
-		return addAudit(ctx, auditVia{tx}, AuditEvent{At: c.CreatedAt, Kind: AuditFactorEnrolled, UserID: c.UserID, Initiator: by,
-			Detail: "factor=passkey name=" + c.Name})
+		return addAudit(ctx, auditVia{tx}, passkeyEnrolledEvent(c, by))
 	})
 }
 
@@ -192,7 +190,7 @@ func (s *SQLite) DeleteWebAuthnCredential(ctx context.Context, userID string, id
 		if err := mustAffect(res, err, "passkey of "+userID); err != nil {
 			return err
 		}
-		return addAudit(ctx, auditVia{tx}, AuditEvent{At: at, Kind: AuditFactorRemoved, UserID: userID, Initiator: by, Detail: "factor=passkey"})
+		return addAudit(ctx, auditVia{tx}, factorRemovedEvent(userID, "passkey", at, by))
 	})
 }
 
@@ -204,7 +202,7 @@ func (s *SQLite) ResetMFA(ctx context.Context, userID string, at time.Time, by s
 				return fmt.Errorf("reset factors of %s: %w", userID, err)
 			}
 		}
-		return addAudit(ctx, auditVia{tx}, AuditEvent{At: at, Kind: AuditFactorRemoved, UserID: userID, Initiator: by, Detail: "factor=all"})
+		return addAudit(ctx, auditVia{tx}, factorRemovedEvent(userID, "all", at, by))
 	})
 }
 
@@ -265,7 +263,6 @@ func (s *SQLite) RaiseAssurance(ctx context.Context, a *AuthSession, at time.Tim
 		if err := addChange(ctx, tx, a.ID, at); err != nil {
 			return err
 		}
-		return addAudit(ctx, auditVia{tx}, AuditEvent{At: at, Kind: AuditStepUp, UserID: a.UserID, SID: a.ID,
-			Detail: "amr=" + strings.Join(a.AMR, ",") + " " + detail})
+		return addAudit(ctx, auditVia{tx}, stepUpEvent(a, at, detail))
 	})
 }

@@ -28,8 +28,7 @@ func (p *Postgres) SetTOTP(ctx context.Context, f TOTPFactor, recoveryHashes []s
 		if _, err := tx.Exec(ctx, `INSERT INTO mfa_recovery_codes (user_id, code_hash) SELECT $1, unnest($2::text[])`, f.UserID, recoveryHashes); err != nil {
 			return fmt.Errorf("add recovery codes: %w", err)
 		}
-		return pgAudit(ctx, tx, AuditEvent{At: f.CreatedAt, Kind: AuditFactorEnrolled, UserID: f.UserID, Initiator: by,
-			Detail: fmt.Sprintf("factor=totp recovery_codes=%d", len(recoveryHashes))})
+		return pgAudit(ctx, tx, totpEnrolledEvent(f, len(recoveryHashes), by))
 	})
 }
 
@@ -79,8 +78,7 @@ func (p *Postgres) AddWebAuthnCredential(ctx context.Context, c WebAuthnCredenti
 		if err != nil {
 			return fmt.Errorf("add passkey of %s: %w", c.UserID, err)
 		}
-		return pgAudit(ctx, tx, AuditEvent{At: c.CreatedAt, Kind: AuditFactorEnrolled, UserID: c.UserID, Initiator: by,
-			Detail: "factor=passkey name=" + c.Name})
+		return pgAudit(ctx, tx, passkeyEnrolledEvent(c, by))
 	})
 }
 
@@ -122,7 +120,7 @@ func (p *Postgres) DeleteWebAuthnCredential(ctx context.Context, userID string, 
 		if err := pgAffect(tag, err, "passkey of "+userID); err != nil {
 			return err
 		}
-		return pgAudit(ctx, tx, AuditEvent{At: at, Kind: AuditFactorRemoved, UserID: userID, Initiator: by, Detail: "factor=passkey"})
+		return pgAudit(ctx, tx, factorRemovedEvent(userID, "passkey", at, by))
 	})
 }
 
@@ -134,7 +132,7 @@ func (p *Postgres) ResetMFA(ctx context.Context, userID string, at time.Time, by
 				return fmt.Errorf("reset factors of %s: %w", userID, err)
 			}
 		}
-		return pgAudit(ctx, tx, AuditEvent{At: at, Kind: AuditFactorRemoved, UserID: userID, Initiator: by, Detail: "factor=all"})
+		return pgAudit(ctx, tx, factorRemovedEvent(userID, "all", at, by))
 	})
 }
 
@@ -195,8 +193,7 @@ func (p *Postgres) RaiseAssurance(ctx context.Context, a *AuthSession, at time.T
 		if err := pgAffect(tag, err, "auth session "+a.ID); err != nil {
 			return err
 		}
-		if err := pgAudit(ctx, tx, AuditEvent{At: at, Kind: AuditStepUp, UserID: a.UserID, SID: a.ID,
-			Detail: "amr=" + strings.Join(a.AMR, ",") + " " + detail}); err != nil {
+		if err := pgAudit(ctx, tx, stepUpEvent(a, at, detail)); err != nil {
 			return err
 		}
 		return addChanges(ctx, tx, []string{a.ID}, []int64{ms(at)}) // the transaction's last write (see changeFeedLock)

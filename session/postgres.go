@@ -301,7 +301,7 @@ func (p *Postgres) Reauthenticate(ctx context.Context, a *AuthSession) error {
 		if err := pgAffect(tag, err, "auth session "+a.ID); err != nil {
 			return err
 		}
-		if err := pgAudit(ctx, tx, AuditEvent{At: a.AuthTime, Kind: AuditSessionReauthented, UserID: a.UserID, SID: a.ID}); err != nil {
+		if err := pgAudit(ctx, tx, reauthenticatedEvent(a)); err != nil {
 			return err
 		}
 		return addChanges(ctx, tx, []string{a.ID}, []int64{ms(a.AuthTime)})
@@ -804,14 +804,14 @@ func (p *Postgres) RevokedTokens(ctx context.Context, now time.Time) ([]string, 
 // PurgeRevokedTokens deletes the revocations of tokens that have expired by
 // now (an expired token is refused anyway) and returns how many it deleted.
 func (p *Postgres) PurgeRevokedTokens(ctx context.Context, now time.Time) (int64, error) {
-	return p.purgeBatches(ctx, `DELETE FROM revoked_tokens WHERE token_id IN
-		(SELECT token_id FROM revoked_tokens WHERE expires_at < $1 LIMIT 1000)`, ms(now))
+	return p.purgeBatches(ctx, "revoked_tokens", "token_id", `expires_at < $1`, ms(now))
 }
 
-// purgeBatches runs q, a DELETE of at most purgeBatch rows, until it
-// deletes fewer. Each batch is a transaction of its own, so that replicas
+// purgeBatches deletes the rows of table that match where, purgeBatch at
+// a time (see purgeQuery), until a batch deletes fewer. Each batch is a transaction of its own, so that replicas
 // purging at once only wait on one another's batch.
-func (p *Postgres) purgeBatches(ctx context.Context, q string, args ...any) (int64, error) {
+func (p *Postgres) purgeBatches(ctx context.Context, table, key, where string, args ...any) (int64, error) {
+	q := purgeQuery(table, key, where)
 	return purgeLoop(func() (int64, error) {
 		tag, err := p.pool.Exec(ctx, q, args...)
 		return tag.RowsAffected(), err
@@ -1163,8 +1163,8 @@ func (p *Postgres) DeliveryDone(ctx context.Context, o OutboxEntry, at time.Time
 // before (the audit keeps their record), in batches, and returns how many it
 // deleted.
 func (p *Postgres) PurgeDeliveries(ctx context.Context, before time.Time) (int64, error) {
-	return p.purgeBatches(ctx, `DELETE FROM logout_outbox WHERE id IN (SELECT id FROM logout_outbox
-		WHERE (delivered_at IS NOT NULL OR abandoned_at IS NOT NULL) AND COALESCE(delivered_at, abandoned_at) < $1 LIMIT 1000)`, ms(before))
+	return p.purgeBatches(ctx, "logout_outbox", "id",
+		`(delivered_at IS NOT NULL OR abandoned_at IS NOT NULL) AND COALESCE(delivered_at, abandoned_at) < $1`, ms(before))
 }
 
 // --- audit ---
@@ -1248,8 +1248,7 @@ func (p *Postgres) LastSessionChange(ctx context.Context) (int64, error) {
 
 // PurgeSessionChanges deletes change feed rows written before before.
 func (p *Postgres) PurgeSessionChanges(ctx context.Context, before time.Time) error {
-	_, err := p.purgeBatches(ctx, `DELETE FROM session_changes WHERE id IN
-		(SELECT id FROM session_changes WHERE at < $1 LIMIT 1000)`, ms(before))
+	_, err := p.purgeBatches(ctx, "session_changes", "id", `at < $1`, ms(before))
 	return err
 }
 

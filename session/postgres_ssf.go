@@ -244,7 +244,7 @@ func (p *Postgres) SignalPushDone(ctx context.Context, g Signal, at time.Time, o
 
 // PurgeSignals deletes events queued before before that nobody collected.
 func (p *Postgres) PurgeSignals(ctx context.Context, before time.Time) (int64, error) {
-	return p.purgeBatches(ctx, `DELETE FROM ssf_events WHERE id IN (SELECT id FROM ssf_events WHERE at < $1 LIMIT 1000)`, ms(before))
+	return p.purgeBatches(ctx, "ssf_events", "id", `at < $1`, ms(before))
 }
 
 // addSignals gathers the signal notices of a batch of ends; insert writes

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -291,7 +292,7 @@ func (s *SQLite) Reauthenticate(ctx context.Context, a *AuthSession) error {
 		if err := addChange(ctx, tx, a.ID, a.AuthTime); err != nil {
 			return err
 		}
-		return addAudit(ctx, auditVia{tx}, AuditEvent{At: a.AuthTime, Kind: AuditSessionReauthented, UserID: a.UserID, SID: a.ID})
+		return addAudit(ctx, auditVia{tx}, reauthenticatedEvent(a))
 	})
 }
 
@@ -347,11 +348,11 @@ func (s *SQLite) AuthSession(ctx context.Context, id string) (*AuthSession, []*A
 	if err != nil {
 		return nil, nil, fmt.Errorf("auth session %s: %w", id, err)
 	}
-	apps, err := s.appsOf(ctx, id)
+	apps, err := s.appsOf(ctx, []string{id})
 	if err != nil {
 		return nil, nil, err
 	}
-	return a, apps, nil
+	return a, apps[id], nil
 }
 
 // AuthSessions loads many authentication sessions with their application
@@ -359,35 +360,23 @@ func (s *SQLite) AuthSession(ctx context.Context, id string) (*AuthSession, []*A
 // from the result.
 func (s *SQLite) AuthSessions(ctx context.Context, ids []string) ([]*AuthSession, map[string][]*AppSession, error) {
 	var out []*AuthSession
-	apps := make(map[string][]*AppSession, len(ids))
-	for len(ids) > 0 {
-		chunk := ids[:min(len(ids), 500)]
-		ids = ids[len(chunk):]
+	for chunk := range slices.Chunk(ids, inChunk) {
 		in, args := placeholders(chunk)
 		auths, err := queryAll(ctx, s.r, scanAuth, `SELECT `+authCols+` FROM auth_sessions WHERE id IN (`+in+`)`, args...)
 		if err != nil {
 			return nil, nil, err
 		}
 		out = append(out, auths...)
-		list, err := queryAll(ctx, s.r, scanApp, `SELECT `+appCols+` FROM app_sessions WHERE auth_session_id IN (`+in+`) ORDER BY joined_at, id`, args...)
-		if err != nil {
-			return nil, nil, err
-		}
-		byID := make(map[string]*AppSession, len(list))
-		for _, a := range list {
-			apps[a.AuthSessionID] = append(apps[a.AuthSessionID], a)
-			byID[a.ID] = a
-		}
-		if len(byID) == 0 {
-			continue
-		}
-		if err := s.loadChains(ctx, `SELECT c.id, c.app_session_id, c.gen FROM refresh_chains c
-			JOIN app_sessions a ON a.id = c.app_session_id WHERE a.auth_session_id IN (`+in+`)`, byID, args...); err != nil {
-			return nil, nil, err
-		}
+	}
+	apps, err := s.appsOf(ctx, ids)
+	if err != nil {
+		return nil, nil, err
 	}
 	return out, apps, nil
 }
+
+// inChunk bounds the ids one IN (...) list carries.
+const inChunk = 500
 
 func placeholders(ids []string) (string, []any) {
 	args := make([]any, len(ids))
@@ -414,18 +403,31 @@ func (s *SQLite) loadChains(ctx context.Context, q string, byID map[string]*AppS
 	return rows.Err()
 }
 
-func (s *SQLite) appsOf(ctx context.Context, sid string) ([]*AppSession, error) {
-	out, err := queryAll(ctx, s.r, scanApp, `SELECT `+appCols+` FROM app_sessions WHERE auth_session_id = ? ORDER BY joined_at, id`, sid)
-	if err != nil || len(out) == 0 {
-		return out, err
+// appsOf loads the application sessions, with their refresh chains, of the
+// authentication sessions sids, oldest first, in two queries per inChunk
+// ids.
+func (s *SQLite) appsOf(ctx context.Context, sids []string) (map[string][]*AppSession, error) {
+	apps := make(map[string][]*AppSession, len(sids))
+	for chunk := range slices.Chunk(sids, inChunk) {
+		in, args := placeholders(chunk)
+		list, err := queryAll(ctx, s.r, scanApp, `SELECT `+appCols+` FROM app_sessions WHERE auth_session_id IN (`+in+`) ORDER BY joined_at, id`, args...)
+		if err != nil {
+			return nil, err
+		}
+		byID := make(map[string]*AppSession, len(list))
+		for _, a := range list {
+			apps[a.AuthSessionID] = append(apps[a.AuthSessionID], a)
+			byID[a.ID] = a
+		}
+		if len(byID) == 0 {
+			continue
+		}
+		if err := s.loadChains(ctx, `SELECT c.id, c.app_session_id, c.gen FROM refresh_chains c
+			JOIN app_sessions a ON a.id = c.app_session_id WHERE a.auth_session_id IN (`+in+`)`, byID, args...); err != nil {
+			return nil, err
+		}
 	}
-	byID := make(map[string]*AppSession, len(out))
-	for _, a := range out {
-		byID[a.ID] = a
-	}
-	err = s.loadChains(ctx, `SELECT c.id, c.app_session_id, c.gen FROM refresh_chains c
-		JOIN app_sessions a ON a.id = c.app_session_id WHERE a.auth_session_id = ?`, byID, sid)
-	return out, err
+	return apps, nil
 }
 
 // AddRefreshChain starts a refresh chain for an application session.
@@ -727,11 +729,13 @@ func (s *SQLite) SessionsOfUser(ctx context.Context, userID string, withEnded bo
 	if err != nil {
 		return nil, nil, err
 	}
-	apps := make(map[string][]*AppSession, len(out))
-	for _, a := range out {
-		if apps[a.ID], err = s.appsOf(ctx, a.ID); err != nil {
-			return nil, nil, err
-		}
+	ids := make([]string, len(out))
+	for i, a := range out {
+		ids[i] = a.ID
+	}
+	apps, err := s.appsOf(ctx, ids)
+	if err != nil {
+		return nil, nil, err
 	}
 	return out, apps, nil
 }
@@ -770,7 +774,7 @@ func (s *SQLite) RevokedTokens(ctx context.Context, now time.Time) ([]string, er
 // PurgeRevokedTokens deletes the revocations of tokens that have expired by
 // now (an expired token is refused anyway) and returns how many it deleted.
 func (s *SQLite) PurgeRevokedTokens(ctx context.Context, now time.Time) (int64, error) {
-	return s.purgeBatches(ctx, `DELETE FROM revoked_tokens WHERE token_id IN (SELECT token_id FROM revoked_tokens WHERE expires_at < ? LIMIT 1000)`, ms(now))
+	return s.purgeBatches(ctx, "revoked_tokens", "token_id", `expires_at < ?`, ms(now))
 }
 
 // --- authorization requests ---
@@ -1098,13 +1102,14 @@ func (s *SQLite) DeliveryDone(ctx context.Context, o OutboxEntry, at time.Time, 
 // before (the audit keeps their record), in batches so that the writer is
 // never held long, and returns how many it deleted.
 func (s *SQLite) PurgeDeliveries(ctx context.Context, before time.Time) (int64, error) {
-	return s.purgeBatches(ctx, `DELETE FROM logout_outbox WHERE id IN (SELECT id FROM logout_outbox
-		WHERE (delivered_at IS NOT NULL OR abandoned_at IS NOT NULL) AND COALESCE(delivered_at, abandoned_at) < ? LIMIT 1000)`, ms(before))
+	return s.purgeBatches(ctx, "logout_outbox", "id",
+		`(delivered_at IS NOT NULL OR abandoned_at IS NOT NULL) AND COALESCE(delivered_at, abandoned_at) < ?`, ms(before))
 }
 
-// purgeBatches runs q, a DELETE of at most purgeBatch rows, until it
-// deletes fewer.
-func (s *SQLite) purgeBatches(ctx context.Context, q string, args ...any) (int64, error) {
+// purgeBatches deletes the rows of table that match where, purgeBatch at
+// a time (see purgeQuery), until a batch deletes fewer.
+func (s *SQLite) purgeBatches(ctx context.Context, table, key, where string, args ...any) (int64, error) {
+	q := purgeQuery(table, key, where)
 	return purgeLoop(func() (int64, error) {
 		res, err := s.w.ExecContext(ctx, q, args...)
 		if err != nil {
@@ -1175,9 +1180,11 @@ func (s *SQLite) LastSessionChange(ctx context.Context) (int64, error) {
 	return id, err
 }
 
-// PurgeSessionChanges deletes change feed rows written before before.
+// PurgeSessionChanges deletes change feed rows written before before, in
+// batches, as the PostgreSQL store does, so that the writer is never held
+// long.
 func (s *SQLite) PurgeSessionChanges(ctx context.Context, before time.Time) error {
-	_, err := s.w.ExecContext(ctx, `DELETE FROM session_changes WHERE at < ?`, ms(before))
+	_, err := s.purgeBatches(ctx, "session_changes", "id", `at < ?`, ms(before))
 	return err
 }
 

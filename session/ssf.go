@@ -430,7 +430,7 @@ func (s *SQLite) SignalPushDone(ctx context.Context, g Signal, at time.Time, ok 
 // PurgeSignals deletes events queued before before that nobody collected
 // (a poll stream whose receiver went away), and returns how many.
 func (s *SQLite) PurgeSignals(ctx context.Context, before time.Time) (int64, error) {
-	return s.purgeBatches(ctx, `DELETE FROM ssf_events WHERE id IN (SELECT id FROM ssf_events WHERE at < ? LIMIT 1000)`, ms(before))
+	return s.purgeBatches(ctx, "ssf_events", "id", `at < ?`, ms(before))
 }
 
 // insertSignals queues one session-revoked event per stream of the notice's

@@ -22,6 +22,28 @@ func appJoinEvent(app *AppSession, auth ActivityUpdate, userID string) AuditEven
 		Detail: fmt.Sprintf("app_session=%s idle_limit=%s exempt=%t", app.ID, auth.IdleLimit, app.IdleExempt)}
 }
 
+func reauthenticatedEvent(a *AuthSession) AuditEvent {
+	return AuditEvent{At: a.AuthTime, Kind: AuditSessionReauthented, UserID: a.UserID, SID: a.ID}
+}
+
+func totpEnrolledEvent(f TOTPFactor, recoveryCodes int, by string) AuditEvent {
+	return AuditEvent{At: f.CreatedAt, Kind: AuditFactorEnrolled, UserID: f.UserID, Initiator: by,
+		Detail: fmt.Sprintf("factor=totp recovery_codes=%d", recoveryCodes)}
+}
+
+func passkeyEnrolledEvent(c WebAuthnCredential, by string) AuditEvent {
+	return AuditEvent{At: c.CreatedAt, Kind: AuditFactorEnrolled, UserID: c.UserID, Initiator: by, Detail: "factor=passkey name=" + c.Name}
+}
+
+// factorRemovedEvent records the removal of factor (passkey, or all).
+func factorRemovedEvent(userID, factor string, at time.Time, by string) AuditEvent {
+	return AuditEvent{At: at, Kind: AuditFactorRemoved, UserID: userID, Initiator: by, Detail: "factor=" + factor}
+}
+
+func stepUpEvent(a *AuthSession, at time.Time, detail string) AuditEvent {
+	return AuditEvent{At: at, Kind: AuditStepUp, UserID: a.UserID, SID: a.ID, Detail: "amr=" + strings.Join(a.AMR, ",") + " " + detail}
+}
+
 // deliveryOutcome is what DeliveryDone records: the audit event and which
 // of the three updates of the outbox row applies (its Kind).
 func deliveryOutcome(o OutboxEntry, at time.Time, ok bool, next time.Time, errText string) AuditEvent {
@@ -228,6 +250,12 @@ func sortDue(rows []OutboxEntry) {
 // purgeBatch bounds the rows one purge statement deletes, so that the
 // writer is never held long.
 const purgeBatch = 1000
+
+// purgeQuery is a DELETE of at most purgeBatch rows of table (whose key
+// column is key) among those that match where.
+func purgeQuery(table, key, where string) string {
+	return fmt.Sprintf(`DELETE FROM %[1]s WHERE %[2]s IN (SELECT %[2]s FROM %[1]s WHERE %[3]s LIMIT %[4]d)`, table, key, where, purgeBatch)
+}
 
 // purgeLoop runs del, a DELETE of at most purgeBatch rows that returns how
 // many it deleted, until it deletes fewer, and returns the total.

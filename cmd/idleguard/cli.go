@@ -110,7 +110,7 @@ func userCmd(ctx context.Context, args []string, stdin io.Reader, stdout io.Writ
 		if len(pos) != 3 || pos[1] != "reset" || pos[2] == "" {
 			return errors.New("usage: idleguard user mfa reset NAME")
 		}
-		return resetMFA(ctx, store, factors, *configPath, pos[2], stdout)
+		return resetMFA(ctx, store, factors, cfg, pos[2], stdout)
 	}
 	if len(pos) != 2 || pos[1] == "" {
 		return fmt.Errorf("usage: idleguard user %s NAME", pos[0])
@@ -141,7 +141,7 @@ func userCmd(ctx context.Context, args []string, stdin io.Reader, stdout io.Writ
 	case "delete":
 		// End the person's sessions first (through the running provider,
 		// which holds them), so that no app keeps them signed in.
-		ended := endUserSessions(ctx, *configPath, username)
+		ended := endUserSessions(ctx, cfg, username)
 		if err := store.DeleteUser(ctx, username); err != nil {
 			return err
 		}
@@ -154,16 +154,16 @@ func userCmd(ctx context.Context, args []string, stdin io.Reader, stdout io.Writ
 
 // endUserSessions ends username's sessions through the running provider
 // (which holds them) and says how that went.
-func endUserSessions(ctx context.Context, configPath, username string) string {
-	api, err := newAdminClient(configPath)
+func endUserSessions(ctx context.Context, cfg *Config, username string) string {
+	api, err := adminClientFor(cfg)
 	if err != nil {
 		return "no provider to end their sessions through (admin.token unset)"
 	}
-	var out map[string]int
-	if err := api.call(ctx, http.MethodPost, "/admin/users/"+url.PathEscape(username)+"/sessions/end", &out); err != nil {
+	n, err := api.endUser(ctx, username)
+	if err != nil {
 		return "their sessions could not be ended: " + err.Error()
 	}
-	return fmt.Sprintf("ended %d live session(s)", out["ended"])
+	return fmt.Sprintf("ended %d live session(s)", n)
 }
 
 func listUsers(ctx context.Context, store database, factors *mfa.Factors, stdout io.Writer) error {
@@ -215,7 +215,7 @@ func enrollTOTP(ctx context.Context, store database, factors *mfa.Factors, usern
 
 // resetMFA removes every second factor of username and ends their sessions
 // (a session's assurance came from factors that no longer exist).
-func resetMFA(ctx context.Context, store database, factors *mfa.Factors, configPath, username string, stdout io.Writer) error {
+func resetMFA(ctx context.Context, store database, factors *mfa.Factors, cfg *Config, username string, stdout io.Writer) error {
 	u, err := store.UserByUsername(ctx, username)
 	if err != nil {
 		return fmt.Errorf("user %s: %w", username, err)
@@ -223,7 +223,7 @@ func resetMFA(ctx context.Context, store database, factors *mfa.Factors, configP
 	if err := factors.Reset(ctx, u.ID, "cli"); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "removed every second factor of %s; %s\n", username, endUserSessions(ctx, configPath, username))
+	fmt.Fprintf(stdout, "removed every second factor of %s; %s\n", username, endUserSessions(ctx, cfg, username))
 	return nil
 }
 
@@ -272,6 +272,11 @@ func newAdminClient(configPath string) (*adminClient, error) {
 	if err != nil {
 		return nil, err
 	}
+	return adminClientFor(cfg)
+}
+
+// adminClientFor is newAdminClient for a configuration already loaded.
+func adminClientFor(cfg *Config) (*adminClient, error) {
 	if cfg.Admin.Token == "" {
 		return nil, errors.New("admin.token is not set in the configuration: the session and audit commands use the admin API")
 	}
@@ -294,6 +299,15 @@ func (a *adminClient) call(ctx context.Context, method, path string, out any) er
 		return fmt.Errorf("admin API %s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(body)))
 	}
 	return json.Unmarshal(body, out)
+}
+
+// endUser ends every session of username and returns how many it ended.
+func (a *adminClient) endUser(ctx context.Context, username string) (int, error) {
+	var out map[string]int
+	if err := a.call(ctx, http.MethodPost, "/admin/users/"+url.PathEscape(username)+"/sessions/end", &out); err != nil {
+		return 0, err
+	}
+	return out["ended"], nil
 }
 
 func sessionCmd(ctx context.Context, args []string, stdout io.Writer) error {
@@ -333,11 +347,11 @@ func sessionCmd(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		return enc.Encode(out)
 	case "end-user":
-		var out map[string]int
-		if err := api.call(ctx, http.MethodPost, "/admin/users/"+url.PathEscape(pos[1])+"/sessions/end", &out); err != nil {
+		n, err := api.endUser(ctx, pos[1])
+		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "ended %d session(s) of %s\n", out["ended"], pos[1])
+		fmt.Fprintf(stdout, "ended %d session(s) of %s\n", n, pos[1])
 		return nil
 	}
 	return fmt.Errorf("unknown session command %q", pos[0])

@@ -202,6 +202,19 @@ func testSessionAndAuditCommands(t *testing.T, db string) {
 
 	_, err = runCLI(t, "", "session", "end", "unknown", "--config", config)
 	require.ErrorContains(t, err, "404")
+
+	// Ending a person's sessions goes through the running provider too,
+	// from the session command and before a deletion.
+	_, err = oidctest.Login(t.Context(), oidctest.NewBrowser(issuer, nil), issuer, oc, "alice", "a long password")
+	require.NoError(t, err)
+	out, err = runCLI(t, "", "session", "end-user", "alice", "--config", config)
+	require.NoError(t, err, out)
+	require.Contains(t, out, "ended 1 session(s) of alice")
+	_, err = oidctest.Login(t.Context(), oidctest.NewBrowser(issuer, nil), issuer, oc, "alice", "a long password")
+	require.NoError(t, err)
+	out, err = runCLI(t, "", "user", "delete", "alice", "--config", config)
+	require.NoError(t, err, out)
+	require.Contains(t, out, "deleted user alice; ended 1 live session(s)")
 }
 
 // serveInProcess runs `idleguard serve` with the configuration file until

@@ -111,18 +111,27 @@ func skipOrFail(t testing.TB, why error) {
 func (s *server) newDatabase(t testing.TB) string {
 	t.Helper()
 	name := "idleguard_test_" + randomHex(8)
-	ctx := context.Background()
-	if _, err := s.admin.Exec(ctx, "CREATE DATABASE "+name+" TEMPLATE template0"+s.strategy); err != nil {
-		t.Fatalf("create database: %v", err)
+	dsn, err := s.createDatabase(context.Background(), name)
+	if err != nil {
+		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		if _, err := s.admin.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
 			t.Errorf("drop database %s: %v", name, err)
 		}
 	})
+	return dsn
+}
+
+// createDatabase creates an empty database named name on s and returns its
+// URL.
+func (s *server) createDatabase(ctx context.Context, name string) (string, error) {
+	if _, err := s.admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()+" TEMPLATE template0"+s.strategy); err != nil {
+		return "", fmt.Errorf("create database %s: %w", name, err)
+	}
 	u := *s.base
 	u.Path = "/" + name
-	return u.String()
+	return u.String(), nil
 }
 
 func randomHex(n int) string {
@@ -395,12 +404,7 @@ func (s *Server) NewDatabase(t testing.TB) string {
 
 // CreateDatabase creates an empty database named name and returns its URL.
 func (s *Server) CreateDatabase(ctx context.Context, name string) (string, error) {
-	if _, err := s.s.admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()+" TEMPLATE template0"+s.s.strategy); err != nil {
-		return "", fmt.Errorf("create database %s: %w", name, err)
-	}
-	u := *s.s.base
-	u.Path = "/" + name
-	return u.String(), nil
+	return s.s.createDatabase(ctx, name)
 }
 
 // Stop shuts the server down (fast shutdown: every connection is dropped,

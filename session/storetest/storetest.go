@@ -5,6 +5,7 @@ package storetest
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -126,6 +127,8 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"TightenDeadlinesOnlyEarlier", testTighten},
 		{"EndManyAndAppEnds", testEndMany},
 		{"SessionsOfUserInForce", testSessionsOfUser},
+		{"AuthSessionsReadsALongBatchWhole", testAuthSessionsLongBatch},
+		{"PurgesRunPastOneBatch", testPurgeBatches},
 		{"AuditFilterAndOrder", testAudit},
 		{"CodeRedeemedOnceUnderRace", testCodeRace},
 		{"ConcurrentEndsWriteOnce", testEndRace},
@@ -245,6 +248,33 @@ func testSessionLifecycle(t *testing.T, s Store) {
 	require.Equal(t, a.ID, many[0].ID)
 	require.Len(t, manyApps[a.ID], 1)
 	require.Equal(t, map[string]uint64{"c1": 1}, manyApps[a.ID][0].RefreshChains)
+}
+
+// testAuthSessionsLongBatch reads more sessions at once than one IN list
+// of a backend may carry (SQLite reads 500 ids a statement): every session,
+// its apps and their refresh chains come back, wherever the chunks split.
+func testAuthSessionsLongBatch(t *testing.T, s Store) {
+	ctx := t.Context()
+	const n = 1001
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = newSession(t, s, "u1", t0.Add(5*time.Minute)).ID
+	}
+	last := &session.AuthSession{ID: ids[n-1], UserID: "u1"}
+	app := join(t, s, last, "bank", 2*time.Minute)
+	require.NoError(t, s.AddRefreshChain(ctx, app.ID, "c1", 1, t0))
+
+	many, apps, err := s.AuthSessions(ctx, ids)
+	require.NoError(t, err)
+	require.Len(t, many, n)
+	require.Len(t, apps[last.ID], 1)
+	require.Equal(t, map[string]uint64{"c1": 1}, apps[last.ID][0].RefreshChains)
+	require.Empty(t, apps[ids[0]])
+
+	list, byID, err := s.SessionsOfUser(ctx, "u1", false)
+	require.NoError(t, err)
+	require.Len(t, list, n)
+	require.Len(t, byID[last.ID], 1)
 }
 
 func testOneLiveAppPerPair(t *testing.T, s Store) {
@@ -496,13 +526,7 @@ func countEvents(t *testing.T, s Store, sid, kind string) int {
 	t.Helper()
 	events, err := s.Audit(t.Context(), session.AuditFilter{SID: sid})
 	require.NoError(t, err)
-	n := 0
-	for _, e := range events {
-		if e.Kind == kind {
-			n++
-		}
-	}
-	return n
+	return countKind(events, kind)
 }
 
 // testOutboxDestinations: a claim takes rows of one destination, up to its
@@ -1218,6 +1242,24 @@ func testRevocationFeed(t *testing.T, s Store) {
 	require.NoError(t, err)
 	require.Len(t, changes, 1, "kept while the token could be presented: t2 expires later")
 	require.Equal(t, "t2", changes[0].TokenID)
+}
+
+// testPurgeBatches purges more rows than one purge statement deletes (a
+// thousand): the purge goes on until every row is gone, in both the
+// revocations and the change feed.
+func testPurgeBatches(t *testing.T, s Store) {
+	ctx := t.Context()
+	const n = 2001
+	for i := range n {
+		require.NoError(t, s.RevokeToken(ctx, fmt.Sprintf("t%d", i), t0))
+	}
+	purged, err := s.PurgeRevokedTokens(ctx, t0.Add(time.Millisecond))
+	require.NoError(t, err)
+	require.EqualValues(t, n, purged)
+	require.NoError(t, s.PurgeSessionChanges(ctx, t0.Add(time.Millisecond)))
+	changes, err := s.SessionChanges(ctx, 0, 3*n)
+	require.NoError(t, err)
+	require.Empty(t, changes)
 }
 
 func testConditionalEnd(t *testing.T, s Store) {

@@ -147,6 +147,20 @@ func (e *env) get(browser *http.Client, path string) (*http.Response, string) {
 	return resp, readBody(e.t, resp)
 }
 
+// accessToken returns the access token the portal holds for browser's
+// sign-in (GET /api/token).
+func (e *env) accessToken(browser *http.Client) string {
+	e.t.Helper()
+	resp, body := e.get(browser, "/api/token")
+	require.Equal(e.t, http.StatusOK, resp.StatusCode)
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	require.NoError(e.t, json.Unmarshal([]byte(body), &tok))
+	require.NotEmpty(e.t, tok.AccessToken)
+	return tok.AccessToken
+}
+
 // sign signs claims as a logout token with key (kid, alg) and header typ.
 func sign(t *testing.T, key any, kid string, alg jose.SignatureAlgorithm, typ string, claims map[string]any) string {
 	t.Helper()
@@ -234,14 +248,7 @@ func TestBackchannelLogoutVerifiesTheToken(t *testing.T) {
 func TestPortalIsToldOfAnIdleEndByBackchannel(t *testing.T) {
 	e := newEnv(t)
 	browser, sid := e.signIn()
-
-	resp, body := e.get(browser, "/api/token")
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	var tok struct {
-		AccessToken string `json:"access_token"`
-	}
-	require.NoError(t, json.Unmarshal([]byte(body), &tok))
-	require.NotEmpty(t, tok.AccessToken)
+	e.accessToken(browser)
 
 	// What the sweeper does when the deadline passes.
 	require.NoError(t, e.p.Tracker().End(t.Context(), sid, session.ReasonIdleTimeout, "sweeper"))
@@ -256,7 +263,7 @@ func TestPortalIsToldOfAnIdleEndByBackchannel(t *testing.T) {
 	require.Contains(t, page, "back-channel logout")
 	require.Contains(t, page, `href="/login"`, "a link to sign in again")
 
-	resp, body = e.get(browser, "/api/token")
+	resp, body := e.get(browser, "/api/token")
 	require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
 	require.JSONEq(t, `{"error":"signed_out","reason":"idle_timeout"}`, body)
 
@@ -327,23 +334,18 @@ func TestLogoutRoute(t *testing.T) {
 func TestPortalAPIRefusesAnEndedSessionAtOnce(t *testing.T) {
 	e := newEnv(t)
 	browser, sid := e.signIn()
-	resp, body := e.get(browser, "/api/token")
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	var tok struct {
-		AccessToken string `json:"access_token"`
-	}
-	require.NoError(t, json.Unmarshal([]byte(body), &tok))
+	token := e.accessToken(browser)
 	orders := func() int {
 		req, err := http.NewRequest(http.MethodGet, e.portalURL+"/api/orders", nil)
 		require.NoError(t, err)
-		req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
+		req.Header.Set("Authorization", "Bearer "+token)
 		resp, err := http.DefaultClient.Do(req)
 		require.NoError(t, err)
 		resp.Body.Close()
 		return resp.StatusCode
 	}
 	require.Equal(t, http.StatusOK, orders())
-	resp, _ = e.get(browser, "/api/orders")
+	resp, _ := e.get(browser, "/api/orders")
 	require.Equal(t, http.StatusUnauthorized, resp.StatusCode, "no token, no orders")
 
 	require.NoError(t, e.p.Tracker().End(t.Context(), sid, session.ReasonAdmin, "admin"))
