@@ -119,13 +119,6 @@ func (pr *provider) shutdown() {
 	require.NoError(pr.t, store.Close())
 }
 
-// restart stops the provider (requests meanwhile get 503) and starts it
-// again on the same database and address.
-func (pr *provider) restart() {
-	pr.shutdown()
-	pr.start()
-}
-
 func (pr *provider) provider() *oidc.Provider {
 	pr.mu.RLock()
 	defer pr.mu.RUnlock()
