@@ -294,15 +294,13 @@ func (p *Provider) checkCode(w http.ResponseWriter, r *http.Request, userID, cod
 		return "", false
 	}
 	defer release()
-	attempt, wait, err := p.limiter.store.ReserveLoginAttempt(ctx, keys, p.now(), p.limiter.policy)
+	attempt, wait, err := p.reserveLoginAttempt(ctx, keys)
 	if err != nil {
 		p.serverError(w, r, err)
 		return "", false
 	}
 	if wait > 0 {
-		p.counters.loginSlow.Add(1)
-		w.Header().Set("Retry-After", fmt.Sprint(int(wait.Seconds()+0.999)))
-		fail(http.StatusTooManyRequests, fmt.Sprintf("Too many wrong codes. Try again in %s.", humanDuration(max(wait.Round(time.Second), time.Second))))
+		p.loginThrottled(w, wait, fmt.Sprintf("Too many wrong codes. Try again in %s.", humanWait(wait)), fail)
 		return "", false
 	}
 	kind, err := p.factors.CheckCode(ctx, userID, code)
