@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -232,26 +231,11 @@ func (p *Provider) postSET(ctx context.Context, g session.Signal, authorization 
 	if err != nil {
 		return fmt.Errorf("sign SET: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, p.cfg.Backchannel.Timeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, g.PushURI, strings.NewReader(token))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/secevent+jwt")
-	req.Header.Set("Accept", "application/json")
+	header := http.Header{"Content-Type": {"application/secevent+jwt"}, "Accept": {"application/json"}}
 	if authorization != "" {
-		req.Header.Set("Authorization", authorization)
+		header.Set("Authorization", authorization)
 	}
-	resp, err := p.cfg.HTTPClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("%s answered %s", g.PushURI, resp.Status)
-	}
-	return nil
+	return p.push(ctx, g.PushURI, token, header)
 }
 
 // signalHub wakes long polls when events may have been queued: at once
