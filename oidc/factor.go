@@ -406,8 +406,8 @@ type recoveryView struct {
 	Continue string
 }
 
-// passkeyOnlyError is the protocol error for a prompt=none request whose
-// session lacks the assurance asked for.
+// stepUpNeeded answers a prompt=none request whose session lacks the
+// assurance asked for: interaction_required, through its redirect_uri.
 func (p *Provider) stepUpNeeded(w http.ResponseWriter, r *http.Request, req *authRequest) {
 	op.AuthRequestError(w, r, req, zoidc.ErrInteractionRequired().WithDescription("a second factor is required"), p.op)
 }
