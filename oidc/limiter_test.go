@@ -285,6 +285,33 @@ func TestPasswordChecksWaitInABoundedQueueThatHonoursTheContext(t *testing.T) {
 	require.ErrorIs(t, err, errLoginBusy, "a full queue answers at once")
 }
 
+// Every form that checks a password may wait verifyQueueWait for a worker:
+// its request budget must outlast that wait, or a person confirming on
+// the account page while sign-ins queue gets an empty answer when the
+// budget ends mid-wait. Other requests keep the database timeout.
+func TestPasswordFormsOutlastThePasswordQueue(t *testing.T) {
+	e := newEnv(t)
+	for _, tc := range []struct {
+		method, path   string
+		checksPassword bool
+	}{
+		{http.MethodPost, "/login", true},
+		{http.MethodPost, "/account/confirm", true},
+		{http.MethodGet, "/login", false},
+		{http.MethodPost, "/login/factor", false},
+		{http.MethodPost, "/activity", false},
+	} {
+		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
+			got := e.p.requestBudget(httptest.NewRequest(tc.method, tc.path, nil))
+			if tc.checksPassword {
+				require.Greater(t, got, verifyQueueWait+e.p.cfg.DatabaseTimeout)
+			} else {
+				require.Equal(t, e.p.cfg.DatabaseTimeout, got)
+			}
+		})
+	}
+}
+
 // The in-flight bound per username must not refuse a person who signs in
 // from several browsers at once (two tabs, a shared kiosk account, the
 // browser tests' parallel contexts): past the bound, attempts wait for a
