@@ -12,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/go-jose/go-jose/v4/jwt"
 	zoidc "github.com/zitadel/oidc/v3/pkg/oidc"
 
 	"github.com/idleguard/idleguard/session"
@@ -465,18 +464,10 @@ type logoutClaims struct {
 // LogoutToken signs the logout token for one outbox row: typ logout+jwt,
 // no nonce, the row's fixed jti so a repeated delivery can be recognised.
 func (p *Provider) LogoutToken(o session.OutboxEntry) (string, error) {
-	key := p.keys.Signing()
-	if key == nil {
-		return "", fmt.Errorf("no signing key")
-	}
-	signer, err := p.signers.get(key, "logout+jwt")
-	if err != nil {
-		return "", err
-	}
 	now := p.now()
 	claims := logoutClaims{
 		Issuer: p.issuer(), Audience: []string{o.ClientID}, IssuedAt: now.Unix(), Expiry: now.Add(logoutTokenTTL).Unix(),
 		JTI: o.JTI, SID: o.SID, Subject: o.Subject, Events: map[string]map[string]any{backchannelEvent: {}}, Reason: string(o.Reason),
 	}
-	return jwt.Signed(signer).Claims(claims).Serialize()
+	return p.signJWT("logout+jwt", claims)
 }

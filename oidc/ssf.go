@@ -8,8 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/go-jose/go-jose/v4/jwt"
-
 	"github.com/idleguard/idleguard/session"
 )
 
@@ -149,14 +147,6 @@ func initiatingEntity(r session.Reason) string {
 // (SSF 1.0 section 4.1.1) and the event's fixed jti, so that a receiver
 // recognises a SET delivered twice.
 func (p *Provider) SignalToken(g session.Signal) (string, error) {
-	key := p.keys.Signing()
-	if key == nil {
-		return "", errors.New("no signing key")
-	}
-	signer, err := p.signers.get(key, "secevent+jwt")
-	if err != nil {
-		return "", err
-	}
 	c := setClaims{Issuer: p.issuer(), Audience: g.Receiver, IssuedAt: p.now().Unix(), JTI: g.JTI, Txn: g.Txn}
 	switch g.Event {
 	case session.EventSessionRevoked:
@@ -179,7 +169,7 @@ func (p *Provider) SignalToken(g session.Signal) (string, error) {
 	default:
 		return "", fmt.Errorf("event %q: not transmitted", g.Event)
 	}
-	return jwt.Signed(signer).Claims(c).Serialize()
+	return p.signJWT("secevent+jwt", c)
 }
 
 // pushQueue is the queue of events of push streams (RFC 8935). Its
