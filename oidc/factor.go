@@ -315,11 +315,17 @@ func (p *Provider) checkCode(w http.ResponseWriter, r *http.Request, userID, cod
 		p.serverError(w, r, err)
 		return "", false
 	}
-	p.counters.loginFailed.Add(1)
-	p.audit(ctx, session.AuditEvent{At: p.now(), Kind: session.AuditFactorFailed, UserID: userID,
-		Detail: fmt.Sprintf("factor=%s error=%q address=%s request_id=%s", kindOr(kind), err, requestAddress(ctx), requestID(ctx))})
+	p.factorRefused(ctx, userID, kindOr(kind), err)
 	fail(http.StatusUnauthorized, msg)
 	return "", false
+}
+
+// factorRefused counts and audits a refused second factor of userID;
+// factor names it (and, for a passkey, the ceremony's purpose).
+func (p *Provider) factorRefused(ctx context.Context, userID, factor string, err error) {
+	p.counters.loginFailed.Add(1)
+	p.audit(ctx, session.AuditEvent{At: p.now(), Kind: session.AuditFactorFailed, UserID: userID,
+		Detail: fmt.Sprintf("factor=%s error=%q address=%s request_id=%s", factor, err, requestAddress(ctx), requestID(ctx))})
 }
 
 // codeError words a refused code for people; "" for a failure of ours.
