@@ -58,11 +58,7 @@ func (p *Provider) renderFactor(w http.ResponseWriter, r *http.Request, status i
 	if v.Action == "" {
 		v.Action = "/login/factor"
 	}
-	formAction := ""
-	if u, err := url.Parse(req.RedirectURI); err == nil && u.Scheme != "" && u.Host != "" {
-		formAction = " " + u.Scheme + "://" + u.Host
-	}
-	w.Header().Set("Content-Security-Policy", fmt.Sprintf(pageCSP, formAction))
+	w.Header().Set("Content-Security-Policy", fmt.Sprintf(pageCSP, appFormAction(req)))
 	p.render(w, r, status, "factor.html", v)
 }
 
