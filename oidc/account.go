@@ -115,7 +115,7 @@ func (p *Provider) showAccount(w http.ResponseWriter, r *http.Request, status in
 }
 
 // accountPost checks the form of a change on the account page: a live
-// session, the CSRF token, and (unless only is false) a fresh sign-in.
+// session, the CSRF token, and, when needFresh, a fresh sign-in.
 func (p *Provider) accountPost(w http.ResponseWriter, r *http.Request, needFresh bool) (activity.Status, *session.User, bool) {
 	if err := r.ParseForm(); err != nil {
 		p.messagePage(w, r, http.StatusBadRequest, "Bad request", "The form could not be read.")

@@ -2,7 +2,6 @@ package oidc
 
 import (
 	"encoding/json"
-	"slices"
 	"time"
 
 	zoidc "github.com/zitadel/oidc/v3/pkg/oidc"
@@ -122,10 +121,5 @@ type pendingFactor struct {
 	At   time.Time `json:"at"`
 }
 
-// needsFactor says whether the second factor is still missing.
-func (f *pendingFactor) needsFactor() bool { return !satisfies(f.AMR, f.Need) }
-
-// hasPasskeyNeed reports whether only a passkey will do.
+// passkeyOnly reports whether only a passkey will do.
 func (f *pendingFactor) passkeyOnly() bool { return f.Need == mfa.ACRPhishingResistant }
-
-var _ = slices.Contains[[]string]

@@ -49,7 +49,7 @@ type authRequest struct {
 	// knows, or "".
 	WantACR string `json:"want_acr,omitempty"`
 	// Pending is set while the person has proved some factors but the
-	// request needs more (see mfa.go).
+	// request needs more (see pendingFactor, assurance.go).
 	Pending *pendingFactor `json:"pending,omitempty"`
 	// Set when the code is issued: the application session it joins.
 	AppSessionID string `json:"app_session_id,omitempty"`

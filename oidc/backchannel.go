@@ -3,6 +3,7 @@ package oidc
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
@@ -11,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/go-jose/go-jose/v4/jwt"
 	zoidc "github.com/zitadel/oidc/v3/pkg/oidc"
 
 	"github.com/idleguard/idleguard/session"
@@ -422,20 +422,27 @@ func (p *Provider) post(ctx context.Context, o session.OutboxEntry) error {
 	if err != nil {
 		return fmt.Errorf("sign logout token: %w", err)
 	}
+	return p.push(ctx, o.URI, url.Values{"logout_token": {token}}.Encode(),
+		http.Header{"Content-Type": {"application/x-www-form-urlencoded"}})
+}
+
+// push makes one POST of a delivery (a logout token, a SET) within
+// Backchannel.Timeout; any 2xx is success.
+func (p *Provider) push(ctx context.Context, uri, body string, header http.Header) error {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.Backchannel.Timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, o.URI, strings.NewReader(url.Values{"logout_token": {token}}.Encode()))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, uri, strings.NewReader(body))
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	maps.Copy(req.Header, header)
 	resp, err := p.cfg.HTTPClient.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("%s answered %s", o.URI, resp.Status)
+		return fmt.Errorf("%s answered %s", uri, resp.Status)
 	}
 	return nil
 }
@@ -457,18 +464,10 @@ type logoutClaims struct {
 // LogoutToken signs the logout token for one outbox row: typ logout+jwt,
 // no nonce, the row's fixed jti so a repeated delivery can be recognised.
 func (p *Provider) LogoutToken(o session.OutboxEntry) (string, error) {
-	key := p.keys.Signing()
-	if key == nil {
-		return "", fmt.Errorf("no signing key")
-	}
-	signer, err := p.signers.get(key, "logout+jwt")
-	if err != nil {
-		return "", err
-	}
 	now := p.now()
 	claims := logoutClaims{
 		Issuer: p.issuer(), Audience: []string{o.ClientID}, IssuedAt: now.Unix(), Expiry: now.Add(logoutTokenTTL).Unix(),
 		JTI: o.JTI, SID: o.SID, Subject: o.Subject, Events: map[string]map[string]any{backchannelEvent: {}}, Reason: string(o.Reason),
 	}
-	return jwt.Signed(signer).Claims(claims).Serialize()
+	return p.signJWT("logout+jwt", claims)
 }

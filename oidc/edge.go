@@ -75,16 +75,19 @@ func (p *Provider) edge(next http.Handler) http.Handler {
 }
 
 // requestBudget is how long a request may take before its store calls give
-// up: DatabaseTimeout. The login form's POST, whose password check may
-// queue for verifyQueueWait (not the database's wait), gets that much more,
-// and bounds each of its phases of database work by DatabaseTimeout itself
-// (dbBudget).
+// up: DatabaseTimeout. A form that checks a password (checkPassword: the
+// login form, the account page's confirmation), whose check may queue for
+// verifyQueueWait (not the database's wait), gets that much more, and
+// bounds its phases of database work by DatabaseTimeout itself (dbBudget).
 func (p *Provider) requestBudget(r *http.Request) time.Duration {
-	if r.Method == http.MethodPost && r.URL.Path == "/login" {
+	if r.Method == http.MethodPost && passwordForms[r.URL.Path] {
 		return 3*p.cfg.DatabaseTimeout + verifyQueueWait
 	}
 	return p.cfg.DatabaseTimeout
 }
+
+// passwordForms are the paths whose POST runs checkPassword.
+var passwordForms = map[string]bool{"/login": true, "/account/confirm": true}
 
 // dbBudget bounds one phase of a request's database work by
 // DatabaseTimeout.

@@ -58,11 +58,7 @@ func (p *Provider) renderFactor(w http.ResponseWriter, r *http.Request, status i
 	if v.Action == "" {
 		v.Action = "/login/factor"
 	}
-	formAction := ""
-	if u, err := url.Parse(req.RedirectURI); err == nil && u.Scheme != "" && u.Host != "" {
-		formAction = " " + u.Scheme + "://" + u.Host
-	}
-	w.Header().Set("Content-Security-Policy", fmt.Sprintf(pageCSP, formAction))
+	w.Header().Set("Content-Security-Policy", fmt.Sprintf(pageCSP, appFormAction(req)))
 	p.render(w, r, status, "factor.html", v)
 }
 
@@ -294,15 +290,13 @@ func (p *Provider) checkCode(w http.ResponseWriter, r *http.Request, userID, cod
 		return "", false
 	}
 	defer release()
-	attempt, wait, err := p.limiter.store.ReserveLoginAttempt(ctx, keys, p.now(), p.limiter.policy)
+	attempt, wait, err := p.reserveLoginAttempt(ctx, keys)
 	if err != nil {
 		p.serverError(w, r, err)
 		return "", false
 	}
 	if wait > 0 {
-		p.counters.loginSlow.Add(1)
-		w.Header().Set("Retry-After", fmt.Sprint(int(wait.Seconds()+0.999)))
-		fail(http.StatusTooManyRequests, fmt.Sprintf("Too many wrong codes. Try again in %s.", humanDuration(max(wait.Round(time.Second), time.Second))))
+		p.loginThrottled(w, wait, fmt.Sprintf("Too many wrong codes. Try again in %s.", humanWait(wait)), fail)
 		return "", false
 	}
 	kind, err := p.factors.CheckCode(ctx, userID, code)
@@ -317,11 +311,17 @@ func (p *Provider) checkCode(w http.ResponseWriter, r *http.Request, userID, cod
 		p.serverError(w, r, err)
 		return "", false
 	}
-	p.counters.loginFailed.Add(1)
-	p.audit(ctx, session.AuditEvent{At: p.now(), Kind: session.AuditFactorFailed, UserID: userID,
-		Detail: fmt.Sprintf("factor=%s error=%q address=%s request_id=%s", kindOr(kind), err, requestAddress(ctx), requestID(ctx))})
+	p.factorRefused(ctx, userID, kindOr(kind), err)
 	fail(http.StatusUnauthorized, msg)
 	return "", false
+}
+
+// factorRefused counts and audits a refused second factor of userID;
+// factor names it (and, for a passkey, the ceremony's purpose).
+func (p *Provider) factorRefused(ctx context.Context, userID, factor string, err error) {
+	p.counters.loginFailed.Add(1)
+	p.audit(ctx, session.AuditEvent{At: p.now(), Kind: session.AuditFactorFailed, UserID: userID,
+		Detail: fmt.Sprintf("factor=%s error=%q address=%s request_id=%s", factor, err, requestAddress(ctx), requestID(ctx))})
 }
 
 // codeError words a refused code for people; "" for a failure of ours.
@@ -408,8 +408,8 @@ type recoveryView struct {
 	Continue string
 }
 
-// passkeyOnlyError is the protocol error for a prompt=none request whose
-// session lacks the assurance asked for.
+// stepUpNeeded answers a prompt=none request whose session lacks the
+// assurance asked for: interaction_required, through its redirect_uri.
 func (p *Provider) stepUpNeeded(w http.ResponseWriter, r *http.Request, req *authRequest) {
 	op.AuthRequestError(w, r, req, zoidc.ErrInteractionRequired().WithDescription("a second factor is required"), p.op)
 }

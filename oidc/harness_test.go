@@ -26,6 +26,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/idleguard/idleguard/activity"
+	"github.com/idleguard/idleguard/oidc/oidctest"
 	"github.com/idleguard/idleguard/session"
 	"github.com/idleguard/idleguard/session/pgtest"
 )
@@ -38,24 +39,9 @@ func TestMain(m *testing.M) {
 }
 
 // clock is the controllable time source every test injects.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+type clock = oidctest.Clock
 
-func newClock() *clock { return &clock{t: time.Now().Truncate(time.Second)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+func newClock() *clock { return oidctest.NewClock() }
 
 // env is a provider on a real SQLite file behind a real HTTP server.
 type env struct {

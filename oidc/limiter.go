@@ -266,9 +266,10 @@ type formFailure func(status int, v loginView)
 func (p *Provider) checkPassword(w http.ResponseWriter, r *http.Request, a *passwordAttempt, fail formFailure) bool {
 	ctx := r.Context()
 	keys := p.limiter.keys(a)
+	throttled := func(status int, msg string) { fail(status, loginView{Username: a.username, Error: msg}) }
 	release, err := p.limiter.enter(ctx, keys)
 	if err != nil {
-		p.loginThrottled(w, a, time.Second, "Another sign-in to this account is in progress. Try again in a moment.", fail)
+		p.loginThrottled(w, time.Second, "Another sign-in to this account is in progress. Try again in a moment.", throttled)
 		return false
 	}
 	defer release()
@@ -278,7 +279,7 @@ func (p *Provider) checkPassword(w http.ResponseWriter, r *http.Request, a *pass
 		return false
 	}
 	if wait > 0 {
-		p.loginThrottled(w, a, wait, fmt.Sprintf("Too many failed attempts. Try again in %s.", humanDuration(max(wait.Round(time.Second), time.Second))), fail)
+		p.loginThrottled(w, wait, fmt.Sprintf("Too many failed attempts. Try again in %s.", humanWait(wait)), throttled)
 		return false
 	}
 	hash := ""
@@ -330,10 +331,18 @@ func (p *Provider) passwordNotChecked(w http.ResponseWriter, r *http.Request, a 
 		Error: "Too many people are signing in right now. Try again in a few seconds."})
 }
 
-func (p *Provider) loginThrottled(w http.ResponseWriter, a *passwordAttempt, wait time.Duration, msg string, fail formFailure) {
+// loginThrottled answers a sign-in step (a password, a second factor's
+// code) the throttle holds back for wait: 429 with Retry-After, through
+// fail.
+func (p *Provider) loginThrottled(w http.ResponseWriter, wait time.Duration, msg string, fail func(status int, msg string)) {
 	p.counters.loginSlow.Add(1)
 	w.Header().Set("Retry-After", fmt.Sprint(int(wait.Seconds()+0.999)))
-	fail(http.StatusTooManyRequests, loginView{Username: a.username, Error: msg})
+	fail(http.StatusTooManyRequests, msg)
+}
+
+// humanWait words a throttle's wait for people, in whole seconds at least.
+func humanWait(wait time.Duration) string {
+	return humanDuration(max(wait.Round(time.Second), time.Second))
 }
 
 func userID(u *session.User) string {

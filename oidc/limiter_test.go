@@ -29,11 +29,11 @@ func failedLogins(t *testing.T, e *env) []session.AuditEvent {
 	return out
 }
 
-// Issue 9, finding 2: the limit was checked before the argon2id check and
-// counted after it, so simultaneous guesses all got through.
-func TestConcurrentWrongGuessesAreCountedBeforeTheCheck(t *testing.T) {
-	e := newEnv(t, func(c *Config) { c.Login.MaxFailures = 5 })
-	const n = 30
+// loginsAtOnce posts n login forms of username and password, each from a
+// browser of its own, all at the same moment, and returns the status codes
+// of the answers (redirects not followed; 0 for no answer).
+func loginsAtOnce(t *testing.T, e *env, n int, username, password string) []int {
+	t.Helper()
 	type post struct {
 		b    *browser
 		form url.Values
@@ -41,7 +41,8 @@ func TestConcurrentWrongGuessesAreCountedBeforeTheCheck(t *testing.T) {
 	posts := make([]post, n)
 	for i := range posts {
 		b := e.browser()
-		posts[i] = post{b, b.loginForm(loginPage(t, b, e.rp("mail")), "alice", "wrong guess")}
+		posts[i] = post{b, b.loginForm(loginPage(t, b, e.rp("mail")), username, password)}
+		b.client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	}
 	start := make(chan struct{})
 	codes := make([]int, n)
@@ -60,6 +61,14 @@ func TestConcurrentWrongGuessesAreCountedBeforeTheCheck(t *testing.T) {
 	}
 	close(start)
 	wg.Wait()
+	return codes
+}
+
+// Issue 9, finding 2: the limit was checked before the argon2id check and
+// counted after it, so simultaneous guesses all got through.
+func TestConcurrentWrongGuessesAreCountedBeforeTheCheck(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.Login.MaxFailures = 5 })
+	codes := loginsAtOnce(t, e, 30, "alice", "wrong guess")
 	verified := 0
 	for _, c := range codes {
 		switch c {
@@ -285,6 +294,33 @@ func TestPasswordChecksWaitInABoundedQueueThatHonoursTheContext(t *testing.T) {
 	require.ErrorIs(t, err, errLoginBusy, "a full queue answers at once")
 }
 
+// Every form that checks a password may wait verifyQueueWait for a worker:
+// its request budget must outlast that wait, or a person confirming on
+// the account page while sign-ins queue gets an empty answer when the
+// budget ends mid-wait. Other requests keep the database timeout.
+func TestPasswordFormsOutlastThePasswordQueue(t *testing.T) {
+	e := newEnv(t)
+	for _, tc := range []struct {
+		method, path   string
+		checksPassword bool
+	}{
+		{http.MethodPost, "/login", true},
+		{http.MethodPost, "/account/confirm", true},
+		{http.MethodGet, "/login", false},
+		{http.MethodPost, "/login/factor", false},
+		{http.MethodPost, "/activity", false},
+	} {
+		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
+			got := e.p.requestBudget(httptest.NewRequest(tc.method, tc.path, nil))
+			if tc.checksPassword {
+				require.Greater(t, got, verifyQueueWait+e.p.cfg.DatabaseTimeout)
+			} else {
+				require.Equal(t, e.p.cfg.DatabaseTimeout, got)
+			}
+		})
+	}
+}
+
 // The in-flight bound per username must not refuse a person who signs in
 // from several browsers at once (two tabs, a shared kiosk account, the
 // browser tests' parallel contexts): past the bound, attempts wait for a
@@ -297,33 +333,7 @@ func TestSimultaneousRightPasswordsAllSignIn(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, e.store.CreateUser(t.Context(), &session.User{Username: "kiosk", PasswordHash: hash, CreatedAt: e.clock.Now()}))
 	const n = 3 * inFlightPerUser
-	type post struct {
-		b    *browser
-		form url.Values
-	}
-	posts := make([]post, n)
-	for i := range posts {
-		b := e.browser()
-		posts[i] = post{b, b.loginForm(loginPage(t, b, e.rp("mail")), "kiosk", testPassword)}
-	}
-	start := make(chan struct{})
-	codes := make([]int, n)
-	var wg sync.WaitGroup
-	for i, p := range posts {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			p.b.client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-			resp, err := p.b.client.PostForm(e.issuer+"/login", p.form)
-			if err == nil {
-				codes[i] = resp.StatusCode
-				resp.Body.Close()
-			}
-		}()
-	}
-	close(start)
-	wg.Wait()
+	codes := loginsAtOnce(t, e, n, "kiosk", testPassword)
 	for i, c := range codes {
 		require.Equal(t, http.StatusFound, c, "sign-in %d of %d: %v", i+1, n, codes)
 	}

@@ -210,6 +210,17 @@ func (p *Provider) needsFreshLogin(req *authRequest, st activity.Status) bool {
 	return false
 }
 
+// appFormAction is the origin of req's redirect_uri, with a leading space,
+// for the form-action of a sign-in page: its form posts here, and the
+// answer redirects (through the callback) to the app, and browsers apply
+// form-action to that redirect too. "" when the URI has no origin.
+func appFormAction(req *authRequest) string {
+	if u, err := url.Parse(req.RedirectURI); err == nil && u.Scheme != "" && u.Host != "" {
+		return " " + u.Scheme + "://" + u.Host
+	}
+	return ""
+}
+
 func (p *Provider) showLogin(w http.ResponseWriter, r *http.Request, status int, req *authRequest, v loginView) {
 	v.Title = "Sign in"
 	v.AuthRequestID = req.ID
@@ -218,15 +229,9 @@ func (p *Provider) showLogin(w http.ResponseWriter, r *http.Request, status int,
 	if len(v.Username) > 200 {
 		v.Username = ""
 	}
-	// The form posts here, and its answer redirects (through the callback)
-	// to the app: browsers apply form-action to that redirect too.
-	formAction := "'self'"
-	if u, err := url.Parse(req.RedirectURI); err == nil && u.Scheme != "" && u.Host != "" {
-		formAction += " " + u.Scheme + "://" + u.Host
-	}
 	v.Passkeys = p.passkeys != nil
-	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; img-src 'self'; script-src 'self'; connect-src 'self'; form-action "+formAction+
-		"; frame-ancestors 'none'; base-uri 'none'")
+	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; img-src 'self'; script-src 'self'; connect-src 'self'; form-action 'self'"+
+		appFormAction(req)+"; frame-ancestors 'none'; base-uri 'none'")
 	p.render(w, r, status, "login.html", v)
 }
 

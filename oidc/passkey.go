@@ -4,12 +4,10 @@ import (
 	"errors"
 	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/idleguard/idleguard/activity"
 	"github.com/idleguard/idleguard/oidc/mfa"
-	"github.com/idleguard/idleguard/session"
 )
 
 // Passkey ceremonies. The browser asks POST /passkey/begin for a ceremony
@@ -208,10 +206,8 @@ func (p *Provider) passkeyFailed(w http.ResponseWriter, r *http.Request, userID,
 		p.serverError(w, r, err)
 		return
 	}
-	p.counters.loginFailed.Add(1)
 	p.cfg.Logger.InfoContext(ctx, "passkey refused", "purpose", purpose, "error", err)
-	p.audit(ctx, session.AuditEvent{At: p.now(), Kind: session.AuditFactorFailed, UserID: userID,
-		Detail: "factor=passkey purpose=" + purpose + " error=" + strconv.Quote(err.Error()) + " address=" + requestAddress(ctx) + " request_id=" + requestID(ctx)})
+	p.factorRefused(ctx, userID, "passkey purpose="+purpose, err)
 	fail(http.StatusUnauthorized, msg)
 }
 

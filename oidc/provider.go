@@ -137,10 +137,10 @@ func randomBytes(n int) func() []byte {
 	}
 }
 
-// cookieCodec seals cookies with the keys stored as name_hash and
-// name_block, generated on first use: kept in the database, so that a
-// cookie set at one replica opens at every other.
-func cookieCodec(ctx context.Context, store SecretStore, name string) (*securecookie.SecureCookie, error) {
+// cookieCodec returns a maker of codecs that seal cookies with the keys
+// stored as name_hash and name_block, generated on first use: kept in the
+// database, so that a cookie set at one replica opens at every other.
+func cookieCodec(ctx context.Context, store SecretStore, name string) (func() *securecookie.SecureCookie, error) {
 	hashKey, err := store.Secret(ctx, name+"_hash", randomBytes(32))
 	if err != nil {
 		return nil, err
@@ -149,7 +149,7 @@ func cookieCodec(ctx context.Context, store SecretStore, name string) (*secureco
 	if err != nil {
 		return nil, err
 	}
-	return securecookie.New(hashKey, blockKey), nil
+	return func() *securecookie.SecureCookie { return securecookie.New(hashKey, blockKey) }, nil
 }
 
 // replicaName names this process where several share the database: as the
@@ -232,18 +232,17 @@ func New(ctx context.Context, cfg Config, store Store) (*Provider, error) {
 		return nil, err
 	}
 	p.refresh = refreshMAC(mac)
-	if p.cookies, err = cookieCodec(ctx, store, "cookie"); err != nil {
+	sealed, err := cookieCodec(ctx, store, "cookie")
+	if err != nil {
 		return nil, err
 	}
-	if p.tickets, err = cookieCodec(ctx, store, "cookie"); err != nil {
-		return nil, err
-	}
-	p.tickets.MaxAge(600)
+	p.cookies, p.tickets = sealed(), sealed().MaxAge(600)
 	// Device cookies have keys of their own (they live for months).
-	if p.devices, err = cookieCodec(ctx, store, "device_cookie"); err != nil {
+	device, err := cookieCodec(ctx, store, "device_cookie")
+	if err != nil {
 		return nil, err
 	}
-	p.devices.MaxAge(int(deviceCookieTTL / time.Second))
+	p.devices = device().MaxAge(int(deviceCookieTTL / time.Second))
 	throttleKey, err := store.Secret(ctx, "login_throttle", randomBytes(32))
 	if err != nil {
 		return nil, err

@@ -66,10 +66,7 @@ func TestReplicasRevocationWithinASecond(t *testing.T) {
 		c := newCluster(t, db, 2)
 		mail := c.via(0).browser().login(c.rp("mail"), "alice")
 		require.True(t, c.introspectAt(1, mail.AccessToken))
-		for _, r := range c.replicas {
-			r.p.Run(t.Context())
-			t.Cleanup(func() { _ = r.p.Close(context.Background()) })
-		}
+		c.runAll(t)
 		start := time.Now()
 		c.via(0)
 		revoke(t, c.env, "mail", mail.AccessToken, "access_token")

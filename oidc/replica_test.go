@@ -193,6 +193,15 @@ func (c *cluster) sync() {
 	}
 }
 
+// runAll starts every replica's background loops (change feed, sweeper,
+// deliveries), stopped when t ends: for the tests that measure real time.
+func (c *cluster) runAll(t *testing.T) {
+	for _, r := range c.replicas {
+		r.p.Run(t.Context())
+		t.Cleanup(func() { _ = r.p.Close(context.Background()) })
+	}
+}
+
 func (c *cluster) sweepAt(i int) int {
 	c.t.Helper()
 	n, err := c.replicas[i].p.tracker.Sweep(c.t.Context())
@@ -400,10 +409,7 @@ func TestReplicasEndReachesEveryReplicaWithinASecond(t *testing.T) {
 		c := newCluster(t, db, 2)
 		mail := c.via(0).browser().login(c.rp("mail"), "alice")
 		require.True(t, c.activeAt(1, mail.AccessToken))
-		for _, r := range c.replicas {
-			r.p.Run(t.Context())
-			t.Cleanup(func() { _ = r.p.Close(context.Background()) })
-		}
+		c.runAll(t)
 		start := time.Now()
 		require.NoError(t, c.replicas[0].p.tracker.End(t.Context(), mail.sid, session.ReasonAdmin, "admin"))
 		require.Eventually(t, func() bool { return !c.introspectAt(1, mail.AccessToken) }, time.Second, 10*time.Millisecond)
@@ -583,10 +589,7 @@ func TestReplicasEndLatency(t *testing.T) {
 			sessions[i] = c.via(0).browser().login(c.rp("mail"), "alice")
 			require.True(t, c.activeAt(1, sessions[i].AccessToken), "B holds the session in memory")
 		}
-		for _, r := range c.replicas {
-			r.p.Run(t.Context())
-			t.Cleanup(func() { _ = r.p.Close(context.Background()) })
-		}
+		c.runAll(t)
 		took := make([]time.Duration, n)
 		for i, tk := range sessions {
 			start := time.Now()

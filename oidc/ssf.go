@@ -5,11 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
-
-	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/idleguard/idleguard/session"
 )
@@ -150,14 +147,6 @@ func initiatingEntity(r session.Reason) string {
 // (SSF 1.0 section 4.1.1) and the event's fixed jti, so that a receiver
 // recognises a SET delivered twice.
 func (p *Provider) SignalToken(g session.Signal) (string, error) {
-	key := p.keys.Signing()
-	if key == nil {
-		return "", errors.New("no signing key")
-	}
-	signer, err := p.signers.get(key, "secevent+jwt")
-	if err != nil {
-		return "", err
-	}
 	c := setClaims{Issuer: p.issuer(), Audience: g.Receiver, IssuedAt: p.now().Unix(), JTI: g.JTI, Txn: g.Txn}
 	switch g.Event {
 	case session.EventSessionRevoked:
@@ -180,7 +169,7 @@ func (p *Provider) SignalToken(g session.Signal) (string, error) {
 	default:
 		return "", fmt.Errorf("event %q: not transmitted", g.Event)
 	}
-	return jwt.Signed(signer).Claims(c).Serialize()
+	return p.signJWT("secevent+jwt", c)
 }
 
 // pushQueue is the queue of events of push streams (RFC 8935). Its
@@ -232,26 +221,11 @@ func (p *Provider) postSET(ctx context.Context, g session.Signal, authorization 
 	if err != nil {
 		return fmt.Errorf("sign SET: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, p.cfg.Backchannel.Timeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, g.PushURI, strings.NewReader(token))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/secevent+jwt")
-	req.Header.Set("Accept", "application/json")
+	header := http.Header{"Content-Type": {"application/secevent+jwt"}, "Accept": {"application/json"}}
 	if authorization != "" {
-		req.Header.Set("Authorization", authorization)
+		header.Set("Authorization", authorization)
 	}
-	resp, err := p.cfg.HTTPClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("%s answered %s", g.PushURI, resp.Status)
-	}
-	return nil
+	return p.push(ctx, g.PushURI, token, header)
 }
 
 // signalHub wakes long polls when events may have been queued: at once

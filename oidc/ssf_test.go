@@ -94,7 +94,7 @@ func (e *env) pollSETs(token, streamID string, ack ...string) map[string]string 
 // HTTP, as a receiver does), iss, aud, iat, jti, no sub, no exp, one event.
 func (e *env) verifySET(raw, audience string) map[string]any {
 	e.t.Helper()
-	jws, err := jose.ParseSigned(raw, []jose.SignatureAlgorithm{jose.RS256, jose.ES256, jose.EdDSA})
+	jws, err := jose.ParseSignedCompact(raw, []jose.SignatureAlgorithm{jose.RS256, jose.ES256, jose.EdDSA})
 	require.NoError(e.t, err)
 	require.Equal(e.t, "secevent+jwt", jws.Signatures[0].Header.ExtraHeaders[jose.HeaderType])
 	resp, err := http.Get(e.issuer + "/keys")

@@ -234,7 +234,7 @@ func (p *Provider) applyStream(b *streamBody, st *session.Stream, replace bool) 
 		if len(events) > maxEventTypes || slices.ContainsFunc(events, func(e string) bool { return e == "" || len(e) > 256 }) {
 			return badRequest("events_requested: at most 32 event type URIs of at most 256 characters")
 		}
-		st.EventsRequested = slices.Compact(slices.Clone(events))
+		st.EventsRequested = dedupe(events)
 	}
 	if b.Description != nil {
 		st.Description = truncate(*b.Description, maxDescription)

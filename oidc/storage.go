@@ -202,8 +202,8 @@ func (s storage) SaveAuthCode(ctx context.Context, id, code string) (err error) 
 // the housekeeping purge removes it.
 func (s storage) DeleteAuthRequest(context.Context, string) error { return nil }
 
-// tokenLifetime is min(client access_token_ttl, idle limit in force, time
-// left until the deadline) at issuance, so that a resource server that only
+// tokenExpiry is now + min(client access_token_ttl, idle limit in force),
+// and never past the absolute deadline, so that a resource server that only
 // checks signatures is never more than one short TTL behind.
 func (p *Provider) tokenExpiry(c *Client, st activity.Status) time.Time {
 	now := p.now()

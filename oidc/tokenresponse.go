@@ -171,12 +171,23 @@ type accessClaims struct {
 // accessJWT signs c as a JWT access token with header typ at+jwt, setting
 // the issuer, times and id.
 func (p *Provider) accessJWT(c accessClaims, id string, exp time.Time) (string, error) {
-	signer, err := p.signers.get(p.keys.Signing(), "at+jwt")
+	c.Issuer, c.JTI, c.Expiry, c.IssuedAt = p.issuer(), id, exp.Unix(), p.now().Unix()
+	return p.signJWT("at+jwt", c)
+}
+
+// signJWT signs claims with the current signing key under header typ
+// (access tokens, logout tokens and SETs each have their own, so that none
+// is taken for another).
+func (p *Provider) signJWT(typ jose.ContentType, claims any) (string, error) {
+	key := p.keys.Signing()
+	if key == nil {
+		return "", errors.New("no signing key")
+	}
+	signer, err := p.signers.get(key, typ)
 	if err != nil {
 		return "", err
 	}
-	c.Issuer, c.JTI, c.Expiry, c.IssuedAt = p.issuer(), id, exp.Unix(), p.now().Unix()
-	return jwt.Signed(signer).Claims(c).Serialize()
+	return jwt.Signed(signer).Claims(claims).Serialize()
 }
 
 // ClientCredentialsExchange issues a client's own access token (RFC 6749

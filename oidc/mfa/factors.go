@@ -57,9 +57,6 @@ func NewFactors(ctx context.Context, store Store, secretKey []byte, issuer strin
 	return f, nil
 }
 
-// Sealer returns the sealer of stored secrets (nil without a secret key).
-func (f *Factors) Sealer() *Sealer { return f.sealer }
-
 func totpAAD(userID string) string { return "totp|" + userID }
 
 // Enrollment is a TOTP factor being enrolled: its secret and the URI an

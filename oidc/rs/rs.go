@@ -138,14 +138,14 @@ func New(ctx context.Context, cfg Config) (*Kit, error) {
 		TokenEndpoint string `json:"token_endpoint"`
 		JWKS          string `json:"jwks_uri"`
 	}
-	if err := k.getJSON(ctx, cfg.Issuer+"/.well-known/openid-configuration", &oidcMeta); err != nil {
+	if err := getJSON(ctx, cfg.HTTPClient, cfg.Issuer+"/.well-known/openid-configuration", &oidcMeta); err != nil {
 		return nil, fmt.Errorf("rs: discovery: %w", err)
 	}
 	var ssfMeta struct {
 		Issuer        string `json:"issuer"`
 		Configuration string `json:"configuration_endpoint"`
 	}
-	if err := k.getJSON(ctx, cfg.Issuer+"/.well-known/ssf-configuration", &ssfMeta); err != nil {
+	if err := getJSON(ctx, cfg.HTTPClient, cfg.Issuer+"/.well-known/ssf-configuration", &ssfMeta); err != nil {
 		return nil, fmt.Errorf("rs: SSF metadata: %w", err)
 	}
 	if ssfMeta.Issuer != cfg.Issuer || ssfMeta.Configuration == "" {
@@ -198,14 +198,7 @@ func (k *Kit) Verify(ctx context.Context, token string) (*Claims, error) {
 	if token == "" {
 		return nil, ErrNoToken
 	}
-	jws, err := jose.ParseSigned(token, []jose.SignatureAlgorithm{jose.RS256, jose.ES256, jose.EdDSA})
-	if err != nil || len(jws.Signatures) != 1 {
-		return nil, ErrInvalidToken
-	}
-	if typ, _ := jws.Signatures[0].Header.ExtraHeaders[jose.HeaderType].(string); !strings.EqualFold(typ, "at+jwt") {
-		return nil, ErrInvalidToken
-	}
-	payload, err := k.keys.verify(ctx, jws)
+	payload, err := k.keys.verifyJWT(ctx, token, "at+jwt")
 	if err != nil {
 		return nil, ErrInvalidToken
 	}
@@ -271,12 +264,12 @@ func (k *Kit) Run(ctx context.Context) {
 }
 
 // getJSON GETs url into v.
-func (k *Kit) getJSON(ctx context.Context, url string, v any) error {
+func getJSON(ctx context.Context, client *http.Client, url string, v any) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
 	}
-	resp, err := k.cfg.HTTPClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return err
 	}
@@ -395,16 +388,8 @@ type keySet struct {
 const refetchEvery = 5 * time.Second
 
 func (s *keySet) refresh(ctx context.Context) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := s.client.Do(req)
-	if err != nil {
-		return err
-	}
 	var set jose.JSONWebKeySet
-	if _, err := decodeAnswer(resp, &set); err != nil {
+	if err := getJSON(ctx, s.client, s.url, &set); err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -421,6 +406,19 @@ func (s *keySet) key(kid string) (jose.JSONWebKey, bool) {
 		return jose.JSONWebKey{}, false
 	}
 	return keys[0], true
+}
+
+// verifyJWT checks a compact JWT of header typ signed by a key of the set
+// and returns its payload.
+func (s *keySet) verifyJWT(ctx context.Context, raw, typ string) ([]byte, error) {
+	jws, err := jose.ParseSignedCompact(raw, []jose.SignatureAlgorithm{jose.RS256, jose.ES256, jose.EdDSA})
+	if err != nil || len(jws.Signatures) != 1 {
+		return nil, errors.New("not a signed JWT")
+	}
+	if t, _ := jws.Signatures[0].Header.ExtraHeaders[jose.HeaderType].(string); !strings.EqualFold(t, typ) {
+		return nil, fmt.Errorf("not a JWT of typ %s", typ)
+	}
+	return s.verify(ctx, jws)
 }
 
 // verify checks jws's signature by the key its kid names.

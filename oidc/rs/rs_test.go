@@ -27,28 +27,11 @@ import (
 )
 
 // clock is the test's controllable time, shared by provider and kit.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 // provider is a real idleguard provider on a SQLite file behind a real
-// HTTP server; restart replaces it on the same file and address.
+// HTTP server.
 type provider struct {
 	t     *testing.T
-	clock *clock
+	clock *oidctest.Clock
 	db    string
 	cfg   oidc.Config
 	srv   *httptest.Server
@@ -62,7 +45,7 @@ type provider struct {
 const password = "correct horse battery"
 
 func newProvider(t *testing.T) *provider {
-	pr := &provider{t: t, clock: &clock{t: time.Now().Truncate(time.Second)}, db: filepath.Join(t.TempDir(), "idleguard.db")}
+	pr := &provider{t: t, clock: oidctest.NewClock(), db: filepath.Join(t.TempDir(), "idleguard.db")}
 	pr.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		pr.mu.RLock()
 		p := pr.p
@@ -117,13 +100,6 @@ func (pr *provider) shutdown() {
 	stop()
 	require.NoError(pr.t, p.Close(context.Background()))
 	require.NoError(pr.t, store.Close())
-}
-
-// restart stops the provider (requests meanwhile get 503) and starts it
-// again on the same database and address.
-func (pr *provider) restart() {
-	pr.shutdown()
-	pr.start()
 }
 
 func (pr *provider) provider() *oidc.Provider {

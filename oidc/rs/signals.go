@@ -7,10 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
-	"strings"
 	"time"
-
-	jose "github.com/go-jose/go-jose/v4"
 )
 
 // streamConfig is the part of an SSF stream configuration the kit reads.
@@ -144,14 +141,7 @@ type subjectID struct {
 // apply verifies one SET (RFC 8417 and SSF 1.0: typ secevent+jwt, the
 // provider's signature, iss, aud, no sub or exp) and applies it.
 func (k *Kit) apply(ctx context.Context, raw string) error {
-	jws, err := jose.ParseSigned(raw, []jose.SignatureAlgorithm{jose.RS256, jose.ES256, jose.EdDSA})
-	if err != nil || len(jws.Signatures) != 1 {
-		return errors.New("not a signed JWT")
-	}
-	if typ, _ := jws.Signatures[0].Header.ExtraHeaders[jose.HeaderType].(string); !strings.EqualFold(typ, "secevent+jwt") {
-		return errors.New("not a SET (typ)")
-	}
-	payload, err := k.keys.verify(ctx, jws)
+	payload, err := k.keys.verifyJWT(ctx, raw, "secevent+jwt")
 	if err != nil {
 		return err
 	}
