@@ -447,10 +447,9 @@ func (p *Provider) housekeeping(ctx context.Context) {
 
 // purge drops what can no longer matter: expired authorization requests,
 // revocations of tokens that have expired anyway (memory and database), and
-// finished outbox rows older than Backchannel.Retention. It also learns the
-// revocations that other replicas on the database took since (an access
-// token revoked at one replica is refused at every other within one
-// HousekeepInterval).
+// finished outbox rows older than Backchannel.Retention. It also re-reads
+// the revocations on record: a backstop to the change feed, which brings
+// another replica's revocation within one sync interval.
 func (p *Provider) purge(ctx context.Context) error {
 	now := p.now()
 	if err := p.store.PurgeAuthRequests(ctx, now); err != nil {
@@ -462,12 +461,11 @@ func (p *Provider) purge(ctx context.Context) error {
 		}
 		return true
 	})
-	live, err := p.store.RevokedTokens(ctx, now) // purges the expired ones too
-	if err != nil {
+	if _, err := p.store.PurgeRevokedTokens(ctx, now); err != nil {
 		return err
 	}
-	for _, id := range live {
-		p.revoked.Store(id, struct{}{})
+	if err := p.loadRevoked(ctx); err != nil {
+		return err
 	}
 	if _, err := p.store.PurgeDeliveries(ctx, now.Add(-p.cfg.Backchannel.Retention)); err != nil {
 		return err

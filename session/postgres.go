@@ -793,11 +793,8 @@ func (p *Postgres) RevokeToken(ctx context.Context, tokenID string, expires time
 }
 
 // RevokedTokens returns the ids of revoked tokens that have not expired by
-// now, deleting the rest.
+// now. It only reads: PurgeRevokedTokens deletes the rest.
 func (p *Postgres) RevokedTokens(ctx context.Context, now time.Time) ([]string, error) {
-	if _, err := p.PurgeRevokedTokens(ctx, now); err != nil {
-		return nil, err
-	}
 	return pgQueryAll(ctx, p.pool, scanString, `SELECT token_id FROM revoked_tokens WHERE expires_at >= $1`, ms(now))
 }
 

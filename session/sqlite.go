@@ -762,12 +762,9 @@ func (s *SQLite) RevokeToken(ctx context.Context, tokenID string, expires time.T
 	})
 }
 
-// RevokedTokens returns the ids of revoked tokens that have not expired by now,
-// deleting the rest.
+// RevokedTokens returns the ids of revoked tokens that have not expired by
+// now. It only reads: PurgeRevokedTokens deletes the rest.
 func (s *SQLite) RevokedTokens(ctx context.Context, now time.Time) ([]string, error) {
-	if _, err := s.PurgeRevokedTokens(ctx, now); err != nil {
-		return nil, err
-	}
 	return s.ids(ctx, `SELECT token_id FROM revoked_tokens WHERE expires_at >= ?`, ms(now))
 }
 
