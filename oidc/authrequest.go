@@ -93,15 +93,15 @@ const browserCookieName = "idleguard_browser"
 const browserTokenLen = 43
 
 // browserToken returns the binding token in the request's cookie, or "".
-func browserToken(h http.Header) string {
-	c, err := (&http.Request{Header: h}).Cookie(browserCookieName)
-	if err != nil || len(c.Value) != browserTokenLen {
+func (p *Provider) browserToken(h http.Header) string {
+	tok := p.cookieValue(h, browserCookieName)
+	if len(tok) != browserTokenLen {
 		return ""
 	}
-	if _, err := base64.RawURLEncoding.DecodeString(c.Value); err != nil {
+	if _, err := base64.RawURLEncoding.DecodeString(tok); err != nil {
 		return ""
 	}
-	return c.Value
+	return tok
 }
 
 // bindBrowser returns the hash to store with a new authorization request and,
@@ -110,17 +110,18 @@ func browserToken(h http.Header) string {
 // redirect to /authorize; HttpOnly, so that no script reads it; it lives a
 // year, so that tabs restored together after a restart share one.
 func (p *Provider) bindBrowser(h http.Header) (string, *http.Cookie) {
-	if tok := browserToken(h); tok != "" {
+	if tok := p.browserToken(h); tok != "" {
 		return hashCode(tok), nil
 	}
 	tok := randomB64(32)
-	return hashCode(tok), &http.Cookie{Name: browserCookieName, Value: tok, Path: "/", MaxAge: 365 * 24 * 3600,
-		HttpOnly: true, Secure: p.secure, SameSite: http.SameSiteLaxMode}
+	c := p.newCookie(browserCookieName, tok, http.SameSiteLaxMode)
+	c.MaxAge = 365 * 24 * 3600
+	return hashCode(tok), c
 }
 
 // sentBy reports whether r comes from the browser that started a.
-func (a *authRequest) sentBy(r *http.Request) bool {
-	tok := browserToken(r.Header)
+func (p *Provider) sentBy(a *authRequest, r *http.Request) bool {
+	tok := p.browserToken(r.Header)
 	return tok != "" && a.Browser != "" && subtle.ConstantTimeCompare([]byte(hashCode(tok)), []byte(a.Browser)) == 1
 }
 
@@ -261,7 +262,7 @@ func (p *Provider) boundAuthorize(next http.Handler) http.Handler {
 				p.messagePage(w, r, http.StatusBadRequest, "Sign-in request refused", "The application sent a sign-in request that could not be read.")
 				return
 			}
-			if browserToken(r.Header) == "" {
+			if p.browserToken(r.Header) == "" {
 				http.Redirect(w, r, r.URL.Path+"?"+r.Form.Encode(), http.StatusSeeOther)
 				return
 			}
@@ -286,7 +287,7 @@ func (p *Provider) authorizeCallback(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if !req.sentBy(r) || (req.IsDone && p.sessionCookie(r) != req.SID) {
+	if !p.sentBy(req, r) || (req.IsDone && p.sessionCookie(r) != req.SID) {
 		p.otherBrowser(w, r)
 		return
 	}

@@ -27,12 +27,11 @@ type device struct {
 // knownDevice returns the id of the device cookie that r carries for user,
 // or "" when it carries none (or one of someone else, or forged, or old).
 func (p *Provider) knownDevice(r *http.Request, user *session.User) string {
-	c, err := r.Cookie(deviceCookieName)
-	if err != nil || user == nil {
+	if user == nil {
 		return ""
 	}
 	var d device
-	if p.devices.Decode(deviceCookieName, c.Value, &d) != nil || d.UserID != user.ID || d.ID == "" {
+	if p.devices.Decode(deviceCookieName, p.cookieValue(r.Header, deviceCookieName), &d) != nil || d.UserID != user.ID || d.ID == "" {
 		return ""
 	}
 	return d.ID
@@ -45,6 +44,7 @@ func (p *Provider) rememberDevice(w http.ResponseWriter, user *session.User) {
 	if err != nil {
 		return
 	}
-	http.SetCookie(w, &http.Cookie{Name: deviceCookieName, Value: enc, Path: "/login", MaxAge: int(deviceCookieTTL / time.Second),
-		HttpOnly: true, Secure: p.secure, SameSite: http.SameSiteStrictMode})
+	c := p.newCookie(deviceCookieName, enc, http.SameSiteStrictMode)
+	c.MaxAge = int(deviceCookieTTL / time.Second)
+	http.SetCookie(w, c)
 }

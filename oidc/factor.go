@@ -78,7 +78,7 @@ func (p *Provider) pendingRequest(w http.ResponseWriter, r *http.Request, id str
 	if !ok {
 		return nil, false
 	}
-	if !req.sentBy(r) {
+	if !p.sentBy(req, r) {
 		p.otherBrowser(w, r)
 		return nil, false
 	}
@@ -174,8 +174,9 @@ func (p *Provider) startTOTPEnrollment(w http.ResponseWriter, r *http.Request, u
 		if err != nil {
 			return err
 		}
-		http.SetCookie(w, &http.Cookie{Name: enrollCookieName, Value: enc, Path: "/", MaxAge: 600,
-			HttpOnly: true, Secure: p.secure, SameSite: http.SameSiteStrictMode})
+		c := p.newCookie(enrollCookieName, enc, http.SameSiteStrictMode)
+		c.MaxAge = 600
+		http.SetCookie(w, c)
 	}
 	uri, err := p.factors.EnrollmentURI(u.Username, pend.Secret)
 	if err != nil {
@@ -187,12 +188,8 @@ func (p *Provider) startTOTPEnrollment(w http.ResponseWriter, r *http.Request, u
 }
 
 func (p *Provider) pendingTOTP(r *http.Request, userID string) (pendingTOTP, bool) {
-	c, err := r.Cookie(enrollCookieName)
-	if err != nil {
-		return pendingTOTP{}, false
-	}
 	var pend pendingTOTP
-	if p.tickets.Decode(enrollCookieName, c.Value, &pend) != nil || pend.UserID != userID || pend.Secret == "" {
+	if p.tickets.Decode(enrollCookieName, p.cookieValue(r.Header, enrollCookieName), &pend) != nil || pend.UserID != userID || pend.Secret == "" {
 		return pendingTOTP{}, false
 	}
 	return pend, true

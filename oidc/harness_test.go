@@ -96,8 +96,21 @@ type envOption func(*Config)
 
 func newEnv(t *testing.T, opts ...envOption) *env {
 	t.Helper()
+	return newEnvOn(t, httptest.NewServer, opts...)
+}
+
+// newTLSEnv is newEnv served over https (httptest's own certificate), as a
+// provider is in production: its browsers and relying parties trust that
+// certificate.
+func newTLSEnv(t *testing.T, opts ...envOption) *env {
+	t.Helper()
+	return newEnvOn(t, httptest.NewTLSServer, opts...)
+}
+
+func newEnvOn(t *testing.T, serve func(http.Handler) *httptest.Server, opts ...envOption) *env {
+	t.Helper()
 	e := &env{t: t, clock: newClock(), dbPath: filepath.Join(t.TempDir(), "idleguard.db")}
-	e.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	e.srv = serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		e.mu.RLock()
 		p := e.p
 		e.mu.RUnlock()
@@ -186,10 +199,13 @@ type browser struct {
 	setCookies []*http.Cookie // every cookie the provider set, with its attributes
 }
 
-type recordingTransport struct{ b *browser }
+type recordingTransport struct {
+	b    *browser
+	base http.RoundTripper
+}
 
 func (rt recordingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	resp, err := http.DefaultTransport.RoundTrip(req)
+	resp, err := rt.base.RoundTrip(req)
 	if err == nil {
 		rt.b.setCookies = append(rt.b.setCookies, resp.Cookies()...)
 	}
@@ -203,13 +219,31 @@ func (e *env) browser() *browser {
 	require.NoError(e.t, err)
 	issuerHost := issuer.Host
 	b := &browser{t: e.t, e: e}
-	b.client = &http.Client{Jar: jar, Transport: recordingTransport{b}, CheckRedirect: func(req *http.Request, _ []*http.Request) error {
+	b.client = &http.Client{Jar: jar, Transport: recordingTransport{b, e.transport()}, CheckRedirect: func(req *http.Request, _ []*http.Request) error {
 		if req.URL.Host != issuerHost {
 			return http.ErrUseLastResponse
 		}
 		return nil
 	}}
 	return b
+}
+
+// transport is how browsers and relying parties reach the provider: one
+// that trusts its test certificate when it is served over https.
+func (e *env) transport() http.RoundTripper {
+	if e.srv.TLS != nil {
+		return e.srv.Client().Transport
+	}
+	return http.DefaultTransport
+}
+
+// rpContext is the context relying parties call the provider with: one
+// that carries a client trusting its certificate when it is served over https.
+func (e *env) rpContext() context.Context {
+	if e.srv.TLS != nil {
+		return gooidc.ClientContext(e.t.Context(), e.srv.Client())
+	}
+	return e.t.Context()
 }
 
 // rp is a relying party built from go-oidc and x/oauth2, verifying ID tokens
@@ -223,8 +257,7 @@ type rp struct {
 
 func (e *env) rp(clientID string) *rp {
 	e.t.Helper()
-	ctx := e.t.Context()
-	prov, err := gooidc.NewProvider(ctx, e.issuer)
+	prov, err := gooidc.NewProvider(e.rpContext(), e.issuer)
 	require.NoError(e.t, err)
 	var c *Client
 	for _, x := range e.cfg.Clients {
@@ -331,7 +364,7 @@ func (b *browser) login(r *rp, username string) *tokens {
 
 func (b *browser) exchange(r *rp, code, verifier string) *tokens {
 	b.t.Helper()
-	tok, err := r.oauth.Exchange(b.t.Context(), code, oauth2.VerifierOption(verifier))
+	tok, err := r.oauth.Exchange(b.e.rpContext(), code, oauth2.VerifierOption(verifier))
 	require.NoError(b.t, err)
 	return r.verify(b.t, tok)
 }

@@ -26,25 +26,23 @@ const (
 // sessionCookie returns the authentication session id in the browser's
 // cookie, or "".
 func (p *Provider) sessionCookie(r *http.Request) string {
-	c, err := r.Cookie(sessionCookieName)
-	if err != nil {
-		return ""
-	}
 	var sid string
-	if err := p.cookies.Decode(sessionCookieName, c.Value, &sid); err != nil {
+	if err := p.cookies.Decode(sessionCookieName, p.cookieValue(r.Header, sessionCookieName), &sid); err != nil {
 		return ""
 	}
 	return sid
 }
 
 func (p *Provider) setCookie(w http.ResponseWriter, name, value string, expires time.Time) {
-	http.SetCookie(w, &http.Cookie{Name: name, Value: value, Path: "/", Expires: expires,
-		HttpOnly: true, Secure: p.secure, SameSite: http.SameSiteLaxMode})
+	c := p.newCookie(name, value, http.SameSiteLaxMode)
+	c.Expires = expires
+	http.SetCookie(w, c)
 }
 
 func (p *Provider) clearCookie(w http.ResponseWriter, name string) {
-	http.SetCookie(w, &http.Cookie{Name: name, Value: "", Path: "/", MaxAge: -1,
-		HttpOnly: true, Secure: p.secure, SameSite: http.SameSiteLaxMode})
+	c := p.newCookie(name, "", http.SameSiteLaxMode)
+	c.MaxAge = -1
+	http.SetCookie(w, c)
 }
 
 // csrfToken returns the browser's CSRF token, setting a fresh cookie when it
@@ -55,28 +53,21 @@ func (p *Provider) clearCookie(w http.ResponseWriter, name string) {
 // another tab would fail. A cross-site POST carries no Lax cookie, so the
 // form still cannot be posted from another site.
 func (p *Provider) csrfToken(w http.ResponseWriter, r *http.Request) string {
-	if c, err := r.Cookie(csrfCookieName); err == nil {
-		var tok string
-		if p.cookies.Decode(csrfCookieName, c.Value, &tok) == nil && tok != "" {
-			return tok
-		}
+	var tok string
+	if p.cookies.Decode(csrfCookieName, p.cookieValue(r.Header, csrfCookieName), &tok) == nil && tok != "" {
+		return tok
 	}
-	tok := randomB64(24)
+	tok = randomB64(24)
 	enc, err := p.cookies.Encode(csrfCookieName, tok)
 	if err == nil {
-		http.SetCookie(w, &http.Cookie{Name: csrfCookieName, Value: enc, Path: "/",
-			HttpOnly: true, Secure: p.secure, SameSite: http.SameSiteLaxMode})
+		http.SetCookie(w, p.newCookie(csrfCookieName, enc, http.SameSiteLaxMode))
 	}
 	return tok
 }
 
 func (p *Provider) checkCSRF(r *http.Request) bool {
-	c, err := r.Cookie(csrfCookieName)
-	if err != nil {
-		return false
-	}
 	var tok string
-	if p.cookies.Decode(csrfCookieName, c.Value, &tok) != nil || tok == "" {
+	if p.cookies.Decode(csrfCookieName, p.cookieValue(r.Header, csrfCookieName), &tok) != nil || tok == "" {
 		return false
 	}
 	return subtle.ConstantTimeCompare([]byte(tok), []byte(r.PostFormValue("csrf"))) == 1
@@ -159,7 +150,7 @@ func (p *Provider) loginPage(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if !req.sentBy(r) {
+	if !p.sentBy(req, r) {
 		if req.hasPrompt(zoidc.PromptNone) { // no page may be shown (OpenID Connect Core 1.0 section 3.1.2.1)
 			op.AuthRequestError(w, r, req, zoidc.ErrLoginRequired(), p.op)
 			return
@@ -277,7 +268,7 @@ func (p *Provider) loginAttempt(w http.ResponseWriter, r *http.Request) (*authRe
 	if !ok {
 		return nil, nil, false
 	}
-	if !req.sentBy(r) {
+	if !p.sentBy(req, r) {
 		p.otherBrowser(w, r)
 		return nil, nil, false
 	}

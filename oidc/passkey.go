@@ -79,13 +79,13 @@ func (p *Provider) ceremonyOwner(r *http.Request, purpose string) (string, bool,
 		return st.UserID, false, ""
 	case purposeSignIn:
 		req, err := p.authRequest(r.Context(), r.PostFormValue("authRequestID"))
-		if err != nil || !req.sentBy(r) || req.IsDone {
+		if err != nil || !p.sentBy(req, r) || req.IsDone {
 			return "", false, expired
 		}
 		return "", false, ""
 	case purposeFactor, purposeRegister:
 		req, err := p.authRequest(r.Context(), r.PostFormValue("authRequestID"))
-		if err != nil || !req.sentBy(r) || req.IsDone || req.Pending == nil {
+		if err != nil || !p.sentBy(req, r) || req.IsDone || req.Pending == nil {
 			return "", false, expired
 		}
 		if purpose == purposeRegister && !p.mayRegisterInSignIn(r, req) {
@@ -148,7 +148,7 @@ func (p *Provider) loginPasskey(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if !req.sentBy(r) || req.IsDone {
+	if !p.sentBy(req, r) || req.IsDone {
 		p.otherBrowser(w, r)
 		return
 	}
