@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/url"
 	"slices"
 	"strings"
@@ -192,10 +193,20 @@ const txAttempts = 3
 // tx runs fn in a transaction. Replicas that end overlapping sessions at
 // once may lock rows in opposite orders; PostgreSQL then aborts one of them
 // (deadlock_detected), and since every fn here only writes the database,
-// it is simply run again.
+// it is run again after a short random pause, so that the transaction it
+// lost to can finish first instead of meeting the same deadlock again.
 func (p *Postgres) tx(ctx context.Context, fn func(pgx.Tx) error) error {
 	var err error
-	for range txAttempts {
+	for attempt := range txAttempts {
+		if attempt > 0 {
+			pause := time.NewTimer(time.Duration(attempt) * (5*time.Millisecond + rand.N(20*time.Millisecond)))
+			select {
+			case <-pause.C:
+			case <-ctx.Done():
+				pause.Stop()
+				return errors.Join(err, ctx.Err())
+			}
+		}
 		if err = pgx.BeginFunc(ctx, p.pool, fn); !retryable(err) {
 			return err
 		}
