@@ -31,7 +31,10 @@ func TestPostgresEndSurvivesADeadlock(t *testing.T) {
 	dsn := pgtest.NewDatabase(t)
 	admin := pgtest.Conn(t, dsn)
 	ctx := t.Context()
-	_, err := admin.Exec(ctx, `ALTER DATABASE `+admin.Config().Database+` SET deadlock_timeout = '20ms'`)
+	// PostgreSQL checks for a deadlock once, deadlock_timeout after a wait
+	// begins: long enough for the other transaction to start waiting too,
+	// even on a loaded machine, or only its own one-minute check would see it.
+	_, err := admin.Exec(ctx, `ALTER DATABASE `+admin.Config().Database+` SET deadlock_timeout = '1s'`)
 	require.NoError(t, err)
 	s, err := session.OpenPostgres(ctx, dsn)
 	require.NoError(t, err)
@@ -45,7 +48,7 @@ func TestPostgresEndSurvivesADeadlock(t *testing.T) {
 		Deadline: now.Add(time.Minute)}, "u1"))
 
 	other := pgtest.Conn(t, dsn)
-	_, err = other.Exec(ctx, `SET deadlock_timeout = '1min'`) // the end's 20ms detects the deadlock first
+	_, err = other.Exec(ctx, `SET deadlock_timeout = '1min'`) // the end's 1s detects the deadlock first
 	require.NoError(t, err)
 	tx, err := other.Begin(ctx)
 	require.NoError(t, err)
