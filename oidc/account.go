@@ -188,14 +188,8 @@ func (p *Provider) accountConfirm(w http.ResponseWriter, r *http.Request) {
 // a passkey (which is two factors by itself).
 func (p *Provider) accountConfirmPasskey(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	r.Body = http.MaxBytesReader(w, r.Body, mfa.MaxResponseSize+4096)
-	st, u, ok := p.accountPost(w, r, false)
+	st, u, id, answer, ok := p.accountPasskeyPost(w, r, false)
 	if !ok {
-		return
-	}
-	id, answer, ok := passkeyAnswer(r)
-	if p.passkeys == nil || !ok {
-		p.showAccount(w, r, http.StatusBadRequest, st, u, accountView{Error: "The passkey's answer was incomplete. Try again."})
 		return
 	}
 	_, method, err := p.passkeys.FinishLogin(ctx, u.ID, id, answer)

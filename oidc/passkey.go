@@ -8,6 +8,7 @@ import (
 
 	"github.com/idleguard/idleguard/activity"
 	"github.com/idleguard/idleguard/oidc/mfa"
+	"github.com/idleguard/idleguard/session"
 )
 
 // Passkey ceremonies. The browser asks POST /passkey/begin for a ceremony
@@ -211,16 +212,25 @@ func (p *Provider) passkeyFailed(w http.ResponseWriter, r *http.Request, userID,
 	fail(http.StatusUnauthorized, msg)
 }
 
+// accountPasskeyPost reads a passkey answer posted to the account page,
+// bounded, after accountPost's checks (needFresh: a recent sign-in); it has
+// answered the browser itself when ok is false.
+func (p *Provider) accountPasskeyPost(w http.ResponseWriter, r *http.Request, needFresh bool) (st activity.Status, u *session.User, id string, answer []byte, ok bool) {
+	r.Body = http.MaxBytesReader(w, r.Body, mfa.MaxResponseSize+4096)
+	if st, u, ok = p.accountPost(w, r, needFresh); !ok {
+		return st, u, "", nil, false
+	}
+	if id, answer, ok = passkeyAnswer(r); p.passkeys == nil || !ok {
+		p.showAccount(w, r, http.StatusBadRequest, st, u, accountView{Error: "The passkey's answer was incomplete. Try again."})
+		return st, u, "", nil, false
+	}
+	return st, u, id, answer, true
+}
+
 // accountPasskeyAdd finishes the registration of a passkey on the account page.
 func (p *Provider) accountPasskeyAdd(w http.ResponseWriter, r *http.Request) {
-	r.Body = http.MaxBytesReader(w, r.Body, mfa.MaxResponseSize+4096)
-	st, u, ok := p.accountPost(w, r, true)
+	st, u, id, answer, ok := p.accountPasskeyPost(w, r, true)
 	if !ok {
-		return
-	}
-	id, answer, ok := passkeyAnswer(r)
-	if p.passkeys == nil || !ok {
-		p.showAccount(w, r, http.StatusBadRequest, st, u, accountView{Error: "The passkey's answer was incomplete. Try again."})
 		return
 	}
 	method, err := p.passkeys.FinishRegistration(r.Context(), u.ID, id, passkeyName(r), answer)
