@@ -287,14 +287,17 @@ func checkPushURL(raw string) error {
 		return badRequest("delivery.endpoint_url: no credentials or fragment, at most 2048 characters")
 	case u.Scheme == "https":
 		return nil
-	case u.Scheme == "http" && isLoopback(u.Hostname()):
+	case u.Scheme == "http" && IsLoopback(u.Hostname()):
 		return nil
 	}
 	return badRequest("delivery.endpoint_url must use https (http only on a loopback host)")
 }
 
-func isLoopback(host string) bool {
-	if host == "localhost" {
+// IsLoopback reports whether host is localhost or a loopback address: the
+// only hosts where plain http is accepted (the issuer, push endpoints, a
+// database without TLS), since nothing leaves the machine.
+func IsLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
 		return true
 	}
 	a, err := netip.ParseAddr(host)

@@ -687,7 +687,7 @@ func databaseProblem(v string) string {
 		return ""
 	}
 	host := cfg.ConnConfig.Host
-	if strings.HasPrefix(host, "/") || isLoopback(host) {
+	if strings.HasPrefix(host, "/") || oidc.IsLoopback(host) {
 		return ""
 	}
 	return fmt.Sprintf("names the server %q without sslmode: add ?sslmode=verify-full (with sslrootcert if your CA is private), "+
@@ -741,7 +741,7 @@ func urlProblem(raw string, kind urlKind) string {
 		return fmt.Sprintf("%q is not an absolute URL", raw)
 	case u.Scheme != "https" && u.Scheme != "http":
 		return fmt.Sprintf("%q: scheme must be https", raw)
-	case u.Scheme == "http" && !isLoopback(u.Hostname()):
+	case u.Scheme == "http" && !oidc.IsLoopback(u.Hostname()):
 		return fmt.Sprintf("%q: plain http is allowed only for localhost and loopback addresses; use https", raw)
 	case u.User != nil:
 		return fmt.Sprintf("%q must not contain user info", raw)
@@ -753,14 +753,6 @@ func urlProblem(raw string, kind urlKind) string {
 		return fmt.Sprintf("%q is not an origin: write scheme://host[:port], without a path", raw)
 	}
 	return ""
-}
-
-func isLoopback(host string) bool {
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 func listenProblem(addr string) string {
